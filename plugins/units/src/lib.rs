@@ -1,0 +1,210 @@
+//! The one place that states meterd's unit conversions and rounding rules.
+//!
+//! Both the host (meter engine, API) and the plugins (normalization) call
+//! these functions, so a rule is written once and used everywhere.
+//!
+//! # Rules
+//!
+//! * **Quantities are exact decimals** ([`Decimal`], 96-bit mantissa, at most
+//!   28 significant digits). Floats never carry a quantity.
+//! * **Text form**: [`parse_quantity`] accepts `-?digits(.digits)?` only (no
+//!   exponent, no `+`, no spaces); [`format_quantity`] prints the normalized
+//!   value (no trailing fractional zeros, `0` for zero).
+//! * **Conversions divide only by powers of two and ten**, so their exact
+//!   results are finite decimals. A result that needs more digits than the
+//!   96-bit mantissa holds (28 or 29 significant digits) is rounded to the
+//!   nearest representable value, ties to even (rust_decimal's rule); that
+//!   is a relative error below 10⁻²⁷, far beneath any provider's precision. Overflow (beyond ~7.9·10²⁸) is an error,
+//!   never a wrap.
+//! * **Time integrals** multiply a level by whole milliseconds and divide by
+//!   1000 at the end, so `level × seconds` is exact.
+//!
+//! Units: a "GiB" is 2³⁰ bytes, a "GB" is 10⁹ bytes, a "MiB"
+//! ("memory_mb" in E2B's payload, which E2B documents as 1 GiB = 1,024 MiB)
+//! is 2²⁰ bytes.
+
+use rust_decimal::Decimal;
+
+/// Why a quantity could not be read or computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    #[error(
+        "quantity {0:?} is not a decimal number (expected digits with an optional '-' and '.', e.g. \"144.246\")"
+    )]
+    Syntax(String),
+    #[error("quantity {0:?} has more than 28 significant digits")]
+    TooPrecise(String),
+    #[error("arithmetic overflow computing {0}")]
+    Overflow(&'static str),
+}
+
+const MS_PER_SECOND: i64 = 1_000;
+const MIB_PER_GIB: i64 = 1_024;
+const BYTES_PER_GB: i64 = 1_000_000_000;
+const BYTES_PER_GIB: i64 = 1 << 30;
+
+/// Parses a quantity's text form strictly (see the module rules).
+pub fn parse_quantity(text: &str) -> Result<Decimal, QuantityError> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (int, frac) = match digits.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (digits, None),
+    };
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(int) || frac.is_some_and(|f| !all_digits(f)) {
+        return Err(QuantityError::Syntax(text.to_owned()));
+    }
+    // `from_str_exact` refuses to round: too many digits is an error, not a
+    // silent loss of precision.
+    Decimal::from_str_exact(text).map_err(|_| QuantityError::TooPrecise(text.to_owned()))
+}
+
+/// The canonical text form of a quantity: normalized, `0` for zero.
+pub fn format_quantity(value: Decimal) -> String {
+    let normalized = value.normalize();
+    if normalized.is_zero() {
+        "0".to_owned()
+    } else {
+        normalized.to_string()
+    }
+}
+
+/// `count × milliseconds` in count-seconds, e.g. vCPUs × execution time →
+/// core-seconds. Exact.
+pub fn count_ms_to_seconds(count: u64, ms: u64) -> Result<Decimal, QuantityError> {
+    let product = Decimal::from(count)
+        .checked_mul(Decimal::from(ms))
+        .ok_or(QuantityError::Overflow("count × ms"))?;
+    ms_product_to_seconds(product)
+}
+
+/// `MiB × milliseconds` in GiB-seconds (÷1024 ÷1000). Exact: 1/1,024,000 has
+/// a finite decimal expansion.
+pub fn mib_ms_to_gib_seconds(mib: u64, ms: u64) -> Result<Decimal, QuantityError> {
+    let product = Decimal::from(mib)
+        .checked_mul(Decimal::from(ms))
+        .ok_or(QuantityError::Overflow("MiB × ms"))?;
+    let gib_ms = product
+        .checked_div(Decimal::from(MIB_PER_GIB))
+        .ok_or(QuantityError::Overflow("MiB → GiB"))?;
+    ms_product_to_seconds(gib_ms)
+}
+
+/// Decimal gigabyte-seconds (10⁹ B·s) in GiB-seconds (2³⁰ B·s):
+/// `× 10⁹ / 2³⁰`, rounded as the module rules say when inexact.
+pub fn gb_seconds_to_gib_seconds(gb_seconds: Decimal) -> Result<Decimal, QuantityError> {
+    gb_seconds
+        .checked_mul(Decimal::from(BYTES_PER_GB))
+        .and_then(|bytes| bytes.checked_div(Decimal::from(BYTES_PER_GIB)))
+        .ok_or(QuantityError::Overflow("GB·s → GiB·s"))
+}
+
+/// `level × milliseconds` in level-seconds: the time integral of a level.
+pub fn level_ms_to_seconds(level: Decimal, ms: i64) -> Result<Decimal, QuantityError> {
+    let product = level
+        .checked_mul(Decimal::from(ms))
+        .ok_or(QuantityError::Overflow("level × ms"))?;
+    ms_product_to_seconds(product)
+}
+
+/// Divides an amount accumulated in `unit × ms` by 1000 to give `unit × s`.
+/// Callers that sum many integrals accumulate in `× ms` and call this once.
+pub fn ms_product_to_seconds(unit_ms: Decimal) -> Result<Decimal, QuantityError> {
+    unit_ms
+        .checked_div(Decimal::from(MS_PER_SECOND))
+        .ok_or(QuantityError::Overflow("ms → s"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        parse_quantity(s).expect("valid test decimal")
+    }
+
+    #[test]
+    fn parses_strict_decimal_text() {
+        assert_eq!(d("144.246"), Decimal::new(144_246, 3));
+        assert_eq!(d("-0.5"), Decimal::new(-5, 1));
+        assert_eq!(d("0"), Decimal::ZERO);
+        for bad in [
+            "", "-", ".5", "5.", "1e3", "+1", " 1", "1,0", "NaN", "0x10", "1.2.3",
+        ] {
+            assert!(
+                matches!(parse_quantity(bad), Err(QuantityError::Syntax(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_more_than_28_significant_digits_instead_of_rounding() {
+        assert!(parse_quantity("1234567890123456789012345678").is_ok());
+        assert!(matches!(
+            parse_quantity("0.12345678901234567890123456789"),
+            Err(QuantityError::TooPrecise(_))
+        ));
+    }
+
+    #[test]
+    fn formats_canonically() {
+        assert_eq!(format_quantity(d("1.500")), "1.5");
+        assert_eq!(format_quantity(d("0.000")), "0");
+        assert_eq!(format_quantity(d("-0")), "0");
+        assert_eq!(format_quantity(d("100")), "100");
+    }
+
+    #[test]
+    fn core_seconds_from_execution_time_are_exact() {
+        // The E2B fixture: 2 vCPU for 72,123 ms.
+        assert_eq!(count_ms_to_seconds(2, 72_123).unwrap(), d("144.246"));
+        assert_eq!(count_ms_to_seconds(1, 1).unwrap(), d("0.001"));
+    }
+
+    #[test]
+    fn mib_ms_to_gib_seconds_is_exact() {
+        // 512 MiB for 72,123 ms = 0.5 GiB × 72.123 s.
+        assert_eq!(mib_ms_to_gib_seconds(512, 72_123).unwrap(), d("36.0615"));
+        // The smallest step: 1 MiB for 1 ms = 1/1,024,000 GiB·s, a finite decimal.
+        assert_eq!(mib_ms_to_gib_seconds(1, 1).unwrap(), d("0.0000009765625"));
+        // Odd sizes stay exact: 3000 MiB × 7 ms.
+        let v = mib_ms_to_gib_seconds(3_000, 7).unwrap();
+        assert_eq!(v * Decimal::from(1_024_000), Decimal::from(21_000));
+    }
+
+    #[test]
+    fn gb_to_gib_uses_the_exact_ratio() {
+        // 10^9 / 2^30 = 0.931322574615478515625 exactly.
+        assert_eq!(
+            gb_seconds_to_gib_seconds(d("1")).unwrap(),
+            d("0.931322574615478515625")
+        );
+        assert_eq!(gb_seconds_to_gib_seconds(d("1.073741824")).unwrap(), d("1"));
+    }
+
+    #[test]
+    fn gb_to_gib_rounds_to_the_mantissa_when_inexact() {
+        // 123456789.123 × 0.931322574615478515625 needs 33 significant digits.
+        let v = gb_seconds_to_gib_seconds(d("123456789.123")).unwrap();
+        // Exact: 114978094.699792563915252685546875 (33 digits); kept: 29.
+        assert_eq!(format_quantity(v), "114978094.69979256391525268555");
+    }
+
+    #[test]
+    fn level_integral_is_exact() {
+        assert_eq!(level_ms_to_seconds(d("2"), 1_500).unwrap(), d("3"));
+        assert_eq!(
+            level_ms_to_seconds(d("1073741824"), 1).unwrap(),
+            d("1073741.824")
+        );
+    }
+
+    #[test]
+    fn overflow_is_an_error() {
+        assert!(matches!(
+            level_ms_to_seconds(Decimal::MAX, 2),
+            Err(QuantityError::Overflow(_))
+        ));
+    }
+}
