@@ -1,1 +1,18 @@
+//! meterd: a usage-metering gateway. Provider plugins (WebAssembly
+//! components) verify and normalize what providers report; the meter engine
+//! turns records into exact meters per organization and period.
+//!
+//! See ARCHITECTURE.md for the bird's-eye view and the invariants.
 
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod meter;
+pub mod plugin;
+pub mod plugins;
+pub mod record;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod usage;

@@ -1,1 +1,110 @@
-fn main() {}
+//! The `meterd` command: thin glue from arguments to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use meterd::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "meterd",
+    version,
+    about = "Usage-metering gateway: provider plugins → exact meters per organization"
+)]
+struct Cli {
+    /// Config file (default: ./meterd.toml if present, else built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Inspect plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Load every plugin in plugins_dir and list name, version, hash, modes.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("METERD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("meterd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meterd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => meterd::server::serve(config).await,
+            Command::Migrate => {
+                meterd::server::open_store(&config).await?;
+                println!("migrations applied to {}", config.database);
+                Ok(())
+            }
+            Command::Plugins {
+                command: PluginsCommand::List,
+            } => list_plugins(&config),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meterd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn list_plugins(config: &Config) -> anyhow::Result<()> {
+    let registry = meterd::server::load_plugins(config)?;
+    println!("{:<16} {:<10} {:<10} HASH", "NAME", "VERSION", "MODES");
+    for p in registry.plugins() {
+        println!(
+            "{:<16} {:<10} {:<10} {}",
+            p.info().name,
+            p.info().version,
+            p.info().modes(),
+            p.hash()
+        );
+    }
+    for f in registry.failures() {
+        println!("refused {}: {}", f.file.display(), f.error);
+    }
+    if registry.failures().is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} plugin file(s) refused", registry.failures().len())
+    }
+}

@@ -32,6 +32,7 @@ pub fn behaviour(body: &[u8]) -> Result<Behaviour<'_>, AdapterError> {
     }
 }
 
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 fn good_record(event_id: &str) -> WebhookOutcome {
     WebhookOutcome {
         event_id: event_id.to_owned(),

@@ -1,5 +1,6 @@
-//! `meterd-plugin-build`: builds every plugin crate of the workspace to a
-//! WebAssembly component.
+//! Builds every plugin crate of the workspace to a WebAssembly component:
+//! the `meterd-plugin-build` command, and a library the end-to-end tests
+//! call so they always run against freshly built plugins.
 //!
 //! 1. Finds the plugin crates: packages with `[package.metadata.meterd]
 //!    plugin = "<name>"`. Those under `tests/` are test-only plugins.
@@ -14,7 +15,7 @@
 //!    atomically and only when its bytes changed, so a watching gateway
 //!    never sees a half-written or needlessly touched file.
 //!
-//! Usage: `cargo run --release -p meterd-plugin-build [-- --out DIR]`.
+//! Usage: `cargo run --release -p meterd-plugin-build`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,16 +30,20 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_STD_SOURCES: &str = "/usr/lib/rustlib/src/rust/library/Cargo.lock";
 const DEBIAN_WASM_LINKER: &str = "/usr/bin/wasm-ld-22";
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("meterd-plugin-build: error: {e:#}");
-        std::process::exit(1);
-    }
+/// One built component.
+#[derive(Debug, Clone)]
+pub struct BuiltPlugin {
+    /// The plugin's name (its route and config section).
+    pub name: String,
+    /// Where its component was written.
+    pub path: PathBuf,
+    /// Only for tests (the crate lives under `tests/`).
+    pub test_only: bool,
 }
 
-fn run() -> Result<()> {
+/// Builds every plugin of the workspace and returns where each component is.
+pub fn build_all() -> Result<Vec<BuiltPlugin>> {
     let workspace = workspace_root()?;
-    let out_override = parse_args()?;
     let plugins = find_plugins(&workspace)?;
     if plugins.is_empty() {
         bail!("no plugin crates found (packages with [package.metadata.meterd] plugin = \"…\")");
@@ -55,16 +60,17 @@ fn run() -> Result<()> {
     );
     let wasm_target_dir = workspace.join("target").join("wasm");
     toolchain.build(&workspace, &wasm_target_dir, &plugins)?;
+    let mut built = Vec::with_capacity(plugins.len());
     for plugin in &plugins {
         let core = wasm_target_dir
             .join(WASM_TARGET)
             .join("release")
             .join(format!("{}.wasm", plugin.package.replace('-', "_")));
-        let out_dir = match (&out_override, plugin.test_only) {
-            (Some(dir), _) => dir.clone(),
-            (None, false) => workspace.join("target").join("plugins"),
-            (None, true) => workspace.join("target").join("test-plugins"),
-        };
+        let out_dir = workspace.join("target").join(if plugin.test_only {
+            "test-plugins"
+        } else {
+            "plugins"
+        });
         let out = out_dir.join(format!("{}.wasm", plugin.plugin));
         let changed = componentize(&core, &out)?;
         eprintln!(
@@ -72,28 +78,13 @@ fn run() -> Result<()> {
             if changed { "wrote" } else { "unchanged" },
             out.display()
         );
+        built.push(BuiltPlugin {
+            name: plugin.plugin.clone(),
+            path: out,
+            test_only: plugin.test_only,
+        });
     }
-    Ok(())
-}
-
-fn parse_args() -> Result<Option<PathBuf>> {
-    let mut args = std::env::args().skip(1);
-    let mut out = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--out" => {
-                out = Some(PathBuf::from(
-                    args.next().context("--out needs a directory")?,
-                ))
-            }
-            "-h" | "--help" => {
-                println!("usage: meterd-plugin-build [--out DIR]");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (usage: meterd-plugin-build [--out DIR])"),
-        }
-    }
-    Ok(out)
+    Ok(built)
 }
 
 /// The workspace root: this crate lives at `<root>/plugins/build`.

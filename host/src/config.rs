@@ -1,0 +1,464 @@
+//! Configuration: one TOML file, every key overridable by a `METERD_…`
+//! environment variable, validated as a whole.
+//!
+//! Sources, in order: `--config PATH`, else `meterd.toml` in the working
+//! directory if present, else built-in defaults; then the environment:
+//! `METERD_<KEY>` for a top-level key (`METERD_ADMIN_TOKEN`), and
+//! `METERD_PLUGINS__<PLUGIN>__<KEY>` for a plugin's section
+//! (`METERD_PLUGINS__E2B__SIGNATURE_SECRET`). An error names the source, the
+//! key and the problem.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::meter::{Aggregation, MeterDef, default_meters};
+use crate::plugin::PluginSettings;
+
+pub const DEFAULT_FILE: &str = "meterd.toml";
+const ENV_PREFIX: &str = "METERD_";
+const PLUGIN_ENV_PREFIX: &str = "METERD_PLUGINS__";
+/// `METERD_…` variables that are not configuration keys.
+pub const RESERVED_ENV: [&str; 1] = ["METERD_LOG"];
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from, for messages: a file path or "built-in defaults".
+    pub source: String,
+    pub listen: SocketAddr,
+    pub database: String,
+    pub admin_token: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub plugin_timeout: Duration,
+    pub plugin_memory_bytes: usize,
+    /// Each plugin's own section, flattened to dotted keys.
+    pub plugins: BTreeMap<String, PluginSettings>,
+    /// Built-in meters, overridden or extended by `[meters.<name>]`.
+    pub meters: Vec<MeterDef>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config error in {source_name}: {problem}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problem: String,
+}
+
+/// The file's shape. Unknown keys are errors: a typo must not pass silently.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_database")]
+    database: String,
+    #[serde(default)]
+    admin_token: Option<String>,
+    #[serde(default)]
+    plugins_dir: Option<PathBuf>,
+    #[serde(default = "default_cache_dir")]
+    cache_dir: PathBuf,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: u64,
+    #[serde(default = "default_plugin_timeout_ms")]
+    plugin_timeout_ms: u64,
+    #[serde(default = "default_plugin_memory_mib")]
+    plugin_memory_mib: u64,
+    #[serde(default)]
+    plugins: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    meters: BTreeMap<String, MeterFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeterFile {
+    metric: String,
+    aggregation: Aggregation,
+    unit: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_database() -> String {
+    "sqlite://meterd.db".to_owned()
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from(".meterd-cache")
+}
+fn default_max_body_bytes() -> u64 {
+    1 << 20
+}
+fn default_plugin_timeout_ms() -> u64 {
+    100
+}
+fn default_plugin_memory_mib() -> u64 {
+    64
+}
+
+impl Config {
+    /// Loads from `path` (or `meterd.toml` if present, or defaults) and the
+    /// given environment.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (source_name, text) = match path {
+            Some(p) => (p.display().to_string(), Some(read(p)?)),
+            None if Path::new(DEFAULT_FILE).exists() => (
+                DEFAULT_FILE.to_owned(),
+                Some(read(Path::new(DEFAULT_FILE))?),
+            ),
+            None => ("built-in defaults".to_owned(), None),
+        };
+        Self::parse(&source_name, text.as_deref().unwrap_or(""), env)
+    }
+
+    /// Parses and validates a whole configuration.
+    pub fn parse(
+        source_name: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let err = |problem: String| ConfigError {
+            source_name: source_name.to_owned(),
+            problem,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err(e.to_string()))?;
+        let overridden = apply_env(&mut table, env).map_err(err)?;
+        let file: File =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let by_env = overridden
+                    .get(&key)
+                    .map(|var| format!(" (set by {var})"))
+                    .unwrap_or_default();
+                err(format!("key `{key}`{by_env}: {}", e.inner()))
+            })?;
+        file.validate().map_err(err).map(|mut config| {
+            config.source = source_name.to_owned();
+            config
+        })
+    }
+
+    /// Whether the listen address is reachable only from this machine.
+    pub fn listens_on_loopback(&self) -> bool {
+        self.listen.ip().is_loopback()
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: path.display().to_string(),
+        problem: format!("cannot read the file: {e}"),
+    })
+}
+
+/// Writes `METERD_…` variables into the table. Returns which dotted key
+/// each variable set, for error messages.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut overridden = BTreeMap::new();
+    for (var, value) in env {
+        if RESERVED_ENV.contains(&var.as_str()) {
+            continue;
+        }
+        if let Some(rest) = var.strip_prefix(PLUGIN_ENV_PREFIX) {
+            let (plugin, key) = rest
+                .split_once("__")
+                .filter(|(p, k)| !p.is_empty() && !k.is_empty())
+                .ok_or_else(|| format!("{var}: expected METERD_PLUGINS__<PLUGIN>__<KEY>"))?;
+            let (plugin, key) = (
+                plugin.to_ascii_lowercase(),
+                key.to_ascii_lowercase().replace("__", "."),
+            );
+            let plugins = table
+                .entry("plugins")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or("`plugins` must be a table")?;
+            let section = plugins
+                .entry(plugin.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| format!("`plugins.{plugin}` must be a table"))?;
+            section.insert(key.clone(), toml::Value::String(value));
+            overridden.insert(format!("plugins.{plugin}.{key}"), var);
+        } else if let Some(key) = var.strip_prefix(ENV_PREFIX) {
+            let key = key.to_ascii_lowercase();
+            let value = match key.as_str() {
+                "max_body_bytes" | "plugin_timeout_ms" | "plugin_memory_mib" => value
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| format!("{var}: {value:?} is not a whole number"))?,
+                _ => toml::Value::String(value),
+            };
+            overridden.insert(key.clone(), var);
+            table.insert(key, value);
+        }
+    }
+    Ok(overridden)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl File {
+    fn validate(self) -> Result<Config, String> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            format!(
+                "key `listen`: {:?} is not an address such as 127.0.0.1:8080",
+                self.listen
+            )
+        })?;
+        if !self.database.starts_with("sqlite:") {
+            return Err(format!(
+                "key `database`: {:?} is not supported; use sqlite://PATH (e.g. sqlite://meterd.db)",
+                self.database
+            ));
+        }
+        let admin_token = self.admin_token.filter(|t| !t.is_empty());
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err("key `admin_token`: must be at least 16 characters".to_owned());
+        }
+        if !listen.ip().is_loopback() && admin_token.is_none() {
+            return Err(format!(
+                "key `listen`: {listen} is reachable from other machines, so `admin_token` must be set"
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err("key `max_body_bytes`: must be greater than 0".to_owned());
+        }
+        if !(1..=60_000).contains(&self.plugin_timeout_ms) {
+            return Err("key `plugin_timeout_ms`: must be between 1 and 60000".to_owned());
+        }
+        if !(1..=4096).contains(&self.plugin_memory_mib) {
+            return Err("key `plugin_memory_mib`: must be between 1 and 4096".to_owned());
+        }
+        let mut plugins = BTreeMap::new();
+        for (name, section) in self.plugins {
+            if !valid_name(&name) {
+                return Err(format!(
+                    "key `plugins.{name}`: plugin names use a-z, 0-9, '_' and '-'"
+                ));
+            }
+            let mut flat = PluginSettings::new();
+            flatten(&name, "", section, &mut flat)?;
+            plugins.insert(name, flat);
+        }
+        let mut meters = default_meters();
+        for (name, m) in self.meters {
+            if !valid_name(&name) {
+                return Err(format!(
+                    "key `meters.{name}`: meter names use a-z, 0-9, '_' and '-'"
+                ));
+            }
+            if m.metric.trim().is_empty() || m.unit.trim().is_empty() {
+                return Err(format!(
+                    "key `meters.{name}`: `metric` and `unit` must not be empty"
+                ));
+            }
+            let def = MeterDef {
+                name: name.clone(),
+                metric: m.metric,
+                aggregation: m.aggregation,
+                unit: m.unit,
+            };
+            match meters.iter_mut().find(|d| d.name == name) {
+                Some(existing) => *existing = def,
+                None => meters.push(def),
+            }
+        }
+        Ok(Config {
+            source: String::new(),
+            listen,
+            database: self.database,
+            admin_token,
+            plugins_dir: self.plugins_dir,
+            cache_dir: self.cache_dir,
+            max_body_bytes: usize::try_from(self.max_body_bytes)
+                .map_err(|_| "key `max_body_bytes`: too large")?,
+            plugin_timeout: Duration::from_millis(self.plugin_timeout_ms),
+            plugin_memory_bytes: usize::try_from(self.plugin_memory_mib << 20)
+                .map_err(|_| "key `plugin_memory_mib`: too large")?,
+            plugins,
+            meters,
+        })
+    }
+}
+
+/// Flattens a plugin section to dotted keys; arrays become JSON text.
+fn flatten(
+    plugin: &str,
+    prefix: &str,
+    table: toml::Table,
+    out: &mut PluginSettings,
+) -> Result<(), String> {
+    for (key, value) in table {
+        let dotted = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let text = match value {
+            toml::Value::Table(inner) => {
+                flatten(plugin, &dotted, inner, out)?;
+                continue;
+            }
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(d) => d.to_string(),
+            toml::Value::Array(items) => serde_json::to_string(&items)
+                .map_err(|e| format!("key `plugins.{plugin}.{dotted}`: {e}"))?,
+        };
+        out.insert(dotted, text);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::parse(
+            "test.toml",
+            text,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database, "sqlite://meterd.db");
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.plugin_timeout, Duration::from_millis(100));
+        assert!(c.admin_token.is_none() && c.plugins_dir.is_none());
+        assert!(
+            c.meters
+                .iter()
+                .any(|m| m.name == "sandbox_cpu_core_seconds")
+        );
+    }
+
+    #[test]
+    fn plugin_sections_flatten_and_env_overrides_them() {
+        let c = parse(
+            "[plugins.e2b]\nsignature_secret = \"from-file\"\n[plugins.e2b.nested]\nlimit = 5\nlist = [1, 2]\n",
+            &[
+                ("METERD_PLUGINS__E2B__SIGNATURE_SECRET", "from-env"),
+                ("METERD_PLUGINS__E2B__ORG_METADATA_KEY", "tenant"),
+                ("PATH", "/bin"),
+                ("METERD_LOG", "debug"),
+            ],
+        )
+        .unwrap();
+        let e2b = &c.plugins["e2b"];
+        assert_eq!(e2b["signature_secret"], "from-env");
+        assert_eq!(e2b["org_metadata_key"], "tenant");
+        assert_eq!(e2b["nested.limit"], "5");
+        assert_eq!(e2b["nested.list"], "[1,2]");
+    }
+
+    #[test]
+    fn top_level_env_overrides_and_types_are_checked() {
+        let c = parse(
+            "listen = \"127.0.0.1:1\"",
+            &[
+                ("METERD_LISTEN", "127.0.0.1:9999"),
+                ("METERD_MAX_BODY_BYTES", "42"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.max_body_bytes, 42);
+        let e = parse("", &[("METERD_MAX_BODY_BYTES", "lots")]).unwrap_err();
+        assert!(e.to_string().contains("METERD_MAX_BODY_BYTES"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_problem() {
+        let e = parse("lissen = \"x\"", &[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config error in test.toml:") && e.contains("lissen"),
+            "{e}"
+        );
+        let e = parse("max_body_bytes = \"big\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `max_body_bytes`"), "{e}");
+        let e = parse("listen = \"nowhere\"", &[]).unwrap_err().to_string();
+        assert!(e.contains("key `listen`"), "{e}");
+        let e = parse("database = \"mysql://x\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `database`"), "{e}");
+        let e = parse(
+            "[meters.x]\nmetric = \"m\"\naggregation = \"median\"\nunit = \"u\"",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("meters.x.aggregation"), "{e}");
+        let e = parse("listen = [", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("config error in test.toml:"), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_public_listen_address_without_an_admin_token() {
+        let e = parse("listen = \"0.0.0.0:8080\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin_token"), "{e}");
+        let c = parse(
+            "listen = \"0.0.0.0:8080\"\nadmin_token = \"0123456789abcdef\"",
+            &[],
+        )
+        .unwrap();
+        assert!(!c.listens_on_loopback());
+        assert!(parse("admin_token = \"short\"", &[]).is_err());
+    }
+
+    #[test]
+    fn meters_from_config_override_and_extend_the_defaults() {
+        let c = parse(
+            "[meters.sandbox_active]\nmetric = \"sandbox_active\"\naggregation = \"max\"\nunit = \"boxes\"\n[meters.egress_bytes]\nmetric = \"egress\"\naggregation = \"sum\"\nunit = \"bytes\"\n",
+            &[],
+        )
+        .unwrap();
+        let active = c
+            .meters
+            .iter()
+            .find(|m| m.name == "sandbox_active")
+            .unwrap();
+        assert_eq!(
+            (active.aggregation, active.unit.as_str()),
+            (Aggregation::Max, "boxes")
+        );
+        assert!(
+            c.meters
+                .iter()
+                .any(|m| m.name == "egress_bytes" && m.metric == "egress")
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! The one error shape of the API: `{"error":{"code":"…","message":"…"}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::ingest::IngestError;
+use crate::plugin::AdapterError;
+use crate::runtime::CallError;
+use crate::store::StoreError;
+use crate::usage::UsageError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, code = self.code, message = %self.message, "request failed");
+        }
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+fn store_error(e: &StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("could not commit; retry later ({e})"),
+    )
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        let message = e.to_string();
+        match &e {
+            IngestError::UnknownPlugin(_) => ApiError::not_found(message),
+            IngestError::NotPush(_) => ApiError::new(StatusCode::NOT_FOUND, "not_push", message),
+            IngestError::Store(store) => store_error(store),
+            IngestError::InvalidOutput { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed", message)
+            }
+            IngestError::Plugin { plugin, error } => match error {
+                CallError::Adapter(adapter) => match adapter {
+                    AdapterError::Unauthorized(m) => ApiError::unauthorized(m.clone()),
+                    AdapterError::Malformed(m) => {
+                        ApiError::new(StatusCode::BAD_REQUEST, "malformed", m.clone())
+                    }
+                    AdapterError::Unsupported(m) => {
+                        ApiError::new(StatusCode::NOT_FOUND, "unsupported", m.clone())
+                    }
+                    AdapterError::Upstream(m) => {
+                        ApiError::new(StatusCode::BAD_GATEWAY, "upstream", m.clone())
+                    }
+                    AdapterError::Config(_) | AdapterError::Internal(_) => ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "plugin_failed",
+                        format!("plugin {plugin}: {adapter}"),
+                    ),
+                },
+                _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed", message),
+            },
+        }
+    }
+}
+
+impl From<UsageError> for ApiError {
+    fn from(e: UsageError) -> Self {
+        match &e {
+            UsageError::Store(store) => store_error(store),
+            UsageError::UnknownMeter { .. } | UsageError::BadGroupBy(_) | UsageError::Engine(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The HTTP interface (axum). Handlers are thin: they parse, call the
+//! domain services (`ingest`, `usage`), and map errors to the API's one
+//! error shape.
+
+mod error;
+mod usage;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+pub use error::ApiError;
+
+use crate::ingest::{Ingest, Receipt};
+use crate::plugin::InboundRequest;
+use crate::plugins::PluginRegistry;
+use crate::store::Store;
+use crate::usage::UsageService;
+
+/// What every handler may use.
+pub struct AppState {
+    pub ingest: Ingest,
+    pub usage: UsageService,
+    pub plugins: Arc<PluginRegistry>,
+    pub store: Arc<dyn Store>,
+    pub admin_token: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let orgs = Router::new()
+        .route("/v1/orgs/{org}/usage", get(usage::usage))
+        .route("/v1/plugins", get(list_plugins))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/v1/ingest/{plugin}", post(ingest))
+        .route("/v1/ingest/{plugin}/{*path}", post(ingest_path))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(orgs)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .with_state(state)
+}
+
+/// With `admin_token` set, the org and admin routes need it as a bearer token.
+async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = &state.admin_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
+        if !ok {
+            return ApiError::unauthorized(
+                "missing or wrong bearer token (Authorization: Bearer <admin_token>)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ingest(
+    state: State<Arc<AppState>>,
+    Path(plugin): Path<String>,
+    request: Request,
+) -> Result<Json<Receipt>, ApiError> {
+    ingest_inner(state, plugin, "/".to_owned(), request).await
+}
+
+async fn ingest_path(
+    state: State<Arc<AppState>>,
+    Path((plugin, path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Json<Receipt>, ApiError> {
+    ingest_inner(state, plugin, format!("/{path}"), request).await
+}
+
+async fn ingest_inner(
+    State(state): State<Arc<AppState>>,
+    plugin: String,
+    path: String,
+    request: Request,
+) -> Result<Json<Receipt>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let inbound = InboundRequest {
+        method: parts.method.as_str().to_owned(),
+        path,
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+        body,
+    };
+    Ok(Json(state.ingest.webhook(&plugin, inbound).await?))
+}
+
+/// Reads the body up to `limit` bytes; more is a 413, whatever the
+/// Content-Length claimed.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body is larger than the {limit}-byte limit"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(e) if is_length_limit(&e) => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read the body: {e}"
+        ))),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when the store answers and the plugins directory has been loaded.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(
+            serde_json::json!({ "status": "ready", "plugins": state.plugins.plugins().count() }),
+        )
+        .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("store: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn list_plugins(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let plugins: Vec<_> = state
+        .plugins
+        .plugins()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.info().name,
+                "version": p.info().version,
+                "modes": p.info().modes(),
+                "description": p.info().description,
+                "hash": p.hash(),
+                "compiled_from_cache": p.compiled_from_cache(),
+                "file": p.file.display().to_string(),
+                "loaded_at": crate::http::usage::rfc3339(p.loaded_at_ms),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "plugins": plugins, "failures": state.plugins.failures() }))
+}

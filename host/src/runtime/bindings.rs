@@ -1,0 +1,188 @@
+//! The generated bindings of the `meterd:provider` world, the host side of
+//! its imports (`host` interface), and conversions to the host's own types.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+
+use crate::meter::Kind;
+use crate::plugin::{
+    AdapterError, AdapterInfo, InboundRequest, PluginSettings, RawRecord, WebhookOutcome,
+};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "provider",
+});
+
+use meterd::provider::types as wit;
+
+pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    Provider::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
+}
+
+/// Longest log line a plugin may write; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// What a plugin's store holds: who it is, its config section and its
+/// memory limiter.
+pub struct PluginState {
+    plugin: Arc<str>,
+    settings: Arc<PluginSettings>,
+    limits: MemoryLimiter,
+}
+
+impl PluginState {
+    pub fn new(plugin: &str, settings: Arc<PluginSettings>, memory_limit_bytes: usize) -> Self {
+        let plugin: Arc<str> = if plugin.is_empty() {
+            Arc::from("(loading)")
+        } else {
+            Arc::from(plugin)
+        };
+        Self {
+            plugin,
+            settings,
+            limits: MemoryLimiter {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(memory_limit_bytes)
+                    .build(),
+                hit: false,
+            },
+        }
+    }
+
+    pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limits
+    }
+
+    pub fn reset_for_call(&mut self) {
+        self.limits.hit = false;
+    }
+
+    /// Whether this call was refused memory: the trap that usually follows
+    /// (Rust aborts on allocation failure) is then reported as out-of-memory.
+    pub fn memory_limit_hit(&self) -> bool {
+        self.limits.hit
+    }
+}
+
+/// `StoreLimits` that also remembers that it said no.
+struct MemoryLimiter {
+    inner: StoreLimits,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.hit = true;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+}
+
+impl wit::Host for PluginState {}
+
+impl meterd::provider::host::Host for PluginState {
+    fn log(&mut self, level: wit::LogLevel, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let plugin = &*self.plugin;
+        match level {
+            wit::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            wit::LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            wit::LogLevel::Info => tracing::info!(plugin, "{message}"),
+            wit::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            wit::LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.settings.get(&key).cloned()
+    }
+
+    fn now_ms(&mut self) -> i64 {
+        crate::clock::now_ms()
+    }
+}
+
+pub fn request_to_wit(request: &InboundRequest) -> wit::HttpRequest {
+    wit::HttpRequest {
+        method: request.method.clone(),
+        path: request.path.clone(),
+        query: request.query.clone(),
+        headers: request.headers.clone(),
+        body: request.body.clone(),
+    }
+}
+
+pub fn info_from_wit(info: wit::AdapterInfo) -> AdapterInfo {
+    AdapterInfo {
+        name: info.name,
+        version: info.version,
+        push: info.capabilities.contains(wit::Capabilities::PUSH),
+        pull: info.capabilities.contains(wit::Capabilities::PULL),
+        description: info.description,
+    }
+}
+
+pub fn webhook_outcome_from_wit(outcome: wit::WebhookOutcome) -> WebhookOutcome {
+    WebhookOutcome {
+        event_id: outcome.event_id,
+        records: outcome.records.into_iter().map(record_from_wit).collect(),
+    }
+}
+
+fn record_from_wit(r: wit::UsageRecord) -> RawRecord {
+    RawRecord {
+        event_id: r.event_id,
+        org_id: r.org_id,
+        subject: r.subject,
+        metric: r.metric,
+        kind: match r.kind {
+            wit::UsageKind::Delta => Kind::Delta,
+            wit::UsageKind::Level => Kind::Level,
+        },
+        quantity: r.quantity,
+        at_ms: r.at,
+        window_start_ms: r.window_start,
+        attributes: r.attributes,
+    }
+}
+
+pub fn error_from_wit(e: wit::AdapterError) -> AdapterError {
+    match e {
+        wit::AdapterError::Unauthorized(m) => AdapterError::Unauthorized(m),
+        wit::AdapterError::Malformed(m) => AdapterError::Malformed(m),
+        wit::AdapterError::Unsupported(m) => AdapterError::Unsupported(m),
+        wit::AdapterError::Config(m) => AdapterError::Config(m),
+        wit::AdapterError::Upstream(m) => AdapterError::Upstream(m),
+        wit::AdapterError::Internal(m) => AdapterError::Internal(m),
+    }
+}

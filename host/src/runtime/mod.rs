@@ -1,0 +1,344 @@
+//! The plugin runtime: the only module that touches wasmtime.
+//!
+//! It owns every wasmtime setting in one place ([`RuntimeSettings`] →
+//! [`Runtime::new`]): the pooling allocator, epoch interruption for the
+//! per-call CPU deadline, a memory cap per instance, and an on-disk cache of
+//! compiled components. A [`LoadedPlugin`] is one component, pre-instantiated
+//! once; each call takes a warm instance (or makes one from the
+//! `InstancePre`), and puts it back only if the call did not trap, because a
+//! trapped instance cannot be entered again.
+//!
+//! Calls are synchronous and CPU-bound: callers run them on a blocking
+//! thread (see `crate::plugins`).
+
+mod bindings;
+mod cache;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use crate::plugin::{AdapterError, AdapterInfo, InboundRequest, PluginSettings, WebhookOutcome};
+use bindings::{PluginState, Provider, ProviderPre};
+
+/// How often the epoch advances; the CPU deadline is measured in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Every knob the runtime has, with the defaults the gateway ships.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// CPU time one plugin call may take before it is cut off.
+    pub call_timeout: Duration,
+    /// Linear-memory cap of one plugin instance.
+    pub memory_limit_bytes: usize,
+    /// Instances kept warm per plugin between calls.
+    pub warm_instances: usize,
+    /// Pooling-allocator slots shared by all plugins (in-flight + warm).
+    pub pooled_instances: u32,
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_millis(100),
+            memory_limit_bytes: 64 << 20,
+            warm_instances: 16,
+            pooled_instances: 256,
+            cache_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the wasm engine could not be configured: {0}")]
+    Engine(String),
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    #[error("the component does not match the meterd:provider@0.1.0 world: {0}")]
+    World(String),
+    #[error("the component's info() failed: {0}")]
+    Canary(#[source] CallError),
+}
+
+/// Why a plugin call produced no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The plugin answered with an error of its own.
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    #[error("plugin {plugin} exceeded its {deadline_ms} ms CPU deadline and was stopped")]
+    Timeout { plugin: String, deadline_ms: u128 },
+    #[error("plugin {plugin} ran out of memory (limit {limit_bytes} bytes) and was stopped")]
+    OutOfMemory { plugin: String, limit_bytes: usize },
+    #[error("plugin {plugin} trapped: {message}")]
+    Trap { plugin: String, message: String },
+    #[error("plugin {plugin} could not be instantiated: {message}")]
+    Instantiate { plugin: String, message: String },
+}
+
+/// The wasmtime engine, its linker and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    settings: RuntimeSettings,
+    /// Shared with every plugin loaded here: deadlines hold as long as any
+    /// plugin can still be called, even after the `Runtime` is gone.
+    ticker: Arc<EpochTicker>,
+}
+
+impl Runtime {
+    pub fn new(settings: RuntimeSettings) -> Result<Self, LoadError> {
+        let mut pool = PoolingAllocationConfig::default();
+        let slots = settings.pooled_instances;
+        pool.total_component_instances(slots)
+            // A wit-component component has a few core instances (the
+            // module, and shims for its imports).
+            .total_core_instances(slots.saturating_mul(4))
+            .total_memories(slots)
+            .total_tables(slots.saturating_mul(4))
+            .max_memory_size(settings.memory_limit_bytes);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        bindings::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let ticker = Arc::new(EpochTicker::start(engine.clone()));
+        Ok(Self {
+            engine,
+            linker,
+            settings,
+            ticker,
+        })
+    }
+
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.settings
+    }
+
+    /// Compiles (or loads from the cache), links and pre-instantiates a
+    /// component, then calls its `info()` as a canary.
+    pub fn load(&self, bytes: &[u8], settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
+        let hash = cache::sha256_hex(bytes);
+        let (component, from_cache) = match &self.settings.cache_dir {
+            Some(dir) => cache::compile_cached(&self.engine, dir, &hash, bytes)?,
+            None => (
+                Component::from_binary(&self.engine, bytes)
+                    .map_err(|e| LoadError::Compile(format!("{e:#}")))?,
+                false,
+            ),
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ProviderPre::new)
+            .map_err(|e| LoadError::World(format!("{e:#}")))?;
+        let mut plugin = LoadedPlugin {
+            info: AdapterInfo {
+                name: String::new(),
+                version: String::new(),
+                push: false,
+                pull: false,
+                description: String::new(),
+            },
+            hash,
+            from_cache,
+            pre,
+            engine: self.engine.clone(),
+            _ticker: self.ticker.clone(),
+            settings: Arc::new(settings),
+            warm: Mutex::new(Vec::new()),
+            max_warm: self.settings.warm_instances,
+            deadline_ticks: self.ticker.ticks_for(self.settings.call_timeout),
+            call_timeout: self.settings.call_timeout,
+            memory_limit_bytes: self.settings.memory_limit_bytes,
+        };
+        plugin.info = plugin
+            .call(|p, store| {
+                p.meterd_provider_adapter()
+                    .call_info(store)
+                    .map(bindings::info_from_wit)
+                    .map(Ok)
+            })
+            .map_err(LoadError::Canary)?;
+        Ok(plugin)
+    }
+}
+
+/// A warm instance: its store and the bindings into it.
+struct Warm {
+    store: Store<PluginState>,
+    provider: Provider,
+}
+
+/// One compiled, pre-instantiated plugin.
+pub struct LoadedPlugin {
+    info: AdapterInfo,
+    /// SHA-256 of the component bytes, hex.
+    hash: String,
+    /// Whether the compiled code came from the on-disk cache.
+    from_cache: bool,
+    pre: ProviderPre<PluginState>,
+    engine: Engine,
+    _ticker: Arc<EpochTicker>,
+    settings: Arc<PluginSettings>,
+    warm: Mutex<Vec<Warm>>,
+    max_warm: usize,
+    deadline_ticks: u64,
+    call_timeout: Duration,
+    memory_limit_bytes: usize,
+}
+
+impl LoadedPlugin {
+    pub fn info(&self) -> &AdapterInfo {
+        &self.info
+    }
+
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn compiled_from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    /// Verifies and normalizes one webhook. Blocks for up to the CPU deadline.
+    pub fn handle_webhook(&self, request: &InboundRequest) -> Result<WebhookOutcome, CallError> {
+        let request = bindings::request_to_wit(request);
+        self.call(|p, store| {
+            p.meterd_provider_adapter()
+                .call_handle_webhook(store, &request)
+                .map(|r| {
+                    r.map(bindings::webhook_outcome_from_wit)
+                        .map_err(bindings::error_from_wit)
+                })
+        })
+    }
+
+    /// Runs one call on a warm (or fresh) instance with the CPU deadline and
+    /// memory cap armed; a trapped instance is dropped, a healthy one kept.
+    fn call<R>(
+        &self,
+        f: impl FnOnce(&Provider, &mut Store<PluginState>) -> wasmtime::Result<Result<R, AdapterError>>,
+    ) -> Result<R, CallError> {
+        let mut warm = match self.take_warm() {
+            Some(warm) => warm,
+            None => self.instantiate()?,
+        };
+        warm.store.data_mut().reset_for_call();
+        warm.store.set_epoch_deadline(self.deadline_ticks);
+        match f(&warm.provider, &mut warm.store) {
+            Ok(answer) => {
+                self.put_back(warm);
+                answer.map_err(CallError::Adapter)
+            }
+            Err(trap) => Err(self.classify(trap, warm.store.data())),
+        }
+    }
+
+    fn take_warm(&self) -> Option<Warm> {
+        self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn put_back(&self, warm: Warm) {
+        let mut idle = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_warm {
+            idle.push(warm);
+        }
+    }
+
+    fn instantiate(&self) -> Result<Warm, CallError> {
+        let state = PluginState::new(
+            &self.info.name,
+            self.settings.clone(),
+            self.memory_limit_bytes,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state.limiter());
+        store.set_epoch_deadline(self.deadline_ticks);
+        let provider = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::Instantiate {
+                plugin: self.display_name(),
+                message: format!("{e:#}"),
+            })?;
+        Ok(Warm { store, provider })
+    }
+
+    fn classify(&self, error: wasmtime::Error, state: &PluginState) -> CallError {
+        let plugin = self.display_name();
+        if state.memory_limit_hit() {
+            return CallError::OutOfMemory {
+                plugin,
+                limit_bytes: self.memory_limit_bytes,
+            };
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Timeout {
+                plugin,
+                deadline_ms: self.call_timeout.as_millis(),
+            },
+            _ => CallError::Trap {
+                plugin,
+                message: format!("{error:#}"),
+            },
+        }
+    }
+
+    /// The name for error messages: `info().name` once known.
+    fn display_name(&self) -> String {
+        if self.info.name.is_empty() {
+            "(loading)".to_owned()
+        } else {
+            self.info.name.clone()
+        }
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread, so a
+/// plugin call that runs past its deadline traps at the next tick.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("meterd-epoch".to_owned())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "epoch ticker did not start: plugin deadlines are off"));
+        Self { stop }
+    }
+
+    /// Ticks that cover `timeout` in full: the deadline is counted from the
+    /// current tick, which may be nearly over, hence one more.
+    fn ticks_for(&self, timeout: Duration) -> u64 {
+        let tick = EPOCH_TICK.as_nanos();
+        let ticks = timeout.as_nanos().div_ceil(tick).max(1);
+        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,111 @@
+//! Wiring: open the store, load the plugins, start the committer, serve
+//! HTTP, and shut down gracefully (stop accepting, finish in-flight
+//! requests, drain the commit queue).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::ingest::Ingest;
+use crate::plugins::PluginRegistry;
+use crate::runtime::{Runtime, RuntimeSettings};
+use crate::store::{GroupCommitter, SqliteStore, Store};
+use crate::usage::UsageService;
+
+/// Concurrent calls one plugin may have in flight.
+pub const MAX_CONCURRENT_CALLS_PER_PLUGIN: usize = 32;
+
+pub fn runtime_settings(config: &Config) -> RuntimeSettings {
+    RuntimeSettings {
+        call_timeout: config.plugin_timeout,
+        memory_limit_bytes: config.plugin_memory_bytes,
+        cache_dir: Some(config.cache_dir.clone()),
+        ..RuntimeSettings::default()
+    }
+}
+
+/// Opens the configured database and applies migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = SqliteStore::open(&config.database)
+        .await
+        .with_context(|| format!("opening {}", config.database))?;
+    store.migrate().await.context("migrating the database")?;
+    Ok(Arc::new(store))
+}
+
+/// Loads the plugins directory, if one is configured.
+pub fn load_plugins(config: &Config) -> anyhow::Result<PluginRegistry> {
+    let Some(dir) = &config.plugins_dir else {
+        tracing::warn!("no plugins_dir configured: no ingest routes are served");
+        return Ok(PluginRegistry::empty());
+    };
+    let runtime = Runtime::new(runtime_settings(config)).context("starting the plugin runtime")?;
+    PluginRegistry::load_dir(&runtime, dir, config, MAX_CONCURRENT_CALLS_PER_PLUGIN)
+        .map_err(Into::into)
+}
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let plugins = Arc::new(tokio::task::block_in_place(|| load_plugins(&config))?);
+    let (committer, commit_task) = GroupCommitter::start(store.clone());
+    let state = Arc::new(AppState {
+        ingest: Ingest::new(plugins.clone(), committer),
+        usage: UsageService::new(store.clone(), config.meters.clone()),
+        plugins: plugins.clone(),
+        store,
+        admin_token: config.admin_token.clone(),
+        max_body_bytes: config.max_body_bytes,
+    });
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let names: Vec<String> = plugins
+        .plugins()
+        .map(|p| format!("{} {}", p.info().name, p.info().version))
+        .collect();
+    // Tests and operators read this line to find the port.
+    println!(
+        "meterd listening on http://{addr} (database {}, plugins: {})",
+        config.database,
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    );
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    // In-flight requests are done; the last committer handle goes with the
+    // state, and the task drains what is queued before it ends.
+    drop(state);
+    commit_task.await.context("the committer task failed")?;
+    tracing::info!("meterd stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

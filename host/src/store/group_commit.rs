@@ -1,0 +1,92 @@
+//! Group commit: concurrent deliveries wait together and are committed in
+//! one transaction, so they share one fsync. Each caller is answered only
+//! after the transaction that holds its delivery has committed.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CommitOutcome, Delivery, Store, StoreError};
+
+/// Most deliveries, and most payload bytes, one transaction takes.
+const MAX_BATCH: usize = 512;
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Deliveries that may wait for the committer before callers are held back.
+const QUEUE: usize = 4_096;
+
+struct Job {
+    delivery: Delivery,
+    reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+}
+
+/// Handle to the committer task; cheap to clone. The task ends when every
+/// handle is dropped and the queue is drained.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl GroupCommitter {
+    pub fn start(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(store, queue));
+        (Self { jobs }, task)
+    }
+
+    /// Commits one delivery together with whatever else is waiting.
+    pub async fn commit(&self, delivery: Delivery) -> Result<CommitOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the committer has stopped".to_owned());
+        self.jobs
+            .send(Job { delivery, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut bytes = first.delivery.body.len();
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(job) => {
+                    bytes += job.delivery.body.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(store.as_ref(), jobs).await;
+    }
+}
+
+async fn commit_group(store: &dyn Store, jobs: Vec<Job>) {
+    let (deliveries, replies): (Vec<_>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.delivery, j.reply)).unzip();
+    match store.commit(&deliveries).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        // One failed transaction must not fail its neighbours: retry each
+        // delivery alone, so only the one that cannot commit gets the error.
+        Err(e) if deliveries.len() > 1 => {
+            tracing::warn!(error = %e, batch = deliveries.len(), "group commit failed; retrying deliveries one by one");
+            for (delivery, reply) in deliveries.into_iter().zip(replies) {
+                let result = store.commit(std::slice::from_ref(&delivery)).await;
+                let _ = reply.send(result.and_then(|mut o| {
+                    o.pop()
+                        .ok_or_else(|| StoreError::Corrupt("no outcome".to_owned()))
+                }));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}

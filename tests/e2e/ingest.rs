@@ -1,0 +1,312 @@
+//! E2B webhooks through the real gateway: exact totals, dedup, every kind
+//! of bad input answered as the API says with nothing stored, and totals
+//! that survive kill -9.
+
+mod support;
+
+use support::{Gateway, Options, e2b_event, fixture};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fixture_delivery_gives_exact_meters_once() {
+    let gw = Gateway::start(Options::default());
+    let body = fixture("e2b/webhook-killed.constructed.body.json");
+    let headers: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&fixture("e2b/webhook-killed.constructed.headers.json")).unwrap();
+    // Exactly the headers E2B's docs describe, with the constructed signature.
+    let send: Vec<(&str, &str)> = headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("e2b-"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (status, receipt) = gw.ingest("e2b", &body, &send).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(
+        receipt,
+        serde_json::json!({"event_id": "9b2f6a4e-0d1c-4c59-9a51-2f6f3f0f7c11", "records": 3, "duplicate": false})
+    );
+    // A redelivery is acknowledged and counts nothing.
+    let (status, again) = gw.ingest("e2b", &body, &send).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["duplicate"], true);
+
+    assert_eq!(
+        gw.total("acme", "sandbox_cpu_core_seconds").await,
+        "144.246"
+    );
+    assert_eq!(
+        gw.total("acme", "sandbox_ram_gibi_seconds").await,
+        "36.0615"
+    );
+    assert_eq!(gw.count_rows("deliveries").await, 1);
+    assert_eq!(gw.count_rows("usage_records").await, 3);
+
+    let (status, usage) = gw
+        .get("/v1/orgs/acme/usage?meter=sandbox_cpu_core_seconds&from=2025-08-06T00:00:00Z&to=2025-08-07T00:00:00Z&window=hour&group_by=template_id")
+        .await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["unit"], "vCPU-seconds");
+    assert_eq!(usage["from"], "2025-08-06T00:00:00Z");
+    let windows = usage["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 24);
+    let hour_20 = &windows[20];
+    assert_eq!(hour_20["start"], "2025-08-06T20:00:00Z");
+    assert_eq!(hour_20["value"], "144.246");
+    assert_eq!(hour_20["group"], "rki5dems9wqfm4r03t7g");
+    assert_eq!(windows[19]["value"], "0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_lifecycles_give_exact_totals_per_org_despite_redeliveries() {
+    let gw = Gateway::start(Options::default());
+    // Two orgs; org-a has two sandboxes that overlap, org-b one.
+    // (vcpu, memory_mb, execution_time ms)
+    let events = [
+        e2b_event(
+            "a1",
+            "created",
+            "2025-08-10T10:00:00Z",
+            "sbx-1",
+            "org-a",
+            None,
+        ),
+        e2b_event(
+            "a2",
+            "created",
+            "2025-08-10T10:30:00Z",
+            "sbx-2",
+            "org-a",
+            None,
+        ),
+        e2b_event(
+            "a3",
+            "paused",
+            "2025-08-10T11:00:00Z",
+            "sbx-1",
+            "org-a",
+            Some((2, 512, 3_600_000)),
+        ),
+        e2b_event(
+            "a4",
+            "resumed",
+            "2025-08-10T12:00:00Z",
+            "sbx-1",
+            "org-a",
+            None,
+        ),
+        e2b_event(
+            "a5",
+            "killed",
+            "2025-08-10T12:00:01.5Z",
+            "sbx-1",
+            "org-a",
+            Some((2, 512, 1_500)),
+        ),
+        e2b_event(
+            "a6",
+            "killed",
+            "2025-08-10T11:30:00Z",
+            "sbx-2",
+            "org-a",
+            Some((8, 3_000, 3_600_001)),
+        ),
+        e2b_event(
+            "b1",
+            "created",
+            "2025-08-11T00:00:00Z",
+            "sbx-3",
+            "org-b",
+            None,
+        ),
+        e2b_event(
+            "b2",
+            "killed",
+            "2025-08-11T00:00:07Z",
+            "sbx-3",
+            "org-b",
+            Some((1, 1, 7)),
+        ),
+        e2b_event(
+            "u1",
+            "updated",
+            "2025-08-11T00:00:08Z",
+            "sbx-3",
+            "org-b",
+            None,
+        ),
+    ];
+    // Deliver in reverse order (late and out of order), then all again.
+    for body in events.iter().rev() {
+        let (status, receipt) = gw.e2b(body).await;
+        assert_eq!(status, 200, "{receipt}");
+        assert_eq!(receipt["duplicate"], false);
+    }
+    for body in &events {
+        let (status, receipt) = gw.e2b(body).await;
+        assert_eq!(status, 200, "{receipt}");
+        assert_eq!(receipt["duplicate"], true, "{receipt}");
+    }
+    // org-a CPU: 2×3600 + 2×1.5 + 8×3600.001 = 7200 + 3 + 28800.008
+    assert_eq!(
+        gw.total("org-a", "sandbox_cpu_core_seconds").await,
+        "36003.008"
+    );
+    // org-a RAM: 0.5×3600 + 0.5×1.5 + (3000/1024)×3600.001 = 1800 + 0.75 + 10546.8779296875
+    assert_eq!(
+        gw.total("org-a", "sandbox_ram_gibi_seconds").await,
+        "12347.6279296875"
+    );
+    // org-b: 1 vCPU × 7 ms; 1 MiB × 7 ms = 7/1,024,000 GiB·s, exactly.
+    assert_eq!(gw.total("org-b", "sandbox_cpu_core_seconds").await, "0.007");
+    assert_eq!(
+        gw.total("org-b", "sandbox_ram_gibi_seconds").await,
+        "0.0000068359375"
+    );
+    // Active time from the levels: sbx-1 10:00-11:00 and 12:00-12:00:01.5,
+    // sbx-2 10:30-11:30 → 3600 + 1.5 + 3600 sandbox-seconds.
+    assert_eq!(gw.total("org-a", "sandbox_active_seconds").await, "7201.5");
+    assert_eq!(gw.total("org-a", "sandbox_active_max").await, "2");
+    assert_eq!(gw.total("org-a", "sandbox_active").await, "0");
+    // Another org sees nothing.
+    assert_eq!(gw.total("org-c", "sandbox_cpu_core_seconds").await, "0");
+    assert_eq!(gw.count_rows("deliveries").await, events.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_answered_clearly_and_store_nothing() {
+    let gw = Gateway::start(Options {
+        extra_config: "max_body_bytes = 4096".into(),
+        ..Options::default()
+    });
+    let good = e2b_event(
+        "g1",
+        "killed",
+        "2025-08-10T12:00:00Z",
+        "sbx",
+        "org-x",
+        Some((2, 512, 1000)),
+    );
+    let signature = support::e2b_signature(support::E2B_SECRET, &good);
+    let wrong = support::e2b_signature("not-the-secret", &good);
+
+    let cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>, u16, &str)> = vec![
+        (
+            "no signature",
+            good.clone(),
+            vec![],
+            401,
+            "missing e2b-signature",
+        ),
+        (
+            "wrong secret",
+            good.clone(),
+            vec![("e2b-signature", wrong)],
+            401,
+            "does not match",
+        ),
+        (
+            "tampered body",
+            good.replace_bytes("org-x", "org-y"),
+            vec![("e2b-signature", signature.clone())],
+            401,
+            "does not match",
+        ),
+        (
+            "signature not base64",
+            good.clone(),
+            vec![("e2b-signature", "%%%".into())],
+            401,
+            "not base64",
+        ),
+        (
+            "malformed JSON",
+            b"{\"id\": ".to_vec(),
+            vec![(
+                "e2b-signature",
+                support::e2b_signature(support::E2B_SECRET, b"{\"id\": "),
+            )],
+            400,
+            "not an E2B v2 webhook event",
+        ),
+        (
+            "oversize body",
+            vec![b' '; 5000],
+            vec![("e2b-signature", signature.clone())],
+            413,
+            "4096-byte limit",
+        ),
+    ];
+    for (name, body, headers, status, message) in cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (got, answer) = gw.ingest("e2b", &body, &headers).await;
+        assert_eq!(got, status, "{name}: {answer}");
+        let text = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            text.contains(message),
+            "{name}: {text:?} should mention {message:?}"
+        );
+        assert!(answer["error"]["code"].is_string(), "{name}: {answer}");
+    }
+    let (status, answer) = gw
+        .ingest("nope", &good, &[("e2b-signature", &signature)])
+        .await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope")
+    );
+
+    assert_eq!(gw.count_rows("deliveries").await, 0);
+    assert_eq!(gw.count_rows("usage_records").await, 0);
+    // …and the good delivery still goes through afterwards.
+    let (status, receipt) = gw.e2b(&good).await;
+    assert_eq!((status, receipt["records"].as_u64()), (200, Some(3)));
+    assert_eq!(gw.total("org-x", "sandbox_cpu_core_seconds").await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_deliveries_survive_kill_9() {
+    let mut gw = Gateway::start(Options::default());
+    let mut tasks = Vec::new();
+    // 200 concurrent deliveries: group commit batches them.
+    for i in 0..200 {
+        let body = e2b_event(
+            &format!("k{i}"),
+            "killed",
+            "2025-08-12T00:00:00Z",
+            &format!("s{i}"),
+            "org-k",
+            Some((1, 1024, 1000)),
+        );
+        let client = gw.client.clone();
+        let url = gw.url("/v1/ingest/e2b");
+        let signature = support::e2b_signature(support::E2B_SECRET, &body);
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("e2b-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), 200);
+    }
+    gw.restart_after_kill9();
+    assert_eq!(gw.total("org-k", "sandbox_cpu_core_seconds").await, "200");
+    assert_eq!(gw.total("org-k", "sandbox_ram_gibi_seconds").await, "200");
+    assert_eq!(gw.count_rows("deliveries").await, 200);
+}
+
+trait ReplaceBytes {
+    fn replace_bytes(&self, from: &str, to: &str) -> Vec<u8>;
+}
+
+impl ReplaceBytes for Vec<u8> {
+    fn replace_bytes(&self, from: &str, to: &str) -> Vec<u8> {
+        String::from_utf8_lossy(self).replace(from, to).into_bytes()
+    }
+}

@@ -1,0 +1,309 @@
+//! What every end-to-end test needs: freshly built plugin components, a real
+//! `meterd` process on an ephemeral loopback port with its own SQLite file,
+//! an HTTP client, and E2B-style signing.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+pub const E2B_SECRET: &str = "test-signature-secret-1";
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+
+/// Builds every plugin once per test process (incremental: seconds when
+/// nothing changed) and returns the component of `name`.
+pub fn component(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Vec<meterd_plugin_build::BuiltPlugin>> = OnceLock::new();
+    let built =
+        BUILT.get_or_init(|| meterd_plugin_build::build_all().expect("building the plugins"));
+    built
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no plugin named {name} was built"))
+        .path
+        .clone()
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
+}
+
+/// base64(SHA-256(secret ‖ body)): E2B's webhook signature.
+pub fn e2b_signature(secret: &str, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(secret.as_bytes());
+    hasher.update(body);
+    base64::engine::general_purpose::STANDARD.encode(hasher.finalize())
+}
+
+/// How to start a gateway.
+pub struct Options {
+    pub plugins: Vec<&'static str>,
+    /// Extra top-level TOML for the generated config (placed before any table).
+    pub extra_config: String,
+    pub admin_token: Option<&'static str>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            plugins: vec!["e2b"],
+            extra_config: String::new(),
+            admin_token: None,
+        }
+    }
+}
+
+/// A running `meterd serve` and the directory that holds its state.
+pub struct Gateway {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub client: reqwest::Client,
+    admin_token: Option<&'static str>,
+}
+
+pub fn meterd_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_meterd")
+}
+
+impl Gateway {
+    pub fn start(options: Options) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins_dir).expect("plugins dir");
+        for name in &options.plugins {
+            std::fs::copy(component(name), plugins_dir.join(format!("{name}.wasm")))
+                .expect("copying a component");
+        }
+        let admin = options
+            .admin_token
+            .map(|t| format!("admin_token = \"{t}\"\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndatabase = \"sqlite://{db}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n{admin}{extra}\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n",
+            db = dir.path().join("meterd.db").display(),
+            plugins = plugins_dir.display(),
+            cache = dir.path().join("cache").display(),
+            extra = options.extra_config,
+        );
+        std::fs::write(dir.path().join("meterd.toml"), config).expect("writing config");
+        let mut gateway = Self {
+            child: None,
+            dir,
+            base: String::new(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            admin_token: options.admin_token,
+        };
+        gateway.spawn();
+        gateway
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("meterd.toml")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("meterd.db")
+    }
+
+    /// Starts the process and waits for its "listening on" line.
+    fn spawn(&mut self) {
+        let mut child = Command::new(meterd_binary())
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .current_dir(self.dir.path())
+            .env("METERD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting meterd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(rest) = line.strip_prefix("meterd listening on ") {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|e| {
+                let _ = child.kill();
+                match e {
+                    std::sync::mpsc::RecvTimeoutError::Timeout => {
+                        panic!("meterd did not start listening within 120 s")
+                    }
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                        panic!("meterd exited before listening (its stderr is above)")
+                    }
+                }
+            });
+        self.child = Some(child);
+        self.base = base;
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reaping");
+        }
+    }
+
+    pub fn restart_after_kill9(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meterd did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs a body to `/v1/ingest/{plugin}` with the given headers.
+    pub async fn ingest(
+        &self,
+        plugin: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .client
+            .post(self.url(&format!("/v1/ingest/{plugin}")))
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("POST ingest");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// POSTs an E2B webhook signed with the configured secret.
+    pub async fn e2b(&self, body: &[u8]) -> (u16, serde_json::Value) {
+        let signature = e2b_signature(E2B_SECRET, body);
+        self.ingest(
+            "e2b",
+            body,
+            &[
+                ("e2b-signature", &signature),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await
+    }
+
+    /// GETs a path (with the admin token when one is configured).
+    pub async fn get(&self, path_and_query: &str) -> (u16, serde_json::Value) {
+        let mut request = self.client.get(self.url(path_and_query));
+        if let Some(token) = self.admin_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("GET");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// The `total` of a usage query over August 2025 (where the test events live).
+    pub async fn total(&self, org: &str, meter: &str) -> String {
+        let (status, body) = self
+            .get(&format!("/v1/orgs/{org}/usage?meter={meter}&from=2025-08-01T00:00:00Z&to=2025-09-01T00:00:00Z"))
+            .await;
+        assert_eq!(status, 200, "usage query failed: {body}");
+        body["total"]
+            .as_str()
+            .expect("total is a string")
+            .to_owned()
+    }
+
+    /// Rows in a table of the gateway's database, read directly from the file.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let url = format!("sqlite://{}?mode=ro", self.db_path().display());
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("opening the test database");
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        pool.close().await;
+        n
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An E2B v2 lifecycle event body.
+pub fn e2b_event(
+    id: &str,
+    event_type: &str,
+    timestamp: &str,
+    sandbox: &str,
+    org: &str,
+    execution: Option<(u64, u64, u64)>,
+) -> Vec<u8> {
+    let mut event_data = serde_json::json!({ "sandbox_metadata": { "tenant": org } });
+    if let Some((vcpu, memory_mb, ms)) = execution {
+        event_data["execution"] = serde_json::json!({
+            "started_at": "2025-08-06T00:00:00Z", "vcpu_count": vcpu, "memory_mb": memory_mb, "execution_time": ms,
+        });
+    }
+    serde_json::json!({
+        "id": id, "version": "v2", "type": format!("sandbox.lifecycle.{event_type}"), "timestamp": timestamp,
+        "event_data": event_data, "sandbox_id": sandbox, "sandbox_template_id": "base",
+        "sandbox_team_id": "team-1",
+    })
+    .to_string()
+    .into_bytes()
+}
