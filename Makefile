@@ -1,0 +1,32 @@
+# meterd: the two commands of README.md, and a few for developers.
+#
+#   make run    build the plugins (installing a wasm toolchain if missing)
+#               and the gateway, then serve on 127.0.0.1:8080 with SQLite
+#   make test   build everything and run every test: unit, plugin (native),
+#               end-to-end (real binary, real SQLite file, real components)
+
+CARGO ?= cargo
+# `make run` serves the components built into target/plugins unless told
+# otherwise.
+export METERD_PLUGINS_DIR ?= target/plugins
+
+.PHONY: run test plugins build bench check
+
+run: plugins
+	$(CARGO) run --release -p meterd -- serve
+
+test:
+	$(CARGO) test --release --workspace
+
+plugins:
+	$(CARGO) run --release -q -p meterd-plugin-build
+
+build: plugins
+	$(CARGO) build --release -p meterd
+
+bench: plugins
+	$(CARGO) bench -p meterd
+
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
