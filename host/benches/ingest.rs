@@ -1,0 +1,1189 @@
+//! End-to-end ingest throughput and latency of the real `meterd` binary:
+//! signed E2B webhooks over HTTP/1.1 keep-alive connections, each answered
+//! only after its durable SQLite commit.
+//!
+//! For every run the benchmark starts a fresh gateway (ephemeral loopback
+//! port, new SQLite file in a temp dir, the freshly built e2b component),
+//! pre-generates uniquely identified, signed webhooks, drives load, and then
+//! checks from the API and from the database file that exactly what was
+//! acknowledged was committed: a run that loses or invents data is reported
+//! INVALID and the benchmark exits non-zero.
+//!
+//! * Closed loop: N connections, each sending its next webhook as soon as the
+//!   previous one is answered → maximum webhooks/s.
+//! * Open loop: webhooks scheduled at a fixed rate by a pacer thread and sent
+//!   on the first idle connection; latency is measured from the *scheduled*
+//!   send time, so a stalled server cannot hide its stall by slowing the
+//!   client down (no coordinated omission).
+//!
+//! The load generator is this process (one tokio current-thread runtime plus
+//! the pacer thread) on the same machine as the gateway: its CPU is reported
+//! next to the gateway's.
+//!
+//! Run: `cargo bench -p meterd --bench ingest` (filters after `--`:
+//! `closed`, `open`). Knobs (environment):
+//! `METERD_BENCH_SECONDS` (measured seconds per run, default 10),
+//! `METERD_BENCH_WARMUP_SECONDS` (default 1),
+//! `METERD_BENCH_CONNECTIONS` (closed-loop connection counts, default
+//! `16,64,128,256`), `METERD_BENCH_RATE` (open-loop webhooks/s, default 5000),
+//! `METERD_BENCH_OPEN_CONNECTIONS` (default 256: enough that a stall of
+//! the gateway rarely leaves a scheduled webhook without a connection),
+//! `METERD_BENCH_MAX_RATE` (closed-loop webhooks pre-generated per second of
+//! run, default 30000), `METERD_BENCH_PERF` (`0` disables the `perf stat`
+//! counters: fsyncs, context switches).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rust_decimal::Decimal;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc};
+
+use support::{E2B_SECRET, format_ns, percentile};
+
+/// Each benchmark webhook is a `killed` event with 2 vCPUs for 1.5 s: 3
+/// core-seconds, so the committed total is exactly 3 × acknowledged.
+const CORE_SECONDS_PER_WEBHOOK: u64 = 3;
+const METER: &str = "sandbox_cpu_core_seconds";
+/// The benchmark events all happen on 2025-08-06.
+const USAGE_RANGE: &str = "from=2025-08-01T00:00:00Z&to=2025-09-01T00:00:00Z";
+const THROUGHPUT_TARGET: f64 = 10_000.0;
+const P99_TARGET: Duration = Duration::from_millis(5);
+/// Linux reports process CPU time in USER_HZ ticks, 100 per second on every
+/// mainstream architecture.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// What to run, from the environment (see the module docs).
+struct Settings {
+    seconds: Duration,
+    warmup: Duration,
+    connections: Vec<usize>,
+    rate: f64,
+    open_connections: usize,
+    max_rate: f64,
+    perf: bool,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let connections = std::env::var("METERD_BENCH_CONNECTIONS")
+            .unwrap_or_else(|_| "16,64,128,256".to_owned())
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("METERD_BENCH_CONNECTIONS is a comma-separated list of counts")
+            })
+            .collect();
+        Self {
+            seconds: support::env_seconds("METERD_BENCH_SECONDS", 10.0),
+            warmup: support::env_seconds("METERD_BENCH_WARMUP_SECONDS", 1.0),
+            connections,
+            rate: support::env_number("METERD_BENCH_RATE", 5_000.0),
+            open_connections: support::env_number("METERD_BENCH_OPEN_CONNECTIONS", 256usize),
+            max_rate: support::env_number("METERD_BENCH_MAX_RATE", 30_000.0),
+            perf: support::env_number("METERD_BENCH_PERF", 1u8) != 0,
+        }
+    }
+
+    fn run_length(&self) -> Duration {
+        self.warmup + self.seconds
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The gateway under test
+// ---------------------------------------------------------------------------
+
+/// A running `meterd serve` with its own directory and database.
+struct Gateway {
+    child: Child,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts the release binary with a fresh database and waits for its
+    /// "listening on" line. `cache_dir` is shared between runs so the
+    /// component is compiled once.
+    fn start(component: &Path, cache_dir: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("creating a temp dir");
+        let config = write_config(dir.path(), component, cache_dir);
+        let mut child = spawn_meterd(&config, dir.path());
+        let addr = wait_for_listening(&mut child);
+        Self { child, dir, addr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.path().join("meterd.db")
+    }
+
+    /// SIGTERM and wait: a graceful stop drains the commit queue.
+    fn stop(mut self) {
+        signal(self.pid(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("meterd did not stop within 30 s of SIGTERM; killing it");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes `meterd.toml` (and the plugins dir with the e2b component) into
+/// `dir` and returns the config's path.
+fn write_config(dir: &Path, component: &Path, cache_dir: &Path) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("creating the plugins dir");
+    std::fs::copy(component, plugins.join("e2b.wasm")).expect("copying the e2b component");
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ndatabase = \"sqlite://{db}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n",
+        db = dir.join("meterd.db").display(),
+        plugins = plugins.display(),
+        cache = cache_dir.display(),
+    );
+    let path = dir.join("meterd.toml");
+    std::fs::write(&path, config).expect("writing the config");
+    path
+}
+
+/// `meterd serve --config PATH`, stdout piped (for the listening line).
+fn spawn_meterd(config: &Path, dir: &Path) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meterd"));
+    // meterd reads every `METERD_*` variable as configuration (and refuses
+    // unknown ones): the benchmark's own knobs, and anything an operator or
+    // `make` exported, must not reach the gateway under test.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("METERD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .current_dir(dir)
+        .env("METERD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting meterd")
+}
+
+/// Reads the child's stdout until `meterd listening on http://ADDR`, and keeps
+/// draining it afterwards so the child never blocks on a full pipe.
+fn wait_for_listening(child: &mut Child) -> SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("meterd's stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("meterd listening on http://") {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("meterd did not print its listening line within 120 s (its stderr is above)");
+    addr.parse().expect("meterd printed a socket address")
+}
+
+/// Sends a signal to a process this benchmark started.
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+// ---------------------------------------------------------------------------
+// Webhooks
+// ---------------------------------------------------------------------------
+
+/// One signed webhook, ready to send: generating and signing happen before
+/// the clock starts, so the client only does HTTP during a run.
+struct Prepared {
+    body: Bytes,
+    signature: HeaderValue,
+}
+
+/// A `killed` event shaped like tests/fixtures/e2b/webhook-killed (same
+/// fields, similar size), with a unique `id` so no delivery is a duplicate.
+fn webhook_body(id: &str, org: &str, sandbox: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","version":"v2","type":"sandbox.lifecycle.killed","timestamp":"2025-08-06T20:59:36.123456789Z","event_category":"lifecycle","event_label":"kill","event_data":{{"execution":{{"execution_time":1500,"memory_mb":512,"started_at":"2025-08-06T20:59:34Z","vcpu_count":2}},"kill_reason":"unknown","sandbox_metadata":{{"tenant":"{org}"}}}},"sandbox_id":"{sandbox}","sandbox_execution_id":"1dae9e1c-9957-4ce7-a236-a99d5779aadf","sandbox_template_id":"rki5dems9wqfm4r03t7g","sandbox_build_id":"a979a14b-bdcc-49e6-bc04-1189fc9fe7c2","sandbox_team_id":"460355b3-4f64-48f9-9a16-4442817f79f5"}}"#
+    )
+}
+
+/// `count` signed webhooks for organization `org`, ids prefixed with `run`.
+fn prepare(run: &str, org: &str, count: usize) -> Arc<Vec<Prepared>> {
+    let webhooks = (0..count)
+        .map(|i| {
+            let body = webhook_body(
+                &format!("bench-{run}-{i:010}"),
+                org,
+                &format!("sbx-{:04}", i % 1_000),
+            );
+            let signature = support::e2b_signature(E2B_SECRET, body.as_bytes());
+            Prepared {
+                body: Bytes::from(body),
+                signature: HeaderValue::from_str(&signature).expect("base64 is a header value"),
+            }
+        })
+        .collect();
+    Arc::new(webhooks)
+}
+
+// ---------------------------------------------------------------------------
+// The HTTP client
+// ---------------------------------------------------------------------------
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// One HTTP/1.1 keep-alive connection (hyper's connection API: no pool, no
+/// retries, nothing between the benchmark and the socket).
+async fn connect(addr: SocketAddr) -> Sender {
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connecting to meterd");
+    stream.set_nodelay(true).expect("setting TCP_NODELAY");
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender
+}
+
+fn ingest_request(host: &HeaderValue, webhook: &Prepared) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(Method::POST)
+        .uri("/v1/ingest/e2b")
+        .header(HOST, host.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .header("e2b-signature", webhook.signature.clone())
+        .body(Full::new(webhook.body.clone()))
+        .expect("a well-formed request")
+}
+
+/// Sends one request and reads the whole answer; `Ok` only for a 200 that
+/// is not a duplicate.
+async fn send(sender: &mut Sender, request: Request<Full<Bytes>>) -> Result<(), String> {
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("response body: {e}"))?
+        .to_bytes();
+    if status != StatusCode::OK {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    if !contains(&body, b"\"duplicate\":false") {
+        return Err(format!(
+            "unexpected receipt: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok(())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// What one connection's worker saw.
+#[derive(Default)]
+struct Tally {
+    acknowledged: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Latencies of requests counted in the measured window, ns (sorted
+    /// once the run is over).
+    latencies: Vec<u64>,
+    /// Open loop: from the scheduled time until a connection sent the
+    /// request, ns: the pacer's oversleep plus any wait for an idle
+    /// connection (all busy means the gateway is slow).
+    lags: Vec<u64>,
+    measured: u64,
+    last_done: Option<Instant>,
+}
+
+impl Tally {
+    fn record_error(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    fn merge(mut self, other: Tally) -> Tally {
+        self.acknowledged += other.acknowledged;
+        self.errors += other.errors;
+        self.first_error = self.first_error.or(other.first_error);
+        self.latencies.extend(other.latencies);
+        self.lags.extend(other.lags);
+        self.measured += other.measured;
+        self.last_done = self.last_done.max(other.last_done);
+        self
+    }
+}
+
+/// Sends one webhook on `sender` (reconnecting first if the connection died)
+/// and returns when it was answered.
+async fn send_webhook(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    host: &HeaderValue,
+    webhook: &Prepared,
+    tally: &mut Tally,
+) -> Instant {
+    if sender.is_closed() {
+        *sender = connect(addr).await;
+    }
+    let result = send(sender, ingest_request(host, webhook)).await;
+    let done = Instant::now();
+    match result {
+        Ok(()) => tally.acknowledged += 1,
+        Err(e) => tally.record_error(e),
+    }
+    tally.last_done = Some(done);
+    done
+}
+
+// ---------------------------------------------------------------------------
+// Load patterns
+// ---------------------------------------------------------------------------
+
+/// The time frame of one run.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn starting_now(warmup: Duration, seconds: Duration) -> Self {
+        let start = Instant::now();
+        Self {
+            start,
+            measure_from: start + warmup,
+            end: start + warmup + seconds,
+        }
+    }
+
+    fn measures(&self, at: Instant) -> bool {
+        at >= self.measure_from && at <= self.end
+    }
+}
+
+/// Closed loop: `connections` workers, each sending the next unsent webhook
+/// as soon as its previous one is answered, until the window ends.
+async fn closed_loop(
+    addr: SocketAddr,
+    webhooks: Arc<Vec<Prepared>>,
+    senders: Vec<Sender>,
+    window: Window,
+) -> Tally {
+    let next = Arc::new(AtomicUsize::new(0));
+    let host = host_header(addr);
+    let workers: Vec<_> = senders
+        .into_iter()
+        .map(|mut sender| {
+            let (webhooks, next, host) = (webhooks.clone(), next.clone(), host.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while Instant::now() < window.end {
+                    let Some(webhook) = webhooks.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        break;
+                    };
+                    let sent = Instant::now();
+                    let done = send_webhook(&mut sender, addr, &host, webhook, &mut tally).await;
+                    // Throughput counts answers within the window.
+                    if window.measures(done) {
+                        tally.measured += 1;
+                        tally.latencies.push(nanos(done - sent));
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    join_all(workers).await
+}
+
+/// Open loop: a pacer thread releases webhook `i` at `start + i / rate`;
+/// the first idle connection sends it. Latency counts from the release
+/// time, so time spent waiting for a free connection is latency too.
+async fn open_loop(
+    addr: SocketAddr,
+    webhooks: Arc<Vec<Prepared>>,
+    rate: f64,
+    senders: Vec<Sender>,
+    window: Window,
+) -> Tally {
+    let (tx, rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let rx = Arc::new(Mutex::new(rx));
+    let host = host_header(addr);
+    let count = webhooks.len();
+    let pacer = std::thread::Builder::new()
+        .name("bench-pacer".to_owned())
+        .spawn(move || pace(tx, count, rate, window.start))
+        .expect("starting the pacer thread");
+    let workers: Vec<_> = senders
+        .into_iter()
+        .map(|mut sender| {
+            let (webhooks, rx, host) = (webhooks.clone(), rx.clone(), host.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some((i, scheduled)) = next else { break };
+                    let sent = Instant::now();
+                    let done =
+                        send_webhook(&mut sender, addr, &host, &webhooks[i], &mut tally).await;
+                    if window.measures(scheduled) {
+                        tally.measured += 1;
+                        tally.latencies.push(nanos(done - scheduled));
+                        tally.lags.push(nanos(sent - scheduled));
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let tally = join_all(workers).await;
+    pacer.join().expect("the pacer thread panicked");
+    tally
+}
+
+/// Releases `count` webhooks at `rate` per second from `start`, sleeping
+/// between releases (nanosleep: tens of µs late at worst, shown as lag).
+fn pace(tx: mpsc::UnboundedSender<(usize, Instant)>, count: usize, rate: f64, start: Instant) {
+    for i in 0..count {
+        let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if scheduled > now {
+            std::thread::sleep(scheduled - now);
+        }
+        if tx.send((i, scheduled)).is_err() {
+            return;
+        }
+    }
+}
+
+async fn join_all(workers: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut total = Tally::default();
+    for worker in workers {
+        total = total.merge(worker.await.expect("a load worker panicked"));
+    }
+    total
+}
+
+fn host_header(addr: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&addr.to_string()).expect("an address is a header value")
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------------------
+// Verification: exactly what was acknowledged is committed
+// ---------------------------------------------------------------------------
+
+/// What the gateway holds after a run.
+struct Committed {
+    deliveries: i64,
+    cpu_records: i64,
+    api_total: Decimal,
+}
+
+impl Committed {
+    /// Reads the usage API and the database file. Every webhook of a run is
+    /// for one organization, and each run has a fresh database.
+    async fn read(gateway: &Gateway, org: &str) -> Self {
+        let api_total = usage_total(gateway.addr, org).await;
+        let url = format!("sqlite://{}?mode=ro", gateway.db_path().display());
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("opening the benchmark database read-only");
+        let deliveries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&pool)
+            .await
+            .expect("counting deliveries");
+        let cpu_records: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM usage_records WHERE org_id = ? AND metric = ?",
+        )
+        .bind(org)
+        .bind(METER)
+        .fetch_one(&pool)
+        .await
+        .expect("counting usage records");
+        pool.close().await;
+        Self {
+            deliveries,
+            cpu_records,
+            api_total,
+        }
+    }
+
+    /// `None` when the store holds exactly `acknowledged` webhooks, else
+    /// what is wrong.
+    fn problem(&self, acknowledged: u64) -> Option<String> {
+        let expected_total = Decimal::from(acknowledged * CORE_SECONDS_PER_WEBHOOK);
+        let count = i64::try_from(acknowledged).unwrap_or(i64::MAX);
+        (self.deliveries != count || self.cpu_records != count || self.api_total != expected_total)
+            .then(|| {
+                format!(
+                    "acknowledged {acknowledged}, but the database has {} deliveries and {} {METER} records, and the API total is {} (expected {expected_total})",
+                    self.deliveries, self.cpu_records, self.api_total
+                )
+            })
+    }
+}
+
+/// `GET /v1/orgs/{org}/usage` → `total`.
+async fn usage_total(addr: SocketAddr, org: &str) -> Decimal {
+    let mut sender = connect(addr).await;
+    sender.ready().await.expect("usage connection");
+    let request = Request::builder()
+        .uri(format!("/v1/orgs/{org}/usage?meter={METER}&{USAGE_RANGE}"))
+        .header(HOST, host_header(addr))
+        .body(Full::new(Bytes::new()))
+        .expect("a well-formed request");
+    let response = sender.send_request(request).await.expect("usage query");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("usage body")
+        .to_bytes();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "usage query failed: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("usage answer is JSON");
+    json["total"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("usage answer has a decimal `total`")
+}
+
+// ---------------------------------------------------------------------------
+// Where the time goes: CPU, fsyncs, context switches, disk
+// ---------------------------------------------------------------------------
+
+/// CPU seconds (user + system) from a /proc `stat` file (a process's
+/// counts every thread it ever had; a thread's only its own).
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(stat_path) else {
+        return 0.0;
+    };
+    // Fields after the parenthesized command name: state is field 3, so
+    // utime (14) and stime (15) are the 12th and 13th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / TICKS_PER_SECOND
+}
+
+/// One thread's scheduler totals, seconds.
+#[derive(Clone, Default)]
+struct ThreadTimes {
+    name: String,
+    /// On a CPU.
+    running: f64,
+    /// Runnable but waiting for a CPU: time a busy machine adds to latency.
+    waiting: f64,
+}
+
+/// Scheduler totals of each live thread of `pid`, by thread id, from
+/// /proc/PID/task/TID/schedstat (nanoseconds running, nanoseconds waiting
+/// on a run queue, time slices).
+fn thread_times(pid: u32) -> BTreeMap<String, ThreadTimes> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return BTreeMap::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .map(|task| {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            let ns: Vec<f64> = schedstat
+                .split_whitespace()
+                .map(|n| n.parse().unwrap_or(0.0))
+                .collect();
+            let field = |i: usize| ns.get(i).copied().unwrap_or(0.0) / 1e9;
+            let times = ThreadTimes {
+                name: name.trim().to_owned(),
+                running: field(0),
+                waiting: field(1),
+            };
+            (task.file_name().to_string_lossy().into_owned(), times)
+        })
+        .collect()
+}
+
+/// Machine-wide CPU time from the first line of /proc/stat, in ticks:
+/// (busy, idle + iowait, stolen by the hypervisor).
+fn machine_cpu() -> (f64, f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    let field = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let idle = field(3) + field(4);
+    let steal = field(7);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    (busy, idle, steal)
+}
+
+/// Block-device totals over all disks.
+#[derive(Clone, Copy, Default)]
+struct Disk {
+    flushes: u64,
+    flush_ms: u64,
+    sectors_written: u64,
+}
+
+impl Disk {
+    fn read() -> Self {
+        let Ok(entries) = std::fs::read_dir("/sys/block") else {
+            return Self::default();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .map(|stat| {
+                let f: Vec<u64> = stat
+                    .split_whitespace()
+                    .map(|x| x.parse().unwrap_or(0))
+                    .collect();
+                let field = |n: usize| f.get(n - 1).copied().unwrap_or(0);
+                // Documented in the kernel's Documentation/block/stat.rst.
+                Self {
+                    sectors_written: field(7),
+                    flushes: field(16),
+                    flush_ms: field(17),
+                }
+            })
+            .fold(Self::default(), |a, b| Self {
+                flushes: a.flushes + b.flushes,
+                flush_ms: a.flush_ms + b.flush_ms,
+                sectors_written: a.sectors_written + b.sectors_written,
+            })
+    }
+}
+
+/// Counters sampled at the start of a run.
+struct Snapshot {
+    at: Instant,
+    server_cpu: f64,
+    client_cpu: f64,
+    threads: BTreeMap<String, ThreadTimes>,
+    machine: (f64, f64, f64),
+    disk: Disk,
+}
+
+impl Snapshot {
+    fn take(server_pid: u32) -> Self {
+        Self {
+            at: Instant::now(),
+            server_cpu: cpu_seconds(&format!("/proc/{server_pid}/stat")),
+            client_cpu: cpu_seconds("/proc/self/stat"),
+            threads: thread_times(server_pid),
+            machine: machine_cpu(),
+            disk: Disk::read(),
+        }
+    }
+}
+
+/// Resource use over a run, per second of wall time.
+struct Usage {
+    seconds: f64,
+    server_cores: f64,
+    client_cores: f64,
+    /// meterd's threads by name: cores running and cores' worth of time
+    /// spent waiting for a CPU, per second of the run, and how many threads.
+    threads: BTreeMap<String, ThreadUse>,
+    /// The whole machine: busy cores (all processes) and cores stolen by
+    /// the hypervisor.
+    machine_busy_cores: f64,
+    machine_steal_cores: f64,
+    flushes_per_s: f64,
+    /// Mean time the device took per flush.
+    flush_ms: f64,
+    mb_written_per_s: f64,
+    perf: Option<PerfCounts>,
+}
+
+impl Usage {
+    fn since(start: &Snapshot, server_pid: u32, perf: Option<PerfCounts>) -> Self {
+        let end = Snapshot::take(server_pid);
+        let seconds = (end.at - start.at).as_secs_f64();
+        let flushes = end.disk.flushes - start.disk.flushes;
+        Self {
+            seconds,
+            server_cores: (end.server_cpu - start.server_cpu) / seconds,
+            client_cores: (end.client_cpu - start.client_cpu) / seconds,
+            threads: thread_usage(&start.threads, &end.threads, seconds),
+            machine_busy_cores: (end.machine.0 - start.machine.0) / TICKS_PER_SECOND / seconds,
+            machine_steal_cores: (end.machine.2 - start.machine.2) / TICKS_PER_SECOND / seconds,
+            flushes_per_s: flushes as f64 / seconds,
+            flush_ms: (end.disk.flush_ms - start.disk.flush_ms) as f64 / flushes.max(1) as f64,
+            mb_written_per_s: (end.disk.sectors_written - start.disk.sectors_written) as f64
+                * 512.0
+                / 1e6
+                / seconds,
+            perf,
+        }
+    }
+}
+
+/// What the threads of one name did over a run.
+#[derive(Default)]
+struct ThreadUse {
+    threads: usize,
+    running_cores: f64,
+    waiting_cores: f64,
+}
+
+/// Per thread name, between two samples (threads that ended in between are
+/// not counted; threads that ran not at all are left out).
+fn thread_usage(
+    start: &BTreeMap<String, ThreadTimes>,
+    end: &BTreeMap<String, ThreadTimes>,
+    seconds: f64,
+) -> BTreeMap<String, ThreadUse> {
+    let mut by_name: BTreeMap<String, ThreadUse> = BTreeMap::new();
+    for (tid, now) in end {
+        let before = start.get(tid).cloned().unwrap_or_default();
+        let running = now.running - before.running;
+        if running > 0.0 {
+            let entry = by_name.entry(now.name.clone()).or_default();
+            entry.threads += 1;
+            entry.running_cores += running / seconds;
+            entry.waiting_cores += (now.waiting - before.waiting) / seconds;
+        }
+    }
+    by_name
+}
+
+/// Kernel counters of the gateway process from `perf stat` (tracepoints
+/// and software events: counting costs the gateway next to nothing).
+struct PerfCounts {
+    fsyncs: u64,
+    context_switches: u64,
+}
+
+/// `perf stat` attached to the gateway for the length of one run.
+struct Perf {
+    child: Child,
+    output: PathBuf,
+}
+
+impl Perf {
+    const EVENTS: &'static str =
+        "context-switches,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync";
+
+    /// Attaches, or `None` (with a note) when perf is missing or refused.
+    fn attach(pid: u32, output: PathBuf) -> Option<Self> {
+        let child = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", Self::EVENTS, "-o"])
+            .arg(&output)
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                println!("  (perf stat unavailable: {e}; no fsync or context-switch counts)");
+                return None;
+            }
+        };
+        // Give it time to attach; a perf that cannot attach exits at once.
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(Some(status)) = child.try_wait() {
+            println!("  (perf stat exited with {status}; no fsync or context-switch counts)");
+            return None;
+        }
+        Some(Self { child, output })
+    }
+
+    fn finish(mut self) -> Option<PerfCounts> {
+        signal(self.child.id(), "INT");
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.output).ok()?;
+        let count = |event: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.split(',').nth(2) == Some(event))
+                .filter_map(|l| l.split(',').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        Some(PerfCounts {
+            fsyncs: count("syscalls:sys_enter_fsync") + count("syscalls:sys_enter_fdatasync"),
+            context_switches: count("context-switches"),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Runs and reporting
+// ---------------------------------------------------------------------------
+
+/// One run's outcome.
+struct RunReport {
+    name: String,
+    tally: Tally,
+    /// Webhooks/s over the measured window.
+    throughput: f64,
+    usage: Usage,
+    problem: Option<String>,
+    exhausted: bool,
+}
+
+/// The shared parts of every run.
+struct Bench {
+    settings: Settings,
+    component: PathBuf,
+    cache_dir: tempfile::TempDir,
+    client: tokio::runtime::Runtime,
+}
+
+#[derive(Clone, Copy)]
+enum Pattern {
+    Closed { connections: usize },
+    Open { rate: f64, connections: usize },
+}
+
+impl Bench {
+    /// Starts a fresh gateway, drives `pattern` through it, verifies the
+    /// database, stops the gateway.
+    fn run(&self, name: &str, pattern: Pattern) -> RunReport {
+        let s = &self.settings;
+        let planned = match pattern {
+            Pattern::Closed { .. } => s.max_rate * s.run_length().as_secs_f64(),
+            Pattern::Open { rate, .. } => rate * s.run_length().as_secs_f64(),
+        };
+        let org = format!("bench-{name}");
+        let webhooks = prepare(name, &org, planned.ceil() as usize);
+        let gateway = Gateway::start(&self.component, self.cache_dir.path());
+        let perf_output = self.cache_dir.path().join(format!("perf-{name}.csv"));
+        let perf = s
+            .perf
+            .then(|| Perf::attach(gateway.pid(), perf_output))
+            .flatten();
+        let before = Snapshot::take(gateway.pid());
+        let (mut tally, window) = self.client.block_on(drive(
+            gateway.addr,
+            webhooks.clone(),
+            pattern,
+            s.warmup,
+            s.seconds,
+        ));
+        let usage = Usage::since(&before, gateway.pid(), perf.and_then(Perf::finish));
+        tally.latencies.sort_unstable();
+        tally.lags.sort_unstable();
+        let committed = self.client.block_on(Committed::read(&gateway, &org));
+        gateway.stop();
+        let exhausted = matches!(pattern, Pattern::Closed { .. })
+            && tally.acknowledged + tally.errors >= webhooks.len() as u64;
+        let problem = committed.problem(tally.acknowledged).or_else(|| {
+            tally
+                .first_error
+                .as_ref()
+                .map(|e| format!("{} failed requests, first: {e}", tally.errors))
+        });
+        RunReport {
+            name: name.to_owned(),
+            throughput: throughput(&tally, &window, exhausted),
+            problem,
+            tally,
+            usage,
+            exhausted,
+        }
+    }
+}
+
+/// Answers per second in the measured window; when the pre-generated
+/// webhooks ran out early, the window ends at the last answer.
+fn throughput(tally: &Tally, window: &Window, exhausted: bool) -> f64 {
+    let end = match tally.last_done {
+        Some(last) if exhausted => last.min(window.end),
+        _ => window.end,
+    };
+    let span = end.saturating_duration_since(window.measure_from);
+    tally.measured as f64 / span.as_secs_f64().max(1e-9)
+}
+
+/// Opens the connections, then starts the clock and runs `pattern`: the
+/// window never includes connection set-up.
+async fn drive(
+    addr: SocketAddr,
+    webhooks: Arc<Vec<Prepared>>,
+    pattern: Pattern,
+    warmup: Duration,
+    seconds: Duration,
+) -> (Tally, Window) {
+    let connections = match pattern {
+        Pattern::Closed { connections } | Pattern::Open { connections, .. } => connections,
+    };
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        senders.push(connect(addr).await);
+    }
+    let window = Window::starting_now(warmup, seconds);
+    let tally = match pattern {
+        Pattern::Closed { .. } => closed_loop(addr, webhooks, senders, window).await,
+        Pattern::Open { rate, .. } => open_loop(addr, webhooks, rate, senders, window).await,
+    };
+    (tally, window)
+}
+
+/// Percentiles of sorted latencies.
+fn latency_summary(latencies: &[u64]) -> String {
+    if latencies.is_empty() {
+        return "no latencies".to_owned();
+    }
+    let p = |q: f64| format_ns(percentile(latencies, q) as f64);
+    format!(
+        "p50 {} · p90 {} · p99 {} · max {}",
+        p(50.0),
+        p(90.0),
+        p(99.0),
+        p(100.0)
+    )
+}
+
+fn print_run(report: &RunReport) {
+    let u = &report.usage;
+    println!(
+        "{}: {:.0} webhooks/s measured ({} acknowledged in all, {} errors){}",
+        report.name,
+        report.throughput,
+        report.tally.acknowledged,
+        report.tally.errors,
+        if report.exhausted {
+            " — pre-generated webhooks ran out: raise METERD_BENCH_MAX_RATE"
+        } else {
+            ""
+        }
+    );
+    println!("  latency: {}", latency_summary(&report.tally.latencies));
+    if !report.tally.lags.is_empty() {
+        println!(
+            "  send lag behind schedule (pacer + waiting for an idle connection): {}",
+            latency_summary(&report.tally.lags)
+        );
+    }
+    let per_webhook = |n: u64| n as f64 / report.tally.acknowledged.max(1) as f64;
+    println!(
+        "  CPU: meterd {:.2} cores, load generator {:.2} cores (over {:.1} s); disk: {:.0} flushes/s ({:.2} ms each), {:.1} MB/s written",
+        u.server_cores, u.client_cores, u.seconds, u.flushes_per_s, u.flush_ms, u.mb_written_per_s
+    );
+    let threads: Vec<String> = u
+        .threads
+        .iter()
+        .map(|(name, t)| {
+            format!(
+                "{name} ×{} {:.2} (+{:.2} waiting for a CPU)",
+                t.threads, t.running_cores, t.waiting_cores
+            )
+        })
+        .collect();
+    println!("  meterd threads, cores: {}", threads.join(", "));
+    println!(
+        "  machine: {:.2} of {} cores busy, {:.2} stolen by the hypervisor",
+        u.machine_busy_cores,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        u.machine_steal_cores
+    );
+    if let Some(perf) = &u.perf {
+        println!(
+            "  meterd: {:.0} fsync+fdatasync/s ({:.1} webhooks per fsync, checkpoints included), {:.1} context switches per webhook",
+            perf.fsyncs as f64 / u.seconds,
+            1.0 / per_webhook(perf.fsyncs).max(1e-9),
+            per_webhook(perf.context_switches)
+        );
+    }
+    match &report.problem {
+        None => println!(
+            "  verified: {} deliveries committed, total {} core-seconds = 3 × acknowledged",
+            report.tally.acknowledged,
+            report.tally.acknowledged * CORE_SECONDS_PER_WEBHOOK
+        ),
+        Some(problem) => println!("  INVALID: {problem}"),
+    }
+}
+
+fn print_summary(closed: &[RunReport], open: Option<&RunReport>) {
+    println!();
+    println!(
+        "| run | webhooks/s | p50 | p99 | max | meterd CPU | client CPU | fsync/s | verified |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in closed.iter().chain(open) {
+        let lat = |q: f64| {
+            if r.tally.latencies.is_empty() {
+                "–".to_owned()
+            } else {
+                format_ns(percentile(&r.tally.latencies, q) as f64)
+            }
+        };
+        let fsyncs = r.usage.perf.as_ref().map_or("–".to_owned(), |p| {
+            format!("{:.0}", p.fsyncs as f64 / r.usage.seconds)
+        });
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {fsyncs} | {} |",
+            r.name,
+            r.throughput,
+            lat(50.0),
+            lat(99.0),
+            lat(100.0),
+            r.usage.server_cores,
+            r.usage.client_cores,
+            if r.problem.is_none() { "yes" } else { "NO" }
+        );
+    }
+    println!();
+    if let Some(best) = closed.iter().map(|r| r.throughput).reduce(f64::max) {
+        let verdict = if best >= THROUGHPUT_TARGET {
+            "met"
+        } else {
+            "NOT met"
+        };
+        println!(
+            "max throughput {best:.0} webhooks/s (target ≥ {THROUGHPUT_TARGET:.0}: {verdict})"
+        );
+    }
+    if let Some(open) = open
+        && !open.tally.latencies.is_empty()
+    {
+        let p99 = percentile(&open.tally.latencies, 99.0);
+        let verdict = if p99 <= nanos(P99_TARGET) {
+            "met"
+        } else {
+            "NOT met"
+        };
+        println!(
+            "p99 at {} {} (target ≤ {}: {verdict})",
+            open.name,
+            format_ns(p99 as f64),
+            format_ns(nanos(P99_TARGET) as f64)
+        );
+    }
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    let filters = support::filters();
+    println!(
+        "ingest benchmark: meterd {} on {}; load generator: this process (hyper HTTP/1.1, 1 tokio thread + pacer) on the same machine",
+        env!("CARGO_BIN_EXE_meterd"),
+        support::machine_line()
+    );
+    println!(
+        "{:?} warm-up + {:?} measured per run; fresh gateway and SQLite database per run",
+        settings.warmup, settings.seconds
+    );
+    let bench = Bench {
+        component: support::component("e2b"),
+        cache_dir: tempfile::tempdir().expect("creating the cache dir"),
+        client: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("starting the client runtime"),
+        settings,
+    };
+    let mut closed = Vec::new();
+    if support::selected(&filters, "closed") {
+        for &connections in &bench.settings.connections {
+            let report = bench.run(
+                &format!("closed-{connections}"),
+                Pattern::Closed { connections },
+            );
+            print_run(&report);
+            closed.push(report);
+        }
+    }
+    let open = support::selected(&filters, "open").then(|| {
+        let s = &bench.settings;
+        let pattern = Pattern::Open {
+            rate: s.rate,
+            connections: s.open_connections,
+        };
+        let report = bench.run(&format!("open-{:.0}", s.rate), pattern);
+        print_run(&report);
+        report
+    });
+    print_summary(&closed, open.as_ref());
+    let invalid = closed
+        .iter()
+        .chain(&open)
+        .filter(|r| r.problem.is_some())
+        .count();
+    if invalid > 0 {
+        eprintln!(
+            "{invalid} run(s) INVALID: the committed data does not match what was acknowledged"
+        );
+        std::process::exit(1);
+    }
+}
