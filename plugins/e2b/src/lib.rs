@@ -262,7 +262,11 @@ impl Guest for E2b {
         )
     }
 
-    fn poll(_cursor: Option<String>) -> Result<PollOutcome, AdapterError> {
+    fn targets() -> Result<Vec<String>, AdapterError> {
+        Ok(Vec::new())
+    }
+
+    fn poll(_target: String, _cursor: Option<String>) -> Result<PollOutcome, AdapterError> {
         Err(AdapterError::Unsupported(
             "e2b pushes lifecycle webhooks; it has nothing to poll".to_owned(),
         ))

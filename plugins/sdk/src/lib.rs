@@ -21,8 +21,8 @@ wit_bindgen::generate!({
 pub use exports::meterd::provider::adapter::Guest;
 pub use meterd::provider::host;
 pub use meterd::provider::types::{
-    AdapterError, AdapterInfo, Capabilities, HttpRequest, LogLevel, PollOutcome, UsageKind,
-    UsageRecord, WebhookOutcome,
+    AdapterError, AdapterInfo, Capabilities, HttpRequest, LogLevel, OutboundRequest,
+    OutboundResponse, PollOutcome, UsageKind, UsageRecord, WebhookOutcome,
 };
 
 pub mod signature;

@@ -82,7 +82,11 @@ impl Guest for Chaos {
         }
     }
 
-    fn poll(_cursor: Option<String>) -> Result<PollOutcome, AdapterError> {
+    fn targets() -> Result<Vec<String>, AdapterError> {
+        Ok(Vec::new())
+    }
+
+    fn poll(_target: String, _cursor: Option<String>) -> Result<PollOutcome, AdapterError> {
         Err(AdapterError::Unsupported("chaos does not poll".to_owned()))
     }
 }
