@@ -59,6 +59,43 @@ pub fn parse_quantity(text: &str) -> Result<Decimal, QuantityError> {
     Decimal::from_str_exact(text).map_err(|_| QuantityError::TooPrecise(text.to_owned()))
 }
 
+/// Reads a JSON number literal (`-?int(.frac)?([eE][+-]?digits)?`) exactly,
+/// as providers' APIs send them (`7200.0`, `1.5e3`). Refuses what a decimal
+/// cannot hold exactly instead of rounding it.
+pub fn parse_json_number(text: &str) -> Result<Decimal, QuantityError> {
+    let syntax = || QuantityError::Syntax(text.to_owned());
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(i) => {
+            let exp = &text[i + 1..];
+            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(syntax());
+            }
+            (&text[..i], exp.parse::<i64>().map_err(|_| syntax())?)
+        }
+        None => (text, 0),
+    };
+    let unsigned = mantissa.strip_prefix('-').unwrap_or(mantissa);
+    let int = unsigned.split('.').next().unwrap_or_default();
+    if int.len() > 1 && int.starts_with('0') {
+        return Err(syntax()); // JSON has no leading zeros
+    }
+    let mut value = parse_quantity(mantissa)?;
+    let ten = Decimal::from(10);
+    for _ in 0..exponent.unsigned_abs().min(64) {
+        value = if exponent > 0 { value.checked_mul(ten) } else { value.checked_div(ten) }
+            .ok_or_else(|| QuantityError::TooPrecise(text.to_owned()))?;
+    }
+    if exponent.unsigned_abs() > 64 {
+        return Err(QuantityError::TooPrecise(text.to_owned()));
+    }
+    // A division that had to round is not exact.
+    if exponent < 0 && value.scale() >= 28 {
+        return Err(QuantityError::TooPrecise(text.to_owned()));
+    }
+    Ok(value)
+}
+
 /// The canonical text form of a quantity: normalized, `0` for zero.
 pub fn format_quantity(value: Decimal) -> String {
     let normalized = value.normalize();
@@ -145,6 +182,19 @@ mod tests {
             parse_quantity("0.12345678901234567890123456789"),
             Err(QuantityError::TooPrecise(_))
         ));
+    }
+
+    #[test]
+    fn reads_json_numbers_exactly() {
+        assert_eq!(parse_json_number("7200.0").unwrap(), d("7200"));
+        assert_eq!(parse_json_number("1.5e3").unwrap(), d("1500"));
+        assert_eq!(parse_json_number("1E-2").unwrap(), d("0.01"));
+        assert_eq!(parse_json_number("2e+1").unwrap(), d("20"));
+        assert_eq!(parse_json_number("-0.0").unwrap(), Decimal::ZERO);
+        assert_eq!(parse_json_number("0.1").unwrap(), d("0.1"));
+        for bad in ["01", "1.", ".5", "NaN", "1e", "1e+", "+1", "1e1000", "0x1", ""] {
+            assert!(parse_json_number(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
