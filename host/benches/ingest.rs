@@ -82,11 +82,7 @@ impl Settings {
         let connections = std::env::var("METERD_BENCH_CONNECTIONS")
             .unwrap_or_else(|_| "16,64,128,256".to_owned())
             .split(',')
-            .map(|n| {
-                n.trim()
-                    .parse()
-                    .expect("METERD_BENCH_CONNECTIONS is a comma-separated list of counts")
-            })
+            .map(|n| n.trim().parse().expect("METERD_BENCH_CONNECTIONS is a comma-separated list of counts"))
             .collect();
         Self {
             seconds: support::env_seconds("METERD_BENCH_SECONDS", 10.0),
@@ -206,12 +202,7 @@ fn wait_for_listening(child: &mut Child) -> SocketAddr {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix("meterd listening on http://") {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
             }
         }
     });
@@ -223,10 +214,7 @@ fn wait_for_listening(child: &mut Child) -> SocketAddr {
 
 /// Sends a signal to a process this benchmark started.
 fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
 }
 
 // ---------------------------------------------------------------------------
@@ -252,11 +240,7 @@ fn webhook_body(id: &str, org: &str, sandbox: &str) -> String {
 fn prepare(run: &str, org: &str, count: usize) -> Arc<Vec<Prepared>> {
     let webhooks = (0..count)
         .map(|i| {
-            let body = webhook_body(
-                &format!("bench-{run}-{i:010}"),
-                org,
-                &format!("sbx-{:04}", i % 1_000),
-            );
+            let body = webhook_body(&format!("bench-{run}-{i:010}"), org, &format!("sbx-{:04}", i % 1_000));
             let signature = support::e2b_signature(E2B_SECRET, body.as_bytes());
             Prepared {
                 body: Bytes::from(body),
@@ -276,13 +260,10 @@ type Sender = SendRequest<Full<Bytes>>;
 /// One HTTP/1.1 keep-alive connection (hyper's connection API: no pool, no
 /// retries, nothing between the benchmark and the socket).
 async fn connect(addr: SocketAddr) -> Sender {
-    let stream = TcpStream::connect(addr)
-        .await
-        .expect("connecting to meterd");
+    let stream = TcpStream::connect(addr).await.expect("connecting to meterd");
     stream.set_nodelay(true).expect("setting TCP_NODELAY");
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/1.1 handshake");
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -303,29 +284,15 @@ fn ingest_request(host: &HeaderValue, webhook: &Prepared) -> Request<Full<Bytes>
 /// Sends one request and reads the whole answer; `Ok` only for a 200 that
 /// is not a duplicate.
 async fn send(sender: &mut Sender, request: Request<Full<Bytes>>) -> Result<(), String> {
-    sender
-        .ready()
-        .await
-        .map_err(|e| format!("connection: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
+    sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+    let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("response body: {e}"))?
-        .to_bytes();
+    let body = response.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
     if status != StatusCode::OK {
         return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
     }
     if !contains(&body, b"\"duplicate\":false") {
-        return Err(format!(
-            "unexpected receipt: {}",
-            String::from_utf8_lossy(&body)
-        ));
+        return Err(format!("unexpected receipt: {}", String::from_utf8_lossy(&body)));
     }
     Ok(())
 }
@@ -406,11 +373,7 @@ struct Window {
 impl Window {
     fn starting_now(warmup: Duration, seconds: Duration) -> Self {
         let start = Instant::now();
-        Self {
-            start,
-            measure_from: start + warmup,
-            end: start + warmup + seconds,
-        }
+        Self { start, measure_from: start + warmup, end: start + warmup + seconds }
     }
 
     fn measures(&self, at: Instant) -> bool {
@@ -481,8 +444,7 @@ async fn open_loop(
                     let next = rx.lock().await.recv().await;
                     let Some((i, scheduled)) = next else { break };
                     let sent = Instant::now();
-                    let done =
-                        send_webhook(&mut sender, addr, &host, &webhooks[i], &mut tally).await;
+                    let done = send_webhook(&mut sender, addr, &host, &webhooks[i], &mut tally).await;
                     if window.measures(scheduled) {
                         tally.measured += 1;
                         tally.latencies.push(nanos(done - scheduled));
@@ -546,27 +508,20 @@ impl Committed {
     async fn read(gateway: &Gateway, org: &str) -> Self {
         let api_total = usage_total(gateway.addr, org).await;
         let url = format!("sqlite://{}?mode=ro", gateway.db_path().display());
-        let pool = sqlx::SqlitePool::connect(&url)
-            .await
-            .expect("opening the benchmark database read-only");
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("opening the benchmark database read-only");
         let deliveries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
             .fetch_one(&pool)
             .await
             .expect("counting deliveries");
-        let cpu_records: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM usage_records WHERE org_id = ? AND metric = ?",
-        )
-        .bind(org)
-        .bind(METER)
-        .fetch_one(&pool)
-        .await
-        .expect("counting usage records");
+        let cpu_records: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM usage_records WHERE org_id = ? AND metric = ?")
+                .bind(org)
+                .bind(METER)
+                .fetch_one(&pool)
+                .await
+                .expect("counting usage records");
         pool.close().await;
-        Self {
-            deliveries,
-            cpu_records,
-            api_total,
-        }
+        Self { deliveries, cpu_records, api_total }
     }
 
     /// `None` when the store holds exactly `acknowledged` webhooks, else
@@ -595,23 +550,10 @@ async fn usage_total(addr: SocketAddr, org: &str) -> Decimal {
         .expect("a well-formed request");
     let response = sender.send_request(request).await.expect("usage query");
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("usage body")
-        .to_bytes();
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "usage query failed: {}",
-        String::from_utf8_lossy(&body)
-    );
+    let body = response.into_body().collect().await.expect("usage body").to_bytes();
+    assert_eq!(status, StatusCode::OK, "usage query failed: {}", String::from_utf8_lossy(&body));
     let json: serde_json::Value = serde_json::from_slice(&body).expect("usage answer is JSON");
-    json["total"]
-        .as_str()
-        .and_then(|t| t.parse().ok())
-        .expect("usage answer has a decimal `total`")
+    json["total"].as_str().and_then(|t| t.parse().ok()).expect("usage answer has a decimal `total`")
 }
 
 // ---------------------------------------------------------------------------
@@ -628,12 +570,7 @@ fn cpu_seconds(stat_path: &str) -> f64 {
     // utime (14) and stime (15) are the 12th and 13th.
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / TICKS_PER_SECOND
 }
 
@@ -660,16 +597,9 @@ fn thread_times(pid: u32) -> BTreeMap<String, ThreadTimes> {
             let path = task.path();
             let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
             let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
-            let ns: Vec<f64> = schedstat
-                .split_whitespace()
-                .map(|n| n.parse().unwrap_or(0.0))
-                .collect();
+            let ns: Vec<f64> = schedstat.split_whitespace().map(|n| n.parse().unwrap_or(0.0)).collect();
             let field = |i: usize| ns.get(i).copied().unwrap_or(0.0) / 1e9;
-            let times = ThreadTimes {
-                name: name.trim().to_owned(),
-                running: field(0),
-                waiting: field(1),
-            };
+            let times = ThreadTimes { name: name.trim().to_owned(), running: field(0), waiting: field(1) };
             (task.file_name().to_string_lossy().into_owned(), times)
         })
         .collect()
@@ -712,17 +642,10 @@ impl Disk {
             .filter_map(Result::ok)
             .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
             .map(|stat| {
-                let f: Vec<u64> = stat
-                    .split_whitespace()
-                    .map(|x| x.parse().unwrap_or(0))
-                    .collect();
+                let f: Vec<u64> = stat.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
                 let field = |n: usize| f.get(n - 1).copied().unwrap_or(0);
                 // Documented in the kernel's Documentation/block/stat.rst.
-                Self {
-                    sectors_written: field(7),
-                    flushes: field(16),
-                    flush_ms: field(17),
-                }
+                Self { sectors_written: field(7), flushes: field(16), flush_ms: field(17) }
             })
             .fold(Self::default(), |a, b| Self {
                 flushes: a.flushes + b.flushes,
@@ -788,8 +711,7 @@ impl Usage {
             machine_steal_cores: (end.machine.2 - start.machine.2) / TICKS_PER_SECOND / seconds,
             flushes_per_s: flushes as f64 / seconds,
             flush_ms: (end.disk.flush_ms - start.disk.flush_ms) as f64 / flushes.max(1) as f64,
-            mb_written_per_s: (end.disk.sectors_written - start.disk.sectors_written) as f64
-                * 512.0
+            mb_written_per_s: (end.disk.sectors_written - start.disk.sectors_written) as f64 * 512.0
                 / 1e6
                 / seconds,
             perf,
@@ -840,8 +762,7 @@ struct Perf {
 }
 
 impl Perf {
-    const EVENTS: &'static str =
-        "context-switches,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync";
+    const EVENTS: &'static str = "context-switches,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync";
 
     /// Attaches, or `None` (with a note) when perf is missing or refused.
     fn attach(pid: u32, output: PathBuf) -> Option<Self> {
@@ -927,18 +848,10 @@ impl Bench {
         let webhooks = prepare(name, &org, planned.ceil() as usize);
         let gateway = Gateway::start(&self.component, self.cache_dir.path());
         let perf_output = self.cache_dir.path().join(format!("perf-{name}.csv"));
-        let perf = s
-            .perf
-            .then(|| Perf::attach(gateway.pid(), perf_output))
-            .flatten();
+        let perf = s.perf.then(|| Perf::attach(gateway.pid(), perf_output)).flatten();
         let before = Snapshot::take(gateway.pid());
-        let (mut tally, window) = self.client.block_on(drive(
-            gateway.addr,
-            webhooks.clone(),
-            pattern,
-            s.warmup,
-            s.seconds,
-        ));
+        let (mut tally, window) =
+            self.client.block_on(drive(gateway.addr, webhooks.clone(), pattern, s.warmup, s.seconds));
         let usage = Usage::since(&before, gateway.pid(), perf.and_then(Perf::finish));
         tally.latencies.sort_unstable();
         tally.lags.sort_unstable();
@@ -947,10 +860,7 @@ impl Bench {
         let exhausted = matches!(pattern, Pattern::Closed { .. })
             && tally.acknowledged + tally.errors >= webhooks.len() as u64;
         let problem = committed.problem(tally.acknowledged).or_else(|| {
-            tally
-                .first_error
-                .as_ref()
-                .map(|e| format!("{} failed requests, first: {e}", tally.errors))
+            tally.first_error.as_ref().map(|e| format!("{} failed requests, first: {e}", tally.errors))
         });
         RunReport {
             name: name.to_owned(),
@@ -1004,13 +914,7 @@ fn latency_summary(latencies: &[u64]) -> String {
         return "no latencies".to_owned();
     }
     let p = |q: f64| format_ns(percentile(latencies, q) as f64);
-    format!(
-        "p50 {} · p90 {} · p99 {} · max {}",
-        p(50.0),
-        p(90.0),
-        p(99.0),
-        p(100.0)
-    )
+    format!("p50 {} · p90 {} · p99 {} · max {}", p(50.0), p(90.0), p(99.0), p(100.0))
 }
 
 fn print_run(report: &RunReport) {
@@ -1076,9 +980,7 @@ fn print_run(report: &RunReport) {
 
 fn print_summary(closed: &[RunReport], open: Option<&RunReport>) {
     println!();
-    println!(
-        "| run | webhooks/s | p50 | p99 | max | meterd CPU | client CPU | fsync/s | verified |"
-    );
+    println!("| run | webhooks/s | p50 | p99 | max | meterd CPU | client CPU | fsync/s | verified |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in closed.iter().chain(open) {
         let lat = |q: f64| {
@@ -1088,9 +990,11 @@ fn print_summary(closed: &[RunReport], open: Option<&RunReport>) {
                 format_ns(percentile(&r.tally.latencies, q) as f64)
             }
         };
-        let fsyncs = r.usage.perf.as_ref().map_or("–".to_owned(), |p| {
-            format!("{:.0}", p.fsyncs as f64 / r.usage.seconds)
-        });
+        let fsyncs = r
+            .usage
+            .perf
+            .as_ref()
+            .map_or("–".to_owned(), |p| format!("{:.0}", p.fsyncs as f64 / r.usage.seconds));
         println!(
             "| {} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {fsyncs} | {} |",
             r.name,
@@ -1105,24 +1009,14 @@ fn print_summary(closed: &[RunReport], open: Option<&RunReport>) {
     }
     println!();
     if let Some(best) = closed.iter().map(|r| r.throughput).reduce(f64::max) {
-        let verdict = if best >= THROUGHPUT_TARGET {
-            "met"
-        } else {
-            "NOT met"
-        };
-        println!(
-            "max throughput {best:.0} webhooks/s (target ≥ {THROUGHPUT_TARGET:.0}: {verdict})"
-        );
+        let verdict = if best >= THROUGHPUT_TARGET { "met" } else { "NOT met" };
+        println!("max throughput {best:.0} webhooks/s (target ≥ {THROUGHPUT_TARGET:.0}: {verdict})");
     }
     if let Some(open) = open
         && !open.tally.latencies.is_empty()
     {
         let p99 = percentile(&open.tally.latencies, 99.0);
-        let verdict = if p99 <= nanos(P99_TARGET) {
-            "met"
-        } else {
-            "NOT met"
-        };
+        let verdict = if p99 <= nanos(P99_TARGET) { "met" } else { "NOT met" };
         println!(
             "p99 at {} {} (target ≤ {}: {verdict})",
             open.name,
@@ -1156,34 +1050,22 @@ fn main() {
     let mut closed = Vec::new();
     if support::selected(&filters, "closed") {
         for &connections in &bench.settings.connections {
-            let report = bench.run(
-                &format!("closed-{connections}"),
-                Pattern::Closed { connections },
-            );
+            let report = bench.run(&format!("closed-{connections}"), Pattern::Closed { connections });
             print_run(&report);
             closed.push(report);
         }
     }
     let open = support::selected(&filters, "open").then(|| {
         let s = &bench.settings;
-        let pattern = Pattern::Open {
-            rate: s.rate,
-            connections: s.open_connections,
-        };
+        let pattern = Pattern::Open { rate: s.rate, connections: s.open_connections };
         let report = bench.run(&format!("open-{:.0}", s.rate), pattern);
         print_run(&report);
         report
     });
     print_summary(&closed, open.as_ref());
-    let invalid = closed
-        .iter()
-        .chain(&open)
-        .filter(|r| r.problem.is_some())
-        .count();
+    let invalid = closed.iter().chain(&open).filter(|r| r.problem.is_some()).count();
     if invalid > 0 {
-        eprintln!(
-            "{invalid} run(s) INVALID: the committed data does not match what was acknowledged"
-        );
+        eprintln!("{invalid} run(s) INVALID: the committed data does not match what was acknowledged");
         std::process::exit(1);
     }
 }

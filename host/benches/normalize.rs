@@ -81,10 +81,7 @@ struct Case<'a> {
 
 impl<'a> Case<'a> {
     fn new(name: &'static str, op: impl FnMut() + 'a) -> Self {
-        Self {
-            name,
-            op: Box::new(op),
-        }
+        Self { name, op: Box::new(op) }
     }
 }
 
@@ -95,14 +92,9 @@ impl<'a> Case<'a> {
 /// keeps the ratios honest; batches hide the clock's own cost, single calls
 /// show the tails.
 fn measure_all(cases: &mut [Case<'_>], harness: &Harness) -> Vec<Measurement> {
-    let per_op: Vec<f64> = cases
-        .iter_mut()
-        .map(|case| warm_up(&mut case.op, harness.warmup))
-        .collect();
-    let batches: Vec<u64> = per_op
-        .iter()
-        .map(|t| ((harness.sample_time.as_secs_f64() / t) as u64).max(1))
-        .collect();
+    let per_op: Vec<f64> = cases.iter_mut().map(|case| warm_up(&mut case.op, harness.warmup)).collect();
+    let batches: Vec<u64> =
+        per_op.iter().map(|t| ((harness.sample_time.as_secs_f64() / t) as u64).max(1)).collect();
     let mut samples = vec![Vec::with_capacity(harness.samples); cases.len()];
     for _ in 0..harness.samples {
         for (i, case) in cases.iter_mut().enumerate() {
@@ -114,8 +106,7 @@ fn measure_all(cases: &mut [Case<'_>], harness: &Harness) -> Vec<Measurement> {
         .zip(samples)
         .zip(per_op)
         .map(|((case, mut samples), per_op)| {
-            let calls =
-                ((harness.latency_time.as_secs_f64() / per_op) as usize).clamp(1_000, 200_000);
+            let calls = ((harness.latency_time.as_secs_f64() / per_op) as usize).clamp(1_000, 200_000);
             let single = time_calls(&mut case.op, calls);
             let median_ns = median(&mut samples);
             Measurement {
@@ -194,11 +185,7 @@ impl Webhook {
             headers,
             body: body.clone(),
         };
-        Self {
-            body,
-            signature,
-            request,
-        }
+        Self { body, signature, request }
     }
 
     /// The same delivery with a signature that does not match.
@@ -232,49 +219,28 @@ fn load(component: &[u8], settings: PluginSettings, runtime: RuntimeSettings) ->
 /// The native path, exactly what the component's `handle_webhook` does
 /// after reading its config and headers.
 fn native_verify_and_normalize(webhook: &Webhook) -> usize {
-    verify_signature(
-        E2B_SECRET,
-        &webhook.body,
-        Some(&webhook.signature),
-        Some("v1"),
-    )
-    .expect("the fixture is correctly signed");
-    normalize(&webhook.body, ORG_METADATA_KEY)
-        .expect("the fixture normalizes")
-        .records
-        .len()
+    verify_signature(E2B_SECRET, &webhook.body, Some(&webhook.signature), Some("v1"))
+        .expect("the fixture is correctly signed");
+    normalize(&webhook.body, ORG_METADATA_KEY).expect("the fixture normalizes").records.len()
 }
 
 /// Checks that the component answers exactly what the native code does, so
 /// the two sides of the ratio do the same work.
 fn assert_same_answer(webhook: &Webhook, plugin: &LoadedPlugin) {
     let native = normalize(&webhook.body, ORG_METADATA_KEY).expect("native normalize");
-    let wasm = plugin
-        .handle_webhook(&webhook.request)
-        .expect("the component accepts the fixture");
+    let wasm = plugin.handle_webhook(&webhook.request).expect("the component accepts the fixture");
     assert_eq!(wasm.event_id, native.event_id);
-    let native_records: Vec<(&str, &str)> = native
-        .records
-        .iter()
-        .map(|r| (r.metric.as_str(), r.quantity.as_str()))
-        .collect();
-    let wasm_records: Vec<(&str, &str)> = wasm
-        .records
-        .iter()
-        .map(|r| (r.metric.as_str(), r.quantity.as_str()))
-        .collect();
+    let native_records: Vec<(&str, &str)> =
+        native.records.iter().map(|r| (r.metric.as_str(), r.quantity.as_str())).collect();
+    let wasm_records: Vec<(&str, &str)> =
+        wasm.records.iter().map(|r| (r.metric.as_str(), r.quantity.as_str())).collect();
     assert_eq!(wasm_records, native_records, "native and WASM disagree");
 }
 
 fn print_table(results: &[Measurement]) {
-    let native = results
-        .iter()
-        .find(|m| m.name == NATIVE)
-        .map(|m| m.median_ns);
+    let native = results.iter().find(|m| m.name == NATIVE).map(|m| m.median_ns);
     println!();
-    println!(
-        "| case | median ns/op | min–max of samples | per-call p50 | per-call p99 | × native |"
-    );
+    println!("| case | median ns/op | min–max of samples | per-call p50 | per-call p99 | × native |");
     println!("|---|---:|---:|---:|---:|---:|");
     for m in results {
         let ratio = native.map_or("–".to_owned(), |n| format!("{:.2}×", m.median_ns / n));
@@ -300,11 +266,7 @@ fn print_verdict(results: &[Measurement]) {
     for name in [WASM_WARM, WASM_FRESH] {
         if let Some(wasm) = find(name) {
             let ratio = wasm.median_ns / native.median_ns;
-            let verdict = if ratio <= TARGET_RATIO {
-                "met"
-            } else {
-                "NOT met"
-            };
+            let verdict = if ratio <= TARGET_RATIO { "met" } else { "NOT met" };
             println!(
                 "{name}: {ratio:.2}× native (target ≤ {TARGET_RATIO}×: {verdict}; {} vs {}; fastest samples: {:.2}×)",
                 format_ns(wasm.median_ns),
@@ -329,23 +291,14 @@ fn main() {
     let e2b = std::fs::read(support::component("e2b")).expect("reading the e2b component");
     let chaos = std::fs::read(support::component("chaos")).expect("reading the chaos component");
     let warm = load(&e2b, e2b_settings(), RuntimeSettings::default());
-    let fresh = load(
-        &e2b,
-        e2b_settings(),
-        RuntimeSettings {
-            warm_instances: 0,
-            ..RuntimeSettings::default()
-        },
-    );
+    let fresh =
+        load(&e2b, e2b_settings(), RuntimeSettings { warm_instances: 0, ..RuntimeSettings::default() });
     let floor = load(&chaos, PluginSettings::new(), RuntimeSettings::default());
     assert_same_answer(&webhook, &warm);
     assert_same_answer(&webhook, &fresh);
     let badly_signed = webhook.badly_signed();
-    let chaos_request = InboundRequest {
-        body: b"ok:bench-event".to_vec(),
-        headers: Vec::new(),
-        ..webhook.request.clone()
-    };
+    let chaos_request =
+        InboundRequest { body: b"ok:bench-event".to_vec(), headers: Vec::new(), ..webhook.request.clone() };
 
     let mut cases = vec![
         Case::new(NATIVE, || {
@@ -353,13 +306,8 @@ fn main() {
         }),
         Case::new(NATIVE_VERIFY, || {
             let body = black_box(&webhook.body);
-            black_box(verify_signature(
-                E2B_SECRET,
-                body,
-                Some(&webhook.signature),
-                Some("v1"),
-            ))
-            .expect("signed");
+            black_box(verify_signature(E2B_SECRET, body, Some(&webhook.signature), Some("v1")))
+                .expect("signed");
         }),
         Case::new(NATIVE_NORMALIZE, || {
             black_box(normalize(black_box(&webhook.body), ORG_METADATA_KEY)).expect("normalizes");

@@ -112,10 +112,9 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let (source_name, text) = match path {
             Some(p) => (p.display().to_string(), Some(read(p)?)),
-            None if Path::new(DEFAULT_FILE).exists() => (
-                DEFAULT_FILE.to_owned(),
-                Some(read(Path::new(DEFAULT_FILE))?),
-            ),
+            None if Path::new(DEFAULT_FILE).exists() => {
+                (DEFAULT_FILE.to_owned(), Some(read(Path::new(DEFAULT_FILE))?))
+            }
             None => ("built-in defaults".to_owned(), None),
         };
         Self::parse(&source_name, text.as_deref().unwrap_or(""), env)
@@ -127,23 +126,14 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let err = |problem: String| ConfigError {
-            source_name: source_name.to_owned(),
-            problem,
-        };
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| err(e.to_string()))?;
+        let err = |problem: String| ConfigError { source_name: source_name.to_owned(), problem };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
         let overridden = apply_env(&mut table, env).map_err(err)?;
-        let file: File =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                let by_env = overridden
-                    .get(&key)
-                    .map(|var| format!(" (set by {var})"))
-                    .unwrap_or_default();
-                err(format!("key `{key}`{by_env}: {}", e.inner()))
-            })?;
+        let file: File = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let by_env = overridden.get(&key).map(|var| format!(" (set by {var})")).unwrap_or_default();
+            err(format!("key `{key}`{by_env}: {}", e.inner()))
+        })?;
         file.validate().map_err(err).map(|mut config| {
             config.source = source_name.to_owned();
             config
@@ -179,10 +169,7 @@ fn apply_env(
                 .split_once("__")
                 .filter(|(p, k)| !p.is_empty() && !k.is_empty())
                 .ok_or_else(|| format!("{var}: expected METERD_PLUGINS__<PLUGIN>__<KEY>"))?;
-            let (plugin, key) = (
-                plugin.to_ascii_lowercase(),
-                key.to_ascii_lowercase().replace("__", "."),
-            );
+            let (plugin, key) = (plugin.to_ascii_lowercase(), key.to_ascii_lowercase().replace("__", "."));
             let plugins = table
                 .entry("plugins")
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -214,18 +201,13 @@ fn apply_env(
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 impl File {
     fn validate(self) -> Result<Config, String> {
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
-            format!(
-                "key `listen`: {:?} is not an address such as 127.0.0.1:8080",
-                self.listen
-            )
+            format!("key `listen`: {:?} is not an address such as 127.0.0.1:8080", self.listen)
         })?;
         if !self.database.starts_with("sqlite:") {
             return Err(format!(
@@ -254,32 +236,25 @@ impl File {
         let mut plugins = BTreeMap::new();
         for (name, section) in self.plugins {
             if !valid_name(&name) {
-                return Err(format!(
-                    "key `plugins.{name}`: plugin names use a-z, 0-9, '_' and '-'"
-                ));
+                return Err(format!("key `plugins.{name}`: plugin names use a-z, 0-9, '_' and '-'"));
             }
             let mut flat = PluginSettings::new();
             flatten(&name, "", section, &mut flat)?;
+            // Keys the host itself reads from a plugin's section.
+            crate::outbound::HttpPolicy::from_settings(&flat).map_err(|e| format!("[plugins.{name}] {e}"))?;
+            crate::poller::Schedule::from_settings(&flat).map_err(|e| format!("[plugins.{name}] {e}"))?;
             plugins.insert(name, flat);
         }
         let mut meters = default_meters();
         for (name, m) in self.meters {
             if !valid_name(&name) {
-                return Err(format!(
-                    "key `meters.{name}`: meter names use a-z, 0-9, '_' and '-'"
-                ));
+                return Err(format!("key `meters.{name}`: meter names use a-z, 0-9, '_' and '-'"));
             }
             if m.metric.trim().is_empty() || m.unit.trim().is_empty() {
-                return Err(format!(
-                    "key `meters.{name}`: `metric` and `unit` must not be empty"
-                ));
+                return Err(format!("key `meters.{name}`: `metric` and `unit` must not be empty"));
             }
-            let def = MeterDef {
-                name: name.clone(),
-                metric: m.metric,
-                aggregation: m.aggregation,
-                unit: m.unit,
-            };
+            let def =
+                MeterDef { name: name.clone(), metric: m.metric, aggregation: m.aggregation, unit: m.unit };
             match meters.iter_mut().find(|d| d.name == name) {
                 Some(existing) => *existing = def,
                 None => meters.push(def),
@@ -304,18 +279,9 @@ impl File {
 }
 
 /// Flattens a plugin section to dotted keys; arrays become JSON text.
-fn flatten(
-    plugin: &str,
-    prefix: &str,
-    table: toml::Table,
-    out: &mut PluginSettings,
-) -> Result<(), String> {
+fn flatten(plugin: &str, prefix: &str, table: toml::Table, out: &mut PluginSettings) -> Result<(), String> {
     for (key, value) in table {
-        let dotted = if prefix.is_empty() {
-            key
-        } else {
-            format!("{prefix}.{key}")
-        };
+        let dotted = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
         let text = match value {
             toml::Value::Table(inner) => {
                 flatten(plugin, &dotted, inner, out)?;
@@ -326,8 +292,9 @@ fn flatten(
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Datetime(d) => d.to_string(),
-            toml::Value::Array(items) => serde_json::to_string(&items)
-                .map_err(|e| format!("key `plugins.{plugin}.{dotted}`: {e}"))?,
+            toml::Value::Array(items) => {
+                serde_json::to_string(&items).map_err(|e| format!("key `plugins.{plugin}.{dotted}`: {e}"))?
+            }
         };
         out.insert(dotted, text);
     }
@@ -339,11 +306,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::parse(
-            "test.toml",
-            text,
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
+        Config::parse("test.toml", text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -354,11 +317,7 @@ mod tests {
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.plugin_timeout, Duration::from_millis(100));
         assert!(c.admin_token.is_none() && c.plugins_dir.is_none());
-        assert!(
-            c.meters
-                .iter()
-                .any(|m| m.name == "sandbox_cpu_core_seconds")
-        );
+        assert!(c.meters.iter().any(|m| m.name == "sandbox_cpu_core_seconds"));
     }
 
     #[test]
@@ -384,10 +343,7 @@ mod tests {
     fn top_level_env_overrides_and_types_are_checked() {
         let c = parse(
             "listen = \"127.0.0.1:1\"",
-            &[
-                ("METERD_LISTEN", "127.0.0.1:9999"),
-                ("METERD_MAX_BODY_BYTES", "42"),
-            ],
+            &[("METERD_LISTEN", "127.0.0.1:9999"), ("METERD_MAX_BODY_BYTES", "42")],
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9999);
@@ -399,26 +355,16 @@ mod tests {
     #[test]
     fn errors_name_the_file_the_key_and_the_problem() {
         let e = parse("lissen = \"x\"", &[]).unwrap_err().to_string();
-        assert!(
-            e.starts_with("config error in test.toml:") && e.contains("lissen"),
-            "{e}"
-        );
-        let e = parse("max_body_bytes = \"big\"", &[])
-            .unwrap_err()
-            .to_string();
+        assert!(e.starts_with("config error in test.toml:") && e.contains("lissen"), "{e}");
+        let e = parse("max_body_bytes = \"big\"", &[]).unwrap_err().to_string();
         assert!(e.contains("key `max_body_bytes`"), "{e}");
         let e = parse("listen = \"nowhere\"", &[]).unwrap_err().to_string();
         assert!(e.contains("key `listen`"), "{e}");
-        let e = parse("database = \"mysql://x\"", &[])
+        let e = parse("database = \"mysql://x\"", &[]).unwrap_err().to_string();
+        assert!(e.contains("key `database`"), "{e}");
+        let e = parse("[meters.x]\nmetric = \"m\"\naggregation = \"median\"\nunit = \"u\"", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("key `database`"), "{e}");
-        let e = parse(
-            "[meters.x]\nmetric = \"m\"\naggregation = \"median\"\nunit = \"u\"",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
         assert!(e.contains("meters.x.aggregation"), "{e}");
         let e = parse("listen = [", &[]).unwrap_err().to_string();
         assert!(e.starts_with("config error in test.toml:"), "{e}");
@@ -426,15 +372,9 @@ mod tests {
 
     #[test]
     fn refuses_a_public_listen_address_without_an_admin_token() {
-        let e = parse("listen = \"0.0.0.0:8080\"", &[])
-            .unwrap_err()
-            .to_string();
+        let e = parse("listen = \"0.0.0.0:8080\"", &[]).unwrap_err().to_string();
         assert!(e.contains("admin_token"), "{e}");
-        let c = parse(
-            "listen = \"0.0.0.0:8080\"\nadmin_token = \"0123456789abcdef\"",
-            &[],
-        )
-        .unwrap();
+        let c = parse("listen = \"0.0.0.0:8080\"\nadmin_token = \"0123456789abcdef\"", &[]).unwrap();
         assert!(!c.listens_on_loopback());
         assert!(parse("admin_token = \"short\"", &[]).is_err());
     }
@@ -446,19 +386,8 @@ mod tests {
             &[],
         )
         .unwrap();
-        let active = c
-            .meters
-            .iter()
-            .find(|m| m.name == "sandbox_active")
-            .unwrap();
-        assert_eq!(
-            (active.aggregation, active.unit.as_str()),
-            (Aggregation::Max, "boxes")
-        );
-        assert!(
-            c.meters
-                .iter()
-                .any(|m| m.name == "egress_bytes" && m.metric == "egress")
-        );
+        let active = c.meters.iter().find(|m| m.name == "sandbox_active").unwrap();
+        assert_eq!((active.aggregation, active.unit.as_str()), (Aggregation::Max, "boxes"));
+        assert!(c.meters.iter().any(|m| m.name == "egress_bytes" && m.metric == "egress"));
     }
 }

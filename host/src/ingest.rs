@@ -45,11 +45,7 @@ impl Ingest {
         Self { plugins, committer }
     }
 
-    pub async fn webhook(
-        &self,
-        plugin_name: &str,
-        request: InboundRequest,
-    ) -> Result<Receipt, IngestError> {
+    pub async fn webhook(&self, plugin_name: &str, request: InboundRequest) -> Result<Receipt, IngestError> {
         let plugin = self
             .plugins
             .get(plugin_name)
@@ -62,14 +58,9 @@ impl Ingest {
         let outcome = plugin
             .handle_webhook(request.clone())
             .await
-            .map_err(|error| IngestError::Plugin {
-                plugin: plugin_name.to_owned(),
-                error,
-            })?;
-        let invalid = |problem: String| IngestError::InvalidOutput {
-            plugin: plugin_name.to_owned(),
-            problem,
-        };
+            .map_err(|error| IngestError::Plugin { plugin: plugin_name.to_owned(), error })?;
+        let invalid =
+            |problem: String| IngestError::InvalidOutput { plugin: plugin_name.to_owned(), problem };
         if outcome.event_id.trim().is_empty() || outcome.event_id.len() > MAX_ID_LEN {
             return Err(invalid(format!("event-id must be 1-{MAX_ID_LEN} bytes")));
         }
@@ -97,10 +88,6 @@ impl Ingest {
             records,
         };
         let committed = self.committer.commit(delivery).await?;
-        Ok(Receipt {
-            event_id: outcome.event_id,
-            records: count,
-            duplicate: committed.duplicate,
-        })
+        Ok(Receipt { event_id: outcome.event_id, records: count, duplicate: committed.duplicate })
     }
 }

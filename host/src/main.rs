@@ -55,10 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meterd: cannot start the async runtime: {e}");
@@ -73,9 +70,7 @@ fn main() -> ExitCode {
                 println!("migrations applied to {}", config.database);
                 Ok(())
             }
-            Command::Plugins {
-                command: PluginsCommand::List,
-            } => list_plugins(&config),
+            Command::Plugins { command: PluginsCommand::List } => list_plugins(&config).await,
         }
     });
     match result {
@@ -87,20 +82,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn list_plugins(config: &Config) -> anyhow::Result<()> {
-    let registry = meterd::server::load_plugins(config)?;
+async fn list_plugins(config: &Config) -> anyhow::Result<()> {
+    let registry = tokio::task::block_in_place(|| meterd::server::load_plugins(config))?;
+    let polls = meterd::server::open_store(config).await?.poll_states().await?;
     println!("{:<16} {:<10} {:<10} HASH", "NAME", "VERSION", "MODES");
     for p in registry.plugins() {
-        println!(
-            "{:<16} {:<10} {:<10} {}",
-            p.info().name,
-            p.info().version,
-            p.info().modes(),
-            p.hash()
-        );
+        println!("{:<16} {:<10} {:<10} {}", p.info().name, p.info().version, p.info().modes(), p.hash());
     }
     for f in registry.failures() {
         println!("refused {}: {}", f.file.display(), f.error);
+    }
+    if !polls.is_empty() {
+        println!();
+        println!("{:<16} {:<24} {:<24} {:<24} LAST ERROR", "POLLS", "TARGET", "LAST SUCCESS", "NEXT RUN");
+        let time = |ms: Option<i64>| ms.map(meterd::http::rfc3339).unwrap_or_else(|| "-".to_owned());
+        for s in &polls {
+            println!(
+                "{:<16} {:<24} {:<24} {:<24} {}",
+                s.plugin,
+                s.target,
+                time(s.last_success_ms),
+                time(Some(s.next_run_ms)),
+                s.last_error.as_deref().unwrap_or("-")
+            );
+        }
     }
     if registry.failures().is_empty() {
         Ok(())

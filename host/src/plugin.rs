@@ -79,3 +79,70 @@ pub enum AdapterError {
 /// A plugin's own config section, flattened to dotted keys with text values
 /// (what the WIT `config(key)` import answers).
 pub type PluginSettings = BTreeMap<String, String>;
+
+/// Whether a config key holds a secret: its last part names a secret,
+/// key, token or password.
+pub fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
+    ["secret", "key", "token", "password", "credential"].iter().any(|word| last.contains(word))
+        && !last.ends_with("_key_name")
+        && last != "org_metadata_key"
+}
+
+/// The settings with every secret value replaced, for status and logs.
+pub fn redacted(settings: &PluginSettings) -> PluginSettings {
+    settings
+        .iter()
+        .map(|(k, v)| (k.clone(), if is_secret_key(k) { "***".to_owned() } else { v.clone() }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_and_the_rest_is_shown() {
+        let settings = PluginSettings::from([
+            ("api_key".to_owned(), "k".to_owned()),
+            ("signature_secret".to_owned(), "s".to_owned()),
+            ("webhook_secret".to_owned(), "w".to_owned()),
+            ("auth.token".to_owned(), "t".to_owned()),
+            ("org_metadata_key".to_owned(), "org_id".to_owned()),
+            ("analytics_url".to_owned(), "https://x".to_owned()),
+        ]);
+        let shown = redacted(&settings);
+        for secret in ["api_key", "signature_secret", "webhook_secret", "auth.token"] {
+            assert_eq!(shown[secret], "***", "{secret}");
+        }
+        assert_eq!(shown["org_metadata_key"], "org_id");
+        assert_eq!(shown["analytics_url"], "https://x");
+    }
+}
+
+/// An HTTP request a plugin asks the host to send (`http-send`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The answer to an [`OutboundRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What one poll of one target produced, per the plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollOutcome {
+    pub records: Vec<RawRecord>,
+    /// `None` keeps the current cursor.
+    pub next_cursor: Option<String>,
+    /// More is ready now: poll again without waiting.
+    pub more: bool,
+}

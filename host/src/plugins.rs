@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::plugin::{AdapterInfo, InboundRequest, WebhookOutcome};
+use crate::plugin::{AdapterInfo, InboundRequest, PluginSettings, PollOutcome, WebhookOutcome};
 use crate::runtime::{CallError, LoadError, LoadedPlugin, Runtime};
 
 /// One plugin as the gateway serves it.
@@ -33,6 +33,26 @@ impl PluginHandle {
         self.plugin.compiled_from_cache()
     }
 
+    /// The plugin's config section, secrets included: never log or show it
+    /// without [`crate::plugin::redacted`].
+    pub fn settings(&self) -> &PluginSettings {
+        self.plugin.settings()
+    }
+
+    pub async fn targets(self: &Arc<Self>) -> Result<Vec<String>, CallError> {
+        let this = self.clone();
+        self.run(move || this.plugin.targets()).await
+    }
+
+    pub async fn poll(
+        self: &Arc<Self>,
+        target: &str,
+        cursor: Option<String>,
+    ) -> Result<PollOutcome, CallError> {
+        let (this, target) = (self.clone(), target.to_owned());
+        self.run(move || this.plugin.poll(&target, cursor.as_deref())).await
+    }
+
     pub async fn handle_webhook(
         self: &Arc<Self>,
         request: Arc<InboundRequest>,
@@ -46,14 +66,10 @@ impl PluginHandle {
         call: impl FnOnce() -> Result<R, CallError> + Send + 'static,
     ) -> Result<R, CallError> {
         let name = self.info().name.clone();
-        let _permit = self
-            .calls
-            .acquire()
-            .await
-            .map_err(|_| CallError::Instantiate {
-                plugin: name.clone(),
-                message: "the plugin is shutting down".to_owned(),
-            })?;
+        let _permit = self.calls.acquire().await.map_err(|_| CallError::Instantiate {
+            plugin: name.clone(),
+            message: "the plugin is shutting down".to_owned(),
+        })?;
         tokio::task::spawn_blocking(call).await.unwrap_or_else(|e| {
             Err(CallError::Trap {
                 plugin: name,
@@ -84,10 +100,7 @@ pub enum RegistryError {
 
 impl PluginRegistry {
     pub fn empty() -> Self {
-        Self {
-            plugins: BTreeMap::new(),
-            failures: Vec::new(),
-        }
+        Self { plugins: BTreeMap::new(), failures: Vec::new() }
     }
 
     /// Loads every `*.wasm` in `dir`. A file that fails is reported in
@@ -99,10 +112,7 @@ impl PluginRegistry {
         max_concurrent_calls: usize,
     ) -> Result<Self, RegistryError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|error| RegistryError::Dir {
-                dir: dir.to_owned(),
-                error,
-            })?
+            .map_err(|error| RegistryError::Dir { dir: dir.to_owned(), error })?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|ext| ext == "wasm") && p.is_file())
             .collect();
@@ -143,16 +153,10 @@ fn load_file(
     config: &Config,
     max_concurrent_calls: usize,
 ) -> Result<PluginHandle, String> {
-    let stem = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default()
-        .to_owned();
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
     let settings = config.plugins.get(&stem).cloned().unwrap_or_default();
-    let plugin = runtime
-        .load(&bytes, settings)
-        .map_err(|e: LoadError| e.to_string())?;
+    let plugin = runtime.load(&bytes, settings).map_err(|e: LoadError| e.to_string())?;
     // The file name is the route: a mismatch would route webhooks to a
     // plugin configured under another name.
     if plugin.info().name != stem {

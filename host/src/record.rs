@@ -43,32 +43,20 @@ pub struct RecordError {
 pub fn valid_attribute_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= MAX_ATTRIBUTE_KEY_LEN
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 /// Whether `name` may name a metric.
 pub fn valid_metric(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Checks one record; `index` is its position in the plugin's answer.
 pub fn validate(index: usize, raw: RawRecord) -> Result<UsageRecord, RecordError> {
-    let fail = |problem: String| RecordError {
-        index,
-        metric: raw.metric.clone(),
-        problem,
-    };
-    for (field, value) in [
-        ("event-id", &raw.event_id),
-        ("org-id", &raw.org_id),
-        ("subject", &raw.subject),
-    ] {
+    let fail = |problem: String| RecordError { index, metric: raw.metric.clone(), problem };
+    for (field, value) in [("event-id", &raw.event_id), ("org-id", &raw.org_id), ("subject", &raw.subject)] {
         if value.trim().is_empty() {
             return Err(fail(format!("{field} is empty")));
         }
@@ -77,21 +65,14 @@ pub fn validate(index: usize, raw: RawRecord) -> Result<UsageRecord, RecordError
         }
     }
     if !valid_metric(&raw.metric) {
-        return Err(fail(
-            "metric must be 1-128 characters of a-z, A-Z, 0-9, '_', '.', '-'".to_owned(),
-        ));
+        return Err(fail("metric must be 1-128 characters of a-z, A-Z, 0-9, '_', '.', '-'".to_owned()));
     }
     let quantity = meterd_units::parse_quantity(&raw.quantity).map_err(|e| fail(e.to_string()))?;
-    for (field, at) in [
-        ("at", Some(raw.at_ms)),
-        ("window-start", raw.window_start_ms),
-    ] {
+    for (field, at) in [("at", Some(raw.at_ms)), ("window-start", raw.window_start_ms)] {
         if let Some(at) = at
             && !(MIN_AT_MS..MAX_AT_MS).contains(&at)
         {
-            return Err(fail(format!(
-                "{field} {at} is not a millisecond time between 2000 and 2200"
-            )));
+            return Err(fail(format!("{field} {at} is not a millisecond time between 2000 and 2200")));
         }
     }
     if raw.window_start_ms.is_some_and(|start| start > raw.at_ms) {
@@ -111,9 +92,7 @@ pub fn validate(index: usize, raw: RawRecord) -> Result<UsageRecord, RecordError
             )));
         }
         if value.len() > MAX_ATTRIBUTE_VALUE_LEN {
-            return Err(fail(format!(
-                "attribute {key:?} is longer than {MAX_ATTRIBUTE_VALUE_LEN} bytes"
-            )));
+            return Err(fail(format!("attribute {key:?} is longer than {MAX_ATTRIBUTE_VALUE_LEN} bytes")));
         }
         if attributes.insert(key.clone(), value.clone()).is_some() {
             return Err(fail(format!("attribute {key:?} appears twice")));
@@ -161,45 +140,21 @@ mod tests {
     fn refuses_bad_records_saying_why() {
         let cases: Vec<(Box<dyn Fn(&mut RawRecord)>, &str)> = vec![
             (Box::new(|r| r.org_id = " ".into()), "org-id is empty"),
-            (
-                Box::new(|r| r.event_id = "x".repeat(300)),
-                "event-id is longer",
-            ),
-            (
-                Box::new(|r| r.metric = "cpu seconds".into()),
-                "metric must be",
-            ),
+            (Box::new(|r| r.event_id = "x".repeat(300)), "event-id is longer"),
+            (Box::new(|r| r.metric = "cpu seconds".into()), "metric must be"),
             (Box::new(|r| r.quantity = "1e3".into()), "not a decimal"),
             (Box::new(|r| r.quantity = "0.1".into() /* fine */), ""),
-            (
-                Box::new(|r| r.at_ms = 1_754_513_976),
-                "between 2000 and 2200",
-            ),
-            (
-                Box::new(|r| r.window_start_ms = Some(r.at_ms + 1)),
-                "window-start is after at",
-            ),
-            (
-                Box::new(|r| r.kind = Kind::Level),
-                "a level has no window-start",
-            ),
-            (
-                Box::new(|r| r.attributes.push(("template_id".into(), "u".into()))),
-                "appears twice",
-            ),
-            (
-                Box::new(|r| r.attributes.push(("bad key".into(), "u".into()))),
-                "attribute key",
-            ),
+            (Box::new(|r| r.at_ms = 1_754_513_976), "between 2000 and 2200"),
+            (Box::new(|r| r.window_start_ms = Some(r.at_ms + 1)), "window-start is after at"),
+            (Box::new(|r| r.kind = Kind::Level), "a level has no window-start"),
+            (Box::new(|r| r.attributes.push(("template_id".into(), "u".into()))), "appears twice"),
+            (Box::new(|r| r.attributes.push(("bad key".into(), "u".into()))), "attribute key"),
         ];
         for (mutate, expected) in cases {
             let mut r = raw();
             mutate(&mut r);
             match validate(3, r) {
-                Ok(_) => assert!(
-                    expected.is_empty(),
-                    "expected an error mentioning {expected:?}"
-                ),
+                Ok(_) => assert!(expected.is_empty(), "expected an error mentioning {expected:?}"),
                 Err(e) => {
                     assert!(
                         !expected.is_empty() && e.to_string().contains(expected),

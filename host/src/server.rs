@@ -29,9 +29,8 @@ pub fn runtime_settings(config: &Config) -> RuntimeSettings {
 
 /// Opens the configured database and applies migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = SqliteStore::open(&config.database)
-        .await
-        .with_context(|| format!("opening {}", config.database))?;
+    let store =
+        SqliteStore::open(&config.database).await.with_context(|| format!("opening {}", config.database))?;
     store.migrate().await.context("migrating the database")?;
     Ok(Arc::new(store))
 }
@@ -43,8 +42,7 @@ pub fn load_plugins(config: &Config) -> anyhow::Result<PluginRegistry> {
         return Ok(PluginRegistry::empty());
     };
     let runtime = Runtime::new(runtime_settings(config)).context("starting the plugin runtime")?;
-    PluginRegistry::load_dir(&runtime, dir, config, MAX_CONCURRENT_CALLS_PER_PLUGIN)
-        .map_err(Into::into)
+    PluginRegistry::load_dir(&runtime, dir, config, MAX_CONCURRENT_CALLS_PER_PLUGIN).map_err(Into::into)
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -59,33 +57,40 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         admin_token: config.admin_token.clone(),
         max_body_bytes: config.max_body_bytes,
     });
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let names: Vec<String> = plugins
-        .plugins()
-        .map(|p| format!("{} {}", p.info().name, p.info().version))
-        .collect();
+    let names: Vec<String> =
+        plugins.plugins().map(|p| format!("{} {}", p.info().name, p.info().version)).collect();
     // Tests and operators read this line to find the port.
     println!(
         "meterd listening on http://{addr} (database {}, plugins: {})",
         config.database,
-        if names.is_empty() {
-            "none".to_owned()
-        } else {
-            names.join(", ")
-        }
+        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
     );
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    // In-flight requests are done; the last committer handle goes with the
-    // state, and the task drains what is queued before it ends.
+    let (stop_polling, polling_stopped) = tokio::sync::watch::channel(false);
+    let mut pollers = crate::poller::start(&plugins, state.store.clone(), poller_id(), polling_stopped);
+    axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+    // In-flight requests are done; pollers finish the run they are in; the
+    // last committer handle goes with the state, and the task drains what
+    // is queued before it ends.
+    let _ = stop_polling.send(true);
+    while pollers.join_next().await.is_some() {}
     drop(state);
     commit_task.await.context("the committer task failed")?;
     tracing::info!("meterd stopped");
     Ok(())
+}
+
+/// This process's name as a lease holder: unique per process start.
+fn poller_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    format!(
+        "{}:{}:{}",
+        if host.is_empty() { "meterd" } else { &host },
+        std::process::id(),
+        crate::clock::now_ms()
+    )
 }
 
 async fn shutdown_signal() {

@@ -31,9 +31,7 @@ pub struct UsageAnswer {
 pub enum UsageError {
     #[error("unknown meter {meter:?}; known meters: {known}")]
     UnknownMeter { meter: String, known: String },
-    #[error(
-        "group_by {0:?} is not an attribute name (1-64 characters of a-z, A-Z, 0-9, '_', '-', '.', ':')"
-    )]
+    #[error("group_by {0:?} is not an attribute name (1-64 characters of a-z, A-Z, 0-9, '_', '-', '.', ':')")]
     BadGroupBy(String),
     #[error("{0}")]
     Engine(#[from] EngineError),
@@ -55,23 +53,11 @@ impl UsageService {
         self.meters.iter().find(|m| m.name == name)
     }
 
-    pub async fn usage(
-        &self,
-        request: &UsageRequest,
-        now_ms: i64,
-    ) -> Result<UsageAnswer, UsageError> {
-        let meter =
-            self.meter(&request.meter)
-                .cloned()
-                .ok_or_else(|| UsageError::UnknownMeter {
-                    meter: request.meter.clone(),
-                    known: self
-                        .meters
-                        .iter()
-                        .map(|m| m.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
+    pub async fn usage(&self, request: &UsageRequest, now_ms: i64) -> Result<UsageAnswer, UsageError> {
+        let meter = self.meter(&request.meter).cloned().ok_or_else(|| UsageError::UnknownMeter {
+            meter: request.meter.clone(),
+            known: self.meters.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+        })?;
         if let Some(key) = &request.group_by
             && !valid_attribute_key(key)
         {
@@ -97,10 +83,6 @@ impl UsageService {
             grouped: request.group_by.is_some(),
         };
         let report = meter::aggregate(&meter, &engine_query, &carry_in, &points)?;
-        Ok(UsageAnswer {
-            meter,
-            total: report.total,
-            windows: report.windows,
-        })
+        Ok(UsageAnswer { meter, total: report.total, windows: report.windows })
     }
 }

@@ -29,14 +29,8 @@ async fn the_fixture_delivery_gives_exact_meters_once() {
     assert_eq!(status, 200);
     assert_eq!(again["duplicate"], true);
 
-    assert_eq!(
-        gw.total("acme", "sandbox_cpu_core_seconds").await,
-        "144.246"
-    );
-    assert_eq!(
-        gw.total("acme", "sandbox_ram_gibi_seconds").await,
-        "36.0615"
-    );
+    assert_eq!(gw.total("acme", "sandbox_cpu_core_seconds").await, "144.246");
+    assert_eq!(gw.total("acme", "sandbox_ram_gibi_seconds").await, "36.0615");
     assert_eq!(gw.count_rows("deliveries").await, 1);
     assert_eq!(gw.count_rows("usage_records").await, 3);
 
@@ -61,78 +55,15 @@ async fn generated_lifecycles_give_exact_totals_per_org_despite_redeliveries() {
     // Two orgs; org-a has two sandboxes that overlap, org-b one.
     // (vcpu, memory_mb, execution_time ms)
     let events = [
-        e2b_event(
-            "a1",
-            "created",
-            "2025-08-10T10:00:00Z",
-            "sbx-1",
-            "org-a",
-            None,
-        ),
-        e2b_event(
-            "a2",
-            "created",
-            "2025-08-10T10:30:00Z",
-            "sbx-2",
-            "org-a",
-            None,
-        ),
-        e2b_event(
-            "a3",
-            "paused",
-            "2025-08-10T11:00:00Z",
-            "sbx-1",
-            "org-a",
-            Some((2, 512, 3_600_000)),
-        ),
-        e2b_event(
-            "a4",
-            "resumed",
-            "2025-08-10T12:00:00Z",
-            "sbx-1",
-            "org-a",
-            None,
-        ),
-        e2b_event(
-            "a5",
-            "killed",
-            "2025-08-10T12:00:01.5Z",
-            "sbx-1",
-            "org-a",
-            Some((2, 512, 1_500)),
-        ),
-        e2b_event(
-            "a6",
-            "killed",
-            "2025-08-10T11:30:00Z",
-            "sbx-2",
-            "org-a",
-            Some((8, 3_000, 3_600_001)),
-        ),
-        e2b_event(
-            "b1",
-            "created",
-            "2025-08-11T00:00:00Z",
-            "sbx-3",
-            "org-b",
-            None,
-        ),
-        e2b_event(
-            "b2",
-            "killed",
-            "2025-08-11T00:00:07Z",
-            "sbx-3",
-            "org-b",
-            Some((1, 1, 7)),
-        ),
-        e2b_event(
-            "u1",
-            "updated",
-            "2025-08-11T00:00:08Z",
-            "sbx-3",
-            "org-b",
-            None,
-        ),
+        e2b_event("a1", "created", "2025-08-10T10:00:00Z", "sbx-1", "org-a", None),
+        e2b_event("a2", "created", "2025-08-10T10:30:00Z", "sbx-2", "org-a", None),
+        e2b_event("a3", "paused", "2025-08-10T11:00:00Z", "sbx-1", "org-a", Some((2, 512, 3_600_000))),
+        e2b_event("a4", "resumed", "2025-08-10T12:00:00Z", "sbx-1", "org-a", None),
+        e2b_event("a5", "killed", "2025-08-10T12:00:01.5Z", "sbx-1", "org-a", Some((2, 512, 1_500))),
+        e2b_event("a6", "killed", "2025-08-10T11:30:00Z", "sbx-2", "org-a", Some((8, 3_000, 3_600_001))),
+        e2b_event("b1", "created", "2025-08-11T00:00:00Z", "sbx-3", "org-b", None),
+        e2b_event("b2", "killed", "2025-08-11T00:00:07Z", "sbx-3", "org-b", Some((1, 1, 7))),
+        e2b_event("u1", "updated", "2025-08-11T00:00:08Z", "sbx-3", "org-b", None),
     ];
     // Deliver in reverse order (late and out of order), then all again.
     for body in events.iter().rev() {
@@ -146,21 +77,12 @@ async fn generated_lifecycles_give_exact_totals_per_org_despite_redeliveries() {
         assert_eq!(receipt["duplicate"], true, "{receipt}");
     }
     // org-a CPU: 2×3600 + 2×1.5 + 8×3600.001 = 7200 + 3 + 28800.008
-    assert_eq!(
-        gw.total("org-a", "sandbox_cpu_core_seconds").await,
-        "36003.008"
-    );
+    assert_eq!(gw.total("org-a", "sandbox_cpu_core_seconds").await, "36003.008");
     // org-a RAM: 0.5×3600 + 0.5×1.5 + (3000/1024)×3600.001 = 1800 + 0.75 + 10546.8779296875
-    assert_eq!(
-        gw.total("org-a", "sandbox_ram_gibi_seconds").await,
-        "12347.6279296875"
-    );
+    assert_eq!(gw.total("org-a", "sandbox_ram_gibi_seconds").await, "12347.6279296875");
     // org-b: 1 vCPU × 7 ms; 1 MiB × 7 ms = 7/1,024,000 GiB·s, exactly.
     assert_eq!(gw.total("org-b", "sandbox_cpu_core_seconds").await, "0.007");
-    assert_eq!(
-        gw.total("org-b", "sandbox_ram_gibi_seconds").await,
-        "0.0000068359375"
-    );
+    assert_eq!(gw.total("org-b", "sandbox_ram_gibi_seconds").await, "0.0000068359375");
     // Active time from the levels: sbx-1 10:00-11:00 and 12:00-12:00:01.5,
     // sbx-2 10:30-11:30 → 3600 + 1.5 + 3600 sandbox-seconds.
     assert_eq!(gw.total("org-a", "sandbox_active_seconds").await, "7201.5");
@@ -173,36 +95,14 @@ async fn generated_lifecycles_give_exact_totals_per_org_despite_redeliveries() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_answered_clearly_and_store_nothing() {
-    let gw = Gateway::start(Options {
-        extra_config: "max_body_bytes = 4096".into(),
-        ..Options::default()
-    });
-    let good = e2b_event(
-        "g1",
-        "killed",
-        "2025-08-10T12:00:00Z",
-        "sbx",
-        "org-x",
-        Some((2, 512, 1000)),
-    );
+    let gw = Gateway::start(Options { extra_config: "max_body_bytes = 4096".into(), ..Options::default() });
+    let good = e2b_event("g1", "killed", "2025-08-10T12:00:00Z", "sbx", "org-x", Some((2, 512, 1000)));
     let signature = support::e2b_signature(support::E2B_SECRET, &good);
     let wrong = support::e2b_signature("not-the-secret", &good);
 
     let cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>, u16, &str)> = vec![
-        (
-            "no signature",
-            good.clone(),
-            vec![],
-            401,
-            "missing e2b-signature",
-        ),
-        (
-            "wrong secret",
-            good.clone(),
-            vec![("e2b-signature", wrong)],
-            401,
-            "does not match",
-        ),
+        ("no signature", good.clone(), vec![], 401, "missing e2b-signature"),
+        ("wrong secret", good.clone(), vec![("e2b-signature", wrong)], 401, "does not match"),
         (
             "tampered body",
             good.replace_bytes("org-x", "org-y"),
@@ -210,20 +110,11 @@ async fn bad_requests_are_answered_clearly_and_store_nothing() {
             401,
             "does not match",
         ),
-        (
-            "signature not base64",
-            good.clone(),
-            vec![("e2b-signature", "%%%".into())],
-            401,
-            "not base64",
-        ),
+        ("signature not base64", good.clone(), vec![("e2b-signature", "%%%".into())], 401, "not base64"),
         (
             "malformed JSON",
             b"{\"id\": ".to_vec(),
-            vec![(
-                "e2b-signature",
-                support::e2b_signature(support::E2B_SECRET, b"{\"id\": "),
-            )],
+            vec![("e2b-signature", support::e2b_signature(support::E2B_SECRET, b"{\"id\": "))],
             400,
             "not an E2B v2 webhook event",
         ),
@@ -240,22 +131,12 @@ async fn bad_requests_are_answered_clearly_and_store_nothing() {
         let (got, answer) = gw.ingest("e2b", &body, &headers).await;
         assert_eq!(got, status, "{name}: {answer}");
         let text = answer["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            text.contains(message),
-            "{name}: {text:?} should mention {message:?}"
-        );
+        assert!(text.contains(message), "{name}: {text:?} should mention {message:?}");
         assert!(answer["error"]["code"].is_string(), "{name}: {answer}");
     }
-    let (status, answer) = gw
-        .ingest("nope", &good, &[("e2b-signature", &signature)])
-        .await;
+    let (status, answer) = gw.ingest("nope", &good, &[("e2b-signature", &signature)]).await;
     assert_eq!(status, 404, "{answer}");
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("nope")
-    );
+    assert!(answer["error"]["message"].as_str().unwrap().contains("nope"));
 
     assert_eq!(gw.count_rows("deliveries").await, 0);
     assert_eq!(gw.count_rows("usage_records").await, 0);

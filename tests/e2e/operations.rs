@@ -24,10 +24,7 @@ fn config_errors_name_file_key_and_problem_and_exit_non_zero() {
         ("listen = 8080\n", "key `listen`"),
         ("databse = \"sqlite://x.db\"\n", "databse"),
         ("listen = \"0.0.0.0:8080\"\n", "admin_token"),
-        (
-            "[meters.m]\nmetric = \"x\"\naggregation = \"avg\"\nunit = \"u\"\n",
-            "meters.m.aggregation",
-        ),
+        ("[meters.m]\nmetric = \"x\"\naggregation = \"avg\"\nunit = \"u\"\n", "meters.m.aggregation"),
     ];
     for (text, expected) in cases {
         let path = dir.path().join("bad.toml");
@@ -35,19 +32,10 @@ fn config_errors_name_file_key_and_problem_and_exit_non_zero() {
         let out = meterd(&["serve", "--config", path.to_str().unwrap()], dir.path());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
-        assert!(
-            stderr.contains("config error in") && stderr.contains("bad.toml"),
-            "{stderr}"
-        );
-        assert!(
-            stderr.contains(expected),
-            "{stderr} should mention {expected}"
-        );
+        assert!(stderr.contains("config error in") && stderr.contains("bad.toml"), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr} should mention {expected}");
     }
-    let out = meterd(
-        &["serve", "--config", "/nonexistent/meterd.toml"],
-        dir.path(),
-    );
+    let out = meterd(&["serve", "--config", "/nonexistent/meterd.toml"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
 }
@@ -70,45 +58,26 @@ fn migrate_and_plugins_list_work_from_the_cli() {
     )
     .unwrap();
     let out = meterd(&["migrate"], dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("m.db").exists());
 
     let out = meterd(&["plugins", "list"], dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     // A refused file makes the listing fail, and says why, beside the good one.
     assert!(!out.status.success());
-    let e2b_line = stdout
-        .lines()
-        .find(|l| l.starts_with("e2b "))
-        .unwrap_or_else(|| panic!("no e2b line in {stdout}"));
-    assert!(
-        e2b_line.contains("0.1.0") && e2b_line.contains("push"),
-        "{e2b_line}"
-    );
+    let e2b_line =
+        stdout.lines().find(|l| l.starts_with("e2b ")).unwrap_or_else(|| panic!("no e2b line in {stdout}"));
+    assert!(e2b_line.contains("0.1.0") && e2b_line.contains("push"), "{e2b_line}");
     let hash = e2b_line.split_whitespace().last().unwrap();
     assert_eq!(hash.len(), 64, "a sha-256 in hex: {e2b_line}");
-    assert!(
-        stdout.contains("refused") && stdout.contains("broken.wasm"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("refused") && stdout.contains("broken.wasm"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_token_guards_the_org_routes_but_not_ingest_or_health() {
-    let gw = Gateway::start(Options {
-        admin_token: Some(ADMIN_TOKEN),
-        ..Options::default()
-    });
+    let gw = Gateway::start(Options { admin_token: Some(ADMIN_TOKEN), ..Options::default() });
     let usage = gw.url("/v1/orgs/acme/usage?meter=sandbox_cpu_core_seconds");
-    for auth in [
-        None,
-        Some("Bearer wrong-token-0123456789"),
-        Some("Basic abc"),
-    ] {
+    for auth in [None, Some("Bearer wrong-token-0123456789"), Some("Basic abc")] {
         let mut request = gw.client.get(&usage);
         if let Some(value) = auth {
             request = request.header("authorization", value);
@@ -118,23 +87,11 @@ async fn admin_token_guards_the_org_routes_but_not_ingest_or_health() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthorized");
     }
-    let (status, body) = gw
-        .get("/v1/orgs/acme/usage?meter=sandbox_cpu_core_seconds")
-        .await;
+    let (status, body) = gw.get("/v1/orgs/acme/usage?meter=sandbox_cpu_core_seconds").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["total"], "0");
     for path in ["/healthz", "/readyz"] {
-        assert_eq!(
-            gw.client
-                .get(gw.url(path))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-            200,
-            "{path}"
-        );
+        assert_eq!(gw.client.get(gw.url(path)).send().await.unwrap().status().as_u16(), 200, "{path}");
     }
 }
 
@@ -144,22 +101,13 @@ async fn usage_query_errors_are_400_with_a_reason() {
     let cases = [
         ("/v1/orgs/a/usage", "missing `meter`"),
         ("/v1/orgs/a/usage?meter=nope", "unknown meter"),
-        (
-            "/v1/orgs/a/usage?meter=sandbox_active&from=yesterday",
-            "RFC 3339",
-        ),
+        ("/v1/orgs/a/usage?meter=sandbox_active&from=yesterday", "RFC 3339"),
         (
             "/v1/orgs/a/usage?meter=sandbox_active&from=2025-09-01T00:00:00Z&to=2025-08-01T00:00:00Z",
             "bad range",
         ),
-        (
-            "/v1/orgs/a/usage?meter=sandbox_active&window=week",
-            "hour, day or month",
-        ),
-        (
-            "/v1/orgs/a/usage?meter=sandbox_active&group_by=bad%20key",
-            "group_by",
-        ),
+        ("/v1/orgs/a/usage?meter=sandbox_active&window=week", "hour, day or month"),
+        ("/v1/orgs/a/usage?meter=sandbox_active&group_by=bad%20key", "group_by"),
         (
             "/v1/orgs/a/usage?meter=sandbox_active&from=2000-01-01T00:00:00Z&to=2025-01-01T00:00:00Z&window=hour",
             "windows",
@@ -170,20 +118,12 @@ async fn usage_query_errors_are_400_with_a_reason() {
         let (status, body) = gw.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains(expected),
-            "{path}: {message:?} should mention {expected:?}"
-        );
+        assert!(message.contains(expected), "{path}: {message:?} should mention {expected:?}");
     }
     // The default range is the current calendar month.
-    let (status, body) = gw
-        .get("/v1/orgs/a/usage?meter=sandbox_cpu_core_seconds")
-        .await;
+    let (status, body) = gw.get("/v1/orgs/a/usage?meter=sandbox_cpu_core_seconds").await;
     assert_eq!(status, 200);
-    assert!(
-        body["from"].as_str().unwrap().ends_with("-01T00:00:00Z"),
-        "{body}"
-    );
+    assert!(body["from"].as_str().unwrap().ends_with("-01T00:00:00Z"), "{body}");
     assert_eq!(body["windows"].as_array().unwrap().len(), 1);
 }
 
@@ -193,20 +133,15 @@ async fn restarts_load_compiled_components_from_the_cache_and_shutdown_is_clean(
     let (_, first) = gw.get("/v1/plugins").await;
     assert_eq!(first["plugins"][0]["name"], "e2b");
     assert_eq!(first["plugins"][0]["compiled_from_cache"], false, "{first}");
-    let cached: Vec<_> = std::fs::read_dir(gw.dir.path().join("cache"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .collect();
+    let cached: Vec<_> =
+        std::fs::read_dir(gw.dir.path().join("cache")).unwrap().filter_map(|e| e.ok()).collect();
     assert_eq!(cached.len(), 1, "one compiled artifact");
 
     let status = gw.stop();
     assert!(status.success(), "SIGTERM gives a clean exit: {status}");
     gw.restart_after_kill9();
     let (_, second) = gw.get("/v1/plugins").await;
-    assert_eq!(
-        second["plugins"][0]["compiled_from_cache"], true,
-        "{second}"
-    );
+    assert_eq!(second["plugins"][0]["compiled_from_cache"], true, "{second}");
     assert_eq!(second["plugins"][0]["hash"], first["plugins"][0]["hash"]);
 
     // A corrupt cache entry is recompiled, not trusted.
@@ -217,13 +152,7 @@ async fn restarts_load_compiled_components_from_the_cache_and_shutdown_is_clean(
     gw.restart_after_kill9();
     let (_, third) = gw.get("/v1/plugins").await;
     assert_eq!(third["plugins"][0]["compiled_from_cache"], false, "{third}");
-    let body = support::e2b_event(
-        "c1",
-        "killed",
-        "2025-08-10T12:00:00Z",
-        "sbx",
-        "org-c",
-        Some((1, 1024, 1000)),
-    );
+    let body =
+        support::e2b_event("c1", "killed", "2025-08-10T12:00:00Z", "sbx", "org-c", Some((1, 1024, 1000)));
     assert_eq!(gw.e2b(&body).await.0, 200);
 }

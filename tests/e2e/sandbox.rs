@@ -13,11 +13,7 @@ async fn runaway_plugin_calls_fail_alone_and_the_gateway_keeps_serving() {
         extra_config: "plugin_memory_mib = 32".into(),
         ..Options::default()
     });
-    let cases = [
-        ("loop", "CPU deadline"),
-        ("alloc", "ran out of memory"),
-        ("trap", "trapped"),
-    ];
+    let cases = [("loop", "CPU deadline"), ("alloc", "ran out of memory"), ("trap", "trapped")];
     for round in 0..2 {
         for (command, expected) in cases {
             let started = std::time::Instant::now();
@@ -25,20 +21,11 @@ async fn runaway_plugin_calls_fail_alone_and_the_gateway_keeps_serving() {
             assert_eq!(status, 500, "{command}: {answer}");
             assert_eq!(answer["error"]["code"], "plugin_failed");
             let message = answer["error"]["message"].as_str().unwrap_or_default();
-            assert!(
-                message.contains("chaos"),
-                "{command}: the message names the plugin: {message}"
-            );
-            assert!(
-                message.contains(expected),
-                "{command}: {message:?} should say {expected:?}"
-            );
+            assert!(message.contains("chaos"), "{command}: the message names the plugin: {message}");
+            assert!(message.contains(expected), "{command}: {message:?} should say {expected:?}");
             // Not a timing assertion on the deadline itself, only a guard
             // that the call was cut off rather than left running.
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(20),
-                "{command} was not stopped"
-            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "{command} was not stopped");
 
             // The very next call on the same plugin succeeds (a fresh
             // instance replaces the dead one)…
@@ -49,14 +36,8 @@ async fn runaway_plugin_calls_fail_alone_and_the_gateway_keeps_serving() {
         }
     }
     // …and other plugins never noticed.
-    let body = e2b_event(
-        "after-chaos",
-        "killed",
-        "2025-08-10T12:00:00Z",
-        "sbx",
-        "org-z",
-        Some((4, 1024, 2500)),
-    );
+    let body =
+        e2b_event("after-chaos", "killed", "2025-08-10T12:00:00Z", "sbx", "org-z", Some((4, 1024, 2500)));
     let (status, receipt) = gw.e2b(&body).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(gw.total("org-z", "sandbox_cpu_core_seconds").await, "10");

@@ -24,10 +24,7 @@ pub const E2B_SECRET: &str = "test-signature-secret-1";
 /// publish numbers for a run nobody asked for.
 pub fn env_number<T: FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid number")),
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a valid number")),
         Err(_) => default,
     }
 }
@@ -35,20 +32,14 @@ pub fn env_number<T: FromStr>(name: &str, default: T) -> T {
 /// A duration in (possibly fractional) seconds from the environment.
 pub fn env_seconds(name: &str, default: f64) -> Duration {
     let seconds: f64 = env_number(name, default);
-    assert!(
-        seconds.is_finite() && seconds > 0.0,
-        "{name} must be a positive number of seconds"
-    );
+    assert!(seconds.is_finite() && seconds > 0.0, "{name} must be a positive number of seconds");
     Duration::from_secs_f64(seconds)
 }
 
 /// The command-line filters `cargo bench -- WORD…` passes through (flags
 /// such as `--bench` are cargo's and ignored). No filter selects everything.
 pub fn filters() -> Vec<String> {
-    std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect()
+    std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect()
 }
 
 /// Whether a case named `name` is selected by `filters`.
@@ -61,11 +52,7 @@ pub fn median(values: &mut [f64]) -> f64 {
     assert!(!values.is_empty(), "median of nothing");
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
+    if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
 }
 
 /// The `p`-th percentile (0–100) of already sorted values, nearest-rank:
@@ -99,9 +86,7 @@ pub fn e2b_signature(secret: &str, body: &[u8]) -> String {
 
 /// A file under the repository's tests/fixtures.
 pub fn fixture(path: &str) -> Vec<u8> {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(path);
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(path);
     std::fs::read(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
 }
 
@@ -110,8 +95,7 @@ pub fn fixture(path: &str) -> Vec<u8> {
 /// where `name` is.
 pub fn component(name: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<meterd_plugin_build::BuiltPlugin>> = OnceLock::new();
-    let built =
-        BUILT.get_or_init(|| meterd_plugin_build::build_all().expect("building the plugins"));
+    let built = BUILT.get_or_init(|| meterd_plugin_build::build_all().expect("building the plugins"));
     built
         .iter()
         .find(|p| p.name == name)

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 pub use error::ApiError;
+pub use usage::rfc3339;
 
 use crate::ingest::{Ingest, Receipt};
 use crate::plugin::InboundRequest;
@@ -56,11 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// With `admin_token` set, the org and admin routes need it as a bearer token.
-async fn require_admin(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Some(expected) = &state.admin_token {
         let given = request
             .headers()
@@ -113,9 +110,7 @@ async fn ingest_inner(
         headers: parts
             .headers
             .iter()
-            .filter_map(|(name, value)| {
-                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
-            })
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
             .collect(),
         body,
     };
@@ -132,19 +127,15 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
             format!("body is larger than the {limit}-byte limit"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes.to_vec()),
         Err(e) if is_length_limit(&e) => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not read the body: {e}"
-        ))),
+        Err(e) => Err(ApiError::bad_request(format!("could not read the body: {e}"))),
     }
 }
 
@@ -166,35 +157,53 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Ready when the store answers and the plugins directory has been loaded.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(
-            serde_json::json!({ "status": "ready", "plugins": state.plugins.plugins().count() }),
-        )
-        .into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            format!("store: {e}"),
-        )
-        .into_response(),
+        Ok(()) => Json(serde_json::json!({ "status": "ready", "plugins": state.plugins.plugins().count() }))
+            .into_response(),
+        Err(e) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("store: {e}")).into_response()
+        }
     }
 }
 
-async fn list_plugins(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+async fn list_plugins(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let polls =
+        state.store.poll_states().await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+        })?;
     let plugins: Vec<_> = state
         .plugins
         .plugins()
         .map(|p| {
+            let info = p.info();
+            let polls: Vec<_> = polls
+                .iter()
+                .filter(|s| s.plugin == info.name)
+                .map(|s| {
+                    serde_json::json!({
+                        "target": s.target,
+                        "cursor": s.cursor,
+                        "last_success": s.last_success_ms.map(usage::rfc3339),
+                        "last_error": s.last_error,
+                        "last_error_at": s.last_error_ms.map(usage::rfc3339),
+                        "consecutive_failures": s.consecutive_failures,
+                        "next_run": usage::rfc3339(s.next_run_ms),
+                        "lease_holder": s.lease_holder,
+                    })
+                })
+                .collect();
             serde_json::json!({
-                "name": p.info().name,
-                "version": p.info().version,
-                "modes": p.info().modes(),
-                "description": p.info().description,
+                "name": info.name,
+                "version": info.version,
+                "modes": info.modes(),
+                "description": info.description,
                 "hash": p.hash(),
                 "compiled_from_cache": p.compiled_from_cache(),
                 "file": p.file.display().to_string(),
-                "loaded_at": crate::http::usage::rfc3339(p.loaded_at_ms),
+                "loaded_at": usage::rfc3339(p.loaded_at_ms),
+                "config": crate::plugin::redacted(p.settings()),
+                "polls": polls,
             })
         })
         .collect();
-    Json(serde_json::json!({ "plugins": plugins, "failures": state.plugins.failures() }))
+    Ok(Json(serde_json::json!({ "plugins": plugins, "failures": state.plugins.failures() })))
 }

@@ -28,13 +28,11 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            ApiError::bad_request(format!(
-                "`{name}` {text:?} is not an RFC 3339 time such as 2025-08-01T00:00:00Z"
-            ))
-        })
+    DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).map_err(|_| {
+        ApiError::bad_request(format!(
+            "`{name}` {text:?} is not an RFC 3339 time such as 2025-08-01T00:00:00Z"
+        ))
+    })
 }
 
 /// Missing bounds default to the calendar month (UTC) of the other bound,
@@ -61,18 +59,14 @@ pub async fn usage(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let now_ms = crate::clock::now_ms();
-    let meter = params
-        .meter
-        .ok_or_else(|| ApiError::bad_request("missing `meter` parameter"))?;
+    let meter = params.meter.ok_or_else(|| ApiError::bad_request("missing `meter` parameter"))?;
     let window = match params.window.as_deref() {
         None => None,
         Some("hour") => Some(WindowSize::Hour),
         Some("day") => Some(WindowSize::Day),
         Some("month") => Some(WindowSize::Month),
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "`window` {other:?} must be hour, day or month"
-            )));
+            return Err(ApiError::bad_request(format!("`window` {other:?} must be hour, day or month")));
         }
     };
     let request = UsageRequest {

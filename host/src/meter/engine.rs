@@ -126,16 +126,9 @@ fn level_aggregate(
     let range = query.range;
     let carried = carry_in.iter().filter(|p| p.at_ms < range.from_ms);
     let current = points.iter().filter(|p| range.contains(p.at_ms));
-    let mut events: Vec<&Point> = carried
-        .chain(current)
-        .filter(|p| p.kind == Kind::Level)
-        .collect();
-    events.sort_by(|a, b| {
-        a.subject
-            .cmp(&b.subject)
-            .then(a.at_ms.cmp(&b.at_ms))
-            .then_with(|| tie_order(a, b))
-    });
+    let mut events: Vec<&Point> = carried.chain(current).filter(|p| p.kind == Kind::Level).collect();
+    events
+        .sort_by(|a, b| a.subject.cmp(&b.subject).then(a.at_ms.cmp(&b.at_ms)).then_with(|| tie_order(a, b)));
     level_report(aggregation, windows, query, &events)
 }
 
@@ -197,12 +190,7 @@ fn dense(windows: &[Range], keys: &[Option<String>], cells: Vec<Decimal>) -> Vec
     let mut out = Vec::with_capacity(windows.len() * keys.len());
     for w in windows {
         for (key, value) in keys.iter().zip(cells.by_ref()) {
-            out.push(WindowValue {
-                start_ms: w.from_ms,
-                end_ms: w.to_ms,
-                group: key.clone(),
-                value,
-            });
+            out.push(WindowValue { start_ms: w.from_ms, end_ms: w.to_ms, group: key.clone(), value });
         }
     }
     out
@@ -229,10 +217,7 @@ fn sum(windows: &[Range], grouped: bool, deltas: &[&Point]) -> Result<UsageRepor
         *cell = add(*cell, p.quantity, "sum of deltas")?;
         total = add(total, p.quantity, "sum of deltas")?;
     }
-    Ok(UsageReport {
-        total,
-        windows: dense(windows, &keys, cells),
-    })
+    Ok(UsageReport { total, windows: dense(windows, &keys, cells) })
 }
 
 /// Number of records per window and group.
@@ -245,18 +230,11 @@ fn count(windows: &[Range], grouped: bool, points: &[&Point]) -> Result<UsageRep
             continue;
         };
         let cell = &mut cells[w * keys.len() + g];
-        *cell = cell
-            .checked_add(1)
-            .ok_or(QuantityError::Overflow("record count"))?;
-        total = total
-            .checked_add(1)
-            .ok_or(QuantityError::Overflow("record count"))?;
+        *cell = cell.checked_add(1).ok_or(QuantityError::Overflow("record count"))?;
+        total = total.checked_add(1).ok_or(QuantityError::Overflow("record count"))?;
     }
     let cells = cells.into_iter().map(Decimal::from).collect();
-    Ok(UsageReport {
-        total: Decimal::from(total),
-        windows: dense(windows, &keys, cells),
-    })
+    Ok(UsageReport { total: Decimal::from(total), windows: dense(windows, &keys, cells) })
 }
 
 /// A subject's level changing at `at_ms`: it leaves `before` (group, value)
@@ -313,23 +291,15 @@ impl Accrual {
     }
 
     /// `level × (min(upto, clip) − since)` added to `acc`, `since` advanced.
-    fn accrue(
-        acc: &mut Decimal,
-        since: &mut i64,
-        level: Decimal,
-        upto: i64,
-    ) -> Result<(), EngineError> {
+    fn accrue(acc: &mut Decimal, since: &mut i64, level: Decimal, upto: i64) -> Result<(), EngineError> {
         if upto <= *since {
             return Ok(());
         }
         // The distance between two i64 times may not fit in i64 (up to 2^64),
         // but it always fits in a Decimal's 96 bits.
         let ms = i128::from(upto) - i128::from(*since);
-        let ms = Decimal::try_from_i128_with_scale(ms, 0)
-            .map_err(|_| QuantityError::Overflow("duration"))?;
-        let product = level
-            .checked_mul(ms)
-            .ok_or(QuantityError::Overflow("level × ms"))?;
+        let ms = Decimal::try_from_i128_with_scale(ms, 0).map_err(|_| QuantityError::Overflow("duration"))?;
+        let product = level.checked_mul(ms).ok_or(QuantityError::Overflow("level × ms"))?;
         *acc = add(*acc, product, "level × ms")?;
         *since = upto;
         Ok(())
@@ -362,9 +332,8 @@ fn level_report(
     let mut steps: Vec<Step> = Vec::new();
     let mut in_force: Option<(&str, usize, Decimal)> = None;
     for (i, p) in events.iter().enumerate() {
-        let superseded = events
-            .get(i + 1)
-            .is_some_and(|next| next.subject == p.subject && next.at_ms == p.at_ms);
+        let superseded =
+            events.get(i + 1).is_some_and(|next| next.subject == p.subject && next.at_ms == p.at_ms);
         if superseded {
             continue;
         }
@@ -372,11 +341,7 @@ fn level_report(
             Some((subject, g, value)) if subject == p.subject => Some((g, value)),
             _ => None,
         };
-        steps.push(Step {
-            at_ms: p.at_ms,
-            before,
-            after: (group_of[i], p.quantity),
-        });
+        steps.push(Step { at_ms: p.at_ms, before, after: (group_of[i], p.quantity) });
         in_force = Some((&p.subject, group_of[i], p.quantity));
     }
     // Stable: steps at one instant stay in subject order, so sums are added
@@ -385,10 +350,7 @@ fn level_report(
 
     let integral = aggregation == LevelAggregation::Integral;
     let max = aggregation == LevelAggregation::Max;
-    let mut levels = Levels {
-        group: vec![Decimal::ZERO; groups],
-        org: Decimal::ZERO,
-    };
+    let mut levels = Levels { group: vec![Decimal::ZERO; groups], org: Decimal::ZERO };
     let mut next = 0;
     let mut cells = Vec::with_capacity(windows.len() * groups);
     let mut total_ms = Decimal::ZERO;
@@ -457,8 +419,5 @@ fn level_report(
         // Windows cover the range, so there is at least one.
         LevelAggregation::Max => total_max.unwrap_or(Decimal::ZERO),
     };
-    Ok(UsageReport {
-        total,
-        windows: dense(windows, &keys, cells),
-    })
+    Ok(UsageReport { total, windows: dense(windows, &keys, cells) })
 }

@@ -91,53 +91,13 @@ pub fn default_meters() -> Vec<MeterDef> {
         unit: unit.to_owned(),
     };
     vec![
-        meter(
-            "sandbox_cpu_core_seconds",
-            "sandbox_cpu_core_seconds",
-            Aggregation::Sum,
-            "vCPU-seconds",
-        ),
-        meter(
-            "sandbox_ram_gibi_seconds",
-            "sandbox_ram_gibi_seconds",
-            Aggregation::Sum,
-            "GiB-seconds",
-        ),
-        meter(
-            "sandbox_ssd_gibi_seconds",
-            "sandbox_ssd_gibi_seconds",
-            Aggregation::Sum,
-            "GiB-seconds",
-        ),
-        meter(
-            "sandbox_gpu_core_seconds",
-            "sandbox_gpu_core_seconds",
-            Aggregation::Sum,
-            "GPU-seconds",
-        ),
-        meter(
-            "sandbox_active",
-            "sandbox_active",
-            Aggregation::Latest,
-            "sandboxes",
-        ),
-        meter(
-            "sandbox_active_max",
-            "sandbox_active",
-            Aggregation::Max,
-            "sandboxes",
-        ),
-        meter(
-            "sandbox_active_seconds",
-            "sandbox_active",
-            Aggregation::Integral,
-            "sandbox-seconds",
-        ),
-        meter(
-            "storage_bytes",
-            "storage_bytes",
-            Aggregation::Latest,
-            "bytes",
-        ),
+        meter("sandbox_cpu_core_seconds", "sandbox_cpu_core_seconds", Aggregation::Sum, "vCPU-seconds"),
+        meter("sandbox_ram_gibi_seconds", "sandbox_ram_gibi_seconds", Aggregation::Sum, "GiB-seconds"),
+        meter("sandbox_ssd_gibi_seconds", "sandbox_ssd_gibi_seconds", Aggregation::Sum, "GiB-seconds"),
+        meter("sandbox_gpu_core_seconds", "sandbox_gpu_core_seconds", Aggregation::Sum, "GPU-seconds"),
+        meter("sandbox_active", "sandbox_active", Aggregation::Latest, "sandboxes"),
+        meter("sandbox_active_max", "sandbox_active", Aggregation::Max, "sandboxes"),
+        meter("sandbox_active_seconds", "sandbox_active", Aggregation::Integral, "sandbox-seconds"),
+        meter("storage_bytes", "storage_bytes", Aggregation::Latest, "bytes"),
     ]
 }

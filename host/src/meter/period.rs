@@ -31,9 +31,7 @@ pub enum PeriodError {
     /// A boundary that cannot be represented in `i64` milliseconds. Kept for
     /// callers' exhaustive matching; the `i128` boundary arithmetic here
     /// never produces it for a valid range.
-    #[error(
-        "a time boundary falls outside the supported range (i64 milliseconds since the Unix epoch)"
-    )]
+    #[error("a time boundary falls outside the supported range (i64 milliseconds since the Unix epoch)")]
     OutOfRange,
 }
 
@@ -78,10 +76,7 @@ pub enum WindowSize {
 /// at `i64::MIN` / `i64::MAX` instead of wrapping.
 pub fn month_containing(ms: i64) -> Range {
     let month = month_index(ms);
-    Range {
-        from_ms: saturate(month_start_ms(month)),
-        to_ms: saturate(month_start_ms(month + 1)),
-    }
+    Range { from_ms: saturate(month_start_ms(month)), to_ms: saturate(month_start_ms(month + 1)) }
 }
 
 /// Consecutive windows aligned to UTC hour/day/calendar-month boundaries that
@@ -93,18 +88,9 @@ pub fn windows(range: Range, size: WindowSize) -> Result<Vec<Range>, PeriodError
     let last_ms = range.to_ms - 1; // from < to, so this cannot underflow.
     // Window k covers [boundary(k), boundary(k + 1)).
     let (first, last): (i128, i128) = match size {
-        WindowSize::Hour => (
-            range.from_ms.div_euclid(HOUR_MS).into(),
-            last_ms.div_euclid(HOUR_MS).into(),
-        ),
-        WindowSize::Day => (
-            range.from_ms.div_euclid(DAY_MS).into(),
-            last_ms.div_euclid(DAY_MS).into(),
-        ),
-        WindowSize::Month => (
-            month_index(range.from_ms).into(),
-            month_index(last_ms).into(),
-        ),
+        WindowSize::Hour => (range.from_ms.div_euclid(HOUR_MS).into(), last_ms.div_euclid(HOUR_MS).into()),
+        WindowSize::Day => (range.from_ms.div_euclid(DAY_MS).into(), last_ms.div_euclid(DAY_MS).into()),
+        WindowSize::Month => (month_index(range.from_ms).into(), month_index(last_ms).into()),
     };
     let count = last - first + 1;
     if count > MAX_WINDOWS as i128 {
@@ -130,10 +116,7 @@ pub fn windows(range: Range, size: WindowSize) -> Result<Vec<Range>, PeriodError
         // Clipped to the range, so both fit in i64; checked anyway.
         let start = i64::try_from(start).map_err(|_| PeriodError::OutOfRange)?;
         let end = i64::try_from(end).map_err(|_| PeriodError::OutOfRange)?;
-        out.push(Range {
-            from_ms: start,
-            to_ms: end,
-        });
+        out.push(Range { from_ms: start, to_ms: end });
     }
     Ok(out)
 }
@@ -176,15 +159,10 @@ fn civil_from_days(days: i64) -> (i64, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z - era * 146_097; // [0, 146096]
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153; // March = 0
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    } as u32;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month)
 }
@@ -228,20 +206,8 @@ mod tests {
     #[test]
     fn range_new_requires_from_before_to() {
         assert_eq!(Range::new(1, 2), Ok(r(1, 2)));
-        assert_eq!(
-            Range::new(5, 5),
-            Err(PeriodError::EmptyRange {
-                from_ms: 5,
-                to_ms: 5
-            })
-        );
-        assert_eq!(
-            Range::new(6, 5),
-            Err(PeriodError::EmptyRange {
-                from_ms: 6,
-                to_ms: 5
-            })
-        );
+        assert_eq!(Range::new(5, 5), Err(PeriodError::EmptyRange { from_ms: 5, to_ms: 5 }));
+        assert_eq!(Range::new(6, 5), Err(PeriodError::EmptyRange { from_ms: 6, to_ms: 5 }));
         assert_eq!(Range::new(i64::MIN, i64::MAX), Ok(r(i64::MIN, i64::MAX)));
     }
 
@@ -283,11 +249,7 @@ mod tests {
         for year in 1600..=2500 {
             for month in 1..=12 {
                 let start = start_of(year, month);
-                let end = if month == 12 {
-                    start_of(year + 1, 1)
-                } else {
-                    start_of(year, month + 1)
-                };
+                let end = if month == 12 { start_of(year + 1, 1) } else { start_of(year, month + 1) };
                 for ms in [start, start + 12_345_678, end - 1] {
                     assert_eq!(month_containing(ms), r(start, end), "{year}-{month}");
                 }
@@ -324,31 +286,16 @@ mod tests {
     fn aligned_range_has_no_empty_trailing_window() {
         assert_eq!(
             windows(r(JAN_2024, JAN_2024 + 2 * H), WindowSize::Hour),
-            Ok(vec![
-                r(JAN_2024, JAN_2024 + H),
-                r(JAN_2024 + H, JAN_2024 + 2 * H)
-            ])
+            Ok(vec![r(JAN_2024, JAN_2024 + H), r(JAN_2024 + H, JAN_2024 + 2 * H)])
         );
-        assert_eq!(
-            windows(r(JAN_2024, JAN_2024 + 1), WindowSize::Day),
-            Ok(vec![r(JAN_2024, JAN_2024 + 1)])
-        );
-        assert_eq!(
-            windows(r(JAN_2024, FEB_2024), WindowSize::Month),
-            Ok(vec![r(JAN_2024, FEB_2024)])
-        );
+        assert_eq!(windows(r(JAN_2024, JAN_2024 + 1), WindowSize::Day), Ok(vec![r(JAN_2024, JAN_2024 + 1)]));
+        assert_eq!(windows(r(JAN_2024, FEB_2024), WindowSize::Month), Ok(vec![r(JAN_2024, FEB_2024)]));
     }
 
     #[test]
     fn windows_before_the_epoch_align_to_utc_boundaries() {
-        assert_eq!(
-            windows(r(-H - H / 2, 0), WindowSize::Hour),
-            Ok(vec![r(-H - H / 2, -H), r(-H, 0)])
-        );
-        assert_eq!(
-            windows(r(-1, 1), WindowSize::Day),
-            Ok(vec![r(-1, 0), r(0, 1)])
-        );
+        assert_eq!(windows(r(-H - H / 2, 0), WindowSize::Hour), Ok(vec![r(-H - H / 2, -H), r(-H, 0)]));
+        assert_eq!(windows(r(-1, 1), WindowSize::Day), Ok(vec![r(-1, 0), r(0, 1)]));
     }
 
     #[test]
@@ -370,45 +317,29 @@ mod tests {
         let mid_mar = MAR_2024 + 14 * D;
         assert_eq!(
             windows(r(mid_jan, mid_mar), WindowSize::Month),
-            Ok(vec![
-                r(mid_jan, FEB_2024),
-                r(FEB_2024, MAR_2024),
-                r(MAR_2024, mid_mar)
-            ])
+            Ok(vec![r(mid_jan, FEB_2024), r(FEB_2024, MAR_2024), r(MAR_2024, mid_mar)])
         );
         assert_eq!(
             windows(r(DEC_2024, FEB_2025), WindowSize::Month),
             Ok(vec![r(DEC_2024, JAN_2025), r(JAN_2025, FEB_2025)])
         );
-        assert_eq!(
-            windows(r(DEC_1969, 1), WindowSize::Month),
-            Ok(vec![r(DEC_1969, 0), r(0, 1)])
-        );
+        assert_eq!(windows(r(DEC_1969, 1), WindowSize::Month), Ok(vec![r(DEC_1969, 0), r(0, 1)]));
     }
 
     #[test]
     fn at_most_max_windows() {
-        let exactly = windows(r(0, MAX_WINDOWS as i64 * H), WindowSize::Hour)
-            .expect("10,000 windows are allowed");
+        let exactly =
+            windows(r(0, MAX_WINDOWS as i64 * H), WindowSize::Hour).expect("10,000 windows are allowed");
         assert_eq!(exactly.len(), MAX_WINDOWS);
         assert_eq!(
             windows(r(0, MAX_WINDOWS as i64 * H + 1), WindowSize::Hour),
-            Err(PeriodError::TooManyWindows {
-                count: 10_001,
-                max: 10_000
-            })
+            Err(PeriodError::TooManyWindows { count: 10_001, max: 10_000 })
         );
         // Unaligned ends count the partial windows too.
-        assert_eq!(
-            windows(r(1, MAX_WINDOWS as i64 * H), WindowSize::Hour).map(|w| w.len()),
-            Ok(10_000)
-        );
+        assert_eq!(windows(r(1, MAX_WINDOWS as i64 * H), WindowSize::Hour).map(|w| w.len()), Ok(10_000));
         assert_eq!(
             windows(r(-1, MAX_WINDOWS as i64 * H), WindowSize::Hour),
-            Err(PeriodError::TooManyWindows {
-                count: 10_001,
-                max: 10_000
-            })
+            Err(PeriodError::TooManyWindows { count: 10_001, max: 10_000 })
         );
     }
 
@@ -416,56 +347,33 @@ mod tests {
     fn huge_ranges_are_refused_without_overflow() {
         let all = r(i64::MIN, i64::MAX);
         for size in [WindowSize::Hour, WindowSize::Day, WindowSize::Month] {
-            assert!(matches!(
-                windows(all, size),
-                Err(PeriodError::TooManyWindows { max: 10_000, .. })
-            ));
+            assert!(matches!(windows(all, size), Err(PeriodError::TooManyWindows { max: 10_000, .. })));
         }
         // The very last millisecond still has a clipped window.
         assert_eq!(
             windows(r(i64::MAX - 1, i64::MAX), WindowSize::Month),
             Ok(vec![r(i64::MAX - 1, i64::MAX)])
         );
-        assert_eq!(
-            windows(r(i64::MIN, i64::MIN + 1), WindowSize::Day),
-            Ok(vec![r(i64::MIN, i64::MIN + 1)])
-        );
+        assert_eq!(windows(r(i64::MIN, i64::MIN + 1), WindowSize::Day), Ok(vec![r(i64::MIN, i64::MIN + 1)]));
     }
 
     #[test]
     fn empty_ranges_are_refused() {
-        assert_eq!(
-            windows(r(5, 5), WindowSize::Hour),
-            Err(PeriodError::EmptyRange {
-                from_ms: 5,
-                to_ms: 5
-            })
-        );
+        assert_eq!(windows(r(5, 5), WindowSize::Hour), Err(PeriodError::EmptyRange { from_ms: 5, to_ms: 5 }));
         assert_eq!(
             windows(r(9, 5), WindowSize::Month),
-            Err(PeriodError::EmptyRange {
-                from_ms: 9,
-                to_ms: 5
-            })
+            Err(PeriodError::EmptyRange { from_ms: 9, to_ms: 5 })
         );
     }
 
     #[test]
     fn errors_read_well() {
         assert_eq!(
-            PeriodError::EmptyRange {
-                from_ms: 9,
-                to_ms: 5
-            }
-            .to_string(),
+            PeriodError::EmptyRange { from_ms: 9, to_ms: 5 }.to_string(),
             "empty time range: `from` (9 ms) must be earlier than `to` (5 ms)"
         );
         assert_eq!(
-            PeriodError::TooManyWindows {
-                count: 10_001,
-                max: 10_000
-            }
-            .to_string(),
+            PeriodError::TooManyWindows { count: 10_001, max: 10_000 }.to_string(),
             "the range spans 10001 windows but at most 10000 are allowed; use a larger window or a shorter range"
         );
     }

@@ -26,22 +26,11 @@ fn d(s: &str) -> Decimal {
 }
 
 fn meter(aggregation: Aggregation) -> MeterDef {
-    MeterDef {
-        name: "m".into(),
-        metric: "m".into(),
-        aggregation,
-        unit: "u".into(),
-    }
+    MeterDef { name: "m".into(), metric: "m".into(), aggregation, unit: "u".into() }
 }
 
 fn point(kind: Kind, subject: &str, quantity: &str, at_ms: i64) -> Point {
-    Point {
-        kind,
-        subject: subject.into(),
-        quantity: d(quantity),
-        at_ms,
-        group: None,
-    }
+    Point { kind, subject: subject.into(), quantity: d(quantity), at_ms, group: None }
 }
 
 fn delta(subject: &str, quantity: &str, at_ms: i64) -> Point {
@@ -58,24 +47,14 @@ fn grouped(mut p: Point, group: &str) -> Point {
 }
 
 fn query(from_ms: i64, to_ms: i64, window: Option<WindowSize>, now_ms: i64) -> UsageQuery {
-    UsageQuery {
-        range: Range { from_ms, to_ms },
-        window,
-        now_ms,
-        grouped: false,
-    }
+    UsageQuery { range: Range { from_ms, to_ms }, window, now_ms, grouped: false }
 }
 
 fn by_group(q: UsageQuery) -> UsageQuery {
     UsageQuery { grouped: true, ..q }
 }
 
-fn run(
-    aggregation: Aggregation,
-    q: &UsageQuery,
-    carry_in: &[Point],
-    points: &[Point],
-) -> UsageReport {
+fn run(aggregation: Aggregation, q: &UsageQuery, carry_in: &[Point], points: &[Point]) -> UsageReport {
     aggregate(&meter(aggregation), q, carry_in, points).expect("aggregation succeeds")
 }
 
@@ -93,11 +72,7 @@ fn ungrouped(report: &UsageReport) -> Vec<(i64, i64, Decimal)> {
 
 /// Grouped windows as (start, group, value).
 fn cells(report: &UsageReport) -> Vec<(i64, Option<&str>, Decimal)> {
-    report
-        .windows
-        .iter()
-        .map(|w| (w.start_ms, w.group.as_deref(), w.value))
-        .collect()
+    report.windows.iter().map(|w| (w.start_ms, w.group.as_deref(), w.value)).collect()
 }
 
 // ---------------------------------------------------------------- Sum
@@ -111,19 +86,10 @@ fn sum_per_hour_ignores_levels_and_keeps_corrections() {
         level("a", "100", T0 + H),   // levels do not count towards a sum
         delta("b", "0.001", T0 + 3 * H - 1),
     ];
-    let r = run(
-        Aggregation::Sum,
-        &query(T0, T0 + 3 * H, Some(WindowSize::Hour), FUTURE),
-        &[],
-        &points,
-    );
+    let r = run(Aggregation::Sum, &query(T0, T0 + 3 * H, Some(WindowSize::Hour), FUTURE), &[], &points);
     assert_eq!(
         ungrouped(&r),
-        vec![
-            (T0, T0 + H, d("3.75")),
-            (T0 + H, T0 + 2 * H, d("-0.75")),
-            (T0 + 2 * H, T0 + 3 * H, d("0.001")),
-        ]
+        vec![(T0, T0 + H, d("3.75")), (T0 + H, T0 + 2 * H, d("-0.75")), (T0 + 2 * H, T0 + 3 * H, d("0.001")),]
     );
     assert_eq!(r.total, d("3.001"));
 }
@@ -135,16 +101,8 @@ fn sum_per_day_across_a_month_boundary() {
         delta("a", "2", FEB),
         delta("b", "3", FEB + 12 * H),
     ];
-    let r = run(
-        Aggregation::Sum,
-        &query(JAN_31, FEB + DAY, Some(WindowSize::Day), FUTURE),
-        &[],
-        &points,
-    );
-    assert_eq!(
-        ungrouped(&r),
-        vec![(JAN_31, FEB, d("1")), (FEB, FEB + DAY, d("5"))]
-    );
+    let r = run(Aggregation::Sum, &query(JAN_31, FEB + DAY, Some(WindowSize::Day), FUTURE), &[], &points);
+    assert_eq!(ungrouped(&r), vec![(JAN_31, FEB, d("1")), (FEB, FEB + DAY, d("5"))]);
     assert_eq!(r.total, d("6"));
 }
 
@@ -158,32 +116,15 @@ fn sum_per_calendar_month() {
         delta("a", "30", MAR - 1), // 2024-02-29T23:59:59.999Z, a leap day
         delta("a", "40", MAR),
     ];
-    let r = run(
-        Aggregation::Sum,
-        &query(mid_jan, mid_mar, Some(WindowSize::Month), FUTURE),
-        &[],
-        &points,
-    );
-    assert_eq!(
-        ungrouped(&r),
-        vec![
-            (mid_jan, FEB, d("10")),
-            (FEB, MAR, d("50")),
-            (MAR, mid_mar, d("40"))
-        ]
-    );
+    let r = run(Aggregation::Sum, &query(mid_jan, mid_mar, Some(WindowSize::Month), FUTURE), &[], &points);
+    assert_eq!(ungrouped(&r), vec![(mid_jan, FEB, d("10")), (FEB, MAR, d("50")), (MAR, mid_mar, d("40"))]);
     assert_eq!(r.total, d("100"));
 }
 
 #[test]
 fn no_window_means_one_window_over_the_range() {
     let points = [delta("a", "1", T0), delta("a", "2", T0 + 40 * DAY)];
-    let r = run(
-        Aggregation::Sum,
-        &query(T0, T0 + 41 * DAY, None, FUTURE),
-        &[],
-        &points,
-    );
+    let r = run(Aggregation::Sum, &query(T0, T0 + 41 * DAY, None, FUTURE), &[], &points);
     assert_eq!(ungrouped(&r), vec![(T0, T0 + 41 * DAY, d("3"))]);
     assert_eq!(r.total, d("3"));
 }
@@ -191,18 +132,11 @@ fn no_window_means_one_window_over_the_range() {
 #[test]
 fn empty_input_gives_zero_windows() {
     let q = query(T0, T0 + 2 * H, Some(WindowSize::Hour), FUTURE);
-    for aggregation in [
-        Aggregation::Sum,
-        Aggregation::Count,
-        Aggregation::Integral,
-        Aggregation::Latest,
-        Aggregation::Max,
-    ] {
+    for aggregation in
+        [Aggregation::Sum, Aggregation::Count, Aggregation::Integral, Aggregation::Latest, Aggregation::Max]
+    {
         let r = run(aggregation, &q, &[], &[]);
-        assert_eq!(
-            ungrouped(&r),
-            vec![(T0, T0 + H, d("0")), (T0 + H, T0 + 2 * H, d("0"))]
-        );
+        assert_eq!(ungrouped(&r), vec![(T0, T0 + H, d("0")), (T0 + H, T0 + 2 * H, d("0"))]);
         assert_eq!(r.total, d("0"));
     }
 }
@@ -210,36 +144,13 @@ fn empty_input_gives_zero_windows() {
 #[test]
 fn points_outside_the_range_are_ignored() {
     // The caller promises from <= at_ms < to; anything else is not guessed at.
-    let points = [
-        delta("a", "1", T0 - 1),
-        delta("a", "2", T0),
-        delta("a", "4", T0 + H),
-    ];
-    let r = run(
-        Aggregation::Sum,
-        &query(T0, T0 + H, None, FUTURE),
-        &[],
-        &points,
-    );
+    let points = [delta("a", "1", T0 - 1), delta("a", "2", T0), delta("a", "4", T0 + H)];
+    let r = run(Aggregation::Sum, &query(T0, T0 + H, None, FUTURE), &[], &points);
     assert_eq!(r.total, d("2"));
-    let levels = [
-        level("a", "7", T0 - 1),
-        level("a", "1", T0 + 30 * MIN),
-        level("a", "9", T0 + H),
-    ];
-    let r = run(
-        Aggregation::Latest,
-        &query(T0, T0 + H, None, FUTURE),
-        &[],
-        &levels,
-    );
+    let levels = [level("a", "7", T0 - 1), level("a", "1", T0 + 30 * MIN), level("a", "9", T0 + H)];
+    let r = run(Aggregation::Latest, &query(T0, T0 + H, None, FUTURE), &[], &levels);
     assert_eq!(r.total, d("1"));
-    let r = run(
-        Aggregation::Max,
-        &query(T0, T0 + H, None, FUTURE),
-        &[],
-        &levels,
-    );
+    let r = run(Aggregation::Max, &query(T0, T0 + H, None, FUTURE), &[], &levels);
     assert_eq!(r.total, d("1"));
 }
 
@@ -253,28 +164,15 @@ fn count_counts_records_of_both_kinds() {
         delta("b", "-5", T0 + 59 * MIN),
         level("b", "0", T0 + 2 * H),
     ];
-    let r = run(
-        Aggregation::Count,
-        &query(T0, T0 + 3 * H, Some(WindowSize::Hour), FUTURE),
-        &[],
-        &points,
-    );
+    let r = run(Aggregation::Count, &query(T0, T0 + 3 * H, Some(WindowSize::Hour), FUTURE), &[], &points);
     assert_eq!(
         ungrouped(&r),
-        vec![
-            (T0, T0 + H, d("3")),
-            (T0 + H, T0 + 2 * H, d("0")),
-            (T0 + 2 * H, T0 + 3 * H, d("1"))
-        ]
+        vec![(T0, T0 + H, d("3")), (T0 + H, T0 + 2 * H, d("0")), (T0 + 2 * H, T0 + 3 * H, d("1"))]
     );
     assert_eq!(r.total, d("4"));
     // Carry-in lies before the range: nothing to count.
-    let r = run(
-        Aggregation::Count,
-        &query(T0, T0 + 3 * H, None, FUTURE),
-        &[level("c", "1", T0 - 1)],
-        &points,
-    );
+    let r =
+        run(Aggregation::Count, &query(T0, T0 + 3 * H, None, FUTURE), &[level("c", "1", T0 - 1)], &points);
     assert_eq!(r.total, d("4"));
 }
 
@@ -285,28 +183,15 @@ fn integral_of_an_open_level_stops_at_now() {
     // A 2-vCPU sandbox started at 01:00 and is still running at 02:30:00.500.
     let now = T0 + H + 90 * MIN + 500;
     let points = [level("sbx", "2", T0 + H)];
-    let r = run(
-        Aggregation::Integral,
-        &query(T0, FEB, None, now),
-        &[],
-        &points,
-    );
+    let r = run(Aggregation::Integral, &query(T0, FEB, None, now), &[], &points);
     // 2 × 5400.5 s
     assert_eq!(r.total, d("10801"));
     assert_eq!(ungrouped(&r), vec![(T0, FEB, d("10801"))]);
 
-    let r = run(
-        Aggregation::Integral,
-        &query(T0, FEB, Some(WindowSize::Day), now),
-        &[],
-        &points,
-    );
+    let r = run(Aggregation::Integral, &query(T0, FEB, Some(WindowSize::Day), now), &[], &points);
     assert_eq!(r.windows.len(), 31);
     assert_eq!(r.windows[0].value, d("10801"));
-    assert!(
-        r.windows[1..].iter().all(|w| w.value.is_zero()),
-        "days after now have no usage"
-    );
+    assert!(r.windows[1..].iter().all(|w| w.value.is_zero()), "days after now have no usage");
     assert_eq!(r.total, d("10801"));
 }
 
@@ -322,10 +207,7 @@ fn integral_starts_from_the_carried_in_level() {
         &points,
     );
     // 3 × 3600 s, then 3 × 1800 s
-    assert_eq!(
-        ungrouped(&r),
-        vec![(T0, T0 + H, d("10800")), (T0 + H, T0 + 2 * H, d("5400"))]
-    );
+    assert_eq!(ungrouped(&r), vec![(T0, T0 + H, d("10800")), (T0 + H, T0 + 2 * H, d("5400"))]);
     assert_eq!(r.total, d("16200"));
 }
 
@@ -333,19 +215,9 @@ fn integral_starts_from_the_carried_in_level() {
 fn carry_in_that_breaks_its_contract_is_ignored() {
     // A delta, and a "carry-in" inside the range: neither is a level before the range.
     let carry_in = [delta("a", "5", T0 - H), level("b", "5", T0 + 10 * MIN)];
-    let r = run(
-        Aggregation::Integral,
-        &query(T0, T0 + H, None, FUTURE),
-        &carry_in,
-        &[],
-    );
+    let r = run(Aggregation::Integral, &query(T0, T0 + H, None, FUTURE), &carry_in, &[]);
     assert_eq!(r.total, d("0"));
-    let r = run(
-        Aggregation::Sum,
-        &query(T0, T0 + H, None, FUTURE),
-        &carry_in,
-        &[],
-    );
+    let r = run(Aggregation::Sum, &query(T0, T0 + H, None, FUTURE), &carry_in, &[]);
     assert_eq!(r.total, d("0"));
 }
 
@@ -360,9 +232,7 @@ fn two_overlapping_sandboxes_of_two_vcpus() {
     ];
     let q = query(T0, T0 + 4 * H, Some(WindowSize::Hour), FUTURE);
     let hours = |v: [&str; 4]| -> Vec<(i64, i64, Decimal)> {
-        (0..4)
-            .map(|i| (T0 + i * H, T0 + (i + 1) * H, d(v[i as usize])))
-            .collect()
+        (0..4).map(|i| (T0 + i * H, T0 + (i + 1) * H, d(v[i as usize]))).collect()
     };
 
     // Org level per hour: 2, 4, 2, 0.
@@ -384,29 +254,18 @@ fn a_late_level_between_two_earlier_ones_changes_the_integral() {
     let q = query(T0, T0 + 3 * H, None, T0 + 3 * H);
     let mut points = vec![level("s", "1", T0), level("s", "3", T0 + 2 * H)];
     // 1 × 7200 s + 3 × 3600 s
-    assert_eq!(
-        run(Aggregation::Integral, &q, &[], &points).total,
-        d("18000")
-    );
+    assert_eq!(run(Aggregation::Integral, &q, &[], &points).total, d("18000"));
     // Arrives last, but happened at 01:00.
     points.push(level("s", "5", T0 + H));
     // 1 × 3600 + 5 × 3600 + 3 × 3600
-    assert_eq!(
-        run(Aggregation::Integral, &q, &[], &points).total,
-        d("32400")
-    );
+    assert_eq!(run(Aggregation::Integral, &q, &[], &points).total, d("32400"));
 }
 
 #[test]
 fn integral_windows_entirely_in_the_future_are_zero() {
     let carry_in = [level("s", "1", T0 - 1)];
     let now = T0 + DAY + 12 * H;
-    let r = run(
-        Aggregation::Integral,
-        &query(T0, FEB, Some(WindowSize::Day), now),
-        &carry_in,
-        &[],
-    );
+    let r = run(Aggregation::Integral, &query(T0, FEB, Some(WindowSize::Day), now), &carry_in, &[]);
     assert_eq!(r.windows.len(), 31);
     assert_eq!(r.windows[0].value, d("86400"));
     assert_eq!(r.windows[1].value, d("43200"));
@@ -414,12 +273,7 @@ fn integral_windows_entirely_in_the_future_are_zero() {
     assert_eq!(r.total, d("129600"));
 
     // A range entirely after now.
-    let r = run(
-        Aggregation::Integral,
-        &query(T0, FEB, Some(WindowSize::Day), T0 - 1),
-        &carry_in,
-        &[],
-    );
+    let r = run(Aggregation::Integral, &query(T0, FEB, Some(WindowSize::Day), T0 - 1), &carry_in, &[]);
     assert!(r.windows.iter().all(|w| w.value.is_zero()));
     assert_eq!(r.total, d("0"));
 }
@@ -429,10 +283,7 @@ fn integral_is_exact() {
     let q = query(T0, T0 + H, None, FUTURE);
     // 0.1 for 1 ms = 0.0001 level-seconds, not 0.00010000000000000000555.
     let points = [level("s", "0.1", T0), level("s", "0", T0 + 1)];
-    assert_eq!(
-        run(Aggregation::Integral, &q, &[], &points).total,
-        d("0.0001")
-    );
+    assert_eq!(run(Aggregation::Integral, &q, &[], &points).total, d("0.0001"));
     // Many tiny pieces add up exactly: 0.1 on and off for 1 ms, three times.
     let points = [
         level("s", "0.1", T0),
@@ -442,27 +293,16 @@ fn integral_is_exact() {
         level("t", "0.1", T0 + 20),
         level("t", "0", T0 + 21),
     ];
-    assert_eq!(
-        run(Aggregation::Integral, &q, &[], &points).total,
-        d("0.0003")
-    );
+    assert_eq!(run(Aggregation::Integral, &q, &[], &points).total, d("0.0003"));
     // One nanounit for 7 ms.
     let points = [level("s", "0.000000001", T0), level("s", "0", T0 + 7)];
-    assert_eq!(
-        run(Aggregation::Integral, &q, &[], &points).total,
-        d("0.000000000007")
-    );
+    assert_eq!(run(Aggregation::Integral, &q, &[], &points).total, d("0.000000000007"));
 }
 
 #[test]
 fn negative_levels_are_integrated_as_is() {
     let points = [level("s", "-1.5", T0), level("t", "1", T0 + 30 * MIN)];
-    let r = run(
-        Aggregation::Integral,
-        &query(T0, T0 + H, None, FUTURE),
-        &[],
-        &points,
-    );
+    let r = run(Aggregation::Integral, &query(T0, T0 + H, None, FUTURE), &[], &points);
     // -1.5 × 3600 + 1 × 1800
     assert_eq!(r.total, d("-3600"));
 }
@@ -484,16 +324,10 @@ fn latest_and_max_of_concurrent_sandboxes() {
     ];
     let q = query(T0, T0 + 2 * H, Some(WindowSize::Hour), FUTURE);
     let r = run(Aggregation::Max, &q, &[], &points);
-    assert_eq!(
-        ungrouped(&r),
-        vec![(T0, T0 + H, d("2")), (T0 + H, T0 + 2 * H, d("3"))]
-    );
+    assert_eq!(ungrouped(&r), vec![(T0, T0 + H, d("2")), (T0 + H, T0 + 2 * H, d("3"))]);
     assert_eq!(r.total, d("3"));
     let r = run(Aggregation::Latest, &q, &[], &points);
-    assert_eq!(
-        ungrouped(&r),
-        vec![(T0, T0 + H, d("2")), (T0 + H, T0 + 2 * H, d("2"))]
-    );
+    assert_eq!(ungrouped(&r), vec![(T0, T0 + H, d("2")), (T0 + H, T0 + 2 * H, d("2"))]);
     assert_eq!(r.total, d("2"));
 }
 
@@ -502,10 +336,7 @@ fn latest_excludes_the_window_end_and_ignores_now() {
     let points = [level("s", "4", T0 + H - 1), level("s", "9", T0 + H)];
     let q = query(T0, T0 + 2 * H, Some(WindowSize::Hour), T0); // now before everything
     let r = run(Aggregation::Latest, &q, &[], &points);
-    assert_eq!(
-        ungrouped(&r),
-        vec![(T0, T0 + H, d("4")), (T0 + H, T0 + 2 * H, d("9"))]
-    );
+    assert_eq!(ungrouped(&r), vec![(T0, T0 + H, d("4")), (T0 + H, T0 + 2 * H, d("9"))]);
     assert_eq!(r.total, d("9"));
 }
 
@@ -513,33 +344,15 @@ fn latest_excludes_the_window_end_and_ignores_now() {
 fn max_includes_the_level_in_force_at_the_window_start() {
     let carry_in = [level("s", "5", T0 - DAY)];
     let points = [level("s", "1", T0 + MIN)];
-    let r = run(
-        Aggregation::Max,
-        &query(T0, T0 + 2 * H, Some(WindowSize::Hour), FUTURE),
-        &carry_in,
-        &points,
-    );
-    assert_eq!(
-        ungrouped(&r),
-        vec![(T0, T0 + H, d("5")), (T0 + H, T0 + 2 * H, d("1"))]
-    );
+    let r = run(Aggregation::Max, &query(T0, T0 + 2 * H, Some(WindowSize::Hour), FUTURE), &carry_in, &points);
+    assert_eq!(ungrouped(&r), vec![(T0, T0 + H, d("5")), (T0 + H, T0 + 2 * H, d("1"))]);
     assert_eq!(r.total, d("5"));
     // All-negative levels: the max is negative, not a phantom 0 ...
     let points = [level("s", "-2", T0), level("t", "-3", T0 + MIN)];
-    let r = run(
-        Aggregation::Max,
-        &query(T0, T0 + H, None, FUTURE),
-        &[],
-        &points,
-    );
+    let r = run(Aggregation::Max, &query(T0, T0 + H, None, FUTURE), &[], &points);
     assert_eq!(r.total, d("-2"));
     // ... unless the range starts before the first record, where the level is 0.
-    let r = run(
-        Aggregation::Max,
-        &query(T0 - 1, T0 + H, None, FUTURE),
-        &[],
-        &points,
-    );
+    let r = run(Aggregation::Max, &query(T0 - 1, T0 + H, None, FUTURE), &[], &points);
     assert_eq!(r.total, d("0"));
 }
 
@@ -547,11 +360,7 @@ fn max_includes_the_level_in_force_at_the_window_start() {
 fn max_takes_each_instant_as_a_whole() {
     // a is killed and b created at the same instant: never 2 sandboxes at once,
     // whatever order the records are listed in.
-    let mut points = vec![
-        level("a", "1", T0),
-        level("b", "1", T0 + H),
-        level("a", "0", T0 + H),
-    ];
+    let mut points = vec![level("a", "1", T0), level("b", "1", T0 + H), level("a", "0", T0 + H)];
     let q = query(T0, T0 + 2 * H, None, FUTURE);
     assert_eq!(run(Aggregation::Max, &q, &[], &points).total, d("1"));
     points.reverse();
@@ -563,31 +372,19 @@ fn max_takes_each_instant_as_a_whole() {
 #[test]
 fn ties_on_one_subject_and_instant_keep_the_greatest_quantity_then_group() {
     let q = query(T0, T0 + H, None, FUTURE);
-    for points in [
-        vec![level("s", "5", T0), level("s", "3", T0)],
-        vec![level("s", "3", T0), level("s", "5", T0)],
-    ] {
+    for points in
+        [vec![level("s", "5", T0), level("s", "3", T0)], vec![level("s", "3", T0), level("s", "5", T0)]]
+    {
         // 5 holds for the hour; 3 holds for no time.
-        assert_eq!(
-            run(Aggregation::Integral, &q, &[], &points).total,
-            d("18000")
-        );
+        assert_eq!(run(Aggregation::Integral, &q, &[], &points).total, d("18000"));
         assert_eq!(run(Aggregation::Latest, &q, &[], &points).total, d("5"));
         assert_eq!(run(Aggregation::Max, &q, &[], &points).total, d("5"));
     }
 
     // Equal quantities: the greatest group wins (None is the lowest).
     let q = by_group(q);
-    let tied = [
-        grouped(level("s", "2", T0), "b"),
-        level("s", "2", T0),
-        grouped(level("s", "2", T0), "a"),
-    ];
-    let expected = vec![
-        (T0, None, d("0")),
-        (T0, Some("a"), d("0")),
-        (T0, Some("b"), d("2")),
-    ];
+    let tied = [grouped(level("s", "2", T0), "b"), level("s", "2", T0), grouped(level("s", "2", T0), "a")];
+    let expected = vec![(T0, None, d("0")), (T0, Some("a"), d("0")), (T0, Some("b"), d("2"))];
     let mut points = tied.to_vec();
     for _ in 0..points.len() {
         points.rotate_left(1);
@@ -676,10 +473,7 @@ fn carry_in_group_counts_until_the_subject_moves() {
     let points = [grouped(level("s", "1", T0 + 30 * MIN), "new")];
     let q = by_group(query(T0, T0 + H, None, FUTURE));
     let r = run(Aggregation::Integral, &q, &carry_in, &points);
-    assert_eq!(
-        cells(&r),
-        vec![(T0, Some("new"), d("1800")), (T0, Some("old"), d("1800"))]
-    );
+    assert_eq!(cells(&r), vec![(T0, Some("new"), d("1800")), (T0, Some("old"), d("1800"))]);
     assert_eq!(r.total, d("3600"));
 }
 
@@ -708,28 +502,15 @@ fn grouped_sum_is_dense_with_none_first() {
 
     // Count groups every record, the level's group included.
     let r = run(Aggregation::Count, &q, &[], &points);
-    let groups: Vec<Option<&str>> = r
-        .windows
-        .iter()
-        .take(4)
-        .map(|w| w.group.as_deref())
-        .collect();
+    let groups: Vec<Option<&str>> = r.windows.iter().take(4).map(|w| w.group.as_deref()).collect();
     assert_eq!(groups, vec![None, Some("a"), Some("b"), Some("zz")]);
     assert_eq!(r.total, d("4"));
 }
 
 #[test]
 fn grouping_is_ignored_unless_asked_for() {
-    let points = [
-        grouped(delta("a", "1", T0), "x"),
-        grouped(delta("a", "2", T0), "y"),
-    ];
-    let r = run(
-        Aggregation::Sum,
-        &query(T0, T0 + H, None, FUTURE),
-        &[],
-        &points,
-    );
+    let points = [grouped(delta("a", "1", T0), "x"), grouped(delta("a", "2", T0), "y")];
+    let r = run(Aggregation::Sum, &query(T0, T0 + H, None, FUTURE), &[], &points);
     assert_eq!(ungrouped(&r), vec![(T0, T0 + H, d("3"))]);
 }
 
@@ -739,15 +520,9 @@ fn grouped_without_relevant_points_gives_one_zero_per_window() {
     // Only a level: irrelevant to Sum.
     let points = [grouped(level("s", "1", T0), "g")];
     let r = run(Aggregation::Sum, &q, &[], &points);
-    assert_eq!(
-        ungrouped(&r),
-        vec![(T0, T0 + H, d("0")), (T0 + H, T0 + 2 * H, d("0"))]
-    );
+    assert_eq!(ungrouped(&r), vec![(T0, T0 + H, d("0")), (T0 + H, T0 + 2 * H, d("0"))]);
     let r = run(Aggregation::Integral, &q, &[], &[]);
-    assert_eq!(
-        ungrouped(&r),
-        vec![(T0, T0 + H, d("0")), (T0 + H, T0 + 2 * H, d("0"))]
-    );
+    assert_eq!(ungrouped(&r), vec![(T0, T0 + H, d("0")), (T0 + H, T0 + 2 * H, d("0"))]);
 }
 
 // ---------------------------------------------------------------- Order independence
@@ -787,19 +562,12 @@ fn input_order_never_changes_a_report() {
         grouped(delta("e", "7", T0 + 2 * H), "y"),
         grouped(delta("e", "7.000", T0 + 2 * H), "y"),
     ];
-    for aggregation in [
-        Aggregation::Sum,
-        Aggregation::Count,
-        Aggregation::Integral,
-        Aggregation::Latest,
-        Aggregation::Max,
-    ] {
+    for aggregation in
+        [Aggregation::Sum, Aggregation::Count, Aggregation::Integral, Aggregation::Latest, Aggregation::Max]
+    {
         for window in [None, Some(WindowSize::Hour), Some(WindowSize::Day)] {
             for group in [false, true] {
-                let q = UsageQuery {
-                    grouped: group,
-                    ..query(T0, T0 + 6 * H, window, T0 + 4 * H + 17)
-                };
+                let q = UsageQuery { grouped: group, ..query(T0, T0 + 6 * H, window, T0 + 4 * H + 17) };
                 let reference = run(aggregation, &q, &carry_in, &points);
                 for c in permutations(&carry_in) {
                     for p in permutations(&points) {
@@ -822,10 +590,7 @@ fn input_order_never_changes_a_report() {
     // 6.5×3600 + 7.25×3600.001 + 7.5×3599.999 + 5.5×3600.017
     // = 23400 + 26100.00725 + 26999.9925 + 19800.0935 = 96300.09325
     let q = query(T0, T0 + 6 * H, None, T0 + 4 * H + 17);
-    assert_eq!(
-        run(Aggregation::Integral, &q, &carry_in, &points).total,
-        d("96300.09325")
-    );
+    assert_eq!(run(Aggregation::Integral, &q, &carry_in, &points).total, d("96300.09325"));
 }
 
 // ---------------------------------------------------------------- Errors
@@ -837,22 +602,15 @@ fn overflow_is_an_error_not_a_wrap() {
     let points = [delta("a", &max, T0), delta("b", &max, T0 + 1)];
     assert!(matches!(
         aggregate(&meter(Aggregation::Sum), &q, &[], &points),
-        Err(EngineError::Quantity(
-            meterd_units::QuantityError::Overflow(_)
-        ))
+        Err(EngineError::Quantity(meterd_units::QuantityError::Overflow(_)))
     ));
     let points = [level("a", &max, T0)];
     assert!(matches!(
         aggregate(&meter(Aggregation::Integral), &q, &[], &points),
-        Err(EngineError::Quantity(
-            meterd_units::QuantityError::Overflow(_)
-        ))
+        Err(EngineError::Quantity(meterd_units::QuantityError::Overflow(_)))
     ));
     // Latest never multiplies, so the same level is fine there.
-    assert_eq!(
-        run(Aggregation::Latest, &q, &[], &points).total,
-        Decimal::MAX
-    );
+    assert_eq!(run(Aggregation::Latest, &q, &[], &points).total, Decimal::MAX);
 }
 
 #[test]
@@ -870,20 +628,11 @@ fn bad_ranges_and_window_counts_are_period_errors() {
     let q = query(T0, T0, None, FUTURE);
     assert_eq!(
         aggregate(&meter(Aggregation::Sum), &q, &[], &[]),
-        Err(EngineError::Period(PeriodError::EmptyRange {
-            from_ms: T0,
-            to_ms: T0
-        }))
+        Err(EngineError::Period(PeriodError::EmptyRange { from_ms: T0, to_ms: T0 }))
     );
     let q = query(T0, T0 + 10_001 * H, Some(WindowSize::Hour), FUTURE);
     let err = aggregate(&meter(Aggregation::Sum), &q, &[], &[]).expect_err("too many windows");
-    assert_eq!(
-        err,
-        EngineError::Period(PeriodError::TooManyWindows {
-            count: 10_001,
-            max: 10_000
-        })
-    );
+    assert_eq!(err, EngineError::Period(PeriodError::TooManyWindows { count: 10_001, max: 10_000 }));
     // The message is the period error's own.
     assert!(err.to_string().starts_with("the range spans 10001 windows"));
 }
@@ -916,59 +665,17 @@ fn serde_names_match_the_documented_spelling() {
 
 #[test]
 fn default_meters_are_the_documented_eight() {
-    let table: Vec<(String, String, Aggregation, String)> = default_meters()
-        .into_iter()
-        .map(|m| (m.name, m.metric, m.aggregation, m.unit))
-        .collect();
+    let table: Vec<(String, String, Aggregation, String)> =
+        default_meters().into_iter().map(|m| (m.name, m.metric, m.aggregation, m.unit)).collect();
     let expected = [
-        (
-            "sandbox_cpu_core_seconds",
-            "sandbox_cpu_core_seconds",
-            Aggregation::Sum,
-            "vCPU-seconds",
-        ),
-        (
-            "sandbox_ram_gibi_seconds",
-            "sandbox_ram_gibi_seconds",
-            Aggregation::Sum,
-            "GiB-seconds",
-        ),
-        (
-            "sandbox_ssd_gibi_seconds",
-            "sandbox_ssd_gibi_seconds",
-            Aggregation::Sum,
-            "GiB-seconds",
-        ),
-        (
-            "sandbox_gpu_core_seconds",
-            "sandbox_gpu_core_seconds",
-            Aggregation::Sum,
-            "GPU-seconds",
-        ),
-        (
-            "sandbox_active",
-            "sandbox_active",
-            Aggregation::Latest,
-            "sandboxes",
-        ),
-        (
-            "sandbox_active_max",
-            "sandbox_active",
-            Aggregation::Max,
-            "sandboxes",
-        ),
-        (
-            "sandbox_active_seconds",
-            "sandbox_active",
-            Aggregation::Integral,
-            "sandbox-seconds",
-        ),
-        (
-            "storage_bytes",
-            "storage_bytes",
-            Aggregation::Latest,
-            "bytes",
-        ),
+        ("sandbox_cpu_core_seconds", "sandbox_cpu_core_seconds", Aggregation::Sum, "vCPU-seconds"),
+        ("sandbox_ram_gibi_seconds", "sandbox_ram_gibi_seconds", Aggregation::Sum, "GiB-seconds"),
+        ("sandbox_ssd_gibi_seconds", "sandbox_ssd_gibi_seconds", Aggregation::Sum, "GiB-seconds"),
+        ("sandbox_gpu_core_seconds", "sandbox_gpu_core_seconds", Aggregation::Sum, "GPU-seconds"),
+        ("sandbox_active", "sandbox_active", Aggregation::Latest, "sandboxes"),
+        ("sandbox_active_max", "sandbox_active", Aggregation::Max, "sandboxes"),
+        ("sandbox_active_seconds", "sandbox_active", Aggregation::Integral, "sandbox-seconds"),
+        ("storage_bytes", "storage_bytes", Aggregation::Latest, "bytes"),
     ]
     .map(|(n, m, a, u)| (n.to_owned(), m.to_owned(), a, u.to_owned()));
     assert_eq!(table, expected);

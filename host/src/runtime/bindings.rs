@@ -2,13 +2,16 @@
 //! its imports (`host` interface), and conversions to the host's own types.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 use crate::meter::Kind;
+use crate::outbound::HttpPolicy;
 use crate::plugin::{
-    AdapterError, AdapterInfo, InboundRequest, PluginSettings, RawRecord, WebhookOutcome,
+    AdapterError, AdapterInfo, InboundRequest, OutboundRequest, PluginSettings, PollOutcome, RawRecord,
+    WebhookOutcome,
 };
 
 wasmtime::component::bindgen!({
@@ -25,30 +28,54 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 /// Longest log line a plugin may write; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
 
-/// What a plugin's store holds: who it is, its config section and its
-/// memory limiter.
+/// What a plugin's store holds: who it is, its config section, its HTTP
+/// policy, its memory limiter, and the CPU-time account of the current call.
 pub struct PluginState {
     plugin: Arc<str>,
     settings: Arc<PluginSettings>,
+    http: Arc<HttpPolicy>,
+    /// The async runtime `http-send` runs on; calls come from its blocking
+    /// threads. `None` outside a runtime (then `http-send` refuses).
+    handle: Option<tokio::runtime::Handle>,
     limits: MemoryLimiter,
+    cpu: CpuAccount,
+}
+
+/// CPU time of one call: wall time since it started minus time spent
+/// waiting in `http-send`, against the plugin's budget.
+struct CpuAccount {
+    budget: Duration,
+    started: Instant,
+    waiting: Duration,
+}
+
+impl CpuAccount {
+    /// Budget left, or `None` when it is spent.
+    fn left(&self) -> Option<Duration> {
+        let used = self.started.elapsed().saturating_sub(self.waiting);
+        self.budget.checked_sub(used).filter(|left| !left.is_zero())
+    }
 }
 
 impl PluginState {
-    pub fn new(plugin: &str, settings: Arc<PluginSettings>, memory_limit_bytes: usize) -> Self {
-        let plugin: Arc<str> = if plugin.is_empty() {
-            Arc::from("(loading)")
-        } else {
-            Arc::from(plugin)
-        };
+    pub fn new(
+        plugin: &str,
+        settings: Arc<PluginSettings>,
+        http: Arc<HttpPolicy>,
+        memory_limit_bytes: usize,
+        cpu_budget: Duration,
+    ) -> Self {
+        let plugin: Arc<str> = if plugin.is_empty() { Arc::from("(loading)") } else { Arc::from(plugin) };
         Self {
             plugin,
             settings,
+            http,
+            handle: tokio::runtime::Handle::try_current().ok(),
             limits: MemoryLimiter {
-                inner: StoreLimitsBuilder::new()
-                    .memory_size(memory_limit_bytes)
-                    .build(),
+                inner: StoreLimitsBuilder::new().memory_size(memory_limit_bytes).build(),
                 hit: false,
             },
+            cpu: CpuAccount { budget: cpu_budget, started: Instant::now(), waiting: Duration::ZERO },
         }
     }
 
@@ -58,6 +85,17 @@ impl PluginState {
 
     pub fn reset_for_call(&mut self) {
         self.limits.hit = false;
+        self.cpu.started = Instant::now();
+        self.cpu.waiting = Duration::ZERO;
+        if self.handle.is_none() {
+            self.handle = tokio::runtime::Handle::try_current().ok();
+        }
+    }
+
+    /// CPU budget left in this call (`None`: spent). The epoch callback asks
+    /// this when the deadline tick comes, so network waits never count.
+    pub fn cpu_left(&self) -> Option<Duration> {
+        self.cpu.left()
     }
 
     /// Whether this call was refused memory: the trap that usually follows
@@ -130,6 +168,23 @@ impl meterd::provider::host::Host for PluginState {
     fn now_ms(&mut self) -> i64 {
         crate::clock::now_ms()
     }
+
+    fn http_send(&mut self, req: wit::OutboundRequest) -> Result<wit::OutboundResponse, String> {
+        let handle = self
+            .handle
+            .clone()
+            .ok_or_else(|| "http-send is not available here (no async runtime)".to_owned())?;
+        let request =
+            OutboundRequest { method: req.method, url: req.url, headers: req.headers, body: req.body };
+        let policy = self.http.clone();
+        let waited = Instant::now();
+        let result = handle.block_on(crate::outbound::send(&policy, request));
+        self.cpu.waiting += waited.elapsed();
+        if let Err(error) = &result {
+            tracing::debug!(plugin = &*self.plugin, %error, "http-send failed");
+        }
+        result.map(|r| wit::OutboundResponse { status: r.status, headers: r.headers, body: r.body })
+    }
 }
 
 pub fn request_to_wit(request: &InboundRequest) -> wit::HttpRequest {
@@ -173,6 +228,14 @@ fn record_from_wit(r: wit::UsageRecord) -> RawRecord {
         at_ms: r.at,
         window_start_ms: r.window_start,
         attributes: r.attributes,
+    }
+}
+
+pub fn poll_outcome_from_wit(outcome: wit::PollOutcome) -> PollOutcome {
+    PollOutcome {
+        records: outcome.records.into_iter().map(record_from_wit).collect(),
+        next_cursor: outcome.next_cursor,
+        more: outcome.more,
     }
 }
 

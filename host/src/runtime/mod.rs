@@ -20,9 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
 
-use crate::plugin::{AdapterError, AdapterInfo, InboundRequest, PluginSettings, WebhookOutcome};
+use crate::outbound::HttpPolicy;
+use crate::plugin::{AdapterError, AdapterInfo, InboundRequest, PluginSettings, PollOutcome, WebhookOutcome};
 use bindings::{PluginState, Provider, ProviderPre};
 
 /// How often the epoch advances; the CPU deadline is measured in these ticks.
@@ -65,6 +68,8 @@ pub enum LoadError {
     World(String),
     #[error("the component's info() failed: {0}")]
     Canary(#[source] CallError),
+    #[error("plugin configuration: {0}")]
+    Config(String),
 }
 
 /// Why a plugin call produced no answer.
@@ -113,12 +118,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         bindings::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        Ok(Self {
-            engine,
-            linker,
-            settings,
-            ticker,
-        })
+        Ok(Self { engine, linker, settings, ticker })
     }
 
     pub fn settings(&self) -> &RuntimeSettings {
@@ -128,6 +128,7 @@ impl Runtime {
     /// Compiles (or loads from the cache), links and pre-instantiates a
     /// component, then calls its `info()` as a canary.
     pub fn load(&self, bytes: &[u8], settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
+        let http = Arc::new(HttpPolicy::from_settings(&settings).map_err(LoadError::Config)?);
         let hash = cache::sha256_hex(bytes);
         let (component, from_cache) = match &self.settings.cache_dir {
             Some(dir) => cache::compile_cached(&self.engine, dir, &hash, bytes)?,
@@ -156,18 +157,16 @@ impl Runtime {
             engine: self.engine.clone(),
             _ticker: self.ticker.clone(),
             settings: Arc::new(settings),
+            http,
             warm: Mutex::new(Vec::new()),
             max_warm: self.settings.warm_instances,
-            deadline_ticks: self.ticker.ticks_for(self.settings.call_timeout),
+            deadline_ticks: ticks_for(self.settings.call_timeout),
             call_timeout: self.settings.call_timeout,
             memory_limit_bytes: self.settings.memory_limit_bytes,
         };
         plugin.info = plugin
             .call(|p, store| {
-                p.meterd_provider_adapter()
-                    .call_info(store)
-                    .map(bindings::info_from_wit)
-                    .map(Ok)
+                p.meterd_provider_adapter().call_info(store).map(bindings::info_from_wit).map(Ok)
             })
             .map_err(LoadError::Canary)?;
         Ok(plugin)
@@ -191,6 +190,7 @@ pub struct LoadedPlugin {
     engine: Engine,
     _ticker: Arc<EpochTicker>,
     settings: Arc<PluginSettings>,
+    http: Arc<HttpPolicy>,
     warm: Mutex<Vec<Warm>>,
     max_warm: usize,
     deadline_ticks: u64,
@@ -211,16 +211,34 @@ impl LoadedPlugin {
         self.from_cache
     }
 
+    pub fn settings(&self) -> &PluginSettings {
+        &self.settings
+    }
+
     /// Verifies and normalizes one webhook. Blocks for up to the CPU deadline.
     pub fn handle_webhook(&self, request: &InboundRequest) -> Result<WebhookOutcome, CallError> {
         let request = bindings::request_to_wit(request);
         self.call(|p, store| {
             p.meterd_provider_adapter()
                 .call_handle_webhook(store, &request)
-                .map(|r| {
-                    r.map(bindings::webhook_outcome_from_wit)
-                        .map_err(bindings::error_from_wit)
-                })
+                .map(|r| r.map(bindings::webhook_outcome_from_wit).map_err(bindings::error_from_wit))
+        })
+    }
+
+    /// The poll targets the plugin's configuration names.
+    pub fn targets(&self) -> Result<Vec<String>, CallError> {
+        self.call(|p, store| {
+            p.meterd_provider_adapter().call_targets(store).map(|r| r.map_err(bindings::error_from_wit))
+        })
+    }
+
+    /// Polls one target from `cursor` on. Blocks for up to the CPU deadline
+    /// plus the plugin's own HTTP waits.
+    pub fn poll(&self, target: &str, cursor: Option<&str>) -> Result<PollOutcome, CallError> {
+        self.call(|p, store| {
+            p.meterd_provider_adapter()
+                .call_poll(store, target, cursor)
+                .map(|r| r.map(bindings::poll_outcome_from_wit).map_err(bindings::error_from_wit))
         })
     }
 
@@ -260,48 +278,44 @@ impl LoadedPlugin {
         let state = PluginState::new(
             &self.info.name,
             self.settings.clone(),
+            self.http.clone(),
             self.memory_limit_bytes,
+            self.call_timeout,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state.limiter());
         store.set_epoch_deadline(self.deadline_ticks);
+        // At the deadline tick, charge only CPU time: time spent waiting in
+        // `http-send` extends the deadline by what is left of the budget.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match ctx.data().cpu_left() {
+                Some(left) => UpdateDeadline::Continue(ticks_for(left)),
+                None => UpdateDeadline::Interrupt,
+            })
+        });
         let provider = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| CallError::Instantiate {
-                plugin: self.display_name(),
-                message: format!("{e:#}"),
-            })?;
+            .map_err(|e| CallError::Instantiate { plugin: self.display_name(), message: format!("{e:#}") })?;
         Ok(Warm { store, provider })
     }
 
     fn classify(&self, error: wasmtime::Error, state: &PluginState) -> CallError {
         let plugin = self.display_name();
         if state.memory_limit_hit() {
-            return CallError::OutOfMemory {
-                plugin,
-                limit_bytes: self.memory_limit_bytes,
-            };
+            return CallError::OutOfMemory { plugin, limit_bytes: self.memory_limit_bytes };
         }
         match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallError::Timeout {
-                plugin,
-                deadline_ms: self.call_timeout.as_millis(),
-            },
-            _ => CallError::Trap {
-                plugin,
-                message: format!("{error:#}"),
-            },
+            Some(Trap::Interrupt) => {
+                CallError::Timeout { plugin, deadline_ms: self.call_timeout.as_millis() }
+            }
+            _ => CallError::Trap { plugin, message: format!("{error:#}") },
         }
     }
 
     /// The name for error messages: `info().name` once known.
     fn display_name(&self) -> String {
-        if self.info.name.is_empty() {
-            "(loading)".to_owned()
-        } else {
-            self.info.name.clone()
-        }
+        if self.info.name.is_empty() { "(loading)".to_owned() } else { self.info.name.clone() }
     }
 }
 
@@ -324,17 +338,19 @@ impl EpochTicker {
                 }
             })
             .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "epoch ticker did not start: plugin deadlines are off"));
+            .unwrap_or_else(
+                |e| tracing::error!(error = %e, "epoch ticker did not start: plugin deadlines are off"),
+            );
         Self { stop }
     }
+}
 
-    /// Ticks that cover `timeout` in full: the deadline is counted from the
-    /// current tick, which may be nearly over, hence one more.
-    fn ticks_for(&self, timeout: Duration) -> u64 {
-        let tick = EPOCH_TICK.as_nanos();
-        let ticks = timeout.as_nanos().div_ceil(tick).max(1);
-        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
-    }
+/// Ticks that cover `timeout` in full: the deadline is counted from the
+/// current tick, which may be nearly over, hence one more.
+fn ticks_for(timeout: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    let ticks = timeout.as_nanos().div_ceil(tick).max(1);
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 impl Drop for EpochTicker {

@@ -37,10 +37,7 @@ impl GroupCommitter {
     pub async fn commit(&self, delivery: Delivery) -> Result<CommitOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the committer has stopped".to_owned());
-        self.jobs
-            .send(Job { delivery, reply })
-            .await
-            .map_err(|_| stopped())?;
+        self.jobs.send(Job { delivery, reply }).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -63,8 +60,7 @@ async fn run(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Job>) {
 }
 
 async fn commit_group(store: &dyn Store, jobs: Vec<Job>) {
-    let (deliveries, replies): (Vec<_>, Vec<_>) =
-        jobs.into_iter().map(|j| (j.delivery, j.reply)).unzip();
+    let (deliveries, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.delivery, j.reply)).unzip();
     match store.commit(&deliveries).await {
         Ok(outcomes) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -77,10 +73,10 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>) {
             tracing::warn!(error = %e, batch = deliveries.len(), "group commit failed; retrying deliveries one by one");
             for (delivery, reply) in deliveries.into_iter().zip(replies) {
                 let result = store.commit(std::slice::from_ref(&delivery)).await;
-                let _ = reply.send(result.and_then(|mut o| {
-                    o.pop()
-                        .ok_or_else(|| StoreError::Corrupt("no outcome".to_owned()))
-                }));
+                let _ =
+                    reply.send(result.and_then(|mut o| {
+                        o.pop().ok_or_else(|| StoreError::Corrupt("no outcome".to_owned()))
+                    }));
             }
         }
         Err(e) => {

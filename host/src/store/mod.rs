@@ -17,6 +17,9 @@ use crate::record::UsageRecord;
 pub use group_commit::GroupCommitter;
 pub use sqlite::SqliteStore;
 
+#[cfg(test)]
+mod tests;
+
 /// One accepted webhook delivery: its raw payload and what it normalized to.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -36,6 +39,62 @@ pub struct CommitOutcome {
     pub duplicate: bool,
 }
 
+/// What writing a set of records did, by the dedup key
+/// (plugin, event id, seq).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecordCounts {
+    pub inserted: usize,
+    /// Same key, same quantity: already counted.
+    pub duplicates: usize,
+    /// Same key, another quantity: replaced, with an audit row.
+    pub corrected: usize,
+}
+
+/// One poll's answer, to be committed together with the cursor it advances.
+#[derive(Debug, Clone)]
+pub struct PollCommit {
+    pub plugin: String,
+    pub target: String,
+    /// The lease holder committing; the commit is refused if it lost the lease.
+    pub holder: String,
+    pub records: Vec<UsageRecord>,
+    /// `None` keeps the stored cursor.
+    pub next_cursor: Option<String>,
+    pub now_ms: i64,
+    pub next_run_ms: i64,
+    pub lease_expires_ms: i64,
+}
+
+/// The stored state of one (plugin, target) poller.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PollState {
+    pub plugin: String,
+    pub target: String,
+    pub cursor: Option<String>,
+    pub lease_holder: Option<String>,
+    pub lease_expires_ms: i64,
+    pub last_success_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+    pub consecutive_failures: i64,
+    pub next_run_ms: i64,
+}
+
+/// Gives each record its `seq`: how many records before it in the same
+/// answer share its event id (see the WIT `usage-record` docs).
+pub fn with_seqs(records: &[UsageRecord]) -> Vec<(i64, &UsageRecord)> {
+    let mut seen: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    records
+        .iter()
+        .map(|r| {
+            let n = seen.entry(r.event_id.as_str()).or_insert(0);
+            let seq = *n;
+            *n += 1;
+            (seq, r)
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
@@ -44,6 +103,8 @@ pub enum StoreError {
     Migration(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the poll lease of {plugin}/{target} is held by another poller")]
+    LeaseLost { plugin: String, target: String },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -81,4 +142,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness check for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Takes or renews the lease of (plugin, target) for `holder` until
+    /// `expires_ms`, if it is free, expired or already `holder`'s. Returns
+    /// the state when the lease is now held by `holder`, `None` otherwise.
+    async fn acquire_lease(
+        &self,
+        plugin: &str,
+        target: &str,
+        holder: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<Option<PollState>, StoreError>;
+
+    /// Commits a poll's records and its new cursor in one transaction,
+    /// only while `holder` still holds the lease (else `LeaseLost`).
+    async fn commit_poll(&self, poll: &PollCommit) -> Result<RecordCounts, StoreError>;
+
+    /// Notes a failed poll run and when to try again.
+    async fn record_poll_failure(
+        &self,
+        plugin: &str,
+        target: &str,
+        holder: &str,
+        error: &str,
+        now_ms: i64,
+        next_run_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Every poller's state, by plugin and target.
+    async fn poll_states(&self) -> Result<Vec<PollState>, StoreError>;
 }

@@ -51,11 +51,7 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
     let toolchain = Toolchain::detect()?;
     eprintln!(
         "meterd-plugin-build: building {} with {}",
-        plugins
-            .iter()
-            .map(|p| p.plugin.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
+        plugins.iter().map(|p| p.plugin.as_str()).collect::<Vec<_>>().join(", "),
         toolchain.describe()
     );
     let wasm_target_dir = workspace.join("target").join("wasm");
@@ -66,23 +62,12 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
             .join(WASM_TARGET)
             .join("release")
             .join(format!("{}.wasm", plugin.package.replace('-', "_")));
-        let out_dir = workspace.join("target").join(if plugin.test_only {
-            "test-plugins"
-        } else {
-            "plugins"
-        });
+        let out_dir =
+            workspace.join("target").join(if plugin.test_only { "test-plugins" } else { "plugins" });
         let out = out_dir.join(format!("{}.wasm", plugin.plugin));
         let changed = componentize(&core, &out)?;
-        eprintln!(
-            "meterd-plugin-build: {} {}",
-            if changed { "wrote" } else { "unchanged" },
-            out.display()
-        );
-        built.push(BuiltPlugin {
-            name: plugin.plugin.clone(),
-            path: out,
-            test_only: plugin.test_only,
-        });
+        eprintln!("meterd-plugin-build: {} {}", if changed { "wrote" } else { "unchanged" }, out.display());
+        built.push(BuiltPlugin { name: plugin.plugin.clone(), path: out, test_only: plugin.test_only });
     }
     Ok(built)
 }
@@ -90,10 +75,7 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
 /// The workspace root: this crate lives at `<root>/plugins/build`.
 fn workspace_root() -> Result<PathBuf> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = here
-        .ancestors()
-        .nth(2)
-        .context("plugins/build has no workspace root")?;
+    let root = here.ancestors().nth(2).context("plugins/build has no workspace root")?;
     Ok(root.to_path_buf())
 }
 
@@ -121,41 +103,21 @@ struct Package {
 
 fn find_plugins(workspace: &Path) -> Result<Vec<PluginCrate>> {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-        ])
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
         .current_dir(workspace)
         .output()
         .context("running cargo metadata")?;
     if !output.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
     }
-    let metadata: Metadata =
-        serde_json::from_slice(&output.stdout).context("reading cargo metadata")?;
+    let metadata: Metadata = serde_json::from_slice(&output.stdout).context("reading cargo metadata")?;
     let tests_dir = workspace.join("tests");
     let mut plugins: Vec<PluginCrate> = metadata
         .packages
         .into_iter()
         .filter_map(|p| {
-            let plugin = p
-                .metadata
-                .as_ref()?
-                .get("meterd")?
-                .get("plugin")?
-                .as_str()?
-                .to_owned();
-            Some(PluginCrate {
-                test_only: p.manifest_path.starts_with(&tests_dir),
-                package: p.name,
-                plugin,
-            })
+            let plugin = p.metadata.as_ref()?.get("meterd")?.get("plugin")?.as_str()?.to_owned();
+            Some(PluginCrate { test_only: p.manifest_path.starts_with(&tests_dir), package: p.name, plugin })
         })
         .collect();
     plugins.sort_by(|a, b| a.plugin.cmp(&b.plugin));
@@ -196,9 +158,7 @@ impl Toolchain {
 
     fn build(&self, workspace: &Path, target_dir: &Path, plugins: &[PluginCrate]) -> Result<()> {
         let mut cmd = match self {
-            Self::Rustup => {
-                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-            }
+            Self::Rustup => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())),
             Self::DebianBuildStd => {
                 let mut cmd = Command::new(DEBIAN_CARGO);
                 let path = std::env::var("PATH").unwrap_or_default();
@@ -231,26 +191,13 @@ impl Toolchain {
 }
 
 fn rustup_has_wasm_target() -> bool {
-    Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.trim() == WASM_TARGET)
-        })
+    Command::new("rustup").args(["target", "list", "--installed"]).output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET)
+    })
 }
 
 fn debian_toolchain_present() -> bool {
-    [
-        DEBIAN_CARGO,
-        DEBIAN_RUSTC,
-        DEBIAN_STD_SOURCES,
-        DEBIAN_WASM_LINKER,
-    ]
-    .iter()
-    .all(|p| Path::new(p).exists())
+    [DEBIAN_CARGO, DEBIAN_RUSTC, DEBIAN_STD_SOURCES, DEBIAN_WASM_LINKER].iter().all(|p| Path::new(p).exists())
 }
 
 fn install_debian_toolchain() -> Result<()> {
@@ -258,10 +205,7 @@ fn install_debian_toolchain() -> Result<()> {
         "meterd-plugin-build: no wasm32 target in rustup; installing Debian's {}",
         DEBIAN_PACKAGES.join(" ")
     );
-    let as_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
     let apt = |args: &[&str]| -> Result<bool> {
         let mut cmd = if as_root {
             Command::new("apt-get")
@@ -301,10 +245,7 @@ fn componentize(core: &Path, out: &Path) -> Result<bool> {
     let dir = out.parent().context("output path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // Write beside the target and rename: readers never see a partial file.
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        out.file_name().and_then(|n| n.to_str()).unwrap_or("plugin")
-    ));
+    let tmp = dir.join(format!(".{}.tmp", out.file_name().and_then(|n| n.to_str()).unwrap_or("plugin")));
     std::fs::write(&tmp, &component).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))?;
     Ok(true)

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use meterd_plugin_sdk::signature::{constant_time_eq, decode_base64_any, sha256};
 use meterd_plugin_sdk::time::parse_rfc3339_ms;
 use meterd_plugin_sdk::{
-    AdapterError, AdapterInfo, Capabilities, Guest, HttpRequest, PollOutcome, UsageKind,
-    UsageRecord, WebhookOutcome, host,
+    AdapterError, AdapterInfo, Capabilities, Guest, HttpRequest, PollOutcome, UsageKind, UsageRecord,
+    WebhookOutcome, host,
 };
 use serde::Deserialize;
 
@@ -47,18 +47,15 @@ pub fn verify_signature(
             "unsupported {SIGNATURE_VERSION_HEADER} {version:?} (this adapter verifies v1)"
         )));
     }
-    let signature = signature
-        .ok_or_else(|| AdapterError::Unauthorized(format!("missing {SIGNATURE_HEADER} header")))?;
-    let given = decode_base64_any(signature).ok_or_else(|| {
-        AdapterError::Unauthorized(format!("{SIGNATURE_HEADER} header is not base64"))
-    })?;
+    let signature =
+        signature.ok_or_else(|| AdapterError::Unauthorized(format!("missing {SIGNATURE_HEADER} header")))?;
+    let given = decode_base64_any(signature)
+        .ok_or_else(|| AdapterError::Unauthorized(format!("{SIGNATURE_HEADER} header is not base64")))?;
     let expected = sha256(&[secret.as_bytes(), body]);
     if constant_time_eq(&given, &expected) {
         Ok(())
     } else {
-        Err(AdapterError::Unauthorized(format!(
-            "{SIGNATURE_HEADER} does not match the body"
-        )))
+        Err(AdapterError::Unauthorized(format!("{SIGNATURE_HEADER} does not match the body")))
     }
 }
 
@@ -126,30 +123,20 @@ pub fn normalize(body: &[u8], org_metadata_key: &str) -> Result<WebhookOutcome, 
             path if path == "." => String::new(),
             path => format!(" at `{path}`"),
         };
-        malformed(format!(
-            "body is not an E2B v2 webhook event{at}: {}",
-            e.inner()
-        ))
+        malformed(format!("body is not an E2B v2 webhook event{at}: {}", e.inner()))
     })?;
     if event.id.trim().is_empty() {
         return Err(malformed("`id` is empty"));
     }
     let kind = lifecycle(&event.event_type);
     if kind == Lifecycle::Other {
-        return Ok(WebhookOutcome {
-            event_id: event.id,
-            records: Vec::new(),
-        });
+        return Ok(WebhookOutcome { event_id: event.id, records: Vec::new() });
     }
     if event.sandbox_id.trim().is_empty() {
         return Err(malformed("`sandbox_id` is empty"));
     }
-    let at = parse_rfc3339_ms(&event.timestamp).ok_or_else(|| {
-        malformed(format!(
-            "`timestamp` {:?} is not an RFC 3339 time",
-            event.timestamp
-        ))
-    })?;
+    let at = parse_rfc3339_ms(&event.timestamp)
+        .ok_or_else(|| malformed(format!("`timestamp` {:?} is not an RFC 3339 time", event.timestamp)))?;
     let data = event.event_data.unwrap_or_default();
     let org_id = org_of(&data, event.sandbox_team_id.as_deref(), org_metadata_key)?;
 
@@ -160,18 +147,17 @@ pub fn normalize(body: &[u8], org_metadata_key: &str) -> Result<WebhookOutcome, 
     if let Some(reason) = data.kill_reason.filter(|r| !r.is_empty()) {
         attributes.push(("kill_reason".to_owned(), reason));
     }
-    let record =
-        |metric: &str, kind: UsageKind, quantity: String, window_start: Option<i64>| UsageRecord {
-            event_id: event.id.clone(),
-            org_id: org_id.clone(),
-            subject: event.sandbox_id.clone(),
-            metric: metric.to_owned(),
-            kind,
-            quantity,
-            at,
-            window_start,
-            attributes: attributes.clone(),
-        };
+    let record = |metric: &str, kind: UsageKind, quantity: String, window_start: Option<i64>| UsageRecord {
+        event_id: event.id.clone(),
+        org_id: org_id.clone(),
+        subject: event.sandbox_id.clone(),
+        metric: metric.to_owned(),
+        kind,
+        quantity,
+        at,
+        window_start,
+        attributes: attributes.clone(),
+    };
 
     let mut records = Vec::with_capacity(3);
     if kind == Lifecycle::Stops
@@ -179,9 +165,7 @@ pub fn normalize(body: &[u8], org_metadata_key: &str) -> Result<WebhookOutcome, 
     {
         let window_start = match exec.started_at.as_deref() {
             Some(text) => Some(parse_rfc3339_ms(text).ok_or_else(|| {
-                malformed(format!(
-                    "`event_data.execution.started_at` {text:?} is not an RFC 3339 time"
-                ))
+                malformed(format!("`event_data.execution.started_at` {text:?} is not an RFC 3339 time"))
             })?),
             None => None,
         };
@@ -189,28 +173,14 @@ pub fn normalize(body: &[u8], org_metadata_key: &str) -> Result<WebhookOutcome, 
             r.map(meterd_units::format_quantity)
                 .map_err(|e| malformed(format!("`event_data.execution`: {e}")))
         };
-        let cpu = quantity(meterd_units::count_ms_to_seconds(
-            exec.vcpu_count,
-            exec.execution_time,
-        ))?;
-        let ram = quantity(meterd_units::mib_ms_to_gib_seconds(
-            exec.memory_mb,
-            exec.execution_time,
-        ))?;
+        let cpu = quantity(meterd_units::count_ms_to_seconds(exec.vcpu_count, exec.execution_time))?;
+        let ram = quantity(meterd_units::mib_ms_to_gib_seconds(exec.memory_mb, exec.execution_time))?;
         records.push(record(METRIC_CPU, UsageKind::Delta, cpu, window_start));
         records.push(record(METRIC_RAM, UsageKind::Delta, ram, window_start));
     }
     let active = if kind == Lifecycle::Starts { "1" } else { "0" };
-    records.push(record(
-        METRIC_ACTIVE,
-        UsageKind::Level,
-        active.to_owned(),
-        None,
-    ));
-    Ok(WebhookOutcome {
-        event_id: event.id,
-        records,
-    })
+    records.push(record(METRIC_ACTIVE, UsageKind::Level, active.to_owned(), None));
+    Ok(WebhookOutcome { event_id: event.id, records })
 }
 
 /// The organization: the configured metadata key if the sandbox carries it,
@@ -239,9 +209,8 @@ impl Guest for E2b {
             name: "e2b".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             capabilities: Capabilities::PUSH,
-            description:
-                "E2B sandbox lifecycle webhooks: vCPU-seconds, RAM GiB-seconds, active sandboxes"
-                    .to_owned(),
+            description: "E2B sandbox lifecycle webhooks: vCPU-seconds, RAM GiB-seconds, active sandboxes"
+                .to_owned(),
         }
     }
 
@@ -256,16 +225,15 @@ impl Guest for E2b {
             req.header(SIGNATURE_VERSION_HEADER),
         )?;
         let key = host::config("org_metadata_key");
-        normalize(
-            &req.body,
-            key.as_deref().unwrap_or(DEFAULT_ORG_METADATA_KEY),
-        )
+        normalize(&req.body, key.as_deref().unwrap_or(DEFAULT_ORG_METADATA_KEY))
     }
 
-    fn poll(_cursor: Option<String>) -> Result<PollOutcome, AdapterError> {
-        Err(AdapterError::Unsupported(
-            "e2b pushes lifecycle webhooks; it has nothing to poll".to_owned(),
-        ))
+    fn targets() -> Result<Vec<String>, AdapterError> {
+        Ok(Vec::new())
+    }
+
+    fn poll(_target: String, _cursor: Option<String>) -> Result<PollOutcome, AdapterError> {
+        Err(AdapterError::Unsupported("e2b pushes lifecycle webhooks; it has nothing to poll".to_owned()))
     }
 }
 

@@ -15,11 +15,7 @@ fn vector() -> serde_json::Value {
 }
 
 fn quantities(outcome: &WebhookOutcome) -> Vec<(&str, &str, UsageKind)> {
-    outcome
-        .records
-        .iter()
-        .map(|r| (r.metric.as_str(), r.quantity.as_str(), r.kind))
-        .collect()
+    outcome.records.iter().map(|r| (r.metric.as_str(), r.quantity.as_str(), r.kind)).collect()
 }
 
 #[test]
@@ -28,35 +24,16 @@ fn signature_vector_verifies_in_both_alphabets() {
     let body = fixture(v["body_file"].as_str().unwrap());
     let secret = v["secret"].as_str().unwrap();
     let hashed_len = secret.len() + body.len();
-    assert_eq!(
-        hashed_len as u64,
-        v["body_sha256_input_len"].as_u64().unwrap()
-    );
-    for key in [
-        "signature_std_base64_padded",
-        "signature_docs_urlsafe_nopad",
-    ] {
+    assert_eq!(hashed_len as u64, v["body_sha256_input_len"].as_u64().unwrap());
+    for key in ["signature_std_base64_padded", "signature_docs_urlsafe_nopad"] {
         let sig = v[key].as_str().unwrap();
-        assert_eq!(
-            verify_signature(secret, &body, Some(sig), Some("v1")),
-            Ok(()),
-            "{key}"
-        );
+        assert_eq!(verify_signature(secret, &body, Some(sig), Some("v1")), Ok(()), "{key}");
     }
     // Standard alphabet without padding, URL-safe with padding.
-    let std_nopad = v["signature_std_base64_padded"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches('=');
-    assert_eq!(
-        verify_signature(secret, &body, Some(std_nopad), None),
-        Ok(())
-    );
+    let std_nopad = v["signature_std_base64_padded"].as_str().unwrap().trim_end_matches('=');
+    assert_eq!(verify_signature(secret, &body, Some(std_nopad), None), Ok(()));
     let url_pad = format!("{}=", v["signature_docs_urlsafe_nopad"].as_str().unwrap());
-    assert_eq!(
-        verify_signature(secret, &body, Some(&url_pad), None),
-        Ok(())
-    );
+    assert_eq!(verify_signature(secret, &body, Some(&url_pad), None), Ok(()));
 }
 
 #[test]
@@ -79,45 +56,14 @@ fn wrong_missing_or_garbled_signatures_are_unauthorized() {
     let v = vector();
     let body = fixture("webhook-killed.constructed.body.json");
     let sig = v["signature_std_base64_padded"].as_str().unwrap();
-    let unauthorized =
-        |r: Result<(), AdapterError>| matches!(r, Err(AdapterError::Unauthorized(_)));
-    assert!(unauthorized(verify_signature(
-        "other-secret",
-        &body,
-        Some(sig),
-        None
-    )));
-    assert!(unauthorized(verify_signature(
-        "test-signature-secret-1",
-        b"{}",
-        Some(sig),
-        None
-    )));
-    assert!(unauthorized(verify_signature(
-        "test-signature-secret-1",
-        &body,
-        None,
-        None
-    )));
-    assert!(unauthorized(verify_signature(
-        "test-signature-secret-1",
-        &body,
-        Some("!!"),
-        None
-    )));
-    assert!(unauthorized(verify_signature(
-        "test-signature-secret-1",
-        &body,
-        Some(sig),
-        Some("v2")
-    )));
+    let unauthorized = |r: Result<(), AdapterError>| matches!(r, Err(AdapterError::Unauthorized(_)));
+    assert!(unauthorized(verify_signature("other-secret", &body, Some(sig), None)));
+    assert!(unauthorized(verify_signature("test-signature-secret-1", b"{}", Some(sig), None)));
+    assert!(unauthorized(verify_signature("test-signature-secret-1", &body, None, None)));
+    assert!(unauthorized(verify_signature("test-signature-secret-1", &body, Some("!!"), None)));
+    assert!(unauthorized(verify_signature("test-signature-secret-1", &body, Some(sig), Some("v2"))));
     // A truncated digest is not a prefix match.
-    assert!(unauthorized(verify_signature(
-        "test-signature-secret-1",
-        &body,
-        Some(&sig[..20]),
-        None
-    )));
+    assert!(unauthorized(verify_signature("test-signature-secret-1", &body, Some(&sig[..20]), None)));
 }
 
 #[test]
@@ -134,10 +80,7 @@ fn killed_event_gives_exact_deltas_and_an_inactive_level() {
         ]
     );
     let cpu = &out.records[0];
-    assert_eq!(
-        cpu.org_id, "acme",
-        "the configured metadata key names the org"
-    );
+    assert_eq!(cpu.org_id, "acme", "the configured metadata key names the org");
     assert_eq!(cpu.subject, "i1a2b3c4d5e6f7g8h9j0k");
     assert_eq!(cpu.at, 1_754_513_976_123);
     assert_eq!(cpu.window_start, Some(1_754_513_904_000));
@@ -155,10 +98,7 @@ fn killed_event_gives_exact_deltas_and_an_inactive_level() {
 #[test]
 fn org_falls_back_to_the_team_when_metadata_lacks_the_key() {
     let out = normalize(&fixture("webhook-killed.constructed.body.json"), "org_id").unwrap();
-    assert_eq!(
-        out.records[0].org_id,
-        "460355b3-4f64-48f9-9a16-4442817f79f5"
-    );
+    assert_eq!(out.records[0].org_id, "460355b3-4f64-48f9-9a16-4442817f79f5");
 }
 
 #[test]
@@ -186,11 +126,7 @@ fn created_and_resumed_give_an_active_level_only() {
             "timestamp": "2025-08-06T20:58:24Z", "sandbox_id": "sbx", "sandbox_team_id": "team",
         });
         let out = normalize(body.to_string().as_bytes(), "org_id").unwrap();
-        assert_eq!(
-            quantities(&out),
-            vec![(METRIC_ACTIVE, "1", UsageKind::Level)],
-            "{event_type}"
-        );
+        assert_eq!(quantities(&out), vec![(METRIC_ACTIVE, "1", UsageKind::Level)], "{event_type}");
         assert_eq!(out.records[0].window_start, None);
     }
 }
@@ -202,19 +138,13 @@ fn pause_without_execution_gives_only_the_level() {
         "sandbox_id": "sbx", "sandbox_team_id": "team", "event_data": {},
     });
     let out = normalize(body.to_string().as_bytes(), "org_id").unwrap();
-    assert_eq!(
-        quantities(&out),
-        vec![(METRIC_ACTIVE, "0", UsageKind::Level)]
-    );
+    assert_eq!(quantities(&out), vec![(METRIC_ACTIVE, "0", UsageKind::Level)]);
 }
 
 #[test]
 fn other_event_types_are_accepted_without_records() {
-    for event_type in [
-        "sandbox.lifecycle.updated",
-        "sandbox.lifecycle.checkpointed",
-        "sandbox.future.thing",
-    ] {
+    for event_type in ["sandbox.lifecycle.updated", "sandbox.lifecycle.checkpointed", "sandbox.future.thing"]
+    {
         let body = serde_json::json!({
             "id": "ev-3", "type": event_type, "timestamp": "not even checked",
             "sandbox_id": "sbx",
@@ -256,10 +186,7 @@ fn malformed_bodies_say_what_is_wrong() {
     for (body, expected) in cases {
         match normalize(body.as_bytes(), "org_id") {
             Err(AdapterError::Malformed(message)) => {
-                assert!(
-                    message.contains(expected),
-                    "{message:?} should mention {expected:?}"
-                )
+                assert!(message.contains(expected), "{message:?} should mention {expected:?}")
             }
             other => panic!("{body}: expected malformed, got {other:?}"),
         }

@@ -21,8 +21,8 @@ wit_bindgen::generate!({
 pub use exports::meterd::provider::adapter::Guest;
 pub use meterd::provider::host;
 pub use meterd::provider::types::{
-    AdapterError, AdapterInfo, Capabilities, HttpRequest, LogLevel, PollOutcome, UsageKind,
-    UsageRecord, WebhookOutcome,
+    AdapterError, AdapterInfo, Capabilities, HttpRequest, LogLevel, OutboundRequest, OutboundResponse,
+    PollOutcome, UsageKind, UsageRecord, WebhookOutcome,
 };
 
 pub mod signature;
@@ -31,9 +31,6 @@ pub mod time;
 impl HttpRequest {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }

@@ -13,11 +13,7 @@ const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE
 /// Returns `None` for anything else (including a mix of both alphabets).
 pub fn decode_base64_any(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.contains(['-', '_']) {
-        URL_SAFE.decode(text).ok()
-    } else {
-        STANDARD.decode(text).ok()
-    }
+    if text.contains(['-', '_']) { URL_SAFE.decode(text).ok() } else { STANDARD.decode(text).ok() }
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
@@ -46,11 +42,7 @@ mod tests {
     fn decodes_both_alphabets_with_or_without_padding() {
         let bytes = [0xfbu8, 0xff, 0xbf];
         for text in ["+/+/", "-_-_", "+/+/\n"] {
-            assert_eq!(
-                decode_base64_any(text).as_deref(),
-                Some(&bytes[..]),
-                "{text:?}"
-            );
+            assert_eq!(decode_base64_any(text).as_deref(), Some(&bytes[..]), "{text:?}");
         }
         assert_eq!(decode_base64_any("YQ==").as_deref(), Some(&b"a"[..]));
         assert_eq!(decode_base64_any("YQ").as_deref(), Some(&b"a"[..]));

@@ -59,34 +59,64 @@ pub fn parse_quantity(text: &str) -> Result<Decimal, QuantityError> {
     Decimal::from_str_exact(text).map_err(|_| QuantityError::TooPrecise(text.to_owned()))
 }
 
+/// Reads a JSON number literal (`-?int(.frac)?([eE][+-]?digits)?`) exactly,
+/// as providers' APIs send them (`7200.0`, `1.5e3`). Refuses what a decimal
+/// cannot hold exactly instead of rounding it.
+pub fn parse_json_number(text: &str) -> Result<Decimal, QuantityError> {
+    let syntax = || QuantityError::Syntax(text.to_owned());
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(i) => {
+            let exp = &text[i + 1..];
+            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(syntax());
+            }
+            (&text[..i], exp.parse::<i64>().map_err(|_| syntax())?)
+        }
+        None => (text, 0),
+    };
+    let unsigned = mantissa.strip_prefix('-').unwrap_or(mantissa);
+    let int = unsigned.split('.').next().unwrap_or_default();
+    if int.len() > 1 && int.starts_with('0') {
+        return Err(syntax()); // JSON has no leading zeros
+    }
+    let mut value = parse_quantity(mantissa)?;
+    let ten = Decimal::from(10);
+    for _ in 0..exponent.unsigned_abs().min(64) {
+        value = if exponent > 0 { value.checked_mul(ten) } else { value.checked_div(ten) }
+            .ok_or_else(|| QuantityError::TooPrecise(text.to_owned()))?;
+    }
+    if exponent.unsigned_abs() > 64 {
+        return Err(QuantityError::TooPrecise(text.to_owned()));
+    }
+    // A division that had to round is not exact.
+    if exponent < 0 && value.scale() >= 28 {
+        return Err(QuantityError::TooPrecise(text.to_owned()));
+    }
+    Ok(value)
+}
+
 /// The canonical text form of a quantity: normalized, `0` for zero.
 pub fn format_quantity(value: Decimal) -> String {
     let normalized = value.normalize();
-    if normalized.is_zero() {
-        "0".to_owned()
-    } else {
-        normalized.to_string()
-    }
+    if normalized.is_zero() { "0".to_owned() } else { normalized.to_string() }
 }
 
 /// `count × milliseconds` in count-seconds, e.g. vCPUs × execution time →
 /// core-seconds. Exact.
 pub fn count_ms_to_seconds(count: u64, ms: u64) -> Result<Decimal, QuantityError> {
-    let product = Decimal::from(count)
-        .checked_mul(Decimal::from(ms))
-        .ok_or(QuantityError::Overflow("count × ms"))?;
+    let product =
+        Decimal::from(count).checked_mul(Decimal::from(ms)).ok_or(QuantityError::Overflow("count × ms"))?;
     ms_product_to_seconds(product)
 }
 
 /// `MiB × milliseconds` in GiB-seconds (÷1024 ÷1000). Exact: 1/1,024,000 has
 /// a finite decimal expansion.
 pub fn mib_ms_to_gib_seconds(mib: u64, ms: u64) -> Result<Decimal, QuantityError> {
-    let product = Decimal::from(mib)
-        .checked_mul(Decimal::from(ms))
-        .ok_or(QuantityError::Overflow("MiB × ms"))?;
-    let gib_ms = product
-        .checked_div(Decimal::from(MIB_PER_GIB))
-        .ok_or(QuantityError::Overflow("MiB → GiB"))?;
+    let product =
+        Decimal::from(mib).checked_mul(Decimal::from(ms)).ok_or(QuantityError::Overflow("MiB × ms"))?;
+    let gib_ms =
+        product.checked_div(Decimal::from(MIB_PER_GIB)).ok_or(QuantityError::Overflow("MiB → GiB"))?;
     ms_product_to_seconds(gib_ms)
 }
 
@@ -101,18 +131,14 @@ pub fn gb_seconds_to_gib_seconds(gb_seconds: Decimal) -> Result<Decimal, Quantit
 
 /// `level × milliseconds` in level-seconds: the time integral of a level.
 pub fn level_ms_to_seconds(level: Decimal, ms: i64) -> Result<Decimal, QuantityError> {
-    let product = level
-        .checked_mul(Decimal::from(ms))
-        .ok_or(QuantityError::Overflow("level × ms"))?;
+    let product = level.checked_mul(Decimal::from(ms)).ok_or(QuantityError::Overflow("level × ms"))?;
     ms_product_to_seconds(product)
 }
 
 /// Divides an amount accumulated in `unit × ms` by 1000 to give `unit × s`.
 /// Callers that sum many integrals accumulate in `× ms` and call this once.
 pub fn ms_product_to_seconds(unit_ms: Decimal) -> Result<Decimal, QuantityError> {
-    unit_ms
-        .checked_div(Decimal::from(MS_PER_SECOND))
-        .ok_or(QuantityError::Overflow("ms → s"))
+    unit_ms.checked_div(Decimal::from(MS_PER_SECOND)).ok_or(QuantityError::Overflow("ms → s"))
 }
 
 #[cfg(test)]
@@ -128,13 +154,8 @@ mod tests {
         assert_eq!(d("144.246"), Decimal::new(144_246, 3));
         assert_eq!(d("-0.5"), Decimal::new(-5, 1));
         assert_eq!(d("0"), Decimal::ZERO);
-        for bad in [
-            "", "-", ".5", "5.", "1e3", "+1", " 1", "1,0", "NaN", "0x10", "1.2.3",
-        ] {
-            assert!(
-                matches!(parse_quantity(bad), Err(QuantityError::Syntax(_))),
-                "{bad:?}"
-            );
+        for bad in ["", "-", ".5", "5.", "1e3", "+1", " 1", "1,0", "NaN", "0x10", "1.2.3"] {
+            assert!(matches!(parse_quantity(bad), Err(QuantityError::Syntax(_))), "{bad:?}");
         }
     }
 
@@ -145,6 +166,19 @@ mod tests {
             parse_quantity("0.12345678901234567890123456789"),
             Err(QuantityError::TooPrecise(_))
         ));
+    }
+
+    #[test]
+    fn reads_json_numbers_exactly() {
+        assert_eq!(parse_json_number("7200.0").unwrap(), d("7200"));
+        assert_eq!(parse_json_number("1.5e3").unwrap(), d("1500"));
+        assert_eq!(parse_json_number("1E-2").unwrap(), d("0.01"));
+        assert_eq!(parse_json_number("2e+1").unwrap(), d("20"));
+        assert_eq!(parse_json_number("-0.0").unwrap(), Decimal::ZERO);
+        assert_eq!(parse_json_number("0.1").unwrap(), d("0.1"));
+        for bad in ["01", "1.", ".5", "NaN", "1e", "1e+", "+1", "1e1000", "0x1", ""] {
+            assert!(parse_json_number(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -176,10 +210,7 @@ mod tests {
     #[test]
     fn gb_to_gib_uses_the_exact_ratio() {
         // 10^9 / 2^30 = 0.931322574615478515625 exactly.
-        assert_eq!(
-            gb_seconds_to_gib_seconds(d("1")).unwrap(),
-            d("0.931322574615478515625")
-        );
+        assert_eq!(gb_seconds_to_gib_seconds(d("1")).unwrap(), d("0.931322574615478515625"));
         assert_eq!(gb_seconds_to_gib_seconds(d("1.073741824")).unwrap(), d("1"));
     }
 
@@ -194,17 +225,11 @@ mod tests {
     #[test]
     fn level_integral_is_exact() {
         assert_eq!(level_ms_to_seconds(d("2"), 1_500).unwrap(), d("3"));
-        assert_eq!(
-            level_ms_to_seconds(d("1073741824"), 1).unwrap(),
-            d("1073741.824")
-        );
+        assert_eq!(level_ms_to_seconds(d("1073741824"), 1).unwrap(), d("1073741.824"));
     }
 
     #[test]
     fn overflow_is_an_error() {
-        assert!(matches!(
-            level_ms_to_seconds(Decimal::MAX, 2),
-            Err(QuantityError::Overflow(_))
-        ));
+        assert!(matches!(level_ms_to_seconds(Decimal::MAX, 2), Err(QuantityError::Overflow(_))));
     }
 }

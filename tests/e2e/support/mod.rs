@@ -20,8 +20,7 @@ pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 /// nothing changed) and returns the component of `name`.
 pub fn component(name: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<meterd_plugin_build::BuiltPlugin>> = OnceLock::new();
-    let built =
-        BUILT.get_or_init(|| meterd_plugin_build::build_all().expect("building the plugins"));
+    let built = BUILT.get_or_init(|| meterd_plugin_build::build_all().expect("building the plugins"));
     built
         .iter()
         .find(|p| p.name == name)
@@ -31,9 +30,7 @@ pub fn component(name: &str) -> PathBuf {
 }
 
 pub fn fixture(path: &str) -> Vec<u8> {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(path);
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(path);
     std::fs::read(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
 }
 
@@ -51,15 +48,13 @@ pub struct Options {
     /// Extra top-level TOML for the generated config (placed before any table).
     pub extra_config: String,
     pub admin_token: Option<&'static str>,
+    /// Extra TOML tables appended at the end (e.g. `[plugins.daytona]`).
+    pub sections: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            plugins: vec!["e2b"],
-            extra_config: String::new(),
-            admin_token: None,
-        }
+        Self { plugins: vec!["e2b"], extra_config: String::new(), admin_token: None, sections: String::new() }
     }
 }
 
@@ -85,26 +80,21 @@ impl Gateway {
             std::fs::copy(component(name), plugins_dir.join(format!("{name}.wasm")))
                 .expect("copying a component");
         }
-        let admin = options
-            .admin_token
-            .map(|t| format!("admin_token = \"{t}\"\n"))
-            .unwrap_or_default();
+        let admin = options.admin_token.map(|t| format!("admin_token = \"{t}\"\n")).unwrap_or_default();
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndatabase = \"sqlite://{db}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n{admin}{extra}\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n",
+            "listen = \"127.0.0.1:0\"\ndatabase = \"sqlite://{db}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n{admin}{extra}\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n\n{sections}\n",
             db = dir.path().join("meterd.db").display(),
             plugins = plugins_dir.display(),
             cache = dir.path().join("cache").display(),
             extra = options.extra_config,
+            sections = options.sections,
         );
         std::fs::write(dir.path().join("meterd.toml"), config).expect("writing config");
         let mut gateway = Self {
             child: None,
             dir,
             base: String::new(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
             admin_token: options.admin_token,
         };
         gateway.spawn();
@@ -136,28 +126,21 @@ impl Gateway {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
                 if let Some(rest) = line.strip_prefix("meterd listening on ") {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
                 }
             }
         });
-        let base = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|e| {
-                let _ = child.kill();
-                match e {
-                    std::sync::mpsc::RecvTimeoutError::Timeout => {
-                        panic!("meterd did not start listening within 120 s")
-                    }
-                    std::sync::mpsc::RecvTimeoutError::Disconnected => {
-                        panic!("meterd exited before listening (its stderr is above)")
-                    }
+        let base = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|e| {
+            let _ = child.kill();
+            match e {
+                std::sync::mpsc::RecvTimeoutError::Timeout => {
+                    panic!("meterd did not start listening within 120 s")
                 }
-            });
+                std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                    panic!("meterd exited before listening (its stderr is above)")
+                }
+            }
+        });
         self.child = Some(child);
         self.base = base;
     }
@@ -179,20 +162,14 @@ impl Gateway {
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("running");
         let pid = child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 self.child = None;
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "meterd did not stop within 30 s of SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "meterd did not stop within 30 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -208,33 +185,19 @@ impl Gateway {
         body: &[u8],
         headers: &[(&str, &str)],
     ) -> (u16, serde_json::Value) {
-        let mut request = self
-            .client
-            .post(self.url(&format!("/v1/ingest/{plugin}")))
-            .body(body.to_vec());
+        let mut request = self.client.post(self.url(&format!("/v1/ingest/{plugin}"))).body(body.to_vec());
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         let response = request.send().await.expect("POST ingest");
         let status = response.status().as_u16();
-        (
-            status,
-            response.json().await.unwrap_or(serde_json::Value::Null),
-        )
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     /// POSTs an E2B webhook signed with the configured secret.
     pub async fn e2b(&self, body: &[u8]) -> (u16, serde_json::Value) {
         let signature = e2b_signature(E2B_SECRET, body);
-        self.ingest(
-            "e2b",
-            body,
-            &[
-                ("e2b-signature", &signature),
-                ("content-type", "application/json"),
-            ],
-        )
-        .await
+        self.ingest("e2b", body, &[("e2b-signature", &signature), ("content-type", "application/json")]).await
     }
 
     /// GETs a path (with the admin token when one is configured).
@@ -245,30 +208,33 @@ impl Gateway {
         }
         let response = request.send().await.expect("GET");
         let status = response.status().as_u16();
-        (
-            status,
-            response.json().await.unwrap_or(serde_json::Value::Null),
-        )
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     /// The `total` of a usage query over August 2025 (where the test events live).
     pub async fn total(&self, org: &str, meter: &str) -> String {
         let (status, body) = self
-            .get(&format!("/v1/orgs/{org}/usage?meter={meter}&from=2025-08-01T00:00:00Z&to=2025-09-01T00:00:00Z"))
+            .get(&format!(
+                "/v1/orgs/{org}/usage?meter={meter}&from=2025-08-01T00:00:00Z&to=2025-09-01T00:00:00Z"
+            ))
             .await;
         assert_eq!(status, 200, "usage query failed: {body}");
-        body["total"]
-            .as_str()
-            .expect("total is a string")
-            .to_owned()
+        body["total"].as_str().expect("total is a string").to_owned()
+    }
+
+    /// The poll state of one plugin's target, from `GET /v1/plugins`.
+    pub async fn poll_state(&self, plugin: &str, target: &str) -> Option<serde_json::Value> {
+        let (status, body) = self.get("/v1/plugins").await;
+        assert_eq!(status, 200, "{body}");
+        let plugins = body["plugins"].as_array()?;
+        let p = plugins.iter().find(|p| p["name"] == plugin)?;
+        p["polls"].as_array()?.iter().find(|s| s["target"] == target).cloned()
     }
 
     /// Rows in a table of the gateway's database, read directly from the file.
     pub async fn count_rows(&self, table: &str) -> i64 {
         let url = format!("sqlite://{}?mode=ro", self.db_path().display());
-        let pool = sqlx::SqlitePool::connect(&url)
-            .await
-            .expect("opening the test database");
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("opening the test database");
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
             .fetch_one(&pool)
             .await

@@ -4,8 +4,8 @@
 //! `chaos_units` delta of 1 for org `chaos-org`.
 
 use meterd_plugin_sdk::{
-    AdapterError, AdapterInfo, Capabilities, Guest, HttpRequest, PollOutcome, UsageKind,
-    UsageRecord, WebhookOutcome,
+    AdapterError, AdapterInfo, Capabilities, Guest, HttpRequest, PollOutcome, UsageKind, UsageRecord,
+    WebhookOutcome,
 };
 
 /// What a request body asks the adapter to do.
@@ -24,9 +24,7 @@ pub fn behaviour(body: &[u8]) -> Result<Behaviour<'_>, AdapterError> {
         Ok("trap") => Ok(Behaviour::Trap),
         Ok(text) => match text.strip_prefix("ok:") {
             Some(id) if !id.is_empty() => Ok(Behaviour::Ok(id)),
-            _ => Err(AdapterError::Malformed(format!(
-                "unknown chaos command {text:?}"
-            ))),
+            _ => Err(AdapterError::Malformed(format!("unknown chaos command {text:?}"))),
         },
         Err(_) => Err(AdapterError::Malformed("body is not UTF-8".to_owned())),
     }
@@ -82,7 +80,11 @@ impl Guest for Chaos {
         }
     }
 
-    fn poll(_cursor: Option<String>) -> Result<PollOutcome, AdapterError> {
+    fn targets() -> Result<Vec<String>, AdapterError> {
+        Ok(Vec::new())
+    }
+
+    fn poll(_target: String, _cursor: Option<String>) -> Result<PollOutcome, AdapterError> {
         Err(AdapterError::Unsupported("chaos does not poll".to_owned()))
     }
 }

@@ -1,0 +1,348 @@
+//! Pull ingestion end to end: the real gateway polls a local server that
+//! speaks Daytona's analytics API (bearer token and from/to checked,
+//! changing totals, errors and stalls on demand), through the real Daytona
+//! component; and Svix-signed Daytona webhooks.
+//!
+//! The analytics responses are constructed (no real response body is
+//! public; see tests/fixtures/daytona/SOURCES.md): every minute of a window
+//! reports 60 CPU-seconds and 120 GB-seconds of RAM.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use support::{Gateway, Options};
+
+const API_KEY: &str = "daytona-test-key";
+const ORG: &str = "d-org-1";
+const MINUTE: i64 = 60_000;
+/// 120 GB·s = 120 × 10⁹ / 2³⁰ GiB·s per minute, exactly.
+const RAM_GIB_SECONDS_PER_MINUTE: &str = "111.758708953857421875";
+
+/// What the fake analytics API does, changeable while the test runs.
+#[derive(Default)]
+struct Upstream {
+    /// Windows asked for, in order: (from ms, to ms).
+    requests: Vec<(i64, i64)>,
+    /// Answer 500 to this many requests.
+    fail_next: usize,
+    /// Sleep this long before answering.
+    stall: Duration,
+    /// CPU seconds reported instead of the default for a window.
+    revised_cpu: BTreeMap<(i64, i64), i64>,
+}
+
+type Shared = Arc<Mutex<Upstream>>;
+
+fn parse_ms(text: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
+}
+
+async fn aggregated(
+    State(upstream): State<Shared>,
+    Path(org): Path<String>,
+    Query(params): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {API_KEY}")) {
+        return (StatusCode::UNAUTHORIZED, "bad token".to_owned()).into_response();
+    }
+    let (Some(from), Some(to)) =
+        (params.get("from").and_then(|t| parse_ms(t)), params.get("to").and_then(|t| parse_ms(t)))
+    else {
+        return (StatusCode::BAD_REQUEST, "from and to are required RFC 3339 times".to_owned())
+            .into_response();
+    };
+    if org != ORG || from >= to {
+        return (StatusCode::BAD_REQUEST, "bad org or window".to_owned()).into_response();
+    }
+    let (stall, fail, revised) = {
+        let mut u = upstream.lock().unwrap();
+        u.requests.push((from, to));
+        let fail = u.fail_next > 0;
+        u.fail_next = u.fail_next.saturating_sub(1);
+        (u.stall, fail, u.revised_cpu.get(&(from, to)).copied())
+    };
+    if !stall.is_zero() {
+        tokio::time::sleep(stall).await;
+    }
+    if fail {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "analytics is having a bad day".to_owned())
+            .into_response();
+    }
+    let minutes = (to - from) / MINUTE;
+    let cpu = revised.unwrap_or(60 * minutes);
+    let body = format!(
+        r#"{{"totalCPUSeconds": {cpu}.0, "totalRAMGBSeconds": {}.0, "totalDiskGBSeconds": 0, "sandboxCount": 1, "totalPrice": 0.41}}"#,
+        120 * minutes
+    );
+    ([("content-type", "application/json")], body).into_response()
+}
+
+/// Starts the fake analytics API on an ephemeral loopback port.
+async fn start_upstream() -> (String, Shared) {
+    let shared: Shared = Arc::default();
+    let app = axum::Router::new()
+        .route("/organization/{org}/usage/aggregated", axum::routing::get(aggregated))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, shared)
+}
+
+fn now_minute() -> i64 {
+    Utc::now().timestamp_millis() / MINUTE * MINUTE
+}
+
+/// The `[plugins.daytona]` section: 1-minute windows, 1-minute settle lag,
+/// 5-minute look-back, polling every second, from `start`.
+fn daytona_section(url: &str, allow: &str, start_ms: i64, extra: &str) -> String {
+    let start = DateTime::<Utc>::from_timestamp_millis(start_ms).unwrap().to_rfc3339();
+    format!(
+        "[plugins.daytona]\nanalytics_url = \"{url}\"\napi_key = \"{API_KEY}\"\norganizations = [\"{ORG}\"]\nwindow = \"1m\"\nsettle_lag = \"1m\"\nlookback = \"5m\"\nstart = \"{start}\"\ninterval = \"1s\"\npoll_backoff = \"1s\"\npoll_backoff_max = \"2s\"\nhttp_allow = [\"{allow}\"]\nhttp_timeout_ms = 1000\nwebhook_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n{extra}\n[plugins.daytona.org_map]\n\"{ORG}\" = \"acme\"\n"
+    )
+}
+
+fn daytona_gateway(section: String) -> Gateway {
+    Gateway::start(Options { plugins: vec!["e2b", "daytona"], sections: section, ..Options::default() })
+}
+
+/// Waits until the poller's cursor reaches `until_ms`; returns its state.
+async fn wait_for_cursor(gw: &Gateway, until_ms: i64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(state) = gw.poll_state("daytona", ORG).await {
+            let cursor = state["cursor"].as_str().and_then(|c| c.parse::<i64>().ok());
+            if cursor.is_some_and(|c| c >= until_ms) {
+                return state;
+            }
+        }
+        assert!(Instant::now() < deadline, "the poller did not reach {until_ms} within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `check` holds for the poll state.
+async fn wait_for_state(
+    gw: &Gateway,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(state) = gw.poll_state("daytona", ORG).await
+            && check(&state)
+        {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "poll state never showed {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Usage of windows that start at or after `from` and end at or before
+/// `to` (a polled delta is stamped with its window's end).
+async fn usage_total(gw: &Gateway, meter: &str, from: i64, to: i64) -> String {
+    let (from, to) = (from + 1_000, to + 1_000);
+    let iso = |ms: i64| {
+        DateTime::<Utc>::from_timestamp_millis(ms).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    };
+    let (status, body) =
+        gw.get(&format!("/v1/orgs/acme/usage?meter={meter}&from={}&to={}", iso(from), iso(to))).await;
+    assert_eq!(status, 200, "{body}");
+    body["total"].as_str().unwrap().to_owned()
+}
+
+fn decimal_times(n: i64, per: &str) -> String {
+    let per: rust_decimal::Decimal = per.parse().unwrap();
+    meterd_units::format_quantity(per * rust_decimal::Decimal::from(n))
+}
+
+/// New windows must tile [start, cursor) exactly: no gap, no overlap.
+fn assert_tiles(requests: &[(i64, i64)], start: i64, end: i64) {
+    let mut windows: Vec<_> = requests.to_vec();
+    windows.sort();
+    windows.dedup();
+    let mut at = start;
+    for (from, to) in windows.iter().filter(|(_, to)| *to <= end) {
+        assert_eq!(*from, at, "windows must be consecutive: {windows:?}");
+        assert_eq!(to - from, MINUTE);
+        at = *to;
+    }
+    assert_eq!(at, end, "windows cover [start, cursor)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polls_catch_up_exactly_apply_revisions_once_and_survive_kill_9() {
+    let (url, upstream) = start_upstream().await;
+    let start = now_minute() - 30 * MINUTE;
+    let mut gw = daytona_gateway(daytona_section(&url, "http://127.0.0.1:*", start, ""));
+    let settled = now_minute() - MINUTE;
+    let state = wait_for_cursor(&gw, settled).await;
+    let cursor: i64 = state["cursor"].as_str().unwrap().parse().unwrap();
+    let minutes = (cursor - start) / MINUTE;
+    assert!(minutes >= 29, "caught up over the 30 minutes: {minutes}");
+    assert_eq!(usage_total(&gw, "sandbox_cpu_core_seconds", start, cursor).await, (60 * minutes).to_string());
+    assert_eq!(
+        usage_total(&gw, "sandbox_ram_gibi_seconds", start, cursor).await,
+        decimal_times(minutes, RAM_GIB_SECONDS_PER_MINUTE)
+    );
+    assert_tiles(&upstream.lock().unwrap().requests, start, cursor);
+    assert_eq!(state["consecutive_failures"], 0);
+    assert!(state["last_error"].is_null(), "{state}");
+
+    // Daytona revises the last read window: it is re-read inside the
+    // look-back and applied once as a correction.
+    let revised = (cursor - MINUTE, cursor);
+    upstream.lock().unwrap().revised_cpu.insert(revised, 100);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let expected = (60 * minutes + 40).to_string();
+    while usage_total(&gw, "sandbox_cpu_core_seconds", start, cursor).await != expected {
+        assert!(Instant::now() < deadline, "the revision never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // more polls re-read it
+    assert_eq!(usage_total(&gw, "sandbox_cpu_core_seconds", start, cursor).await, expected);
+    assert_eq!(gw.count_rows("corrections").await, 1, "one audit row for one revision");
+
+    // kill -9 and restart: nothing counted twice, nothing missing.
+    gw.restart_after_kill9();
+    let later = wait_for_cursor(&gw, now_minute() - MINUTE).await;
+    let cursor: i64 = later["cursor"].as_str().unwrap().parse().unwrap();
+    let minutes = (cursor - start) / MINUTE;
+    assert_eq!(
+        usage_total(&gw, "sandbox_cpu_core_seconds", start, cursor).await,
+        (60 * minutes + 40).to_string()
+    );
+    assert_tiles(&upstream.lock().unwrap().requests, start, cursor);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_errors_back_off_and_recover_with_exact_totals() {
+    let (url, upstream) = start_upstream().await;
+    upstream.lock().unwrap().fail_next = 3;
+    let start = now_minute() - 10 * MINUTE;
+    let gw = daytona_gateway(daytona_section(&url, "http://127.0.0.1:*", start, ""));
+    let failed = wait_for_state(&gw, "a failure", |s| s["consecutive_failures"].as_i64() >= Some(2)).await;
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(error.contains("500"), "{error}");
+    // Backoff: the next run is scheduled after the failure, not at once.
+    assert!(failed["next_run"].as_str() > failed["last_error_at"].as_str(), "{failed}");
+    let state = wait_for_cursor(&gw, now_minute() - MINUTE).await;
+    assert_eq!(state["consecutive_failures"], 0, "{state}");
+    let cursor: i64 = state["cursor"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        usage_total(&gw, "sandbox_cpu_core_seconds", start, cursor).await,
+        (60 * ((cursor - start) / MINUTE)).to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_outside_the_allowlist_is_refused_before_any_connection() {
+    let (url, upstream) = start_upstream().await;
+    let gw = daytona_gateway(daytona_section(&url, "http://localhost:1", now_minute() - 10 * MINUTE, ""));
+    let state = wait_for_state(&gw, "a refusal", |s| s["last_error"].is_string()).await;
+    let error = state["last_error"].as_str().unwrap();
+    assert!(error.contains("not allowed"), "{error}");
+    assert!(state["cursor"].is_null());
+    assert!(upstream.lock().unwrap().requests.is_empty(), "no request reached the upstream");
+    assert_eq!(gw.count_rows("usage_records").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_upstream_is_cut_off_by_the_timeout_and_blocks_nobody_else() {
+    let (url, upstream) = start_upstream().await;
+    upstream.lock().unwrap().stall = Duration::from_secs(5);
+    let gw = daytona_gateway(daytona_section(&url, "http://127.0.0.1:*", now_minute() - 10 * MINUTE, ""));
+    // While the poll waits on the network, webhooks to other plugins go on.
+    let body = support::e2b_event(
+        "during-stall",
+        "killed",
+        "2025-08-10T12:00:00Z",
+        "sbx",
+        "org-s",
+        Some((2, 512, 1000)),
+    );
+    for _ in 0..5 {
+        assert_eq!(gw.e2b(&body).await.0, 200);
+    }
+    let state = wait_for_state(&gw, "a timeout", |s| s["last_error"].is_string()).await;
+    let error = state["last_error"].as_str().unwrap();
+    // The HTTP timeout (1 s) fired, not the plugin's 100 ms CPU deadline:
+    // time waiting on the network is not CPU time.
+    assert!(error.contains("timed out after 1000 ms"), "{error}");
+    assert!(!error.contains("CPU deadline"), "{error}");
+    assert_eq!(gw.count_rows("usage_records").await, 3, "only the e2b records");
+}
+
+/// Svix: base64(HMAC-SHA256(secret, "id.timestamp.body")).
+fn svix_signature(secret_b64: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let key = base64::engine::general_purpose::STANDARD.decode(secret_b64).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn svix_signed_webhooks_are_verified_and_become_sandbox_levels() {
+    let (url, _upstream) = start_upstream().await;
+    let gw = daytona_gateway(daytona_section(&url, "http://127.0.0.1:*", now_minute() - 2 * MINUTE, ""));
+    let secret = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let body = |id: &str, state: &str, at: &str| {
+        format!(r#"{{"event":"sandbox.state.updated","timestamp":"{at}","id":"{id}","organizationId":"{ORG}","oldState":"starting","newState":"{state}","updatedAt":"{at}"}}"#)
+            .into_bytes()
+    };
+    let send = |msg_id: &str, timestamp: i64, payload: Vec<u8>, signature: String| {
+        let gw = &gw;
+        let msg_id = msg_id.to_owned();
+        async move {
+            gw.ingest(
+                "daytona",
+                &payload,
+                &[
+                    ("svix-id", &msg_id),
+                    ("svix-timestamp", &timestamp.to_string()),
+                    ("svix-signature", &signature),
+                ],
+            )
+            .await
+        }
+    };
+    let now = Utc::now().timestamp();
+    let started = body("sbx-1", "started", "2025-08-10T10:00:00Z");
+    let good = svix_signature(secret, "msg_1", now, &started);
+    // Several signatures in one header: one valid is enough.
+    let several = format!("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= {good}");
+    let (status, receipt) = send("msg_1", now, started.clone(), several).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!((receipt["event_id"].as_str(), receipt["records"].as_u64()), (Some("msg_1"), Some(1)));
+
+    let wrong = svix_signature("c2VjcmV0LXRoYXQtaXMtd3Jvbmc=", "msg_2", now, &started);
+    assert_eq!(send("msg_2", now, started.clone(), wrong).await.0, 401);
+    let stale = now - 600;
+    assert_eq!(
+        send("msg_3", stale, started.clone(), svix_signature(secret, "msg_3", stale, &started)).await.0,
+        401
+    );
+    assert_eq!(send("msg_4", now, started.clone(), String::new()).await.0, 401);
+
+    let stopped = body("sbx-1", "stopped", "2025-08-10T10:30:00Z");
+    let (status, _) =
+        send("msg_5", now, stopped.clone(), svix_signature(secret, "msg_5", now, &stopped)).await;
+    assert_eq!(status, 200);
+    let day = |h: &str| format!("2025-08-10T{h}:00:00Z");
+    let (_, usage) = gw
+        .get(&format!("/v1/orgs/acme/usage?meter=sandbox_active_seconds&from={}&to={}", day("00"), day("23")))
+        .await;
+    assert_eq!(usage["total"], "1800", "{usage}");
+}
