@@ -138,7 +138,8 @@ mod tests {
 
     #[test]
     fn refuses_bad_records_saying_why() {
-        let cases: Vec<(Box<dyn Fn(&mut RawRecord)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut RawRecord)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|r| r.org_id = " ".into()), "org-id is empty"),
             (Box::new(|r| r.event_id = "x".repeat(300)), "event-id is longer"),
             (Box::new(|r| r.metric = "cpu seconds".into()), "metric must be"),

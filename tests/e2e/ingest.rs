@@ -100,7 +100,9 @@ async fn bad_requests_are_answered_clearly_and_store_nothing() {
     let signature = support::e2b_signature(support::E2B_SECRET, &good);
     let wrong = support::e2b_signature("not-the-secret", &good);
 
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>, u16, &str)> = vec![
+    // (what, body, headers, expected status, expected words in the message)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("no signature", good.clone(), vec![], 401, "missing e2b-signature"),
         ("wrong secret", good.clone(), vec![("e2b-signature", wrong)], 401, "does not match"),
         (

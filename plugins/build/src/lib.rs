@@ -220,7 +220,8 @@ fn install_debian_toolchain() -> Result<()> {
     let mut install = vec!["install", "-y", "--no-install-recommends"];
     install.extend(DEBIAN_PACKAGES);
     // A fresh machine's package lists may be empty or stale: update once, then retry.
-    if !apt(&install)? && !(apt(&["update"])? && apt(&install)?) {
+    let installed = apt(&install)? || (apt(&["update"])? && apt(&install)?);
+    if !installed {
         bail!(
             "could not install {} with apt-get (as root, or with passwordless sudo); install them, or add rustup's {WASM_TARGET} target",
             DEBIAN_PACKAGES.join(" ")
