@@ -6,12 +6,11 @@
 #               end-to-end (real binary, real SQLite file, real components)
 
 CARGO ?= cargo
-# `make run` serves the components built into target/plugins unless told
-# otherwise.
-export METERD_PLUGINS_DIR ?= target/plugins
-
 .PHONY: run test plugins build bench check
 
+# `make run` serves the components built into target/plugins unless told
+# otherwise (only here: tests and benches configure their own).
+run: export METERD_PLUGINS_DIR ?= target/plugins
 run: plugins
 	$(CARGO) run --release -p meterd -- serve
 

@@ -4,17 +4,10 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::{ADMIN_TOKEN, Gateway, Options, component, meterd_binary};
+use support::{ADMIN_TOKEN, Gateway, Options, component, meterd_command};
 
 fn meterd(args: &[&str], dir: &std::path::Path) -> std::process::Output {
-    Command::new(meterd_binary())
-        .args(args)
-        .current_dir(dir)
-        .env("METERD_LOG", "error")
-        .output()
-        .expect("running meterd")
+    meterd_command().args(args).current_dir(dir).env("METERD_LOG", "error").output().expect("running meterd")
 }
 
 #[test]

@@ -71,6 +71,16 @@ pub fn meterd_binary() -> &'static str {
     env!("CARGO_BIN_EXE_meterd")
 }
 
+/// The `meterd` command with every `METERD_*` variable of the caller's
+/// environment removed: a test's config file is the whole truth.
+pub fn meterd_command() -> Command {
+    let mut command = Command::new(meterd_binary());
+    for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("METERD_")) {
+        command.env_remove(var);
+    }
+    command
+}
+
 impl Gateway {
     pub fn start(options: Options) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -111,7 +121,7 @@ impl Gateway {
 
     /// Starts the process and waits for its "listening on" line.
     fn spawn(&mut self) {
-        let mut child = Command::new(meterd_binary())
+        let mut child = meterd_command()
             .args(["serve", "--config"])
             .arg(self.config_path())
             .current_dir(self.dir.path())
