@@ -92,12 +92,7 @@ async fn run() {
             tokio::task::spawn_blocking(move || p.poll(ORG, Some(&c))).await.expect("task").expect("poll");
         let polled = started.elapsed();
         records_per_poll = outcome.records.len();
-        let records = outcome
-            .records
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| meterd::record::validate(i, r).expect("valid record"))
-            .collect();
+        let records = meterd::record::validate_all(outcome.records).expect("valid records");
         let commit = PollCommit {
             plugin: "daytona".into(),
             target: ORG.into(),

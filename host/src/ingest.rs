@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::plugin::InboundRequest;
 use crate::plugins::PluginRegistry;
-use crate::record::{self, MAX_ID_LEN, RecordError};
+use crate::record::{self, MAX_ID_LEN};
 use crate::runtime::CallError;
 use crate::store::{Delivery, GroupCommitter, StoreError};
 
@@ -64,13 +64,7 @@ impl Ingest {
         if outcome.event_id.trim().is_empty() || outcome.event_id.len() > MAX_ID_LEN {
             return Err(invalid(format!("event-id must be 1-{MAX_ID_LEN} bytes")));
         }
-        let records = outcome
-            .records
-            .into_iter()
-            .enumerate()
-            .map(|(i, raw)| record::validate(i, raw))
-            .collect::<Result<Vec<_>, RecordError>>()
-            .map_err(|e| invalid(e.to_string()))?;
+        let records = record::validate_all(outcome.records).map_err(|e| invalid(e.to_string()))?;
         let count = records.len();
         // The call has returned, so this is the only reference: no copy.
         let request = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());

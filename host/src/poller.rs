@@ -233,12 +233,7 @@ impl TargetPoller {
         let name = &self.plugin.info().name;
         for _ in 0..MAX_ROUNDS_PER_RUN {
             let outcome = self.plugin.poll(&self.target, cursor.clone()).await.map_err(|e| e.to_string())?;
-            let records = outcome
-                .records
-                .into_iter()
-                .enumerate()
-                .map(|(i, raw)| record::validate(i, raw))
-                .collect::<Result<Vec<_>, _>>()
+            let records = record::validate_all(outcome.records)
                 .map_err(|e| format!("plugin {name} produced an invalid answer: {e}"))?;
             let now = crate::clock::now_ms();
             let commit = PollCommit {

@@ -111,6 +111,11 @@ pub fn validate(index: usize, raw: RawRecord) -> Result<UsageRecord, RecordError
     })
 }
 
+/// Checks every record of one plugin answer; the first bad one fails it all.
+pub fn validate_all(raw: Vec<RawRecord>) -> Result<Vec<UsageRecord>, RecordError> {
+    raw.into_iter().enumerate().map(|(i, r)| validate(i, r)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

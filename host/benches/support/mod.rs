@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -94,14 +93,7 @@ pub fn fixture(path: &str) -> Vec<u8> {
 /// changed), so a benchmark never measures a stale component, and returns
 /// where `name` is.
 pub fn component(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Vec<meterd_plugin_build::BuiltPlugin>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| meterd_plugin_build::build_all().expect("building the plugins"));
-    built
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap_or_else(|| panic!("no plugin named {name} was built"))
-        .path
-        .clone()
+    meterd_plugin_build::component(name).expect("building the plugins")
 }
 
 /// One line naming the machine, for the top of a benchmark's output.

@@ -41,6 +41,21 @@ pub struct BuiltPlugin {
     pub test_only: bool,
 }
 
+/// The component of plugin `name`, building every plugin the first time a
+/// process asks (tests and benchmarks never run a stale component).
+pub fn component(name: &str) -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<Vec<BuiltPlugin>, String>> = std::sync::OnceLock::new();
+    let built = BUILT
+        .get_or_init(|| build_all().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    built
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.path.clone())
+        .with_context(|| format!("no plugin named {name} was built"))
+}
+
 /// Builds every plugin of the workspace and returns where each component is.
 pub fn build_all() -> Result<Vec<BuiltPlugin>> {
     let workspace = workspace_root()?;

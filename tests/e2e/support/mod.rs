@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -19,14 +18,7 @@ pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 /// Builds every plugin once per test process (incremental: seconds when
 /// nothing changed) and returns the component of `name`.
 pub fn component(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Vec<meterd_plugin_build::BuiltPlugin>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| meterd_plugin_build::build_all().expect("building the plugins"));
-    built
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap_or_else(|| panic!("no plugin named {name} was built"))
-        .path
-        .clone()
+    meterd_plugin_build::component(name).expect("building the plugins")
 }
 
 pub fn fixture(path: &str) -> Vec<u8> {
