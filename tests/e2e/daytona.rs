@@ -197,6 +197,12 @@ async fn polls_catch_up_exactly_apply_revisions_once_and_survive_kill_9() {
     assert_tiles(&upstream.lock().unwrap().requests, start, cursor);
     assert_eq!(state["consecutive_failures"], 0);
     assert!(state["last_error"].is_null(), "{state}");
+    // Status shows the plugin's config with its secrets redacted.
+    let (_, listing) = gw.get("/v1/plugins").await;
+    let text = listing.to_string();
+    assert!(!text.contains(API_KEY) && !text.contains("MfKQ9r8G"), "a secret leaked into /v1/plugins");
+    let daytona = listing["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "daytona").unwrap();
+    assert_eq!((daytona["config"]["api_key"].as_str(), daytona["config"]["window"].as_str()), (Some("***"), Some("1m")));
 
     // Daytona revises the last read window: it is re-read inside the
     // look-back and applied once as a correction.
