@@ -202,7 +202,10 @@ async fn polls_catch_up_exactly_apply_revisions_once_and_survive_kill_9() {
     let text = listing.to_string();
     assert!(!text.contains(API_KEY) && !text.contains("MfKQ9r8G"), "a secret leaked into /v1/plugins");
     let daytona = listing["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "daytona").unwrap();
-    assert_eq!((daytona["config"]["api_key"].as_str(), daytona["config"]["window"].as_str()), (Some("***"), Some("1m")));
+    assert_eq!(
+        (daytona["config"]["api_key"].as_str(), daytona["config"]["window"].as_str()),
+        (Some("***"), Some("1m"))
+    );
 
     // Daytona revises the last read window: it is re-read inside the
     // look-back and applied once as a correction.

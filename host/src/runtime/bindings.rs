@@ -19,7 +19,7 @@ wasmtime::component::bindgen!({
     world: "provider",
 });
 
-use meterd::provider::types as wit;
+use self::meterd::provider::types as wit;
 
 pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     Provider::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
@@ -140,7 +140,7 @@ impl ResourceLimiter for MemoryLimiter {
 
 impl wit::Host for PluginState {}
 
-impl meterd::provider::host::Host for PluginState {
+impl self::meterd::provider::host::Host for PluginState {
     fn log(&mut self, level: wit::LogLevel, message: String) {
         let mut message = message;
         if message.len() > MAX_LOG_LINE {

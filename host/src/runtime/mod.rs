@@ -309,7 +309,12 @@ impl LoadedPlugin {
             Some(Trap::Interrupt) => {
                 CallError::Timeout { plugin, deadline_ms: self.call_timeout.as_millis() }
             }
-            _ => CallError::Trap { plugin, message: format!("{error:#}") },
+            Some(trap) => {
+                // The answer names the trap; the wasm backtrace is for the log.
+                tracing::warn!(plugin = %plugin, error = %format!("{error:?}"), "plugin trapped");
+                CallError::Trap { plugin, message: trap.to_string() }
+            }
+            None => CallError::Trap { plugin, message: format!("{error:#}") },
         }
     }
 
