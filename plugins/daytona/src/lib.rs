@@ -22,7 +22,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub use settings::{Settings, WebhookSettings, parse_duration_ms};
+pub use settings::{Settings, WebhookSettings};
 pub use svix::verify_svix;
 pub use windows::{Plan, Window, plan_windows};
 

@@ -3,6 +3,7 @@
 
 use meterd_plugin_sdk::AdapterError;
 use meterd_plugin_sdk::time::parse_rfc3339_ms;
+use meterd_units::parse_duration_ms;
 
 use crate::windows::WindowSettings;
 
@@ -31,22 +32,6 @@ pub struct WebhookSettings {
 
 fn config_error(key: &str, problem: impl std::fmt::Display) -> AdapterError {
     AdapterError::Config(format!("`{key}` in [plugins.daytona]: {problem}"))
-}
-
-/// `30s`, `15m`, `2h`, `1d` or whole seconds, in milliseconds.
-pub fn parse_duration_ms(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: i64 = number.parse().ok()?;
-    let scale = match unit {
-        "" | "s" => 1_000,
-        "m" => MINUTE_MS,
-        "h" => 60 * MINUTE_MS,
-        "d" => 24 * 60 * MINUTE_MS,
-        _ => return None,
-    };
-    n.checked_mul(scale)
 }
 
 /// A duration key in whole minutes (`zero_ok`: 0 is allowed).

@@ -96,6 +96,24 @@ pub fn parse_json_number(text: &str) -> Result<Decimal, QuantityError> {
     Ok(value)
 }
 
+/// A configured duration in milliseconds: `250ms`, `30s`, `15m`, `2h`,
+/// `1d`, or a whole number of seconds. `None` for anything else.
+pub fn parse_duration_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "" | "s" => MS_PER_SECOND,
+        "m" => 60 * MS_PER_SECOND,
+        "h" => 3_600 * MS_PER_SECOND,
+        "d" => 86_400 * MS_PER_SECOND,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
 /// The canonical text form of a quantity: normalized, `0` for zero.
 pub fn format_quantity(value: Decimal) -> String {
     let normalized = value.normalize();
@@ -178,6 +196,25 @@ mod tests {
         assert_eq!(parse_json_number("0.1").unwrap(), d("0.1"));
         for bad in ["01", "1.", ".5", "NaN", "1e", "1e+", "+1", "1e1000", "0x1", ""] {
             assert!(parse_json_number(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_durations_in_the_usual_units() {
+        let cases = [
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("15m", 900_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+            ("45", 45_000),
+            ("0m", 0),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_duration_ms(text), Some(ms), "{text}");
+        }
+        for bad in ["", "m", "5 m", "5w", "-5s", "1.5h", "99999999999999999999d"] {
+            assert_eq!(parse_duration_ms(bad), None, "{bad:?}");
         }
     }
 
