@@ -197,6 +197,19 @@ async fn polls_catch_up_exactly_apply_revisions_once_and_survive_kill_9() {
     assert_tiles(&upstream.lock().unwrap().requests, start, cursor);
     assert_eq!(state["consecutive_failures"], 0);
     assert!(state["last_error"].is_null(), "{state}");
+    // The CLI shows the same poll state, read from the shared database.
+    let listing = support::meterd_command()
+        .args(["plugins", "list", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.status.success(), "{stdout}{}", String::from_utf8_lossy(&listing.stderr));
+    let poll_line = stdout
+        .lines()
+        .find(|l| l.starts_with("daytona") && l.contains(ORG))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(poll_line.ends_with(" -"), "no last error: {poll_line}");
     // Status shows the plugin's config with its secrets redacted.
     let (_, listing) = gw.get("/v1/plugins").await;
     let text = listing.to_string();
