@@ -85,7 +85,8 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Starts a poller for every target of every pull plugin; each stops when
+/// Starts a poller for every target of every pull plugin that has a config
+/// section (an unconfigured one has nothing to poll); each stops when
 /// `shutdown` turns true (after finishing the run it is in).
 pub fn start(
     registry: &PluginRegistry,
@@ -95,6 +96,10 @@ pub fn start(
 ) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     for plugin in registry.plugins().filter(|p| p.info().pull) {
+        if plugin.settings().is_empty() {
+            tracing::info!(plugin = %plugin.info().name, "no config section for this plugin: not polling");
+            continue;
+        }
         let schedule = match Schedule::from_settings(plugin.settings()) {
             Ok(s) => s,
             Err(e) => {
