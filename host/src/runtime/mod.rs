@@ -121,10 +121,6 @@ impl Runtime {
         Ok(Self { engine, linker, settings, ticker })
     }
 
-    pub fn settings(&self) -> &RuntimeSettings {
-        &self.settings
-    }
-
     /// Compiles (or loads from the cache), links and pre-instantiates a
     /// component, then calls its `info()` as a canary.
     pub fn load(&self, bytes: &[u8], settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
@@ -169,6 +165,9 @@ impl Runtime {
                 p.meterd_provider_adapter().call_info(store).map(bindings::info_from_wit).map(Ok)
             })
             .map_err(LoadError::Canary)?;
+        // The canary's instance was made before the plugin's name was known
+        // (its log lines would say "(loading)"): let real calls make their own.
+        plugin.warm.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(plugin)
     }
 }
