@@ -230,7 +230,13 @@ async fn polls_catch_up_exactly_apply_revisions_once_and_survive_kill_9() {
         assert!(Instant::now() < deadline, "the revision never arrived");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await; // more polls re-read it
+    // Let later polls re-read the revised window twice more: still once.
+    let reads = |u: &Upstream| u.requests.iter().filter(|w| **w == revised).count();
+    let seen = reads(&upstream.lock().unwrap());
+    while reads(&upstream.lock().unwrap()) < seen + 2 {
+        assert!(Instant::now() < deadline, "the revised window was not re-read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(usage_total(&gw, "sandbox_cpu_core_seconds", start, cursor).await, expected);
     assert_eq!(gw.count_rows("corrections").await, 1, "one audit row for one revision");
 

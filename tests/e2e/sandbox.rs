@@ -16,16 +16,12 @@ async fn runaway_plugin_calls_fail_alone_and_the_gateway_keeps_serving() {
     let cases = [("loop", "CPU deadline"), ("alloc", "ran out of memory"), ("trap", "trapped")];
     for round in 0..2 {
         for (command, expected) in cases {
-            let started = std::time::Instant::now();
             let (status, answer) = gw.ingest("chaos", command.as_bytes(), &[]).await;
             assert_eq!(status, 500, "{command}: {answer}");
             assert_eq!(answer["error"]["code"], "plugin_failed");
             let message = answer["error"]["message"].as_str().unwrap_or_default();
             assert!(message.contains("chaos"), "{command}: the message names the plugin: {message}");
             assert!(message.contains(expected), "{command}: {message:?} should say {expected:?}");
-            // Not a timing assertion on the deadline itself, only a guard
-            // that the call was cut off rather than left running.
-            assert!(started.elapsed() < std::time::Duration::from_secs(20), "{command} was not stopped");
 
             // The very next call on the same plugin succeeds (a fresh
             // instance replaces the dead one)…
