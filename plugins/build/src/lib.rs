@@ -182,6 +182,9 @@ impl Toolchain {
                 cmd.env("PATH", format!("/usr/bin:{path}"))
                     .env("RUSTC", DEBIAN_RUSTC)
                     .env("RUSTC_BOOTSTRAP", "1")
+                    // Debian's rustc names `rust-lld` for wasm32, which
+                    // Debian does not ship; lld-22's wasm-ld is the same linker.
+                    .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", DEBIAN_WASM_LINKER)
                     .env_remove("RUSTDOC")
                     .env_remove("RUSTUP_TOOLCHAIN")
                     .env_remove("RUSTC_WRAPPER")
