@@ -169,7 +169,9 @@ fn apply_env(
                 .split_once("__")
                 .filter(|(p, k)| !p.is_empty() && !k.is_empty())
                 .ok_or_else(|| format!("{var}: expected METERD_PLUGINS__<PLUGIN>__<KEY>"))?;
-            let (plugin, key) = (plugin.to_ascii_lowercase(), key.to_ascii_lowercase().replace("__", "."));
+            // Plugin names use '-' where variable names cannot: `_` stands for it.
+            let plugin = plugin.to_ascii_lowercase().replace('_', "-");
+            let key = key.to_ascii_lowercase().replace("__", ".");
             let plugins = table
                 .entry("plugins")
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -198,10 +200,21 @@ fn apply_env(
     Ok(overridden)
 }
 
-fn valid_name(name: &str) -> bool {
+fn valid_name(name: &str, punctuation: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || punctuation.contains(&b))
+}
+
+/// Plugin names: a-z, 0-9 and '-'. No '_', so that a variable such as
+/// `METERD_PLUGINS__S3_STORAGE__…` names exactly one plugin (`s3-storage`).
+fn valid_plugin_name(name: &str) -> bool {
+    valid_name(name, b"-")
+}
+
+/// Meter names: a-z, 0-9, '_' and '-'.
+fn valid_meter_name(name: &str) -> bool {
+    valid_name(name, b"_-")
 }
 
 impl File {
@@ -235,8 +248,8 @@ impl File {
         }
         let mut plugins = BTreeMap::new();
         for (name, section) in self.plugins {
-            if !valid_name(&name) {
-                return Err(format!("key `plugins.{name}`: plugin names use a-z, 0-9, '_' and '-'"));
+            if !valid_plugin_name(&name) {
+                return Err(format!("key `plugins.{name}`: plugin names use a-z, 0-9 and '-'"));
             }
             let mut flat = PluginSettings::new();
             flatten(&name, "", section, &mut flat)?;
@@ -247,7 +260,7 @@ impl File {
         }
         let mut meters = default_meters();
         for (name, m) in self.meters {
-            if !valid_name(&name) {
+            if !valid_meter_name(&name) {
                 return Err(format!("key `meters.{name}`: meter names use a-z, 0-9, '_' and '-'"));
             }
             if m.metric.trim().is_empty() || m.unit.trim().is_empty() {
@@ -337,6 +350,20 @@ mod tests {
         assert_eq!(e2b["org_metadata_key"], "tenant");
         assert_eq!(e2b["nested.limit"], "5");
         assert_eq!(e2b["nested.list"], "[1,2]");
+    }
+
+    #[test]
+    fn underscores_in_a_variables_plugin_name_stand_for_hyphens() {
+        let c = parse(
+            "[plugins.s3-storage]\nendpoint = \"http://127.0.0.1:9000\"\n[[plugins.s3-storage.targets]]\norg = \"acme\"\nbucket = \"b1\"\n",
+            &[("METERD_PLUGINS__S3_STORAGE__SECRET_ACCESS_KEY", "from-env")],
+        )
+        .unwrap();
+        let s3 = &c.plugins["s3-storage"];
+        assert_eq!(s3["secret_access_key"], "from-env");
+        assert_eq!(s3["targets"], r#"[{"bucket":"b1","org":"acme"}]"#);
+        let err = parse("[plugins.s3_storage]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("plugin names use a-z, 0-9 and '-'"), "{err}");
     }
 
     #[test]

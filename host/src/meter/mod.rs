@@ -83,6 +83,8 @@ pub struct MeterDef {
 /// | `sandbox_active_max`       | `sandbox_active`           | Max         | `sandboxes`       |
 /// | `sandbox_active_seconds`   | `sandbox_active`           | Integral    | `sandbox-seconds` |
 /// | `storage_bytes`            | `storage_bytes`            | Latest      | `bytes`           |
+/// | `storage_byte_seconds`     | `storage_bytes`            | Integral    | `byte-seconds`    |
+/// | `storage_objects`          | `storage_objects`          | Latest      | `objects`         |
 pub fn default_meters() -> Vec<MeterDef> {
     let meter = |name: &str, metric: &str, aggregation, unit: &str| MeterDef {
         name: name.to_owned(),
@@ -99,5 +101,7 @@ pub fn default_meters() -> Vec<MeterDef> {
         meter("sandbox_active_max", "sandbox_active", Aggregation::Max, "sandboxes"),
         meter("sandbox_active_seconds", "sandbox_active", Aggregation::Integral, "sandbox-seconds"),
         meter("storage_bytes", "storage_bytes", Aggregation::Latest, "bytes"),
+        meter("storage_byte_seconds", "storage_bytes", Aggregation::Integral, "byte-seconds"),
+        meter("storage_objects", "storage_objects", Aggregation::Latest, "objects"),
     ]
 }

@@ -664,7 +664,7 @@ fn serde_names_match_the_documented_spelling() {
 }
 
 #[test]
-fn default_meters_are_the_documented_eight() {
+fn default_meters_are_the_documented_ten() {
     let table: Vec<(String, String, Aggregation, String)> =
         default_meters().into_iter().map(|m| (m.name, m.metric, m.aggregation, m.unit)).collect();
     let expected = [
@@ -676,6 +676,8 @@ fn default_meters_are_the_documented_eight() {
         ("sandbox_active_max", "sandbox_active", Aggregation::Max, "sandboxes"),
         ("sandbox_active_seconds", "sandbox_active", Aggregation::Integral, "sandbox-seconds"),
         ("storage_bytes", "storage_bytes", Aggregation::Latest, "bytes"),
+        ("storage_byte_seconds", "storage_bytes", Aggregation::Integral, "byte-seconds"),
+        ("storage_objects", "storage_objects", Aggregation::Latest, "objects"),
     ]
     .map(|(n, m, a, u)| (n.to_owned(), m.to_owned(), a, u.to_owned()));
     assert_eq!(table, expected);
