@@ -3,10 +3,11 @@
 #   make run    build the plugins (installing a wasm toolchain if missing)
 #               and the gateway, then serve on 127.0.0.1:8080 with SQLite
 #   make test   build everything and run every test: unit, plugin (native),
-#               end-to-end (real binary, real SQLite file, real components)
+#               end-to-end (real binary, real SQLite file, real components,
+#               real S3-compatible servers installed by tests/s3/install.sh)
 
 CARGO ?= cargo
-.PHONY: run test plugins build bench check
+.PHONY: run test plugins build bench check s3-servers
 
 # `make run` serves the components built into target/plugins unless told
 # otherwise (only here: tests and benches configure their own).
@@ -14,8 +15,11 @@ run: export METERD_PLUGINS_DIR ?= target/plugins
 run: plugins
 	$(CARGO) run --release -p meterd -- serve
 
-test:
+test: s3-servers
 	$(CARGO) test --release --workspace
+
+s3-servers:
+	bash tests/s3/install.sh
 
 plugins:
 	$(CARGO) run --release -q -p meterd-plugin-build
@@ -23,7 +27,7 @@ plugins:
 build: plugins
 	$(CARGO) build --release -p meterd
 
-bench: plugins
+bench: plugins s3-servers
 	$(CARGO) bench -p meterd
 
 check:

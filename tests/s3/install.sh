@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the S3-compatible servers the end-to-end tests run on loopback,
+# from package registries, into target/s3-servers/ (idempotent; seconds when
+# already there):
+#   - moto_server (PyPI moto[server]) and boto3, in a virtualenv;
+#   - s3s-fs (crates.io, `binary` feature), which verifies SigV4 signatures.
+# 0.14.1 is the newest s3s-fs that builds with rustc 1.95.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=target/s3-servers
+mkdir -p "$root"
+
+moto_version=5.2.5
+boto3_version=1.44.5
+if ! "$root/venv/bin/python" -c "import moto, boto3, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; then
+    echo "tests/s3/install.sh: installing moto[server]==$moto_version and boto3==$boto3_version into $root/venv" >&2
+    python3 -m venv "$root/venv"
+    "$root/venv/bin/pip" install --quiet "moto[server]==$moto_version" "boto3==$boto3_version"
+fi
+
+s3s_version=0.14.1
+if ! "$root/bin/s3s-fs" --version 2>/dev/null | grep -q "$s3s_version"; then
+    echo "tests/s3/install.sh: building s3s-fs $s3s_version into $root/bin (a few minutes, once)" >&2
+    cargo install --quiet --locked --features binary --root "$root" "s3s-fs@$s3s_version"
+fi
