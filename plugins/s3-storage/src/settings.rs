@@ -231,7 +231,7 @@ impl Settings {
                 session_token: lookup("session_token").filter(|t| !t.is_empty()),
             },
             max_keys: whole_number(&lookup, "max_keys", 1000, 1000)?,
-            pages_per_poll: whole_number(&lookup, "pages_per_poll", 10, 1000)?,
+            pages_per_poll: whole_number(&lookup, "pages_per_poll", 4, 1000)?,
             max_scan_age_ms,
             scans,
         })

@@ -240,7 +240,7 @@ fn settings_have_defaults_and_name_their_targets() {
         (s.scheme.as_str(), s.authority.as_str(), s.region.as_str()),
         ("http", "127.0.0.1:9000", "us-east-1")
     );
-    assert_eq!((s.addressing, s.max_keys, s.pages_per_poll), (Addressing::Path, 1000, 10));
+    assert_eq!((s.addressing, s.max_keys, s.pages_per_poll), (Addressing::Path, 1000, 4));
     let targets: Vec<String> = s.scans.iter().map(ScanSpec::target).collect();
     assert_eq!(targets, ["acme-data/2026/", "shared/tenants/{org}/data/"]);
     assert!(s.scan("acme-data/2026/").is_ok());
