@@ -11,11 +11,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use meterd::plugin::PluginSettings;
-use meterd::runtime::{Runtime, RuntimeSettings};
 use meterd::store::{PollCommit, SqliteStore, Store};
 
 use support::{format_ns, percentile};
@@ -65,14 +63,7 @@ async fn run() {
         ("max_windows_per_poll".to_owned(), "1".to_owned()),
         ("http_allow".to_owned(), "[\"http://127.0.0.1:*\"]".to_owned()),
     ]);
-    let bytes = std::fs::read(support::component("daytona")).expect("daytona component");
-    let plugin = tokio::task::spawn_blocking(move || {
-        let runtime = Runtime::new(RuntimeSettings::default()).expect("runtime");
-        runtime.load(&bytes, settings).expect("load daytona")
-    })
-    .await
-    .expect("load task");
-    let plugin = Arc::new(plugin);
+    let plugin = support::load_plugin("daytona", settings).await;
     // A cursor a minute back: every cycle reads 1 new + 8 look-back windows.
     let cursor = (now_minute - MINUTE).to_string();
 

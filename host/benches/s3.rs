@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use meterd::plugin::PluginSettings;
-use meterd::runtime::{LoadedPlugin, Runtime, RuntimeSettings};
+use meterd::runtime::LoadedPlugin;
 use support::{format_ns, percentile};
 
 const KEYS_PER_PAGE: usize = 1_000;
@@ -73,14 +73,7 @@ fn settings(endpoint: &str, bucket: &str, max_keys: u32, pages_per_poll: u32) ->
 }
 
 async fn load(settings: PluginSettings) -> Arc<LoadedPlugin> {
-    let bytes = std::fs::read(support::component("s3-storage")).expect("s3-storage component");
-    let plugin = tokio::task::spawn_blocking(move || {
-        let runtime = Runtime::new(RuntimeSettings::default()).expect("runtime");
-        runtime.load(&bytes, settings).expect("load s3-storage")
-    })
-    .await
-    .expect("load task");
-    Arc::new(plugin)
+    support::load_plugin("s3-storage", settings).await
 }
 
 fn report(name: &str, mut samples: Vec<f64>) -> f64 {

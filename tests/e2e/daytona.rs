@@ -129,22 +129,13 @@ async fn wait_for_cursor(gw: &Gateway, until_ms: i64) -> serde_json::Value {
     }
 }
 
-/// Waits until `check` holds for the poll state.
+/// Waits until `check` holds for the Daytona org's poll state.
 async fn wait_for_state(
     gw: &Gateway,
     what: &str,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(state) = gw.poll_state("daytona", ORG).await
-            && check(&state)
-        {
-            return state;
-        }
-        assert!(Instant::now() < deadline, "poll state never showed {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    gw.wait_for_poll_state("daytona", ORG, what, check).await
 }
 
 /// Usage of windows that start at or after `from` and end at or before

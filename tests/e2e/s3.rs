@@ -74,16 +74,7 @@ async fn wait_for_state(
     what: &str,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(state) = gw.poll_state("s3-storage", target).await
-            && check(&state)
-        {
-            return state;
-        }
-        assert!(Instant::now() < deadline, "poll state of {target} never showed {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    gw.wait_for_poll_state("s3-storage", target, what, check).await
 }
 
 /// Byte-seconds of a constant level over [from, to): level × ms / 1000, exactly.

@@ -110,3 +110,20 @@ pub fn machine_line() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")
 }
+
+/// Loads a freshly built plugin into a runtime with default settings, off
+/// the async threads (compiling a component blocks).
+pub async fn load_plugin(
+    name: &'static str,
+    settings: meterd::plugin::PluginSettings,
+) -> std::sync::Arc<meterd::runtime::LoadedPlugin> {
+    let bytes = std::fs::read(component(name)).unwrap_or_else(|e| panic!("{name} component: {e}"));
+    let plugin = tokio::task::spawn_blocking(move || {
+        let runtime =
+            meterd::runtime::Runtime::new(meterd::runtime::RuntimeSettings::default()).expect("runtime");
+        runtime.load(&bytes, settings).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    })
+    .await
+    .expect("load task");
+    std::sync::Arc::new(plugin)
+}

@@ -235,6 +235,26 @@ impl Gateway {
         p["polls"].as_array()?.iter().find(|s| s["target"] == target).cloned()
     }
 
+    /// Waits (up to 90 s) until `check` holds for a target's poll state; returns it.
+    pub async fn wait_for_poll_state(
+        &self,
+        plugin: &str,
+        target: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(state) = self.poll_state(plugin, target).await
+                && check(&state)
+            {
+                return state;
+            }
+            assert!(Instant::now() < deadline, "poll state of {plugin} {target} never showed {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Rows in a table of the gateway's database, read directly from the file.
     pub async fn count_rows(&self, table: &str) -> i64 {
         let url = format!("sqlite://{}?mode=ro", self.db_path().display());
