@@ -184,7 +184,7 @@ async fn s3s_fs_accepts_our_signatures_and_wrong_credentials_record_nothing() {
     let s3 = S3Server::s3s_fs();
     s3.ctl(&["create-bucket", "acme-data"]);
     s3.ctl(&["put", "acme-data", "--prefix", "2026/11/", "--count", "7", "--size", "123"]);
-    s3.ctl(&["put-one", "acme-data", "2026/11/with space & plus+.bin", "--size", "1000"]);
+    s3.ctl(&["put-one", "acme-data", "2026/11/with space & plus+%.bin", "--size", "1000"]);
     let oracle = s3.ctl(&["total", "acme-data", "--prefix", "2026/"]);
     assert_eq!(oracle["bytes"], 1_861, "{oracle}");
 

@@ -66,7 +66,11 @@ pub fn parse_page(body: &[u8]) -> Result<Page, String> {
         return Err(format!("expected <ListBucketResult>, got <{}>", root.tag_name().name()));
     }
     let encoded = child_text(root, "EncodingType").is_some_and(|t| t.eq_ignore_ascii_case("url"));
-    let decode = |t: &str| if encoded { url_decode(t) } else { Ok(t.to_owned()) };
+    // Some servers (s3s-fs 0.14) echo `EncodingType=url` but send keys raw;
+    // a key that does not decode is kept as sent. Sizes never depend on it.
+    let decode = |t: &str| -> Result<String, String> {
+        Ok(if encoded { url_decode(t).unwrap_or_else(|_| t.to_owned()) } else { t.to_owned() })
+    };
     let mut page = Page::default();
     for contents in children(root, "Contents") {
         let key = child_text(contents, "Key").ok_or("a <Contents> has no <Key>")?;

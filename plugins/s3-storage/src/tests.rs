@@ -158,6 +158,22 @@ fn url_encoded_keys_are_decoded() {
 }
 
 #[test]
+fn raw_keys_under_a_claimed_url_encoding_are_kept_and_counted() {
+    // s3s-fs 0.14.1 echoes EncodingType=url but never encodes keys.
+    let page = parse_page(fixture("s3/list-objects-v2-page2-continuation.s3s.xml").as_bytes()).unwrap();
+    assert_eq!(page.objects[1], ("usage/2026/08/02/zz marker & more+%.jsonl".to_owned(), 0));
+    assert_eq!(page.objects.iter().map(|(_, size)| size).sum::<u64>(), 1024);
+    assert_eq!(page.next_continuation_token.as_deref(), Some("usage/2026/08/02/zz marker & more+%.jsonl"));
+    // A virtual-hosted request to a server without a domain gets ListBuckets: an error, never "empty".
+    let buckets = fixture("s3/list-buckets-virtual-host-without-domain.s3s.xml");
+    assert!(parse_page(buckets.as_bytes()).unwrap_err().contains("ListAllMyBucketsResult"));
+    assert_eq!(
+        parse_error(fixture("s3/error-signaturedoesnotmatch.s3s.xml").as_bytes()).unwrap().code,
+        "SignatureDoesNotMatch"
+    );
+}
+
+#[test]
 fn broken_answers_say_what_is_wrong() {
     let cases = [
         ("not xml", "not XML"),
