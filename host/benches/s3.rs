@@ -115,9 +115,9 @@ async fn page_cost(samples: usize) {
             floor_ns.push(started.elapsed().as_nanos() as f64);
         }
     }
+    let config = settings(&url, "bench", 1000, 1);
     let native_settings =
-        meterd_plugin_s3_storage::Settings::from_config(|k| settings(&url, "bench", 1000, 1).get(k).cloned())
-            .expect("settings");
+        meterd_plugin_s3_storage::Settings::from_config(|k| config.get(k).cloned()).expect("settings");
     let request = meterd_plugin_s3_storage::ListRequest {
         bucket: "bench",
         prefix: "tenants/acme/",

@@ -68,20 +68,19 @@ pub fn parse_page(body: &[u8]) -> Result<Page, String> {
     let encoded = child_text(root, "EncodingType").is_some_and(|t| t.eq_ignore_ascii_case("url"));
     // Some servers (s3s-fs 0.14) echo `EncodingType=url` but send keys raw;
     // a key that does not decode is kept as sent. Sizes never depend on it.
-    let decode = |t: &str| -> Result<String, String> {
-        Ok(if encoded { url_decode(t).unwrap_or_else(|_| t.to_owned()) } else { t.to_owned() })
-    };
+    let decode =
+        |t: &str| if encoded { url_decode(t).unwrap_or_else(|_| t.to_owned()) } else { t.to_owned() };
     let mut page = Page::default();
     for contents in children(root, "Contents") {
         let key = child_text(contents, "Key").ok_or("a <Contents> has no <Key>")?;
         let size = child_text(contents, "Size").ok_or_else(|| format!("object {key:?} has no <Size>"))?;
         let size =
             size.trim().parse::<u64>().map_err(|_| format!("object {key:?} has a bad <Size> {size:?}"))?;
-        page.objects.push((decode(key)?, size));
+        page.objects.push((decode(key), size));
     }
     for common in children(root, "CommonPrefixes") {
         let prefix = child_text(common, "Prefix").ok_or("a <CommonPrefixes> has no <Prefix>")?;
-        page.common_prefixes.push(decode(prefix)?);
+        page.common_prefixes.push(decode(prefix));
     }
     let truncated = match child_text(root, "IsTruncated").map(str::trim) {
         Some("true") => true,
