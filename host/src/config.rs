@@ -16,6 +16,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::meter::{Aggregation, MeterDef, default_meters};
+use crate::plans::PlanBook;
+use crate::plans::rules::Rules;
+use crate::plans::settings::{
+    self as plan_settings, Amount, NotificationSettings, NotificationsFile, PlanFile,
+};
 use crate::plugin::PluginSettings;
 
 pub const DEFAULT_FILE: &str = "meterd.toml";
@@ -41,6 +46,11 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginSettings>,
     /// Built-in meters, overridden or extended by `[meters.<name>]`.
     pub meters: Vec<MeterDef>,
+    /// Built-in plans overridden or extended by `[plans.<name>]`, prices.
+    pub plans: PlanBook,
+    /// `[notifications]`: thresholds, endpoints, retries.
+    pub rules: Rules,
+    pub notifications: NotificationSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +84,16 @@ struct File {
     plugins: BTreeMap<String, toml::Table>,
     #[serde(default)]
     meters: BTreeMap<String, MeterFile>,
+    #[serde(default)]
+    default_plan: Option<String>,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    prices: Option<BTreeMap<String, Amount>>,
+    #[serde(default)]
+    plans: BTreeMap<String, PlanFile>,
+    #[serde(default)]
+    notifications: Option<NotificationsFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +293,17 @@ impl File {
                 None => meters.push(def),
             }
         }
+        let names: Vec<&str> = meters.iter().map(|m| m.name.as_str()).collect();
+        let plans = plan_settings::validate(
+            plan_settings::Sections {
+                default_plan: self.default_plan,
+                currency: self.currency,
+                prices: self.prices,
+                plans: self.plans,
+                notifications: self.notifications,
+            },
+            &names,
+        )?;
         Ok(Config {
             source: String::new(),
             listen,
@@ -287,6 +318,9 @@ impl File {
                 .map_err(|_| "key `plugin_memory_mib`: too large")?,
             plugins,
             meters,
+            plans: plans.book,
+            rules: plans.rules,
+            notifications: plans.notifications,
         })
     }
 }

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::ingest::Ingest;
+use crate::notify::Notifier;
+use crate::orgs::{Orgs, Policy};
 use crate::plugins::PluginRegistry;
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::store::{GroupCommitter, SqliteStore, Store};
@@ -45,13 +47,32 @@ pub fn load_plugins(config: &Config) -> anyhow::Result<PluginRegistry> {
     PluginRegistry::load_dir(&runtime, dir, config, MAX_CONCURRENT_CALLS_PER_PLUGIN).map_err(Into::into)
 }
 
+/// What the orgs service needs from the config.
+pub fn policy(config: &Config) -> Policy {
+    Policy {
+        book: config.plans.clone(),
+        rules: config.rules.clone(),
+        meters: config.meters.clone(),
+        endpoints: config.notifications.endpoints.keys().cloned().collect(),
+    }
+}
+
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let plugins = Arc::new(tokio::task::block_in_place(|| load_plugins(&config))?);
+    // Standings are built before the first commit, and kept current by the
+    // hook from then on.
+    let orgs = Orgs::load(store.clone(), policy(&config), crate::clock::now_ms())
+        .await
+        .context("building org standings from the store")?;
+    store.set_commit_hook(orgs.clone());
+    let notifier = Notifier::new(store.clone(), orgs.clone(), config.notifications.clone())
+        .context("starting the notifier")?;
     let (committer, commit_task) = GroupCommitter::start(store.clone());
     let state = Arc::new(AppState {
         ingest: Ingest::new(plugins.clone(), committer),
         usage: UsageService::new(store.clone(), config.meters.clone()),
+        orgs,
         plugins: plugins.clone(),
         store,
         admin_token: config.admin_token.clone(),
@@ -69,7 +90,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         if names.is_empty() { "none".to_owned() } else { names.join(", ") }
     );
     let (stop_polling, polling_stopped) = tokio::sync::watch::channel(false);
-    let mut pollers = crate::poller::start(&plugins, state.store.clone(), poller_id(), polling_stopped);
+    let mut pollers =
+        crate::poller::start(&plugins, state.store.clone(), poller_id(), polling_stopped.clone());
+    let notifier_task = tokio::spawn(notifier.run(polling_stopped));
     axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
     // In-flight requests are done; pollers finish the run they are in; the
     // last committer handle goes with the state, and the task drains what
@@ -77,6 +100,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = stop_polling.send(true);
     while pollers.join_next().await.is_some() {}
     drop(state);
+    let _ = notifier_task.await;
     commit_task.await.context("the committer task failed")?;
     tracing::info!("meterd stopped");
     Ok(())

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::ingest::IngestError;
+use crate::orgs::OrgError;
 use crate::plugin::AdapterError;
 use crate::runtime::CallError;
 use crate::store::StoreError;
@@ -98,6 +99,19 @@ impl From<UsageError> for ApiError {
             UsageError::UnknownMeter { .. } | UsageError::BadGroupBy(_) | UsageError::Engine(_) => {
                 ApiError::bad_request(e.to_string())
             }
+        }
+    }
+}
+
+impl From<OrgError> for ApiError {
+    fn from(e: OrgError) -> Self {
+        match e {
+            OrgError::Store(store) => store_error(&store),
+            OrgError::Usage(usage) => usage.into(),
+            OrgError::BadOrgId
+            | OrgError::UnknownPlan { .. }
+            | OrgError::BadGrant(_)
+            | OrgError::Check(_) => ApiError::bad_request(e.to_string()),
         }
     }
 }

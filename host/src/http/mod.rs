@@ -3,6 +3,7 @@
 //! error shape.
 
 mod error;
+mod orgs;
 mod usage;
 
 use std::sync::Arc;
@@ -12,13 +13,14 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 pub use error::ApiError;
 pub use usage::rfc3339;
 
 use crate::ingest::{Ingest, Receipt};
+use crate::orgs::Orgs;
 use crate::plugin::InboundRequest;
 use crate::plugins::PluginRegistry;
 use crate::store::Store;
@@ -28,6 +30,7 @@ use crate::usage::UsageService;
 pub struct AppState {
     pub ingest: Ingest,
     pub usage: UsageService,
+    pub orgs: Arc<Orgs>,
     pub plugins: Arc<PluginRegistry>,
     pub store: Arc<dyn Store>,
     pub admin_token: Option<String>,
@@ -36,7 +39,11 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let orgs = Router::new()
+        .route("/v1/orgs/{org}", put(orgs::put_org).get(orgs::get_org))
         .route("/v1/orgs/{org}/usage", get(usage::usage))
+        .route("/v1/orgs/{org}/entitlements", get(orgs::entitlements))
+        .route("/v1/orgs/{org}/check", post(orgs::check))
+        .route("/v1/orgs/{org}/grants", post(orgs::post_grant).get(orgs::get_grants))
         .route("/v1/plugins", get(list_plugins))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()

@@ -27,7 +27,7 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
+pub fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
     DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).map_err(|_| {
         ApiError::bad_request(format!(
             "`{name}` {text:?} is not an RFC 3339 time such as 2025-08-01T00:00:00Z"

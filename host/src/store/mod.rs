@@ -8,10 +8,15 @@
 mod group_commit;
 mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
 
 use crate::meter::Point;
 use crate::meter::period::Range;
+use crate::plans::credits::Grant;
+use crate::plans::standing::Change;
 use crate::record::UsageRecord;
 
 pub use group_commit::GroupCommitter;
@@ -95,6 +100,95 @@ pub fn with_seqs(records: &[UsageRecord]) -> Vec<(i64, &UsageRecord)> {
         .collect()
 }
 
+/// A record change as committed, with the org it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrgChange {
+    pub org_id: String,
+    pub change: Change,
+}
+
+/// A crossed threshold to store: a fired mark for (org, rule, period) and,
+/// if that mark is new, one outbox row per endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub org_id: String,
+    pub rule: String,
+    pub period_start_ms: i64,
+    pub event_type: String,
+    /// The exact body every endpoint receives.
+    pub payload: String,
+    pub endpoints: Vec<String>,
+}
+
+impl Notice {
+    /// The Standard Webhooks `webhook-id` of this notice at `endpoint`:
+    /// stable, so a receiver can recognize a redelivery.
+    pub fn message_id(&self, endpoint: &str) -> String {
+        let mut hash = Sha256::new();
+        for part in [self.org_id.as_str(), self.rule.as_str(), &self.period_start_ms.to_string(), endpoint] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        format!("msg_{}", &hex::encode(hash.finalize())[..32])
+    }
+}
+
+/// Called by the engine inside every transaction that writes usage
+/// records, so in-memory state follows the database exactly and the
+/// notifications a commit causes are stored in its transaction.
+pub trait CommitHook: Send + Sync {
+    /// The records were written (the transaction has not committed yet):
+    /// apply them and return the notices they cause.
+    fn records_written(&self, changes: &[OrgChange], now_ms: i64) -> Vec<Notice>;
+    /// The transaction did not commit: undo what `records_written` did.
+    fn rolled_back(&self, changes: &[OrgChange], notices: &[Notice]);
+    /// The transaction committed, with `outbox_rows` new outbox rows.
+    fn committed(&self, outbox_rows: usize);
+}
+
+/// The plan an org was assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgPlan {
+    pub org_id: String,
+    pub plan: String,
+    pub assigned_at_ms: i64,
+}
+
+/// A grant to store. `plan` is set for a plan's one-time credit, which is
+/// stored at most once per (org, plan).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGrant {
+    pub org_id: String,
+    pub amount: rust_decimal::Decimal,
+    pub currency: String,
+    pub effective_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub priority: i32,
+    pub created_at_ms: i64,
+    pub source: String,
+    pub plan: Option<String>,
+}
+
+/// One outbox row to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub id: i64,
+    pub message_id: String,
+    pub endpoint: String,
+    pub event_type: String,
+    pub payload: String,
+    pub created_at_ms: i64,
+    pub attempts: i64,
+}
+
+/// What is in the outbox, for status pages and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub delivered: i64,
+    pub gave_up: i64,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
@@ -172,4 +266,53 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every poller's state, by plugin and target.
     async fn poll_states(&self) -> Result<Vec<PollState>, StoreError>;
+
+    /// Installs the hook called inside every transaction that writes usage
+    /// records (once, before the first commit).
+    fn set_commit_hook(&self, hook: Arc<dyn CommitHook>);
+
+    /// What in-memory standing is built from: every record at or after
+    /// `from_ms`, and for each (org, metric, subject) its last level before
+    /// (all tied at that instant), as inserts.
+    async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError>;
+
+    /// Every assigned plan.
+    async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError>;
+
+    /// Assigns a plan and stores grants in one transaction; a plan credit
+    /// whose (org, plan) is already stored is skipped. Returns the grants
+    /// actually stored.
+    async fn assign_plan(&self, plan: &OrgPlan, grants: &[NewGrant]) -> Result<Vec<Grant>, StoreError>;
+
+    /// Stores one API grant.
+    async fn insert_grant(&self, grant: &NewGrant) -> Result<Grant, StoreError>;
+
+    /// An org's grants.
+    async fn grants(&self, org_id: &str) -> Result<Vec<Grant>, StoreError>;
+
+    /// Stores notices outside a usage commit (time-driven rules), in one
+    /// transaction. Returns how many outbox rows were added.
+    async fn record_notices(&self, notices: &[Notice], now_ms: i64) -> Result<usize, StoreError>;
+
+    /// (org, rule) of every notice fired for the period starting at
+    /// `period_start_ms`.
+    async fn fired(&self, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Undelivered outbox rows due at `now_ms`, oldest first.
+    async fn due_outbox(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError>;
+
+    /// Marks an outbox row delivered.
+    async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError>;
+
+    /// Notes a failed attempt: retry at `retry_at_ms`, or give up if `None`.
+    async fn outbox_attempt_failed(
+        &self,
+        id: i64,
+        error: &str,
+        now_ms: i64,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// How many outbox rows are pending, delivered, given up.
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
 }

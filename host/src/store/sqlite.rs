@@ -1,8 +1,9 @@
 //! The SQLite engine: WAL journal, `synchronous=FULL` (a commit is on disk
 //! before it is acknowledged), one writer connection, a small reader pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,9 +13,12 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::{
-    CommitOutcome, Delivery, PointQuery, PollCommit, PollState, RecordCounts, Store, StoreError, with_seqs,
+    CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
+    PointQuery, PollCommit, PollState, RecordCounts, Store, StoreError, with_seqs,
 };
 use crate::meter::{Kind, Point};
+use crate::plans::credits::Grant;
+use crate::plans::standing::Change;
 use crate::record::UsageRecord;
 
 /// SQLite allows 32,766 bound parameters per statement; stay well under.
@@ -26,6 +30,7 @@ const READERS: u32 = 4;
 pub struct SqliteStore {
     writer: SqlitePool,
     pub(super) readers: SqlitePool,
+    hook: OnceLock<Arc<dyn CommitHook>>,
 }
 
 impl SqliteStore {
@@ -48,8 +53,114 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
-        Ok(Self { writer, readers })
+        Ok(Self { writer, readers, hook: OnceLock::new() })
     }
+
+    /// Commits `tx` after telling the hook what it changed and storing the
+    /// notices that causes; undoes the hook's work if the commit fails.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, Sqlite>,
+        changes: Vec<OrgChange>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Some(hook) = self.hook.get().filter(|_| !changes.is_empty()) else {
+            tx.commit().await?;
+            return Ok(());
+        };
+        let notices = hook.records_written(&changes, now_ms);
+        let result = async {
+            let rows = insert_notices(&mut tx, &notices, now_ms).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(rows)
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                hook.committed(rows);
+                Ok(())
+            }
+            Err(e) => {
+                hook.rolled_back(&changes, &notices);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Stores fired marks and, for the marks that are new, outbox rows.
+async fn insert_notices(
+    tx: &mut SqliteConnection,
+    notices: &[Notice],
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    let mut rows = 0;
+    for notice in notices {
+        let fresh = sqlx::query(
+            "INSERT INTO notifications_fired (org_id, rule, period_start_ms, fired_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&notice.org_id)
+        .bind(&notice.rule)
+        .bind(notice.period_start_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            continue;
+        }
+        for endpoint in &notice.endpoints {
+            sqlx::query(
+                "INSERT INTO outbox (message_id, endpoint, event_type, payload, created_at_ms, next_attempt_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (message_id) DO NOTHING",
+            )
+            .bind(notice.message_id(endpoint))
+            .bind(endpoint)
+            .bind(&notice.event_type)
+            .bind(&notice.payload)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            rows += 1;
+        }
+    }
+    Ok(rows)
+}
+
+fn grant_from_row(row: &SqliteRow) -> Result<Grant, StoreError> {
+    let amount: String = row.try_get("amount")?;
+    Ok(Grant {
+        id: Some(row.try_get("id")?),
+        amount: meterd_units::parse_quantity(&amount)
+            .map_err(|e| StoreError::Corrupt(format!("stored grant amount: {e}")))?,
+        effective_at_ms: row.try_get("effective_at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        priority: row.try_get("priority")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        source: row.try_get("source")?,
+    })
+}
+
+/// Inserts a grant; `None` when it is a plan credit already stored.
+async fn insert_grant(tx: &mut SqliteConnection, g: &NewGrant) -> Result<Option<Grant>, StoreError> {
+    let row = sqlx::query(
+        "INSERT INTO grants (org_id, amount, currency, effective_at_ms, expires_at_ms, priority, created_at_ms, source, plan)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (org_id, plan) DO NOTHING RETURNING *",
+    )
+    .bind(&g.org_id)
+    .bind(meterd_units::format_quantity(g.amount))
+    .bind(&g.currency)
+    .bind(g.effective_at_ms)
+    .bind(g.expires_at_ms)
+    .bind(g.priority)
+    .bind(g.created_at_ms)
+    .bind(&g.source)
+    .bind(&g.plan)
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.as_ref().map(grant_from_row).transpose()
 }
 
 /// `$."key"`: a JSON path naming one attribute (keys are validated to
@@ -86,6 +197,7 @@ async fn write_records(
     tx: &mut SqliteConnection,
     rows: &[RecordRow<'_>],
     now_ms: i64,
+    changes: &mut Vec<OrgChange>,
 ) -> Result<RecordCounts, StoreError> {
     let mut counts = RecordCounts::default();
     if rows.is_empty() {
@@ -114,12 +226,21 @@ async fn write_records(
         }
     }
     let mut fresh = Vec::new();
+    let mut fresh_keys = HashSet::new();
     for row in rows {
         let quantity = meterd_units::format_quantity(row.record.quantity);
         match existing.get(&(row.plugin.to_owned(), row.record.event_id.clone(), row.seq)) {
+            // A key twice in one batch: the first is inserted, the second
+            // is a duplicate of it.
+            None if !fresh_keys.insert((row.plugin, row.record.event_id.as_str(), row.seq)) => {
+                counts.duplicates += 1;
+            }
             None => fresh.push(row),
             Some((_, stored)) if *stored == quantity => counts.duplicates += 1,
             Some((id, stored)) => {
+                let previous = meterd_units::parse_quantity(stored)
+                    .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))?;
+                changes.push(org_change(row.record, Some(previous)));
                 sqlx::query("UPDATE usage_records SET quantity = ?1 WHERE id = ?2")
                     .bind(&quantity)
                     .bind(id)
@@ -161,11 +282,27 @@ async fn write_records(
                 .push_bind(r.window_start_ms)
                 .push_bind(attributes);
         });
-        // A key inserted twice in one answer keeps the first.
+        // Keys were looked up in this transaction (the only writer) and
+        // made distinct above, so every row is new; the clause is a guard.
         insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING");
         counts.inserted += insert.build().execute(&mut *tx).await?.rows_affected() as usize;
     }
+    changes.extend(fresh.iter().map(|row| org_change(row.record, None)));
     Ok(counts)
+}
+
+fn org_change(record: &UsageRecord, previous: Option<rust_decimal::Decimal>) -> OrgChange {
+    OrgChange {
+        org_id: record.org_id.clone(),
+        change: Change {
+            subject: record.subject.clone(),
+            metric: record.metric.clone(),
+            kind: record.kind,
+            at_ms: record.at_ms,
+            quantity: record.quantity,
+            previous,
+        },
+    }
 }
 
 fn poll_state_from_row(row: &SqliteRow) -> Result<PollState, StoreError> {
@@ -232,8 +369,9 @@ impl Store for SqliteStore {
             }
         }
         let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
-        write_records(&mut tx, &rows, now_ms).await?;
-        tx.commit().await?;
+        let mut changes = Vec::new();
+        write_records(&mut tx, &rows, now_ms, &mut changes).await?;
+        self.finish(tx, changes, now_ms).await?;
         Ok(outcomes)
     }
 
@@ -318,7 +456,8 @@ impl Store for SqliteStore {
             .into_iter()
             .map(|(seq, record)| RecordRow { plugin: &poll.plugin, delivery_id: None, seq, record })
             .collect();
-        let counts = write_records(&mut tx, &rows, poll.now_ms).await?;
+        let mut changes = Vec::new();
+        let counts = write_records(&mut tx, &rows, poll.now_ms, &mut changes).await?;
         sqlx::query(
             "UPDATE poll_state SET cursor = COALESCE(?3, cursor), last_success_ms = ?4, consecutive_failures = 0,
                  next_run_ms = ?5, lease_expires_ms = ?6
@@ -332,7 +471,7 @@ impl Store for SqliteStore {
         .bind(poll.lease_expires_ms)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.finish(tx, changes, poll.now_ms).await?;
         Ok(counts)
     }
 
@@ -364,5 +503,186 @@ impl Store for SqliteStore {
         let rows =
             sqlx::query("SELECT * FROM poll_state ORDER BY plugin, target").fetch_all(&self.readers).await?;
         rows.iter().map(poll_state_from_row).collect()
+    }
+
+    fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
+        if self.hook.set(hook).is_err() {
+            tracing::warn!("a commit hook was already installed; keeping the first");
+        }
+    }
+
+    async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT org_id, subject, metric, kind, quantity, at_ms FROM usage_records WHERE at_ms >= ?1
+             UNION ALL
+             SELECT org_id, subject, metric, kind, quantity, at_ms FROM (
+                 SELECT org_id, subject, metric, kind, quantity, at_ms,
+                        RANK() OVER (PARTITION BY org_id, metric, subject ORDER BY at_ms DESC) AS latest
+                 FROM usage_records WHERE kind = 'level' AND at_ms < ?1
+             ) WHERE latest = 1",
+        )
+        .bind(from_ms)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                let quantity: String = row.try_get("quantity")?;
+                Ok(OrgChange {
+                    org_id: row.try_get("org_id")?,
+                    change: Change {
+                        subject: row.try_get("subject")?,
+                        metric: row.try_get("metric")?,
+                        kind: Kind::parse(&kind)
+                            .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
+                        at_ms: row.try_get("at_ms")?,
+                        quantity: meterd_units::parse_quantity(&quantity)
+                            .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))?,
+                        previous: None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError> {
+        let rows = sqlx::query("SELECT org_id, plan, assigned_at_ms FROM org_plans")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OrgPlan {
+                    org_id: row.try_get("org_id")?,
+                    plan: row.try_get("plan")?,
+                    assigned_at_ms: row.try_get("assigned_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn assign_plan(&self, plan: &OrgPlan, grants: &[NewGrant]) -> Result<Vec<Grant>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO org_plans (org_id, plan, assigned_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (org_id) DO UPDATE SET plan = excluded.plan, assigned_at_ms = excluded.assigned_at_ms",
+        )
+        .bind(&plan.org_id)
+        .bind(&plan.plan)
+        .bind(plan.assigned_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        let mut stored = Vec::new();
+        for grant in grants {
+            stored.extend(insert_grant(&mut tx, grant).await?);
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn insert_grant(&self, grant: &NewGrant) -> Result<Grant, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let stored = insert_grant(&mut tx, grant)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("grant for {} not stored", grant.org_id)))?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn grants(&self, org_id: &str) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM grants WHERE org_id = ?1 ORDER BY id")
+            .bind(org_id)
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(grant_from_row).collect()
+    }
+
+    async fn record_notices(&self, notices: &[Notice], now_ms: i64) -> Result<usize, StoreError> {
+        if notices.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.writer.begin().await?;
+        let rows = insert_notices(&mut tx, notices, now_ms).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    async fn fired(&self, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT org_id, rule FROM notifications_fired WHERE period_start_ms = ?1")
+            .bind(period_start_ms)
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("org_id")?, row.try_get("rule")?))).collect()
+    }
+
+    async fn due_outbox(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, message_id, endpoint, event_type, payload, created_at_ms, attempts FROM outbox
+             WHERE delivered_at_ms IS NULL AND gave_up_at_ms IS NULL AND next_attempt_ms <= ?1
+             ORDER BY next_attempt_ms, id LIMIT ?2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxMessage {
+                    id: row.try_get("id")?,
+                    message_id: row.try_get("message_id")?,
+                    endpoint: row.try_get("endpoint")?,
+                    event_type: row.try_get("event_type")?,
+                    payload: row.try_get("payload")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET delivered_at_ms = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1")
+            .bind(id)
+            .bind(now_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_attempt_failed(
+        &self,
+        id: i64,
+        error: &str,
+        now_ms: i64,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
+                 next_attempt_ms = COALESCE(?3, next_attempt_ms),
+                 gave_up_at_ms = CASE WHEN ?3 IS NULL THEN ?4 ELSE NULL END
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(retry_at_ms)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(delivered_at_ms IS NULL AND gave_up_at_ms IS NULL), 0) AS pending,
+                    COALESCE(SUM(delivered_at_ms IS NOT NULL), 0) AS delivered,
+                    COALESCE(SUM(gave_up_at_ms IS NOT NULL), 0) AS gave_up
+             FROM outbox",
+        )
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(OutboxCounts {
+            pending: row.try_get("pending")?,
+            delivered: row.try_get("delivered")?,
+            gave_up: row.try_get("gave_up")?,
+        })
     }
 }

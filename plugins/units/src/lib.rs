@@ -18,6 +18,11 @@
 //!   never a wrap.
 //! * **Time integrals** multiply a level by whole milliseconds and divide by
 //!   1000 at the end, so `level × seconds` is exact.
+//! * **Money** (estimated spend, credit balances) is kept exact: `usage ×
+//!   price` and every sum of them are exact decimals, compared exactly
+//!   (a balance "below 10" means the exact value). Only what is *shown* is
+//!   rounded, by [`round_money`]: to [`MONEY_DECIMALS`] (6) places, ties to
+//!   even. A value is rounded once, at the edge, never twice.
 //!
 //! Units: a "GiB" is 2³⁰ bytes, a "GB" is 10⁹ bytes, a "MiB"
 //! ("memory_mb" in E2B's payload, which E2B documents as 1 GiB = 1,024 MiB)
@@ -114,6 +119,26 @@ pub fn parse_duration_ms(text: &str) -> Option<i64> {
     n.checked_mul(scale)
 }
 
+/// Decimal places of money shown by the API and in notifications.
+pub const MONEY_DECIMALS: u32 = 6;
+
+/// The one rounding rule for money that is shown: [`MONEY_DECIMALS`]
+/// places, half to even (banker's rounding, so rounding many values is not
+/// biased upwards). Computation never rounds; see the module rules.
+pub fn round_money(amount: Decimal) -> Decimal {
+    amount.round_dp_with_strategy(MONEY_DECIMALS, rust_decimal::RoundingStrategy::MidpointNearestEven)
+}
+
+/// Money as shown: [`round_money`], then the canonical text form.
+pub fn format_money(amount: Decimal) -> String {
+    format_quantity(round_money(amount))
+}
+
+/// `quantity × unit price`: exact (an error only on overflow).
+pub fn price(quantity: Decimal, unit_price: Decimal) -> Result<Decimal, QuantityError> {
+    quantity.checked_mul(unit_price).ok_or(QuantityError::Overflow("quantity × price"))
+}
+
 /// The canonical text form of a quantity: normalized, `0` for zero.
 pub fn format_quantity(value: Decimal) -> String {
     let normalized = value.normalize();
@@ -165,6 +190,19 @@ mod tests {
 
     fn d(s: &str) -> Decimal {
         parse_quantity(s).expect("valid test decimal")
+    }
+
+    #[test]
+    fn money_is_shown_to_six_places_half_even() {
+        assert_eq!(format_money(d("0.0000005")), "0");
+        assert_eq!(format_money(d("0.0000015")), "0.000002");
+        assert_eq!(format_money(d("0.0000025")), "0.000002");
+        assert_eq!(format_money(d("-0.0000025")), "-0.000002");
+        assert_eq!(format_money(d("1.2345675")), "1.234568");
+        assert_eq!(format_money(d("100")), "100");
+        // E2B's published example: 2 vCPU for an hour.
+        assert_eq!(price(d("7200"), d("0.000014")).unwrap(), d("0.1008"));
+        assert!(price(Decimal::MAX, d("2")).is_err());
     }
 
     #[test]

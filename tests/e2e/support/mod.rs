@@ -215,6 +215,38 @@ impl Gateway {
         (status, response.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Sends a JSON body (with the admin token when one is configured).
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.client.request(method, self.url(path)).json(body);
+        if let Some(token) = self.admin_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("sending JSON");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn put_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.send_json(reqwest::Method::PUT, path, body).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+
+    /// Starts the gateway again after [`Gateway::stop`] or [`Gateway::kill9`].
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
+    }
+
     /// The `total` of a usage query over August 2025 (where the test events live).
     pub async fn total(&self, org: &str, meter: &str) -> String {
         let (status, body) = self
