@@ -440,6 +440,20 @@ mod tests {
         assert!(parse("admin_token = \"short\"", &[]).is_err());
     }
 
+    /// The README's "Plans and quotas" block is the default config, exactly.
+    #[test]
+    fn the_readmes_plan_defaults_are_the_built_in_ones() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Plans and quotas").expect("README has the section")..];
+        let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let block = &section[start..start + section[start..].find("```").expect("block end")];
+        let documented = parse(block, &[]).unwrap();
+        let defaults = parse("", &[]).unwrap();
+        assert_eq!(documented.plans, defaults.plans);
+        assert_eq!(documented.rules, defaults.rules);
+        assert_eq!(documented.notifications, defaults.notifications);
+    }
+
     #[test]
     fn meters_from_config_override_and_extend_the_defaults() {
         let c = parse(

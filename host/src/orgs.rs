@@ -19,7 +19,7 @@ use crate::plans::check::{self, Action, CheckError, Decision, Entitlements};
 use crate::plans::credits::{self, CreditReport, Grant};
 use crate::plans::rules::{self, Crossing, Rules};
 use crate::plans::standing::OrgStanding;
-use crate::plans::{Plan, PlanBook};
+use crate::plans::{Plan, PlanBook, SANDBOX_ACTIVE_METRIC};
 use crate::record::MAX_ID_LEN;
 use crate::store::{CommitHook, NewGrant, Notice, OrgChange, OrgPlan, Store, StoreError};
 use crate::usage::{UsageError, UsageRequest, UsageService};
@@ -125,6 +125,11 @@ impl Orgs {
         for OrgChange { org_id, change } in store.standing_records(period.from_ms).await? {
             let org = standings.entry(org_id).or_insert_with(|| OrgStanding::new(now_ms));
             org.apply(&change).map_err(|e| StoreError::Corrupt(format!("building standings: {e}")))?;
+        }
+        for (org_id, subject, start) in store.run_starts(SANDBOX_ACTIVE_METRIC, period.from_ms).await? {
+            if let Some(org) = standings.get_mut(&org_id) {
+                org.set_run_start(SANDBOX_ACTIVE_METRIC, &subject, start);
+            }
         }
         let assigned: HashMap<String, OrgPlan> =
             store.org_plans().await?.into_iter().map(|p| (p.org_id.clone(), p)).collect();
@@ -504,7 +509,7 @@ impl CommitHook for Orgs {
                     }
                 }
                 let plan = self.plan_of(&policy, org_id);
-                (org.period(), rules::usage_crossings(&policy.rules, plan, &policy.meters, &org, now_ms))
+                (org.period(), rules::commit_crossings(&policy.rules, plan, &policy.meters, &org, now_ms))
             };
             notices.extend(self.new_notices(&policy, org_id, period, crossings, now_ms));
             lock(&self.credit_dirty).insert(org_id.to_owned());

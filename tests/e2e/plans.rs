@@ -402,6 +402,13 @@ async fn thresholds_notify_once_signed_and_survive_a_down_receiver_and_a_restart
         (Some("session.over_limit"), Some(60))
     );
     receiver.wait_for("n1|concurrency:2").await;
+    let e = entitlements(&gw, "n1").await;
+    assert_eq!(e["sessions"]["limit_seconds"], 60, "{e}");
+    let over = e["sessions"]["over_limit"].as_array().unwrap();
+    assert_eq!(over.len(), 1, "only sbx-long runs longer than 60 s: {e}");
+    assert_eq!((over[0]["sandbox"].as_str(), over[0]["ended_at"].is_null()), (Some("sbx-long"), true), "{e}");
+    let seconds: f64 = over[0]["seconds"].as_str().unwrap().parse().unwrap();
+    assert!((120.0..180.0).contains(&seconds), "running for about 120 s: {e}");
     // n1 has the hobby credit (from the start) and metered's $5: $105, less
     // 10 vCPU-s × 0.000014 = 0.00014 and 7,500 MiB·ms of RAM
     // (0.00732421875 GiB-s × 0.0000045): 104.999859967041015625 < 104.9999.
@@ -457,4 +464,44 @@ async fn thresholds_notify_once_signed_and_survive_a_down_receiver_and_a_restart
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), ids.len(), "webhook-ids are unique per notice");
+}
+
+/// A sandbox that started last month and is still running is one session,
+/// measured from its real start — also after a restart, when only the last
+/// level before the month is loaded from the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_spanning_the_month_start_keeps_its_start_across_a_restart() {
+    use chrono::Datelike;
+    let mut gw = gateway(String::new());
+    gw.put_json("/v1/orgs/s", &json!({"plan": "metered"})).await;
+    let now = Utc::now();
+    let month_start = now.date_naive().with_day(1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let rfc = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let started = month_start - chrono::Duration::hours(3);
+    // Created, paused, resumed before the month began; still running.
+    ingest_ok(
+        &gw,
+        &e2b_event("s-created", "created", &rfc(started - chrono::Duration::hours(5)), "sbx", "s", None),
+    )
+    .await;
+    ingest_ok(
+        &gw,
+        &e2b_event("s-paused", "paused", &rfc(started - chrono::Duration::hours(1)), "sbx", "s", None),
+    )
+    .await;
+    ingest_ok(&gw, &e2b_event("s-resumed", "resumed", &rfc(started), "sbx", "s", None)).await;
+    // Reported running again (another resume event) an hour later.
+    ingest_ok(
+        &gw,
+        &e2b_event("s-again", "resumed", &rfc(started + chrono::Duration::hours(1)), "sbx", "s", None),
+    )
+    .await;
+    for round in ["before", "after"] {
+        let e = entitlements(&gw, "s").await;
+        let over = e["sessions"]["over_limit"].as_array().unwrap();
+        assert_eq!(over.len(), 1, "{round} the restart: {e}");
+        assert_eq!(over[0]["started_at"], rfc(started).replace(".000Z", "Z"), "{round} the restart: {e}");
+        assert_eq!(e["concurrency"]["running"], 1, "{round} the restart: {e}");
+        gw.restart();
+    }
 }

@@ -46,6 +46,20 @@ pub fn usage_crossings(
     org: &OrgStanding,
     now_ms: i64,
 ) -> Vec<Crossing> {
+    let mut out = commit_crossings(rules, plan, meters, org, now_ms);
+    out.extend(session_crossings(rules, plan, org, now_ms));
+    out
+}
+
+/// The thresholds a commit can cross: quotas and concurrency (O(quotas)).
+/// Sessions cross by time passing, so the sweep looks at them.
+pub fn commit_crossings(
+    rules: &Rules,
+    plan: &Plan,
+    meters: &[MeterDef],
+    org: &OrgStanding,
+    now_ms: i64,
+) -> Vec<Crossing> {
     let mut out = Vec::new();
     for (meter_name, quota) in &plan.quotas {
         let Some(meter) = meters.iter().find(|m| &m.name == meter_name) else { continue };
@@ -89,6 +103,12 @@ pub fn usage_crossings(
             });
         }
     }
+    out
+}
+
+/// Sandbox sessions over the plan's limit (O(steps of the org's sandboxes)).
+pub fn session_crossings(rules: &Rules, plan: &Plan, org: &OrgStanding, now_ms: i64) -> Vec<Crossing> {
+    let mut out = Vec::new();
     if rules.session_over_limit
         && let Some(limit_s) = plan.max_session_seconds
     {

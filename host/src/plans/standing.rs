@@ -90,6 +90,9 @@ struct Steps {
     last: Decimal,
     /// `max(last step, period start)`: where the open-ended part begins.
     since: i64,
+    /// When the run above zero that the first kept step continues began,
+    /// if earlier steps were pruned (or never loaded) while it ran.
+    carried_run_start: Option<i64>,
 }
 
 impl Steps {
@@ -140,9 +143,10 @@ impl Steps {
     fn runs(&self) -> Vec<(i64, Option<i64>)> {
         let mut runs = Vec::new();
         let mut start = None;
-        for (&t, quantities) in &self.at {
+        for (i, (&t, quantities)) in self.at.iter().enumerate() {
             let positive = Self::in_force(quantities) > Decimal::ZERO;
             match (start, positive) {
+                (None, true) if i == 0 => start = Some(self.carried_run_start.map_or(t, |s| s.min(t))),
                 (None, true) => start = Some(t),
                 (Some(s), false) => {
                     runs.push((s, Some(t)));
@@ -158,11 +162,20 @@ impl Steps {
     }
 
     /// Keeps only the last step at or before `from` among the steps before
-    /// it (the carry-in of a new period).
+    /// it (the carry-in of a new period), remembering when the run it
+    /// continues began.
     fn prune_before(&mut self, from: i64) {
-        if let Some((&keep, _)) = self.at.range(..=from).next_back() {
-            self.at = self.at.split_off(&keep);
+        let Some((&keep, _)) = self.at.range(..=from).next_back() else { return };
+        let mut start = None;
+        for (i, (&t, quantities)) in self.at.range(..=from).enumerate() {
+            if Self::in_force(quantities) <= Decimal::ZERO {
+                start = None;
+            } else if start.is_none() {
+                start = Some(if i == 0 { self.carried_run_start.map_or(t, |s| s.min(t)) } else { t });
+            }
         }
+        self.carried_run_start = start;
+        self.at = self.at.split_off(&keep);
     }
 }
 
@@ -221,7 +234,11 @@ impl MetricStanding {
             if let Some(steps) = self.subjects.get_mut(&subject) {
                 steps.prune_before(period.from_ms);
                 // Reset the derived fields so edit_subject adds them afresh.
-                *steps = Steps { at: std::mem::take(&mut steps.at), ..Steps::default() };
+                *steps = Steps {
+                    at: std::mem::take(&mut steps.at),
+                    carried_run_start: steps.carried_run_start,
+                    ..Steps::default()
+                };
                 steps.since = period.from_ms;
             }
             self.edit_subject(period, &subject, |_| {})?;
@@ -325,9 +342,8 @@ impl OrgStanding {
         let in_period = change.at_ms >= period.from_ms;
         let metric = self.metrics.entry(change.metric.clone()).or_default();
         if in_period {
-            match change.previous {
-                None => metric.count += 1,
-                Some(_) => {}
+            if change.previous.is_none() {
+                metric.count += 1;
             }
             if change.kind == Kind::Delta {
                 let before = change.previous.unwrap_or(Decimal::ZERO);
@@ -401,6 +417,15 @@ impl OrgStanding {
                 meterd_units::ms_product_to_seconds(metric.integral_ms(self.period, now_ms)?)
             }
             Aggregation::Max => metric.max(self.period),
+        }
+    }
+
+    /// Notes that `subject`'s run above zero, continued by its first step,
+    /// began at `start_ms` (history the store did not load: only the last
+    /// level before the period is loaded).
+    pub fn set_run_start(&mut self, metric: &str, subject: &str, start_ms: i64) {
+        if let Some(steps) = self.metrics.get_mut(metric).and_then(|m| m.subjects.get_mut(subject)) {
+            steps.carried_run_start = Some(start_ms);
         }
     }
 

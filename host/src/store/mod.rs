@@ -276,6 +276,16 @@ pub trait Store: Send + Sync + 'static {
     /// (all tied at that instant), as inserts.
     async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError>;
 
+    /// For each (org, subject) of `metric` whose last level before
+    /// `before_ms` is above zero: when that run above zero began, as
+    /// (org, subject, start). Sessions that span a period start keep their
+    /// real start.
+    async fn run_starts(
+        &self,
+        metric: &str,
+        before_ms: i64,
+    ) -> Result<Vec<(String, String, i64)>, StoreError>;
+
     /// Every assigned plan.
     async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError>;
 

@@ -545,6 +545,38 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn run_starts(
+        &self,
+        metric: &str,
+        before_ms: i64,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        // Quantities are canonical text, so "not above zero" is '0' or a
+        // leading '-'. An instant stops a run when no record at it is above
+        // zero (the greatest quantity at an instant is in force).
+        let rows = sqlx::query(
+            "WITH levels AS (
+                 SELECT org_id, subject, at_ms, MAX(quantity <> '0' AND quantity NOT LIKE '-%') AS positive
+                 FROM usage_records
+                 WHERE metric = ?1 AND kind = 'level' AND at_ms < ?2
+                 GROUP BY org_id, subject, at_ms
+             ),
+             stops AS (
+                 SELECT org_id, subject, MAX(at_ms) AS stop_ms FROM levels WHERE NOT positive GROUP BY org_id, subject
+             )
+             SELECT l.org_id, l.subject, MIN(l.at_ms) AS start_ms
+             FROM levels l LEFT JOIN stops s ON s.org_id = l.org_id AND s.subject = l.subject
+             WHERE l.at_ms > COALESCE(s.stop_ms, -9223372036854775808)
+             GROUP BY l.org_id, l.subject",
+        )
+        .bind(metric)
+        .bind(before_ms)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("org_id")?, row.try_get("subject")?, row.try_get("start_ms")?)))
+            .collect()
+    }
+
     async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError> {
         let rows = sqlx::query("SELECT org_id, plan, assigned_at_ms FROM org_plans")
             .fetch_all(&self.readers)
