@@ -34,6 +34,8 @@ pub const RESERVED_ENV: [&str; 1] = ["METERD_LOG"];
 pub struct Config {
     /// Where it came from, for messages: a file path or "built-in defaults".
     pub source: String,
+    /// The file it was read from, re-read on reload (`None`: no file).
+    pub path: Option<PathBuf>,
     pub listen: SocketAddr,
     pub database: String,
     pub admin_token: Option<String>,
@@ -130,14 +132,18 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let (source_name, text) = match path {
+        let file = match path {
+            Some(p) => Some(p.to_owned()),
+            None if Path::new(DEFAULT_FILE).exists() => Some(PathBuf::from(DEFAULT_FILE)),
+            None => None,
+        };
+        let (source_name, text) = match &file {
             Some(p) => (p.display().to_string(), Some(read(p)?)),
-            None if Path::new(DEFAULT_FILE).exists() => {
-                (DEFAULT_FILE.to_owned(), Some(read(Path::new(DEFAULT_FILE))?))
-            }
             None => ("built-in defaults".to_owned(), None),
         };
-        Self::parse(&source_name, text.as_deref().unwrap_or(""), env)
+        let mut config = Self::parse(&source_name, text.as_deref().unwrap_or(""), env)?;
+        config.path = file;
+        Ok(config)
     }
 
     /// Parses and validates a whole configuration.
@@ -306,6 +312,7 @@ impl File {
         )?;
         Ok(Config {
             source: String::new(),
+            path: None,
             listen,
             database: self.database,
             admin_token,

@@ -17,6 +17,7 @@ pub mod plugin;
 pub mod plugins;
 pub mod poller;
 pub mod record;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -23,7 +23,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve,
+    Serve {
+        /// Watch the plugins directory and the config file and apply
+        /// changes while serving (the default when either is configured).
+        #[arg(long, overrides_with = "no_watch")]
+        watch: bool,
+        /// Do not watch for changes.
+        #[arg(long)]
+        no_watch: bool,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Inspect plugins.
@@ -64,7 +72,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve => meterd::server::serve(config).await,
+            Command::Serve { watch, no_watch } => {
+                let watch = match (watch, no_watch) {
+                    (_, true) => meterd::server::Watch::Off,
+                    (true, false) => meterd::server::Watch::On,
+                    (false, false) => meterd::server::Watch::Default,
+                };
+                meterd::server::serve(config, watch).await
+            }
             Command::Migrate => {
                 meterd::server::open_store(&config).await?;
                 println!("migrations applied to {}", config.database);
@@ -85,9 +100,16 @@ fn main() -> ExitCode {
 async fn list_plugins(config: &Config) -> anyhow::Result<()> {
     let registry = tokio::task::block_in_place(|| meterd::server::load_plugins(config))?;
     let polls = meterd::server::open_store(config).await?.poll_states().await?;
-    println!("{:<16} {:<10} {:<10} HASH", "NAME", "VERSION", "MODES");
+    println!("{:<16} {:<12} {:<10} {:<8} HASH", "NAME", "VERSION", "MODES", "WIT");
     for p in registry.plugins() {
-        println!("{:<16} {:<10} {:<10} {}", p.info().name, p.info().version, p.info().modes(), p.hash());
+        println!(
+            "{:<16} {:<12} {:<10} {:<8} {}",
+            p.info().name,
+            p.info().version,
+            p.info().modes(),
+            p.wit_version(),
+            p.hash()
+        );
     }
     for f in registry.failures() {
         println!("refused {}: {}", f.file.display(), f.error);

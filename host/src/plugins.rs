@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::Semaphore;
 
@@ -31,6 +31,11 @@ impl PluginHandle {
 
     pub fn compiled_from_cache(&self) -> bool {
         self.plugin.compiled_from_cache()
+    }
+
+    /// The `meterd:provider` version the component was built against.
+    pub fn wit_version(&self) -> &str {
+        self.plugin.wit_version()
     }
 
     /// The plugin's config section, secrets included: never log or show it
@@ -79,17 +84,47 @@ impl PluginHandle {
     }
 }
 
-/// A plugin file that could not be loaded, and why.
+/// A plugin file that could not be loaded (or reloaded), and why. While a
+/// refused file's older version keeps serving, this is its last reload error.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadFailure {
     pub file: PathBuf,
     pub error: String,
+    pub at_ms: i64,
 }
 
-/// Every plugin found in the plugins directory.
+/// What one [`PluginRegistry::sync`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Plugins loaded or replaced (by name).
+    pub loaded: Vec<String>,
+    /// Plugins whose file went away.
+    pub unloaded: Vec<String>,
+    /// Files refused this time.
+    pub refused: Vec<PathBuf>,
+    /// Files that changed while being read (still being written): left for
+    /// the next event.
+    pub unsettled: Vec<PathBuf>,
+}
+
+/// The plugins loaded from the plugins directory, by name, swappable while
+/// serving: a caller takes an `Arc` of the current handle, so a call in
+/// flight finishes on the version it started with, and a replaced or
+/// removed version is dropped when its last call ends.
 pub struct PluginRegistry {
+    runtime: Option<Runtime>,
+    dir: Option<PathBuf>,
+    max_concurrent_calls: usize,
+    state: RwLock<RegistryState>,
+}
+
+#[derive(Default)]
+struct RegistryState {
     plugins: BTreeMap<String, Arc<PluginHandle>>,
-    failures: Vec<LoadFailure>,
+    /// By file: the last refusal, cleared when the file loads.
+    failures: BTreeMap<PathBuf, LoadFailure>,
+    reloads: u64,
+    reload_failures: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,63 +135,170 @@ pub enum RegistryError {
 
 impl PluginRegistry {
     pub fn empty() -> Self {
-        Self { plugins: BTreeMap::new(), failures: Vec::new() }
+        Self { runtime: None, dir: None, max_concurrent_calls: 1, state: RwLock::default() }
     }
 
     /// Loads every `*.wasm` in `dir`. A file that fails is reported in
     /// [`failures`](Self::failures) and skipped; the others still load.
     pub fn load_dir(
-        runtime: &Runtime,
+        runtime: Runtime,
         dir: &Path,
         config: &Config,
         max_concurrent_calls: usize,
     ) -> Result<Self, RegistryError> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|error| RegistryError::Dir { dir: dir.to_owned(), error })?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "wasm") && p.is_file())
-            .collect();
-        files.sort();
-        let mut registry = Self::empty();
-        for file in files {
-            match load_file(runtime, &file, config, max_concurrent_calls) {
-                Ok(handle) => {
-                    let name = handle.info().name.clone();
-                    tracing::info!(plugin = %name, version = %handle.info().version, hash = %handle.hash(), "plugin loaded");
-                    registry.plugins.insert(name, Arc::new(handle));
-                }
-                Err(error) => {
-                    tracing::error!(file = %file.display(), %error, "plugin refused");
-                    registry.failures.push(LoadFailure { file, error });
-                }
-            }
-        }
+        let registry = Self {
+            runtime: Some(runtime),
+            dir: Some(dir.to_owned()),
+            max_concurrent_calls,
+            state: RwLock::default(),
+        };
+        registry.sync(config)?;
+        let mut state = registry.write();
+        // The first load is not a reload.
+        (state.reloads, state.reload_failures) = (0, 0);
+        drop(state);
         Ok(registry)
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, RegistryState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, RegistryState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<PluginHandle>> {
-        self.plugins.get(name).cloned()
+        self.read().plugins.get(name).cloned()
     }
 
-    pub fn plugins(&self) -> impl Iterator<Item = &Arc<PluginHandle>> {
-        self.plugins.values()
+    /// The plugins serving now, by name.
+    pub fn plugins(&self) -> Vec<Arc<PluginHandle>> {
+        self.read().plugins.values().cloned().collect()
     }
 
-    pub fn failures(&self) -> &[LoadFailure] {
-        &self.failures
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        self.read().failures.values().cloned().collect()
+    }
+
+    /// (reloads done, reloads refused) since start.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        let state = self.read();
+        (state.reloads, state.reload_failures)
+    }
+
+    /// Brings the loaded plugins in line with the directory and `config`:
+    /// a new or changed file (or a changed `[plugins.<name>]` section) is
+    /// compiled, pre-instantiated and canaried (`info()`, WIT version,
+    /// name) off to the side, then swapped in; a file that fails any step
+    /// is refused with the reason and its older version keeps serving; a
+    /// removed file's plugin is unloaded. Blocking (compiles): call it off
+    /// the async threads.
+    pub fn sync(&self, config: &Config) -> Result<SyncReport, RegistryError> {
+        let (Some(runtime), Some(dir)) = (&self.runtime, &self.dir) else {
+            return Ok(SyncReport::default());
+        };
+        let files = wasm_files(dir)?;
+        let mut report = SyncReport::default();
+        let mut seen_names = Vec::new();
+        for file in &files {
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+            seen_names.push(stem.clone());
+            let bytes = match read_settled(file) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
+                    report.unsettled.push(file.clone());
+                    continue;
+                }
+                // Gone between listing and reading: the next event says so.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.refuse(file, format!("cannot read: {e}"), &mut report);
+                    continue;
+                }
+            };
+            let settings = config.plugins.get(&stem).cloned().unwrap_or_default();
+            let hash = crate::runtime::component_hash(&bytes);
+            if let Some(current) = self.get(&stem)
+                && current.hash() == hash
+                && current.settings() == &settings
+                && current.file == *file
+            {
+                self.write().failures.remove(file);
+                continue;
+            }
+            match load_bytes(runtime, file, &stem, &bytes, settings, self.max_concurrent_calls) {
+                Ok(handle) => {
+                    tracing::info!(plugin = %stem, version = %handle.info().version, hash = %handle.hash(), wit = %handle.wit_version(), "plugin loaded");
+                    let mut state = self.write();
+                    state.plugins.insert(stem.clone(), Arc::new(handle));
+                    state.failures.remove(file);
+                    state.reloads += 1;
+                    report.loaded.push(stem);
+                }
+                Err(error) => self.refuse(file, error, &mut report),
+            }
+        }
+        let mut state = self.write();
+        let gone: Vec<String> =
+            state.plugins.keys().filter(|name| !seen_names.contains(name)).cloned().collect();
+        for name in gone {
+            // In-flight calls hold their own Arc; the plugin is dropped when
+            // the last one returns.
+            state.plugins.remove(&name);
+            tracing::info!(plugin = %name, "plugin file removed: unloaded");
+            report.unloaded.push(name);
+        }
+        state.failures.retain(|file, _| files.contains(file));
+        Ok(report)
+    }
+
+    fn refuse(&self, file: &Path, error: String, report: &mut SyncReport) {
+        tracing::error!(file = %file.display(), %error, "plugin refused");
+        let mut state = self.write();
+        state.failures.insert(
+            file.to_owned(),
+            LoadFailure { file: file.to_owned(), error, at_ms: crate::clock::now_ms() },
+        );
+        state.reload_failures += 1;
+        report.refused.push(file.to_owned());
     }
 }
 
-fn load_file(
+/// The `*.wasm` files of `dir`, sorted.
+fn wasm_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|error| RegistryError::Dir { dir: dir.to_owned(), error })?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|ext| ext == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The file's bytes, or `None` if its size or modification time changed
+/// while it was read (a writer is still at it).
+fn read_settled(file: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let stamp = |m: std::fs::Metadata| (m.len(), m.modified().ok());
+    let before = stamp(std::fs::metadata(file)?);
+    let bytes = std::fs::read(file)?;
+    let after = stamp(std::fs::metadata(file)?);
+    Ok((before == after && before.0 == bytes.len() as u64).then_some(bytes))
+}
+
+fn load_bytes(
     runtime: &Runtime,
     file: &Path,
-    config: &Config,
+    stem: &str,
+    bytes: &[u8],
+    settings: PluginSettings,
     max_concurrent_calls: usize,
 ) -> Result<PluginHandle, String> {
-    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
-    let settings = config.plugins.get(&stem).cloned().unwrap_or_default();
-    let plugin = runtime.load(&bytes, settings).map_err(|e: LoadError| e.to_string())?;
+    let plugin = runtime.load(bytes, settings).map_err(|e: LoadError| e.to_string())?;
     // The file name is the route: a mismatch would route webhooks to a
     // plugin configured under another name.
     if plugin.info().name != stem {

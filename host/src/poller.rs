@@ -85,33 +85,89 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Starts a poller for every target of every pull plugin that has a config
-/// section (an unconfigured one has nothing to poll); each stops when
-/// `shutdown` turns true (after finishing the run it is in).
-pub fn start(
-    registry: &PluginRegistry,
+/// The pollers of every pull plugin that has a config section (an
+/// unconfigured one has nothing to poll), one supervising task per plugin.
+/// [`Pollers::reconcile`] follows reloads: a plugin whose component or
+/// section changed gets a new task once the old one has finished its run;
+/// a removed plugin's task stops.
+pub struct Pollers {
     store: Arc<dyn Store>,
     holder: String,
-    shutdown: watch::Receiver<bool>,
-) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    for plugin in registry.plugins().filter(|p| p.info().pull) {
-        if plugin.settings().is_empty() {
-            tracing::info!(plugin = %plugin.info().name, "no config section for this plugin: not polling");
-            continue;
-        }
-        let schedule = match Schedule::from_settings(plugin.settings()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(plugin = %plugin.info().name, error = %e, "poll schedule refused; not polling");
+    running: std::collections::BTreeMap<String, Running>,
+}
+
+struct Running {
+    /// What the task was started with: a change restarts it.
+    hash: String,
+    settings: PluginSettings,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pollers {
+    pub fn new(store: Arc<dyn Store>, holder: String) -> Self {
+        Self { store, holder, running: std::collections::BTreeMap::new() }
+    }
+
+    /// Starts, restarts and stops tasks to match the registry.
+    pub fn reconcile(&mut self, registry: &PluginRegistry) {
+        let mut wanted = std::collections::BTreeMap::new();
+        for plugin in registry.plugins().into_iter().filter(|p| p.info().pull) {
+            let name = plugin.info().name.clone();
+            if plugin.settings().is_empty() {
+                tracing::info!(plugin = %name, "no config section for this plugin: not polling");
                 continue;
             }
-        };
-        let (plugin, store, holder, shutdown) =
-            (plugin.clone(), store.clone(), holder.clone(), shutdown.clone());
-        tasks.spawn(supervise(plugin, schedule, store, holder, shutdown));
+            match Schedule::from_settings(plugin.settings()) {
+                Ok(schedule) => {
+                    wanted.insert(name, (plugin, schedule));
+                }
+                Err(e) => tracing::error!(plugin = %name, error = %e, "poll schedule refused; not polling"),
+            }
+        }
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            let unchanged = wanted.get(&name).is_some_and(|(p, _)| {
+                self.running.get(&name).is_some_and(|r| r.hash == p.hash() && &r.settings == p.settings())
+            });
+            if unchanged {
+                wanted.remove(&name);
+            } else if !wanted.contains_key(&name)
+                && let Some(old) = self.running.remove(&name)
+            {
+                let _ = old.stop.send(true);
+            }
+        }
+        for (name, (plugin, schedule)) in wanted {
+            let previous = self.running.remove(&name).map(|old| {
+                let _ = old.stop.send(true);
+                old.task
+            });
+            let (stop, stopped) = watch::channel(false);
+            let (store, holder) = (self.store.clone(), self.holder.clone());
+            let (hash, settings) = (plugin.hash().to_owned(), plugin.settings().clone());
+            let task = tokio::spawn(async move {
+                // One poller per target at a time in this process: the old
+                // version finishes the run it is in first.
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                supervise(plugin, schedule, store, holder, stopped).await;
+            });
+            self.running.insert(name, Running { hash, settings, stop, task });
+        }
     }
-    tasks
+
+    /// Stops every task after the run it is in.
+    pub async fn stop(&mut self) {
+        let running = std::mem::take(&mut self.running);
+        for r in running.values() {
+            let _ = r.stop.send(true);
+        }
+        for (_, r) in running {
+            let _ = r.task.await;
+        }
+    }
 }
 
 /// Asks the plugin for its targets (retrying with backoff) and runs each.

@@ -8,11 +8,13 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::http::{AppState, router};
+use crate::http::{AppState, LiveHttp, router};
 use crate::ingest::Ingest;
 use crate::notify::Notifier;
 use crate::orgs::{Orgs, Policy};
 use crate::plugins::PluginRegistry;
+use crate::poller::Pollers;
+use crate::reload::Reloader;
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::store::{GroupCommitter, SqliteStore, Store};
 use crate::usage::UsageService;
@@ -44,7 +46,16 @@ pub fn load_plugins(config: &Config) -> anyhow::Result<PluginRegistry> {
         return Ok(PluginRegistry::empty());
     };
     let runtime = Runtime::new(runtime_settings(config)).context("starting the plugin runtime")?;
-    PluginRegistry::load_dir(&runtime, dir, config, MAX_CONCURRENT_CALLS_PER_PLUGIN).map_err(Into::into)
+    PluginRegistry::load_dir(runtime, dir, config, MAX_CONCURRENT_CALLS_PER_PLUGIN).map_err(Into::into)
+}
+
+/// Whether `serve` watches files for changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// When a plugins directory or a config file is configured.
+    Default,
+    On,
+    Off,
 }
 
 /// What the orgs service needs from the config.
@@ -57,7 +68,7 @@ pub fn policy(config: &Config) -> Policy {
     }
 }
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let plugins = Arc::new(tokio::task::block_in_place(|| load_plugins(&config))?);
     // Standings are built before the first commit, and kept current by the
@@ -73,32 +84,44 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ingest: Ingest::new(plugins.clone(), committer),
         usage: UsageService::new(store.clone(), config.meters.clone()),
         orgs,
+        notifier: notifier.clone(),
         plugins: plugins.clone(),
         store,
-        admin_token: config.admin_token.clone(),
-        max_body_bytes: config.max_body_bytes,
+        live: std::sync::RwLock::new(LiveHttp::from_config(&config)),
+        reloader: std::sync::OnceLock::new(),
     });
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let names: Vec<String> =
-        plugins.plugins().map(|p| format!("{} {}", p.info().name, p.info().version)).collect();
+        plugins.plugins().iter().map(|p| format!("{} {}", p.info().name, p.info().version)).collect();
     // Tests and operators read this line to find the port.
     println!(
         "meterd listening on http://{addr} (database {}, plugins: {})",
         config.database,
         if names.is_empty() { "none".to_owned() } else { names.join(", ") }
     );
-    let (stop_polling, polling_stopped) = tokio::sync::watch::channel(false);
-    let mut pollers =
-        crate::poller::start(&plugins, state.store.clone(), poller_id(), polling_stopped.clone());
-    let notifier_task = tokio::spawn(notifier.run(polling_stopped));
+    let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+    let reloader =
+        Reloader::new(state.clone(), Pollers::new(state.store.clone(), poller_id()), config.clone());
+    let _ = state.reloader.set(Arc::downgrade(&reloader));
+    reloader.reconcile_pollers().await;
+    let watching = match watch {
+        Watch::On => true,
+        Watch::Off => false,
+        Watch::Default => config.plugins_dir.is_some() || config.path.is_some(),
+    };
+    if watching {
+        reloader.watch(background_stopped.clone()).map_err(anyhow::Error::msg)?;
+    }
+    let notifier_task = tokio::spawn(notifier.run(background_stopped));
     axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
     // In-flight requests are done; pollers finish the run they are in; the
     // last committer handle goes with the state, and the task drains what
     // is queued before it ends.
-    let _ = stop_polling.send(true);
-    while pollers.join_next().await.is_some() {}
+    let _ = stop_background.send(true);
+    reloader.stop_pollers().await;
+    drop(reloader);
     drop(state);
     let _ = notifier_task.await;
     commit_task.await.context("the committer task failed")?;

@@ -41,22 +41,35 @@ pub enum UsageError {
 
 pub struct UsageService {
     store: Arc<dyn Store>,
-    meters: Vec<MeterDef>,
+    /// Replaced as a whole when the config changes.
+    meters: std::sync::RwLock<Arc<Vec<MeterDef>>>,
 }
 
 impl UsageService {
     pub fn new(store: Arc<dyn Store>, meters: Vec<MeterDef>) -> Self {
-        Self { store, meters }
+        Self { store, meters: std::sync::RwLock::new(Arc::new(meters)) }
     }
 
-    pub fn meter(&self, name: &str) -> Option<&MeterDef> {
-        self.meters.iter().find(|m| m.name == name)
+    fn meters(&self) -> Arc<Vec<MeterDef>> {
+        self.meters.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the meter definitions (config reload).
+    pub fn set_meters(&self, meters: Vec<MeterDef>) {
+        *self.meters.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(meters);
+    }
+
+    pub fn meter(&self, name: &str) -> Option<MeterDef> {
+        self.meters().iter().find(|m| m.name == name).cloned()
     }
 
     pub async fn usage(&self, request: &UsageRequest, now_ms: i64) -> Result<UsageAnswer, UsageError> {
-        let meter = self.meter(&request.meter).cloned().ok_or_else(|| UsageError::UnknownMeter {
-            meter: request.meter.clone(),
-            known: self.meters.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+        let meters = self.meters();
+        let meter = meters.iter().find(|m| m.name == request.meter).cloned().ok_or_else(|| {
+            UsageError::UnknownMeter {
+                meter: request.meter.clone(),
+                known: meters.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+            }
         })?;
         if let Some(key) = &request.group_by
             && !valid_attribute_key(key)

@@ -6,7 +6,7 @@ mod error;
 mod orgs;
 mod usage;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -19,10 +19,13 @@ use axum::{Json, Router};
 pub use error::ApiError;
 pub use usage::rfc3339;
 
+use crate::config::Config;
 use crate::ingest::{Ingest, Receipt};
+use crate::notify::Notifier;
 use crate::orgs::Orgs;
 use crate::plugin::InboundRequest;
 use crate::plugins::PluginRegistry;
+use crate::reload::Reloader;
 use crate::store::Store;
 use crate::usage::UsageService;
 
@@ -31,10 +34,41 @@ pub struct AppState {
     pub ingest: Ingest,
     pub usage: UsageService,
     pub orgs: Arc<Orgs>,
+    pub notifier: Arc<Notifier>,
     pub plugins: Arc<PluginRegistry>,
     pub store: Arc<dyn Store>,
+    /// HTTP settings a config reload may change.
+    pub live: RwLock<LiveHttp>,
+    /// Set once serving starts: reload status for `/v1/plugins`.
+    pub reloader: OnceLock<Weak<Reloader>>,
+}
+
+/// The HTTP settings that change with the config, without a restart.
+#[derive(Debug, Clone)]
+pub struct LiveHttp {
     pub admin_token: Option<String>,
     pub max_body_bytes: usize,
+}
+
+impl LiveHttp {
+    pub fn from_config(config: &Config) -> Self {
+        Self { admin_token: config.admin_token.clone(), max_body_bytes: config.max_body_bytes }
+    }
+}
+
+impl AppState {
+    pub fn live(&self) -> LiveHttp {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies every part of a validated config that can change while
+    /// serving (plugins are synced by the caller).
+    pub fn apply_live_config(&self, config: &Config) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = LiveHttp::from_config(config);
+        self.usage.set_meters(config.meters.clone());
+        self.orgs.set_policy(crate::server::policy(config));
+        self.notifier.set_settings(config.notifications.clone());
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -65,7 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// With `admin_token` set, the org and admin routes need it as a bearer token.
 async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Some(expected) = &state.admin_token {
+    if let Some(expected) = &state.live().admin_token {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -109,7 +143,7 @@ async fn ingest_inner(
     request: Request,
 ) -> Result<Json<Receipt>, ApiError> {
     let (parts, body) = request.into_parts();
-    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let body = read_body(body, &parts.headers, state.live().max_body_bytes).await?;
     let inbound = InboundRequest {
         method: parts.method.as_str().to_owned(),
         path,
@@ -164,7 +198,7 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Ready when the store answers and the plugins directory has been loaded.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ready", "plugins": state.plugins.plugins().count() }))
+        Ok(()) => Json(serde_json::json!({ "status": "ready", "plugins": state.plugins.plugins().len() }))
             .into_response(),
         Err(e) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("store: {e}")).into_response()
@@ -177,9 +211,11 @@ async fn list_plugins(State(state): State<Arc<AppState>>) -> Result<Json<serde_j
         state.store.poll_states().await.map_err(|e| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
         })?;
+    let failures = state.plugins.failures();
     let plugins: Vec<_> = state
         .plugins
         .plugins()
+        .iter()
         .map(|p| {
             let info = p.info();
             let polls: Vec<_> = polls
@@ -204,13 +240,42 @@ async fn list_plugins(State(state): State<Arc<AppState>>) -> Result<Json<serde_j
                 "modes": info.modes(),
                 "description": info.description,
                 "hash": p.hash(),
+                "wit_version": p.wit_version(),
                 "compiled_from_cache": p.compiled_from_cache(),
                 "file": p.file.display().to_string(),
                 "loaded_at": usage::rfc3339(p.loaded_at_ms),
+                "last_reload_error": failures.iter().find(|f| f.file == p.file).map(|f| serde_json::json!({
+                    "error": f.error,
+                    "at": usage::rfc3339(f.at_ms),
+                })),
                 "config": crate::plugin::redacted(p.settings()),
                 "polls": polls,
             })
         })
         .collect();
-    Ok(Json(serde_json::json!({ "plugins": plugins, "failures": state.plugins.failures() })))
+    let failures: Vec<_> = failures
+        .iter()
+        .map(|f| serde_json::json!({ "file": f.file, "error": f.error, "at": usage::rfc3339(f.at_ms) }))
+        .collect();
+    let (reloads, reload_failures) = state.plugins.reload_counts();
+    let reload = state.reloader.get().and_then(Weak::upgrade).map(|r| {
+        let config = r.config_status();
+        serde_json::json!({
+            "watching": r.watching.load(std::sync::atomic::Ordering::Relaxed),
+            "host_wit": format!("{}@{}", crate::runtime::WIT_PACKAGE, crate::runtime::WIT_VERSION),
+            "accepts_wit": crate::runtime::accepted_wit_versions(),
+            "plugin_reloads": reloads,
+            "plugin_reload_failures": reload_failures,
+            "config": {
+                "source": config.source,
+                "loaded_at": usage::rfc3339(config.loaded_at_ms),
+                "last_error": config.last_error,
+                "last_error_at": config.last_error_at_ms.map(usage::rfc3339),
+                "restart_required": config.restart_required,
+                "reloads": config.reloads,
+                "reload_failures": config.reload_failures,
+            },
+        })
+    });
+    Ok(Json(serde_json::json!({ "plugins": plugins, "failures": failures, "reload": reload })))
 }

@@ -90,9 +90,9 @@ struct Steps {
     last: Decimal,
     /// `max(last step, period start)`: where the open-ended part begins.
     since: i64,
-    /// When the run above zero that the first kept step continues began,
-    /// if earlier steps were pruned (or never loaded) while it ran.
-    carried_run_start: Option<i64>,
+    /// `(instant of a kept step, when the run above zero it continues
+    /// began)`, for runs whose earlier steps were pruned or never loaded.
+    carried_run: Option<(i64, i64)>,
 }
 
 impl Steps {
@@ -139,15 +139,27 @@ impl Steps {
         Ok(total)
     }
 
+    /// Where a run above zero that turns positive at step `t` began: at
+    /// `t`, unless `t` is the carried step of a run that began earlier and
+    /// no known step lies between that start and `t`.
+    fn run_start_at(&self, t: i64, previous_step: Option<i64>) -> i64 {
+        match self.carried_run {
+            Some((at, start)) if at == t && previous_step.is_none_or(|p| p < start) => start.min(t),
+            _ => t,
+        }
+    }
+
     /// Runs above zero, as (start, end) with `None` for the running one.
     fn runs(&self) -> Vec<(i64, Option<i64>)> {
         let mut runs = Vec::new();
         let mut start = None;
-        for (i, (&t, quantities)) in self.at.iter().enumerate() {
+        let mut previous_step = None;
+        for (&t, quantities) in &self.at {
             let positive = Self::in_force(quantities) > Decimal::ZERO;
+            let run_start = self.run_start_at(t, previous_step);
+            previous_step = Some(t);
             match (start, positive) {
-                (None, true) if i == 0 => start = Some(self.carried_run_start.map_or(t, |s| s.min(t))),
-                (None, true) => start = Some(t),
+                (None, true) => start = Some(run_start),
                 (Some(s), false) => {
                     runs.push((s, Some(t)));
                     start = None;
@@ -167,14 +179,18 @@ impl Steps {
     fn prune_before(&mut self, from: i64) {
         let Some((&keep, _)) = self.at.range(..=from).next_back() else { return };
         let mut start = None;
-        for (i, (&t, quantities)) in self.at.range(..=from).enumerate() {
+        let mut previous_step = None;
+        for (&t, quantities) in self.at.range(..=from) {
             if Self::in_force(quantities) <= Decimal::ZERO {
                 start = None;
             } else if start.is_none() {
-                start = Some(if i == 0 { self.carried_run_start.map_or(t, |s| s.min(t)) } else { t });
+                start = Some(self.run_start_at(t, previous_step));
             }
+            previous_step = Some(t);
         }
-        self.carried_run_start = start;
+        // A correction of the kept step from 0 to running cannot recover the
+        // run it would continue; a restart (which reads the store) does.
+        self.carried_run = start.map(|s| (keep, s));
         self.at = self.at.split_off(&keep);
     }
 }
@@ -236,7 +252,7 @@ impl MetricStanding {
                 // Reset the derived fields so edit_subject adds them afresh.
                 *steps = Steps {
                     at: std::mem::take(&mut steps.at),
-                    carried_run_start: steps.carried_run_start,
+                    carried_run: steps.carried_run,
                     ..Steps::default()
                 };
                 steps.since = period.from_ms;
@@ -424,8 +440,11 @@ impl OrgStanding {
     /// began at `start_ms` (history the store did not load: only the last
     /// level before the period is loaded).
     pub fn set_run_start(&mut self, metric: &str, subject: &str, start_ms: i64) {
-        if let Some(steps) = self.metrics.get_mut(metric).and_then(|m| m.subjects.get_mut(subject)) {
-            steps.carried_run_start = Some(start_ms);
+        let from = self.period.from_ms;
+        if let Some(steps) = self.metrics.get_mut(metric).and_then(|m| m.subjects.get_mut(subject))
+            && let Some((&carried, _)) = steps.at.range(..from).next_back()
+        {
+            steps.carried_run = Some((carried, start_ms));
         }
     }
 

@@ -58,6 +58,39 @@ impl Default for RuntimeSettings {
     }
 }
 
+/// The WIT package plugins are built against, and the version this host
+/// implements. See ARCHITECTURE.md, "How the WIT package evolves".
+pub const WIT_PACKAGE: &str = "meterd:provider";
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// Whether a component built against `version` of [`WIT_PACKAGE`] can run
+/// here: the same major version (for 0.x, the same minor: 0.x minors may
+/// break), any patch; a newer minor than ours is refused, because it may
+/// use functions we do not have.
+pub fn wit_version_accepted(version: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let core = v.split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+        Some((parts.next()??, parts.next()??, parts.next()??))
+    };
+    match (parse(version), parse(WIT_VERSION)) {
+        (Some((0, minor, _)), Some((0, ours, _))) => minor == ours,
+        (Some((major, minor, _)), Some((our_major, our_minor, _))) => {
+            major == our_major && minor <= our_minor
+        }
+        _ => false,
+    }
+}
+
+/// Which versions [`wit_version_accepted`] takes, for messages.
+pub fn accepted_wit_versions() -> String {
+    match WIT_VERSION.split('.').collect::<Vec<_>>().as_slice() {
+        ["0", minor, _] => format!("{WIT_PACKAGE}@0.{minor}.x"),
+        [major, minor, _] => format!("{WIT_PACKAGE}@{major}.0.x to {major}.{minor}.x"),
+        _ => format!("{WIT_PACKAGE}@{WIT_VERSION}"),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("the wasm engine could not be configured: {0}")]
@@ -66,6 +99,10 @@ pub enum LoadError {
     Compile(String),
     #[error("the component does not match the meterd:provider@0.1.0 world: {0}")]
     World(String),
+    #[error(
+        "the component was built against {found}; this host implements {WIT_PACKAGE}@{WIT_VERSION} and accepts {accepted}"
+    )]
+    WitVersion { found: String, accepted: String },
     #[error("the component's info() failed: {0}")]
     Canary(#[source] CallError),
     #[error("plugin configuration: {0}")]
@@ -125,7 +162,7 @@ impl Runtime {
     /// component, then calls its `info()` as a canary.
     pub fn load(&self, bytes: &[u8], settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
         let http = Arc::new(HttpPolicy::from_settings(&settings).map_err(LoadError::Config)?);
-        let hash = cache::sha256_hex(bytes);
+        let hash = component_hash(bytes);
         let (component, from_cache) = match &self.settings.cache_dir {
             Some(dir) => cache::compile_cached(&self.engine, dir, &hash, bytes)?,
             None => (
@@ -134,6 +171,7 @@ impl Runtime {
                 false,
             ),
         };
+        let wit_version = wit_version_of(&self.engine, &component)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -149,6 +187,7 @@ impl Runtime {
             },
             hash,
             from_cache,
+            wit_version,
             pre,
             engine: self.engine.clone(),
             _ticker: self.ticker.clone(),
@@ -172,6 +211,34 @@ impl Runtime {
     }
 }
 
+/// The hash a component is known by (SHA-256, hex): its cache key and the
+/// identity reloads compare.
+pub fn component_hash(bytes: &[u8]) -> String {
+    cache::sha256_hex(bytes)
+}
+
+/// The `meterd:provider` version a component exports its adapter at,
+/// checked against what this host accepts before it is linked, so an
+/// incompatible plugin is refused by name rather than by a link error.
+fn wit_version_of(engine: &Engine, component: &Component) -> Result<String, LoadError> {
+    let prefix = format!("{WIT_PACKAGE}/adapter@");
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+    let Some(version) = exports.iter().find_map(|name| name.strip_prefix(&prefix)) else {
+        return Err(LoadError::World(format!(
+            "it exports no `{WIT_PACKAGE}/adapter` interface (exports: {})",
+            if exports.is_empty() { "none".to_owned() } else { exports.join(", ") }
+        )));
+    };
+    if !wit_version_accepted(version) {
+        return Err(LoadError::WitVersion {
+            found: format!("{WIT_PACKAGE}@{version}"),
+            accepted: accepted_wit_versions(),
+        });
+    }
+    Ok(version.to_owned())
+}
+
 /// A warm instance: its store and the bindings into it.
 struct Warm {
     store: Store<PluginState>,
@@ -185,6 +252,8 @@ pub struct LoadedPlugin {
     hash: String,
     /// Whether the compiled code came from the on-disk cache.
     from_cache: bool,
+    /// The `meterd:provider` version the component was built against.
+    wit_version: String,
     pre: ProviderPre<PluginState>,
     engine: Engine,
     _ticker: Arc<EpochTicker>,
@@ -208,6 +277,10 @@ impl LoadedPlugin {
 
     pub fn compiled_from_cache(&self) -> bool {
         self.from_cache
+    }
+
+    pub fn wit_version(&self) -> &str {
+        &self.wit_version
     }
 
     pub fn settings(&self) -> &PluginSettings {

@@ -42,8 +42,19 @@ pub struct BuiltPlugin {
 }
 
 /// The component of plugin `name`, building every plugin the first time a
-/// process asks (tests and benchmarks never run a stale component).
+/// process asks (tests and benchmarks never run a stale component). A
+/// test-only plugin of the same name (a rebuilt variant) is not this one:
+/// see [`test_component`].
 pub fn component(name: &str) -> Result<PathBuf> {
+    find_built(name, false)
+}
+
+/// The test-only component named `name` (from a crate under `tests/`).
+pub fn test_component(name: &str) -> Result<PathBuf> {
+    find_built(name, true)
+}
+
+fn find_built(name: &str, test_only: bool) -> Result<PathBuf> {
     static BUILT: std::sync::OnceLock<Result<Vec<BuiltPlugin>, String>> = std::sync::OnceLock::new();
     let built = BUILT
         .get_or_init(|| build_all().map_err(|e| format!("{e:#}")))
@@ -51,7 +62,8 @@ pub fn component(name: &str) -> Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     built
         .iter()
-        .find(|p| p.name == name)
+        .find(|p| p.name == name && p.test_only == test_only)
+        .or_else(|| built.iter().find(|p| p.name == name))
         .map(|p| p.path.clone())
         .with_context(|| format!("no plugin named {name} was built"))
 }

@@ -44,11 +44,19 @@ pub struct Options {
     pub admin_token: Option<&'static str>,
     /// Extra TOML tables appended at the end (e.g. `[plugins.daytona]`).
     pub sections: String,
+    /// Extra arguments to `meterd serve` (e.g. `--no-watch`).
+    pub serve_args: Vec<&'static str>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { plugins: vec!["e2b"], extra_config: String::new(), admin_token: None, sections: String::new() }
+        Self {
+            plugins: vec!["e2b"],
+            extra_config: String::new(),
+            admin_token: None,
+            sections: String::new(),
+            serve_args: Vec::new(),
+        }
     }
 }
 
@@ -59,6 +67,7 @@ pub struct Gateway {
     pub base: String,
     pub client: reqwest::Client,
     admin_token: Option<&'static str>,
+    serve_args: Vec<&'static str>,
 }
 
 pub fn meterd_binary() -> &'static str {
@@ -100,6 +109,7 @@ impl Gateway {
             base: String::new(),
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
             admin_token: options.admin_token,
+            serve_args: options.serve_args,
         };
         gateway.spawn();
         gateway
@@ -116,7 +126,9 @@ impl Gateway {
     /// Starts the process and waits for its "listening on" line.
     fn spawn(&mut self) {
         let mut child = meterd_command()
-            .args(["serve", "--config"])
+            .arg("serve")
+            .args(&self.serve_args)
+            .arg("--config")
             .arg(self.config_path())
             .current_dir(self.dir.path())
             .env("METERD_LOG", "warn")
