@@ -43,8 +43,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginsCommand {
-    /// Load every plugin in plugins_dir and list name, version, hash, modes.
-    List,
+    /// List plugins: name, version, modes, WIT version, load time, hash and
+    /// the last reload error. Loads plugins_dir itself, or asks a running
+    /// gateway with --url.
+    List {
+        /// A running gateway to ask (e.g. http://127.0.0.1:8080), using
+        /// admin_token from the config when set.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,7 +92,10 @@ fn main() -> ExitCode {
                 println!("migrations applied to {}", config.database);
                 Ok(())
             }
-            Command::Plugins { command: PluginsCommand::List } => list_plugins(&config).await,
+            Command::Plugins { command: PluginsCommand::List { url: None } } => list_plugins(&config).await,
+            Command::Plugins { command: PluginsCommand::List { url: Some(url) } } => {
+                list_remote_plugins(&config, &url).await
+            }
         }
     });
     match result {
@@ -100,15 +110,18 @@ fn main() -> ExitCode {
 async fn list_plugins(config: &Config) -> anyhow::Result<()> {
     let registry = tokio::task::block_in_place(|| meterd::server::load_plugins(config))?;
     let polls = meterd::server::open_store(config).await?.poll_states().await?;
-    println!("{:<16} {:<12} {:<10} {:<8} HASH", "NAME", "VERSION", "MODES", "WIT");
+    println!("{}", plugin_row(["NAME", "VERSION", "MODES", "WIT", "LOADED", "HASH"]));
     for p in registry.plugins() {
         println!(
-            "{:<16} {:<12} {:<10} {:<8} {}",
-            p.info().name,
-            p.info().version,
-            p.info().modes(),
-            p.wit_version(),
-            p.hash()
+            "{}",
+            plugin_row([
+                &p.info().name,
+                &p.info().version,
+                p.info().modes(),
+                p.wit_version(),
+                &meterd::http::rfc3339(p.loaded_at_ms),
+                p.hash(),
+            ])
         );
     }
     for f in registry.failures() {
@@ -134,4 +147,44 @@ async fn list_plugins(config: &Config) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("{} plugin file(s) refused", registry.failures().len())
     }
+}
+
+fn plugin_row(cells: [&str; 6]) -> String {
+    let [name, version, modes, wit, loaded, hash] = cells;
+    format!("{name:<16} {version:<12} {modes:<10} {wit:<8} {loaded:<26} {hash}")
+}
+
+/// `plugins list --url`: what a running gateway serves, from `/v1/plugins`.
+async fn list_remote_plugins(config: &Config, url: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let endpoint = format!("{}/v1/plugins", url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().get(&endpoint);
+    if let Some(token) = &config.admin_token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| format!("asking {endpoint}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.with_context(|| format!("reading {endpoint}"))?;
+    if !status.is_success() {
+        anyhow::bail!("{endpoint} answered {status}: {}", body["error"]["message"].as_str().unwrap_or("?"));
+    }
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    println!("{}", plugin_row(["NAME", "VERSION", "MODES", "WIT", "LOADED", "HASH"]));
+    let plugins = body["plugins"].as_array().cloned().unwrap_or_default();
+    for p in &plugins {
+        let cells = ["name", "version", "modes", "wit_version", "loaded_at", "hash"].map(|k| text(&p[k]));
+        println!("{}", plugin_row([&cells[0], &cells[1], &cells[2], &cells[3], &cells[4], &cells[5]]));
+    }
+    let failures = body["failures"].as_array().cloned().unwrap_or_default();
+    for f in &failures {
+        println!("refused {} at {}: {}", text(&f["file"]), text(&f["at"]), text(&f["error"]));
+    }
+    let config_status = &body["reload"]["config"];
+    if let Some(error) = config_status["last_error"].as_str() {
+        println!("config change refused at {}: {error}", text(&config_status["last_error_at"]));
+    }
+    for key in config_status["restart_required"].as_array().cloned().unwrap_or_default() {
+        println!("needs a restart: {}", text(&key));
+    }
+    if failures.is_empty() { Ok(()) } else { anyhow::bail!("{} plugin file(s) refused", failures.len()) }
 }

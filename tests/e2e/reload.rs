@@ -185,6 +185,19 @@ async fn plugins_are_swapped_refused_added_and_removed_under_load_without_a_fail
         .unwrap()
         .to_owned();
     assert!(error.contains("accepts meterd:provider@0.1.x"), "names both versions: {error}");
+    // The CLI shows the same from the running gateway, and exits 1.
+    let listed = support::meterd_command()
+        .args(["plugins", "list", "--url", &gw.base, "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("e2b") && l.contains("0.1.1-next") && l.contains("0.1.0")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("refused") && stdout.contains("meterd:provider@1.0.0"), "{stdout}");
 
     // The original comes back: it serves and the error is gone.
     std::fs::write(&e2b_file, &original).unwrap();

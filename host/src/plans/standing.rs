@@ -144,7 +144,11 @@ impl Steps {
     /// no known step lies between that start and `t`.
     fn run_start_at(&self, t: i64, previous_step: Option<i64>) -> i64 {
         match self.carried_run {
-            Some((at, start)) if at == t && previous_step.is_none_or(|p| p < start) => start.min(t),
+            // The step lies within the carried run's span and no known step
+            // comes between the run's start and it: the run began earlier.
+            Some((at, start)) if (start..=at).contains(&t) && previous_step.is_none_or(|p| p < start) => {
+                start
+            }
             _ => t,
         }
     }
@@ -178,19 +182,22 @@ impl Steps {
     /// continues began.
     fn prune_before(&mut self, from: i64) {
         let Some((&keep, _)) = self.at.range(..=from).next_back() else { return };
+        // The run the kept step continues — or, if the kept step stops a
+        // run, the run it stops (a correction of that step to running
+        // would continue it).
         let mut start = None;
+        let mut continued = None;
         let mut previous_step = None;
         for (&t, quantities) in self.at.range(..=from) {
             if Self::in_force(quantities) <= Decimal::ZERO {
+                continued = if t == keep { start } else { None };
                 start = None;
             } else if start.is_none() {
                 start = Some(self.run_start_at(t, previous_step));
             }
             previous_step = Some(t);
         }
-        // A correction of the kept step from 0 to running cannot recover the
-        // run it would continue; a restart (which reads the store) does.
-        self.carried_run = start.map(|s| (keep, s));
+        self.carried_run = start.or(continued).map(|s| (keep, s));
         self.at = self.at.split_off(&keep);
     }
 }

@@ -435,3 +435,21 @@ impl Drop for EpochTicker {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_accepts_its_own_minor_and_any_patch_of_it() {
+        assert_eq!(WIT_VERSION, "0.1.0", "update these cases with the version");
+        for ok in ["0.1.0", "0.1.7", "0.1.0-rc1"] {
+            assert!(wit_version_accepted(ok), "{ok}");
+        }
+        // 0.x minors may break; majors do; garbage is not a version.
+        for refused in ["0.2.0", "0.0.9", "1.0.0", "1.1.0", "0.1", "x.y.z", ""] {
+            assert!(!wit_version_accepted(refused), "{refused}");
+        }
+        assert_eq!(accepted_wit_versions(), "meterd:provider@0.1.x");
+    }
+}
