@@ -248,9 +248,9 @@ impl File {
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             format!("key `listen`: {:?} is not an address such as 127.0.0.1:8080", self.listen)
         })?;
-        if !self.database.starts_with("sqlite:") {
+        if !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| self.database.starts_with(p)) {
             return Err(format!(
-                "key `database`: {:?} is not supported; use sqlite://PATH (e.g. sqlite://meterd.db)",
+                "key `database`: {:?} is not supported; use sqlite://PATH (e.g. sqlite://meterd.db) or postgres://USER@HOST/DB",
                 self.database
             ));
         }

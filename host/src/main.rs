@@ -89,7 +89,7 @@ fn main() -> ExitCode {
             }
             Command::Migrate => {
                 meterd::server::open_store(&config).await?;
-                println!("migrations applied to {}", config.database);
+                println!("migrations applied to {}", meterd::store::redact_url(&config.database));
                 Ok(())
             }
             Command::Plugins { command: PluginsCommand::List { url: None } } => list_plugins(&config).await,

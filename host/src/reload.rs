@@ -63,7 +63,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
     vec![
         ("listen", config.listen.to_string()),
-        ("database", config.database.clone()),
+        ("database", crate::store::redact_url(&config.database)),
         ("plugins_dir", format!("{:?}", config.plugins_dir)),
         ("cache_dir", config.cache_dir.display().to_string()),
         ("plugin_timeout_ms", config.plugin_timeout.as_millis().to_string()),

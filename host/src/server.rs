@@ -16,7 +16,7 @@ use crate::plugins::PluginRegistry;
 use crate::poller::Pollers;
 use crate::reload::Reloader;
 use crate::runtime::{Runtime, RuntimeSettings};
-use crate::store::{GroupCommitter, SqliteStore, Store};
+use crate::store::{GroupCommitter, PostgresStore, SqliteStore, Store};
 use crate::usage::UsageService;
 
 /// Concurrent calls one plugin may have in flight.
@@ -33,10 +33,17 @@ pub fn runtime_settings(config: &Config) -> RuntimeSettings {
 
 /// Opens the configured database and applies migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store =
-        SqliteStore::open(&config.database).await.with_context(|| format!("opening {}", config.database))?;
+    let store: Arc<dyn Store> = if config.database.starts_with("sqlite:") {
+        Arc::new(
+            SqliteStore::open(&config.database)
+                .await
+                .with_context(|| format!("opening {}", config.database))?,
+        )
+    } else {
+        Arc::new(PostgresStore::open(&config.database).await.context("opening the PostgreSQL database")?)
+    };
     store.migrate().await.context("migrating the database")?;
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
 /// Loads the plugins directory, if one is configured.
@@ -98,7 +105,7 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     // Tests and operators read this line to find the port.
     println!(
         "meterd listening on http://{addr} (database {}, plugins: {})",
-        config.database,
+        crate::store::redact_url(&config.database),
         if names.is_empty() { "none".to_owned() } else { names.join(", ") }
     );
     let (stop_background, background_stopped) = tokio::sync::watch::channel(false);

@@ -6,6 +6,7 @@
 //! deliveries into one transaction (one fsync for many requests).
 
 mod group_commit;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::plans::standing::Change;
 use crate::record::UsageRecord;
 
 pub use group_commit::GroupCommitter;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[cfg(test)]
@@ -83,6 +85,17 @@ pub struct PollState {
     pub last_error_ms: Option<i64>,
     pub consecutive_failures: i64,
     pub next_run_ms: i64,
+}
+
+/// A database URL as it may be shown: the password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Gives each record its `seq`: how many records before it in the same
@@ -325,4 +338,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many outbox rows are pending, delivered, given up.
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
+
+    /// The audit trail of one event's records: (seq, old, new quantity) of
+    /// every correction, oldest first.
+    async fn corrections(
+        &self,
+        plugin: &str,
+        event_id: &str,
+    ) -> Result<Vec<(i64, rust_decimal::Decimal, rust_decimal::Decimal)>, StoreError>;
 }

@@ -702,6 +702,33 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn corrections(
+        &self,
+        plugin: &str,
+        event_id: &str,
+    ) -> Result<Vec<(i64, rust_decimal::Decimal, rust_decimal::Decimal)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, old_quantity, new_quantity FROM corrections WHERE plugin = ?1 AND event_id = ?2 ORDER BY id",
+        )
+        .bind(plugin)
+        .bind(event_id)
+        .fetch_all(&self.readers)
+        .await?;
+        let quantity = |text: String| {
+            meterd_units::parse_quantity(&text)
+                .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))
+        };
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("seq")?,
+                    quantity(row.try_get("old_quantity")?)?,
+                    quantity(row.try_get("new_quantity")?)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
         let row = sqlx::query(
             "SELECT COALESCE(SUM(delivered_at_ms IS NULL AND gave_up_at_ms IS NULL), 0) AS pending,

@@ -1,20 +1,123 @@
-//! The store against a real SQLite file: dedup, corrections with their
-//! audit trail, poll leases (exclusive, expiring, fenced) and cursors.
+//! The store conformance suite: every test runs unchanged against both
+//! engines — SQLite (a temporary file) and PostgreSQL (a fresh database per
+//! test on the server named by `METERD_TEST_POSTGRES`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, created by the test and
+//! dropped after it). No server is a failure that says how to start one,
+//! never a skip.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 
 use super::*;
 use crate::meter::Kind;
+use crate::meter::period::Range;
 
-async fn store() -> (tempfile::TempDir, SqliteStore) {
+/// A store and what keeps its database alive.
+struct Engine {
+    store: Arc<dyn Store>,
+    _database: Database,
+}
+
+enum Database {
+    File(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let Database::Postgres { admin_url, name } = self else { return };
+        let (admin_url, name, shown) = (admin_url.clone(), name.clone(), name.clone());
+        // Drop may run inside the test's runtime: use a thread of our own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                use sqlx::Connection as _;
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("could not drop the test database {shown}");
+        }
+    }
+}
+
+async fn sqlite() -> Engine {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let store = SqliteStore::open(&url).await.expect("open");
     store.migrate().await.expect("migrate");
-    (dir, store)
+    Engine { store: Arc::new(store), _database: Database::File(dir) }
 }
+
+pub(crate) const POSTGRES_ENV: &str = "METERD_TEST_POSTGRES";
+const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+async fn postgres() -> Engine {
+    use sqlx::Connection as _;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let admin_url = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {admin_url} ({e}). The store tests need it: start the server \
+             (Debian: `pg_ctlcluster 15 main start`, or `service postgresql start`) or point {POSTGRES_ENV} \
+             at one where this user may create databases."
+        )
+    });
+    let name = format!(
+        "meterd_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("CREATE DATABASE");
+    let database = Database::Postgres { admin_url: admin_url.clone(), name: name.clone() };
+    let mut url = reqwest::Url::parse(&admin_url).expect("admin URL");
+    url.set_path(&name);
+    let store = PostgresStore::open(url.as_str()).await.expect("open");
+    store.migrate().await.expect("migrate");
+    Engine { store: Arc::new(store), _database: database }
+}
+
+/// Declares each test once per engine: `on_sqlite::name`, `on_postgres::name`.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    let engine = super::sqlite().await;
+                    super::$name(engine.store.clone()).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    let engine = super::postgres().await;
+                    super::$name(engine.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    a_redelivery_is_a_duplicate_and_counts_nothing,
+    a_revised_window_is_a_correction_applied_once_with_an_audit_row,
+    a_lease_is_exclusive_until_it_expires_and_fences_stale_holders,
+    queries_read_the_range_and_the_levels_in_force_when_it_starts,
+    plans_and_grants_are_stored_and_a_plan_credit_once,
+    a_notice_fires_once_and_its_outbox_rows_are_delivered_or_given_up,
+    standings_load_the_period_and_the_start_of_running_sessions,
+    concurrent_commits_of_one_event_count_it_once,
+);
 
 fn record(event_id: &str, quantity: i64) -> UsageRecord {
     UsageRecord {
@@ -27,6 +130,29 @@ fn record(event_id: &str, quantity: i64) -> UsageRecord {
         at_ms: 1_754_513_976_000,
         window_start_ms: Some(1_754_513_076_000),
         attributes: BTreeMap::new(),
+    }
+}
+
+fn level(event_id: &str, subject: &str, at_ms: i64, quantity: i64) -> UsageRecord {
+    UsageRecord {
+        subject: subject.to_owned(),
+        metric: "sandbox_active".to_owned(),
+        kind: Kind::Level,
+        at_ms,
+        window_start_ms: None,
+        attributes: BTreeMap::from([("template".to_owned(), format!("t-{subject}"))]),
+        ..record(event_id, quantity)
+    }
+}
+
+fn delivery(event_id: &str, records: Vec<UsageRecord>) -> Delivery {
+    Delivery {
+        plugin: "e2b".to_owned(),
+        event_id: event_id.to_owned(),
+        received_at_ms: 1_000,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body: b"{}".to_vec(),
+        records,
     }
 }
 
@@ -43,13 +169,12 @@ fn poll(holder: &str, records: Vec<UsageRecord>, cursor: &str) -> PollCommit {
     }
 }
 
-async fn total(store: &SqliteStore) -> Decimal {
-    let q = PointQuery {
-        org_id: "acme",
-        metric: "sandbox_cpu_core_seconds",
-        range: crate::meter::period::Range::new(0, i64::MAX).unwrap(),
-        group_by: None,
-    };
+fn query<'a>(metric: &'a str, from_ms: i64, to_ms: i64, group_by: Option<&'a str>) -> PointQuery<'a> {
+    PointQuery { org_id: "acme", metric, range: Range::new(from_ms, to_ms).unwrap(), group_by }
+}
+
+async fn total(store: &dyn Store) -> Decimal {
+    let q = query("sandbox_cpu_core_seconds", 0, i64::MAX, None);
     store.points(&q).await.unwrap().iter().map(|p| p.quantity).sum()
 }
 
@@ -60,9 +185,24 @@ fn seqs_count_earlier_records_with_the_same_event_id() {
     assert_eq!(seqs, [0, 0, 1, 2]);
 }
 
-#[tokio::test]
-async fn a_revised_window_is_a_correction_applied_once_with_an_audit_row() {
-    let (_dir, store) = store().await;
+async fn a_redelivery_is_a_duplicate_and_counts_nothing(store: Arc<dyn Store>) {
+    let first = store.commit(&[delivery("e1", vec![record("e1", 3)])]).await.unwrap();
+    assert_eq!(first, [CommitOutcome { duplicate: false }]);
+    // Again, alone and twice within one batch next to a new one.
+    let again = store
+        .commit(&[
+            delivery("e1", vec![record("e1", 3)]),
+            delivery("e2", vec![record("e2", 4)]),
+            delivery("e2", vec![record("e2", 4)]),
+        ])
+        .await
+        .unwrap();
+    let duplicates: Vec<bool> = again.iter().map(|o| o.duplicate).collect();
+    assert_eq!(duplicates, [true, false, true]);
+    assert_eq!(total(store.as_ref()).await, Decimal::from(7));
+}
+
+async fn a_revised_window_is_a_correction_applied_once_with_an_audit_row(store: Arc<dyn Store>) {
     assert!(store.acquire_lease("daytona", "d-org", "me", 0, 10_000).await.unwrap().is_some());
     let first = store.commit_poll(&poll("me", vec![record("w1", 10), record("w2", 5)], "c1")).await.unwrap();
     assert_eq!(first, RecordCounts { inserted: 2, duplicates: 0, corrected: 0 });
@@ -77,20 +217,15 @@ async fn a_revised_window_is_a_correction_applied_once_with_an_audit_row() {
     // Applying the same revision again changes nothing more.
     let replay = store.commit_poll(&poll("me", vec![record("w1", 12)], "c3")).await.unwrap();
     assert_eq!(replay, RecordCounts { inserted: 0, duplicates: 1, corrected: 0 });
-    assert_eq!(total(&store).await, Decimal::from(12 + 5 + 1));
-    let audit: Vec<(String, String)> = sqlx::query_as("SELECT old_quantity, new_quantity FROM corrections")
-        .fetch_all(&store.readers)
-        .await
-        .unwrap();
-    assert_eq!(audit, vec![("10".to_owned(), "12".to_owned())]);
+    assert_eq!(total(store.as_ref()).await, Decimal::from(12 + 5 + 1));
+    let audit = store.corrections("daytona", "w1").await.unwrap();
+    assert_eq!(audit, vec![(0, Decimal::from(10), Decimal::from(12))]);
     let states = store.poll_states().await.unwrap();
     assert_eq!(states[0].cursor.as_deref(), Some("c3"));
     assert_eq!(states[0].last_success_ms, Some(1_000));
 }
 
-#[tokio::test]
-async fn a_lease_is_exclusive_until_it_expires_and_fences_stale_holders() {
-    let (_dir, store) = store().await;
+async fn a_lease_is_exclusive_until_it_expires_and_fences_stale_holders(store: Arc<dyn Store>) {
     assert!(store.acquire_lease("daytona", "d-org", "a", 0, 1_000).await.unwrap().is_some());
     assert!(store.acquire_lease("daytona", "d-org", "b", 500, 1_500).await.unwrap().is_none(), "held by a");
     assert!(store.acquire_lease("daytona", "d-org", "a", 600, 1_600).await.unwrap().is_some(), "a renews");
@@ -107,7 +242,7 @@ async fn a_lease_is_exclusive_until_it_expires_and_fences_stale_holders() {
     assert_eq!(taken.lease_holder.as_deref(), Some("b"));
     let late = store.commit_poll(&poll("a", vec![record("w1", 10)], "c1")).await;
     assert!(matches!(late, Err(StoreError::LeaseLost { .. })), "{late:?}");
-    assert_eq!(total(&store).await, Decimal::ZERO, "nothing from the fenced commit");
+    assert_eq!(total(store.as_ref()).await, Decimal::ZERO, "nothing from the fenced commit");
     store.record_poll_failure("daytona", "d-org", "b", "upstream 500", 1_700, 5_000).await.unwrap();
     store.record_poll_failure("daytona", "d-org", "b", "upstream 502", 1_800, 9_000).await.unwrap();
     let state = store.poll_states().await.unwrap().into_iter().find(|s| s.target == "d-org").unwrap();
@@ -115,4 +250,177 @@ async fn a_lease_is_exclusive_until_it_expires_and_fences_stale_holders() {
         (state.consecutive_failures, state.last_error.as_deref(), state.next_run_ms),
         (2, Some("upstream 502"), 9_000)
     );
+}
+
+async fn queries_read_the_range_and_the_levels_in_force_when_it_starts(store: Arc<dyn Store>) {
+    store
+        .commit(&[delivery(
+            "levels",
+            vec![
+                level("l1", "a", 100, 1),
+                level("l2", "a", 200, 0),
+                level("l3", "a", 300, 1),
+                level("l4", "b", 150, 1),
+                level("l5", "b", 500, 0),
+            ],
+        )])
+        .await
+        .unwrap();
+    // Carry-in at 250: a's last level before is 0 (at 200), b's is 1 (at 150).
+    let q = query("sandbox_active", 250, 1_000, Some("template"));
+    let mut carry: Vec<(String, i64, Decimal, Option<String>)> = store
+        .carry_in(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.subject, p.at_ms, p.quantity, p.group))
+        .collect();
+    carry.sort();
+    assert_eq!(
+        carry,
+        vec![
+            ("a".to_owned(), 200, Decimal::ZERO, Some("t-a".to_owned())),
+            ("b".to_owned(), 150, Decimal::ONE, Some("t-b".to_owned())),
+        ]
+    );
+    let mut points: Vec<(String, i64)> =
+        store.points(&q).await.unwrap().into_iter().map(|p| (p.subject, p.at_ms)).collect();
+    points.sort();
+    assert_eq!(points, vec![("a".to_owned(), 300), ("b".to_owned(), 500)]);
+    // Exact decimals survive the round trip.
+    let mut exact = record("exact", 0);
+    exact.quantity = meterd_units::parse_quantity("0.0000000000000000000000000001").unwrap();
+    store.commit(&[delivery("exact", vec![exact.clone()])]).await.unwrap();
+    let found = store.points(&query("sandbox_cpu_core_seconds", 0, i64::MAX, None)).await.unwrap();
+    assert_eq!(found.iter().map(|p| p.quantity).collect::<Vec<_>>(), vec![exact.quantity]);
+}
+
+async fn plans_and_grants_are_stored_and_a_plan_credit_once(store: Arc<dyn Store>) {
+    let grant = |plan: Option<&str>, amount: &str| NewGrant {
+        org_id: "acme".to_owned(),
+        amount: meterd_units::parse_quantity(amount).unwrap(),
+        currency: "USD".to_owned(),
+        effective_at_ms: 0,
+        expires_at_ms: Some(5_000),
+        priority: 10,
+        created_at_ms: 1,
+        source: plan.map_or("api".to_owned(), |p| format!("plan:{p}")),
+        plan: plan.map(str::to_owned),
+    };
+    let assignment =
+        |plan: &str, at: i64| OrgPlan { org_id: "acme".into(), plan: plan.into(), assigned_at_ms: at };
+    let stored = store.assign_plan(&assignment("pro", 10), &[grant(Some("pro"), "100")]).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    let again = store.assign_plan(&assignment("pro", 20), &[grant(Some("pro"), "100")]).await.unwrap();
+    assert!(again.is_empty(), "a plan's credit is granted once");
+    let api = store.insert_grant(&grant(None, "0.000001")).await.unwrap();
+    let api2 = store.insert_grant(&grant(None, "2.5")).await.unwrap();
+    assert_ne!(api.id, api2.id, "API grants never conflict");
+    assert_eq!(store.org_plans().await.unwrap(), vec![assignment("pro", 20)]);
+    let grants = store.grants("acme").await.unwrap();
+    let amounts: Vec<String> = grants.iter().map(|g| meterd_units::format_quantity(g.amount)).collect();
+    assert_eq!(amounts, ["100", "0.000001", "2.5"]);
+    assert_eq!((grants[0].expires_at_ms, grants[0].priority), (Some(5_000), 10));
+    assert!(store.grants("other").await.unwrap().is_empty());
+}
+
+async fn a_notice_fires_once_and_its_outbox_rows_are_delivered_or_given_up(store: Arc<dyn Store>) {
+    let notice = Notice {
+        org_id: "acme".into(),
+        rule: "quota:cpu:80".into(),
+        period_start_ms: 1_000,
+        event_type: "quota.threshold_reached".into(),
+        payload: "{\"type\":\"quota.threshold_reached\"}".into(),
+        endpoints: vec!["a".into(), "b".into()],
+    };
+    assert_eq!(store.record_notices(std::slice::from_ref(&notice), 5_000).await.unwrap(), 2);
+    assert_eq!(store.record_notices(std::slice::from_ref(&notice), 6_000).await.unwrap(), 0, "fired once");
+    let next_period = Notice { period_start_ms: 2_000, ..notice.clone() };
+    assert_eq!(store.record_notices(std::slice::from_ref(&next_period), 6_000).await.unwrap(), 2);
+    assert_eq!(store.fired(1_000).await.unwrap(), vec![("acme".to_owned(), "quota:cpu:80".to_owned())]);
+
+    let due = store.due_outbox(6_000, 10).await.unwrap();
+    assert_eq!(due.len(), 4);
+    assert_eq!(due[0].message_id, notice.message_id("a"));
+    assert_eq!(due[0].payload, notice.payload);
+    store.outbox_delivered(due[0].id, 6_100).await.unwrap();
+    store.outbox_attempt_failed(due[1].id, "503", 6_100, Some(9_000)).await.unwrap();
+    store.outbox_attempt_failed(due[2].id, "503", 6_100, None).await.unwrap();
+    let later = store.due_outbox(9_000, 10).await.unwrap();
+    let ids: Vec<i64> = later.iter().map(|m| m.id).collect();
+    assert!(ids.contains(&due[1].id) && !ids.contains(&due[0].id) && !ids.contains(&due[2].id), "{later:?}");
+    assert_eq!(later.iter().find(|m| m.id == due[1].id).unwrap().attempts, 1);
+    let counts = store.outbox_counts().await.unwrap();
+    assert_eq!(counts, OutboxCounts { pending: 2, delivered: 1, gave_up: 1 });
+}
+
+async fn standings_load_the_period_and_the_start_of_running_sessions(store: Arc<dyn Store>) {
+    // a: on at 100, off at 200, on at 300 and 400 (still running at 1,000);
+    // b: on at 150, off at 500. A delta before and one in the period.
+    let mut before = record("d-before", 7);
+    before.at_ms = 900;
+    let mut inside = record("d-inside", 3);
+    inside.at_ms = 1_500;
+    store
+        .commit(&[delivery(
+            "history",
+            vec![
+                level("l1", "a", 100, 1),
+                level("l2", "a", 200, 0),
+                level("l3", "a", 300, 1),
+                level("l4", "a", 400, 1),
+                level("l5", "b", 150, 1),
+                level("l6", "b", 500, 0),
+                level("l7", "b", 1_200, 1),
+                before,
+                inside,
+            ],
+        )])
+        .await
+        .unwrap();
+    let mut loaded: Vec<(String, i64, Decimal)> = store
+        .standing_records(1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.change.subject, c.change.at_ms, c.change.quantity))
+        .collect();
+    loaded.sort();
+    assert_eq!(
+        loaded,
+        vec![
+            ("a".to_owned(), 400, Decimal::ONE),
+            ("b".to_owned(), 500, Decimal::ZERO),
+            ("b".to_owned(), 1_200, Decimal::ONE),
+            ("d-org".to_owned(), 1_500, Decimal::from(3)),
+        ]
+    );
+    let starts = store.run_starts("sandbox_active", 1_000).await.unwrap();
+    assert_eq!(starts, vec![("acme".to_owned(), "a".to_owned(), 300)], "only a runs into the period");
+}
+
+async fn concurrent_commits_of_one_event_count_it_once(store: Arc<dyn Store>) {
+    // Many writers deliver the same events at once (replicas do on
+    // PostgreSQL; on SQLite the writer serializes them).
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut fresh = 0;
+            for n in 0..20 {
+                let id = format!("shared-{n}");
+                let batch =
+                    [delivery(&id, vec![record(&id, 1)]), delivery(&format!("own-{writer}-{n}"), vec![])];
+                let outcomes = store.commit(&batch).await.expect("commit");
+                fresh += usize::from(!outcomes[0].duplicate);
+            }
+            fresh
+        }));
+    }
+    let mut fresh = 0;
+    for t in tasks {
+        fresh += t.await.unwrap();
+    }
+    assert_eq!(fresh, 20, "each shared event is new exactly once");
+    assert_eq!(total(store.as_ref()).await, Decimal::from(20));
 }

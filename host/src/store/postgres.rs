@@ -1,0 +1,739 @@
+//! The PostgreSQL engine, for several gateway replicas on one database.
+//!
+//! The same contract as the SQLite engine (the same conformance tests run
+//! against both), with what sharing a database needs: dedup by unique
+//! constraints only (a redelivery that reaches another replica while the
+//! first is still committing waits for it and is then a duplicate), record
+//! inserts that report only what they really inserted, lease fencing with
+//! `SELECT … FOR UPDATE`, outbox rows claimed with `SKIP LOCKED`, and
+//! migrations under sqlx's advisory lock (replicas may start at once).
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+
+use super::{
+    CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
+    PointQuery, PollCommit, PollState, RecordCounts, Store, StoreError, with_seqs,
+};
+use crate::meter::{Kind, Point};
+use crate::plans::credits::Grant;
+use crate::plans::standing::Change;
+use crate::record::UsageRecord;
+
+/// PostgreSQL allows 65,535 bound parameters per statement; stay well under.
+const DELIVERY_ROWS_PER_INSERT: usize = 2_000;
+const RECORD_ROWS_PER_INSERT: usize = 2_000;
+const KEYS_PER_LOOKUP: usize = 4_000;
+const CONNECTIONS: u32 = 8;
+/// How long a replica's notifier owns the outbox rows it took.
+const OUTBOX_CLAIM_MS: i64 = 60_000;
+
+pub struct PostgresStore {
+    pool: PgPool,
+    hook: OnceLock<Arc<dyn CommitHook>>,
+}
+
+impl PostgresStore {
+    /// Connects to a `postgres://…` URL.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions =
+            url.parse().map_err(|e| StoreError::Unavailable(format!("{}: {e}", super::redact_url(url))))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", super::redact_url(url))))?;
+        Ok(Self { pool, hook: OnceLock::new() })
+    }
+
+    /// Like the SQLite engine's: tell the hook, store its notices, commit,
+    /// undo the hook's work if the commit fails.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, Postgres>,
+        changes: Vec<OrgChange>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Some(hook) = self.hook.get().filter(|_| !changes.is_empty()) else {
+            tx.commit().await?;
+            return Ok(());
+        };
+        let notices = hook.records_written(&changes, now_ms);
+        let result = async {
+            let rows = insert_notices(&mut tx, &notices, now_ms).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(rows)
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                hook.committed(rows);
+                Ok(())
+            }
+            Err(e) => {
+                hook.rolled_back(&changes, &notices);
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn insert_notices(tx: &mut PgConnection, notices: &[Notice], now_ms: i64) -> Result<usize, StoreError> {
+    let mut rows = 0;
+    for notice in notices {
+        let fresh = sqlx::query(
+            "INSERT INTO notifications_fired (org_id, rule, period_start_ms, fired_at_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&notice.org_id)
+        .bind(&notice.rule)
+        .bind(notice.period_start_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            continue;
+        }
+        for endpoint in &notice.endpoints {
+            sqlx::query(
+                "INSERT INTO outbox (message_id, endpoint, event_type, payload, created_at_ms, next_attempt_ms)
+                 VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (message_id) DO NOTHING",
+            )
+            .bind(notice.message_id(endpoint))
+            .bind(endpoint)
+            .bind(&notice.event_type)
+            .bind(&notice.payload)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            rows += 1;
+        }
+    }
+    Ok(rows)
+}
+
+fn point_from_row(row: &PgRow) -> Result<Point, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Point {
+        kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
+        subject: row.try_get("subject")?,
+        quantity: row.try_get("quantity")?,
+        at_ms: row.try_get("at_ms")?,
+        group: row.try_get("grp")?,
+    })
+}
+
+fn grant_from_row(row: &PgRow) -> Result<Grant, StoreError> {
+    Ok(Grant {
+        id: Some(row.try_get("id")?),
+        amount: row.try_get("amount")?,
+        effective_at_ms: row.try_get("effective_at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        priority: row.try_get("priority")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        source: row.try_get("source")?,
+    })
+}
+
+async fn insert_grant(tx: &mut PgConnection, g: &NewGrant) -> Result<Option<Grant>, StoreError> {
+    let row = sqlx::query(
+        "INSERT INTO grants (org_id, amount, currency, effective_at_ms, expires_at_ms, priority, created_at_ms, source, plan)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (org_id, plan) DO NOTHING RETURNING *",
+    )
+    .bind(&g.org_id)
+    .bind(g.amount)
+    .bind(&g.currency)
+    .bind(g.effective_at_ms)
+    .bind(g.expires_at_ms)
+    .bind(g.priority)
+    .bind(g.created_at_ms)
+    .bind(&g.source)
+    .bind(&g.plan)
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.as_ref().map(grant_from_row).transpose()
+}
+
+struct RecordRow<'a> {
+    plugin: &'a str,
+    delivery_id: Option<i64>,
+    seq: i64,
+    record: &'a UsageRecord,
+}
+
+fn org_change(record: &UsageRecord, previous: Option<Decimal>) -> OrgChange {
+    OrgChange {
+        org_id: record.org_id.clone(),
+        change: Change {
+            subject: record.subject.clone(),
+            metric: record.metric.clone(),
+            kind: record.kind,
+            at_ms: record.at_ms,
+            quantity: record.quantity,
+            previous,
+        },
+    }
+}
+
+/// Insert / duplicate / correction by (plugin, event id, seq), as the SQLite
+/// engine does. Another replica may insert the same key concurrently: the
+/// insert waits for it and skips the row, and only rows this transaction
+/// really inserted are counted and reported.
+async fn write_records(
+    tx: &mut PgConnection,
+    rows: &[RecordRow<'_>],
+    now_ms: i64,
+    changes: &mut Vec<OrgChange>,
+) -> Result<RecordCounts, StoreError> {
+    let mut counts = RecordCounts::default();
+    if rows.is_empty() {
+        return Ok(counts);
+    }
+    let mut existing: HashMap<(String, String, i64), (i64, Decimal)> = HashMap::new();
+    for chunk in rows.chunks(KEYS_PER_LOOKUP) {
+        let mut lookup = QueryBuilder::<Postgres>::new(
+            "SELECT id, plugin, event_id, seq, quantity FROM usage_records WHERE (plugin, event_id) IN (",
+        );
+        let mut keys = lookup.separated(", ");
+        for row in chunk {
+            keys.push("(")
+                .push_bind_unseparated(row.plugin)
+                .push_unseparated(", ")
+                .push_bind_unseparated(&row.record.event_id)
+                .push_unseparated(")");
+        }
+        lookup.push(")");
+        for found in lookup.build().fetch_all(&mut *tx).await? {
+            existing.insert(
+                (found.try_get("plugin")?, found.try_get("event_id")?, found.try_get("seq")?),
+                (found.try_get("id")?, found.try_get("quantity")?),
+            );
+        }
+    }
+    let mut fresh: Vec<&RecordRow> = Vec::new();
+    let mut fresh_keys = std::collections::HashSet::new();
+    for row in rows {
+        match existing.get(&(row.plugin.to_owned(), row.record.event_id.clone(), row.seq)) {
+            None if !fresh_keys.insert((row.plugin, row.record.event_id.as_str(), row.seq)) => {
+                counts.duplicates += 1;
+            }
+            None => fresh.push(row),
+            Some((_, stored)) if *stored == row.record.quantity => counts.duplicates += 1,
+            Some((id, stored)) => {
+                changes.push(org_change(row.record, Some(*stored)));
+                sqlx::query("UPDATE usage_records SET quantity = $1 WHERE id = $2")
+                    .bind(row.record.quantity)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO corrections (record_id, plugin, event_id, seq, old_quantity, new_quantity, corrected_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id)
+                .bind(row.plugin)
+                .bind(&row.record.event_id)
+                .bind(row.seq)
+                .bind(stored)
+                .bind(row.record.quantity)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                counts.corrected += 1;
+            }
+        }
+    }
+    // Key order, as for deliveries.
+    fresh.sort_by(|a, b| (a.plugin, &a.record.event_id, a.seq).cmp(&(b.plugin, &b.record.event_id, b.seq)));
+    for chunk in fresh.chunks(RECORD_ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Postgres>::new(
+            "INSERT INTO usage_records (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes) ",
+        );
+        insert.push_values(chunk, |mut b, row| {
+            let r = row.record;
+            let attributes = serde_json::to_value(&r.attributes).unwrap_or_default();
+            b.push_bind(row.plugin)
+                .push_bind(&r.event_id)
+                .push_bind(row.seq)
+                .push_bind(row.delivery_id)
+                .push_bind(&r.org_id)
+                .push_bind(&r.subject)
+                .push_bind(&r.metric)
+                .push_bind(r.kind.as_str())
+                .push_bind(r.quantity)
+                .push_bind(r.at_ms)
+                .push_bind(r.window_start_ms)
+                .push_bind(attributes);
+        });
+        insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING RETURNING event_id, seq");
+        let inserted: std::collections::HashSet<(String, i64)> = insert
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("event_id")?, r.try_get("seq")?)))
+            .collect::<Result<_, StoreError>>()?;
+        for row in chunk {
+            if inserted.contains(&(row.record.event_id.clone(), row.seq)) {
+                counts.inserted += 1;
+                changes.push(org_change(row.record, None));
+            } else {
+                counts.duplicates += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+fn poll_state_from_row(row: &PgRow) -> Result<PollState, StoreError> {
+    Ok(PollState {
+        plugin: row.try_get("plugin")?,
+        target: row.try_get("target")?,
+        cursor: row.try_get("cursor")?,
+        lease_holder: row.try_get("lease_holder")?,
+        lease_expires_ms: row.try_get("lease_expires_ms")?,
+        last_success_ms: row.try_get("last_success_ms")?,
+        last_error: row.try_get("last_error")?,
+        last_error_ms: row.try_get("last_error_ms")?,
+        consecutive_failures: row.try_get("consecutive_failures")?,
+        next_run_ms: row.try_get("next_run_ms")?,
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        // sqlx holds an advisory lock while migrating: replicas starting at
+        // once apply each migration exactly once.
+        sqlx::migrate!("../migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))
+    }
+
+    async fn commit(&self, batch: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut new_ids: HashMap<(String, String), i64> = HashMap::with_capacity(batch.len());
+        // Rows are inserted in key order, so two replicas committing
+        // overlapping batches take the unique-index locks in the same order
+        // (no deadlock between them, only a wait).
+        let mut ordered: Vec<&Delivery> = batch.iter().collect();
+        ordered.sort_by(|a, b| (&a.plugin, &a.event_id).cmp(&(&b.plugin, &b.event_id)));
+        for chunk in ordered.chunks(DELIVERY_ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO deliveries (plugin, event_id, received_at_ms, headers, body, record_count) ",
+            );
+            insert.push_values(chunk, |mut row, d| {
+                let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned());
+                row.push_bind(&d.plugin)
+                    .push_bind(&d.event_id)
+                    .push_bind(d.received_at_ms)
+                    .push_bind(headers)
+                    .push_bind(&d.body)
+                    .push_bind(d.records.len() as i32);
+            });
+            insert.push(" ON CONFLICT (plugin, event_id) DO NOTHING RETURNING id, plugin, event_id");
+            for row in insert.build().fetch_all(&mut *tx).await? {
+                new_ids.insert((row.try_get("plugin")?, row.try_get("event_id")?), row.try_get("id")?);
+            }
+        }
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut rows = Vec::new();
+        for d in batch {
+            match new_ids.remove(&(d.plugin.clone(), d.event_id.clone())) {
+                Some(id) => {
+                    outcomes.push(CommitOutcome { duplicate: false });
+                    rows.extend(with_seqs(&d.records).into_iter().map(|(seq, record)| RecordRow {
+                        plugin: &d.plugin,
+                        delivery_id: Some(id),
+                        seq,
+                        record,
+                    }));
+                }
+                None => outcomes.push(CommitOutcome { duplicate: true }),
+            }
+        }
+        let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
+        let mut changes = Vec::new();
+        write_records(&mut tx, &rows, now_ms, &mut changes).await?;
+        self.finish(tx, changes, now_ms).await?;
+        Ok(outcomes)
+    }
+
+    async fn points(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, subject, quantity, at_ms, attributes ->> $1 AS grp
+             FROM usage_records
+             WHERE org_id = $2 AND metric = $3 AND at_ms >= $4 AND at_ms < $5",
+        )
+        .bind(q.group_by)
+        .bind(q.org_id)
+        .bind(q.metric)
+        .bind(q.range.from_ms)
+        .bind(q.range.to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(point_from_row).collect()
+    }
+
+    async fn carry_in(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, subject, quantity, at_ms, grp FROM (
+                 SELECT kind, subject, quantity, at_ms, attributes ->> $1 AS grp,
+                        RANK() OVER (PARTITION BY subject ORDER BY at_ms DESC) AS latest
+                 FROM usage_records
+                 WHERE org_id = $2 AND metric = $3 AND kind = 'level' AND at_ms < $4
+             ) last WHERE latest = 1",
+        )
+        .bind(q.group_by)
+        .bind(q.org_id)
+        .bind(q.metric)
+        .bind(q.range.from_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(point_from_row).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        plugin: &str,
+        target: &str,
+        holder: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<Option<PollState>, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO poll_state (plugin, target, lease_holder, lease_expires_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (plugin, target) DO UPDATE
+                 SET lease_holder = excluded.lease_holder, lease_expires_ms = excluded.lease_expires_ms
+                 WHERE poll_state.lease_holder IS NULL OR poll_state.lease_holder = excluded.lease_holder
+                       OR poll_state.lease_expires_ms <= $5
+             RETURNING *",
+        )
+        .bind(plugin)
+        .bind(target)
+        .bind(holder)
+        .bind(expires_ms)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(poll_state_from_row).transpose()
+    }
+
+    async fn commit_poll(&self, poll: &PollCommit) -> Result<RecordCounts, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock fences: a replica taking the lease over waits for
+        // this commit, and this commit sees a takeover that committed first.
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT lease_holder FROM poll_state WHERE plugin = $1 AND target = $2 FOR UPDATE",
+        )
+        .bind(&poll.plugin)
+        .bind(&poll.target)
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten();
+        if holder.as_deref() != Some(poll.holder.as_str()) {
+            return Err(StoreError::LeaseLost { plugin: poll.plugin.clone(), target: poll.target.clone() });
+        }
+        let rows: Vec<RecordRow> = with_seqs(&poll.records)
+            .into_iter()
+            .map(|(seq, record)| RecordRow { plugin: &poll.plugin, delivery_id: None, seq, record })
+            .collect();
+        let mut changes = Vec::new();
+        let counts = write_records(&mut tx, &rows, poll.now_ms, &mut changes).await?;
+        sqlx::query(
+            "UPDATE poll_state SET cursor = COALESCE($3, cursor), last_success_ms = $4, consecutive_failures = 0,
+                 next_run_ms = $5, lease_expires_ms = $6
+             WHERE plugin = $1 AND target = $2",
+        )
+        .bind(&poll.plugin)
+        .bind(&poll.target)
+        .bind(&poll.next_cursor)
+        .bind(poll.now_ms)
+        .bind(poll.next_run_ms)
+        .bind(poll.lease_expires_ms)
+        .execute(&mut *tx)
+        .await?;
+        self.finish(tx, changes, poll.now_ms).await?;
+        Ok(counts)
+    }
+
+    async fn record_poll_failure(
+        &self,
+        plugin: &str,
+        target: &str,
+        holder: &str,
+        error: &str,
+        now_ms: i64,
+        next_run_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE poll_state SET last_error = $4, last_error_ms = $5, consecutive_failures = consecutive_failures + 1, next_run_ms = $6
+             WHERE plugin = $1 AND target = $2 AND lease_holder = $3",
+        )
+        .bind(plugin)
+        .bind(target)
+        .bind(holder)
+        .bind(error)
+        .bind(now_ms)
+        .bind(next_run_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn poll_states(&self) -> Result<Vec<PollState>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM poll_state ORDER BY plugin, target").fetch_all(&self.pool).await?;
+        rows.iter().map(poll_state_from_row).collect()
+    }
+
+    fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
+        if self.hook.set(hook).is_err() {
+            tracing::warn!("a commit hook was already installed; keeping the first");
+        }
+    }
+
+    async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT org_id, subject, metric, kind, quantity, at_ms FROM usage_records WHERE at_ms >= $1
+             UNION ALL
+             SELECT org_id, subject, metric, kind, quantity, at_ms FROM (
+                 SELECT org_id, subject, metric, kind, quantity, at_ms,
+                        RANK() OVER (PARTITION BY org_id, metric, subject ORDER BY at_ms DESC) AS latest
+                 FROM usage_records WHERE kind = 'level' AND at_ms < $1
+             ) last WHERE latest = 1",
+        )
+        .bind(from_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(OrgChange {
+                    org_id: row.try_get("org_id")?,
+                    change: Change {
+                        subject: row.try_get("subject")?,
+                        metric: row.try_get("metric")?,
+                        kind: Kind::parse(&kind)
+                            .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
+                        at_ms: row.try_get("at_ms")?,
+                        quantity: row.try_get("quantity")?,
+                        previous: None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn run_starts(
+        &self,
+        metric: &str,
+        before_ms: i64,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "WITH levels AS (
+                 SELECT org_id, subject, at_ms, BOOL_OR(quantity > 0) AS positive
+                 FROM usage_records
+                 WHERE metric = $1 AND kind = 'level' AND at_ms < $2
+                 GROUP BY org_id, subject, at_ms
+             ),
+             stops AS (
+                 SELECT org_id, subject, MAX(at_ms) AS stop_ms FROM levels WHERE NOT positive GROUP BY org_id, subject
+             )
+             SELECT l.org_id, l.subject, MIN(l.at_ms) AS start_ms
+             FROM levels l LEFT JOIN stops s ON s.org_id = l.org_id AND s.subject = l.subject
+             WHERE l.at_ms > COALESCE(s.stop_ms, -9223372036854775808)
+             GROUP BY l.org_id, l.subject",
+        )
+        .bind(metric)
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("org_id")?, row.try_get("subject")?, row.try_get("start_ms")?)))
+            .collect()
+    }
+
+    async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError> {
+        let rows =
+            sqlx::query("SELECT org_id, plan, assigned_at_ms FROM org_plans").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OrgPlan {
+                    org_id: row.try_get("org_id")?,
+                    plan: row.try_get("plan")?,
+                    assigned_at_ms: row.try_get("assigned_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn assign_plan(&self, plan: &OrgPlan, grants: &[NewGrant]) -> Result<Vec<Grant>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO org_plans (org_id, plan, assigned_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (org_id) DO UPDATE SET plan = excluded.plan, assigned_at_ms = excluded.assigned_at_ms",
+        )
+        .bind(&plan.org_id)
+        .bind(&plan.plan)
+        .bind(plan.assigned_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        let mut stored = Vec::new();
+        for grant in grants {
+            stored.extend(insert_grant(&mut tx, grant).await?);
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn insert_grant(&self, grant: &NewGrant) -> Result<Grant, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let stored = insert_grant(&mut tx, grant)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("grant for {} not stored", grant.org_id)))?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn grants(&self, org_id: &str) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM grants WHERE org_id = $1 ORDER BY id")
+            .bind(org_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(grant_from_row).collect()
+    }
+
+    async fn record_notices(&self, notices: &[Notice], now_ms: i64) -> Result<usize, StoreError> {
+        if notices.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let rows = insert_notices(&mut tx, notices, now_ms).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    async fn fired(&self, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT org_id, rule FROM notifications_fired WHERE period_start_ms = $1")
+            .bind(period_start_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("org_id")?, row.try_get("rule")?))).collect()
+    }
+
+    async fn due_outbox(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
+        // Claim the rows: another replica's notifier skips them until the
+        // claim lapses (a replica that dies mid-delivery leaves them due again).
+        let rows = sqlx::query(
+            "UPDATE outbox SET next_attempt_ms = $1 + $3
+             WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE delivered_at_ms IS NULL AND gave_up_at_ms IS NULL AND next_attempt_ms <= $1
+                 ORDER BY next_attempt_ms, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             RETURNING id, message_id, endpoint, event_type, payload, created_at_ms, attempts",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .bind(OUTBOX_CLAIM_MS)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<OutboxMessage> = rows
+            .iter()
+            .map(|row| {
+                Ok(OutboxMessage {
+                    id: row.try_get("id")?,
+                    message_id: row.try_get("message_id")?,
+                    endpoint: row.try_get("endpoint")?,
+                    event_type: row.try_get("event_type")?,
+                    payload: row.try_get("payload")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET delivered_at_ms = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1")
+            .bind(id)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_attempt_failed(
+        &self,
+        id: i64,
+        error: &str,
+        now_ms: i64,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                 next_attempt_ms = COALESCE($3, next_attempt_ms),
+                 gave_up_at_ms = CASE WHEN $3::BIGINT IS NULL THEN $4 ELSE NULL END
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(retry_at_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn corrections(
+        &self,
+        plugin: &str,
+        event_id: &str,
+    ) -> Result<Vec<(i64, Decimal, Decimal)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, old_quantity, new_quantity FROM corrections WHERE plugin = $1 AND event_id = $2 ORDER BY id",
+        )
+        .bind(plugin)
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("seq")?, row.try_get("old_quantity")?, row.try_get("new_quantity")?)))
+            .collect()
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE delivered_at_ms IS NULL AND gave_up_at_ms IS NULL) AS pending,
+                    COUNT(*) FILTER (WHERE delivered_at_ms IS NOT NULL) AS delivered,
+                    COUNT(*) FILTER (WHERE gave_up_at_ms IS NOT NULL) AS gave_up
+             FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxCounts {
+            pending: row.try_get("pending")?,
+            delivered: row.try_get("delivered")?,
+            gave_up: row.try_get("gave_up")?,
+        })
+    }
+}
