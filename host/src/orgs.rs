@@ -387,7 +387,12 @@ impl Orgs {
         let orgs: Vec<(String, Shared)> =
             read(&self.standings).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut notices = Vec::new();
-        for (org_id, shared) in orgs {
+        for (i, (org_id, shared)) in orgs.into_iter().enumerate() {
+            // Let requests in between: a sweep of many orgs must not hold
+            // an async worker for milliseconds.
+            if i % 64 == 63 {
+                tokio::task::yield_now().await;
+            }
             let (period, crossings) = {
                 let mut org = lock(&shared);
                 if let Err(e) = org.roll_to(now_ms) {

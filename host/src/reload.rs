@@ -187,10 +187,27 @@ impl Reloader {
         use notify::Watcher as _;
         let plugins_dir = self.state.plugins.dir().map(Path::to_path_buf);
         let config_file = self.config_path.clone();
-        let (tx, mut rx) = mpsc::unbounded_channel::<notify::Event>();
+        let config_name = config_file.as_deref().and_then(Path::file_name).map(|n| n.to_owned());
+        let watches_plugins = plugins_dir.is_some();
+        // Classified on the watcher's own thread, so the writes to a
+        // database beside the config (every commit) never reach the
+        // channel: only (plugins changed, config changed) does. Reads (ours
+        // included) are not changes.
+        let (tx, mut rx) = mpsc::unbounded_channel::<(bool, bool)>();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                let _ = tx.send(event);
+            let Ok(event) = event else { return };
+            if !(event.kind.is_create() || event.kind.is_modify() || event.kind.is_remove()) {
+                return;
+            }
+            let mut changed = (false, false);
+            for path in &event.paths {
+                // Only the plugins directory holds components we watch; a
+                // stray .wasm beside the config costs an idle sync.
+                changed.0 |= watches_plugins && path.extension().is_some_and(|e| e == "wasm");
+                changed.1 |= config_name.is_some() && path.file_name() == config_name.as_deref();
+            }
+            if changed.0 || changed.1 {
+                let _ = tx.send(changed);
             }
         })
         .map_err(|e| format!("cannot start the file watcher: {e}"))?;
@@ -215,41 +232,15 @@ impl Reloader {
         tokio::spawn(async move {
             // The watcher lives as long as this task.
             let _watcher = watcher;
-            let config_name = config_file.as_deref().and_then(Path::file_name).map(|n| n.to_owned());
-            // (plugins changed, config changed) by one event. Reads (ours
-            // included) are not changes, and other files in the watched
-            // directories (a database beside the config) are not ours.
-            let classify = |event: &notify::Event| -> (bool, bool) {
-                if !(event.kind.is_create() || event.kind.is_modify() || event.kind.is_remove()) {
-                    return (false, false);
-                }
-                let mut changed = (false, false);
-                for path in &event.paths {
-                    // Only the plugins directory holds components we watch;
-                    // a stray .wasm beside the config costs an idle sync.
-                    changed.0 |= plugins_dir.is_some() && path.extension().is_some_and(|e| e == "wasm");
-                    changed.1 |= config_name.is_some() && path.file_name() == config_name.as_deref();
-                }
-                changed
-            };
             loop {
                 let event = tokio::select! {
                     event = rx.recv() => event,
                     _ = stop.changed() => None,
                 };
-                let Some(event) = event else { break };
-                let (mut plugins, mut config) = classify(&event);
-                if !(plugins || config) {
-                    continue;
-                }
+                let Some((mut plugins, mut config)) = event else { break };
                 // Debounce: gather until our files have been quiet a while.
-                let mut quiet_since = tokio::time::Instant::now();
-                while let Ok(Some(event)) = tokio::time::timeout_at(quiet_since + DEBOUNCE, rx.recv()).await {
-                    let (p, c) = classify(&event);
-                    if p || c {
-                        (plugins, config) = (plugins || p, config || c);
-                        quiet_since = tokio::time::Instant::now();
-                    }
+                while let Ok(Some((p, c))) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    (plugins, config) = (plugins || p, config || c);
                 }
                 if config {
                     // A config reload re-syncs plugins whose sections changed;
