@@ -98,6 +98,30 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// One record to write, with its dedup key parts (both engines).
+pub(super) struct RecordRow<'a> {
+    pub plugin: &'a str,
+    pub delivery_id: Option<i64>,
+    pub seq: i64,
+    pub record: &'a UsageRecord,
+}
+
+/// The change a written record makes, for the commit hook: an insert
+/// (`previous` is `None`) or a correction from `previous`.
+pub(super) fn org_change(record: &UsageRecord, previous: Option<rust_decimal::Decimal>) -> OrgChange {
+    OrgChange {
+        org_id: record.org_id.clone(),
+        change: Change {
+            subject: record.subject.clone(),
+            metric: record.metric.clone(),
+            kind: record.kind,
+            at_ms: record.at_ms,
+            quantity: record.quantity,
+            previous,
+        },
+    }
+}
+
 /// Gives each record its `seq`: how many records before it in the same
 /// answer share its event id (see the WIT `usage-record` docs).
 pub fn with_seqs(records: &[UsageRecord]) -> Vec<(i64, &UsageRecord)> {

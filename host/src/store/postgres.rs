@@ -19,12 +19,11 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::{
     CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
-    PointQuery, PollCommit, PollState, RecordCounts, Store, StoreError, with_seqs,
+    PointQuery, PollCommit, PollState, RecordCounts, RecordRow, Store, StoreError, org_change, with_seqs,
 };
 use crate::meter::{Kind, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
-use crate::record::UsageRecord;
 
 /// PostgreSQL allows 65,535 bound parameters per statement; stay well under.
 const DELIVERY_ROWS_PER_INSERT: usize = 2_000;
@@ -161,27 +160,6 @@ async fn insert_grant(tx: &mut PgConnection, g: &NewGrant) -> Result<Option<Gran
     .fetch_optional(&mut *tx)
     .await?;
     row.as_ref().map(grant_from_row).transpose()
-}
-
-struct RecordRow<'a> {
-    plugin: &'a str,
-    delivery_id: Option<i64>,
-    seq: i64,
-    record: &'a UsageRecord,
-}
-
-fn org_change(record: &UsageRecord, previous: Option<Decimal>) -> OrgChange {
-    OrgChange {
-        org_id: record.org_id.clone(),
-        change: Change {
-            subject: record.subject.clone(),
-            metric: record.metric.clone(),
-            kind: record.kind,
-            at_ms: record.at_ms,
-            quantity: record.quantity,
-            previous,
-        },
-    }
 }
 
 /// Insert / duplicate / correction by (plugin, event id, seq), as the SQLite

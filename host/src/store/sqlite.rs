@@ -14,12 +14,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::{
     CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
-    PointQuery, PollCommit, PollState, RecordCounts, Store, StoreError, with_seqs,
+    PointQuery, PollCommit, PollState, RecordCounts, RecordRow, Store, StoreError, org_change, with_seqs,
 };
 use crate::meter::{Kind, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
-use crate::record::UsageRecord;
 
 /// SQLite allows 32,766 bound parameters per statement; stay well under.
 const DELIVERY_ROWS_PER_INSERT: usize = 2_000;
@@ -182,14 +181,6 @@ fn point_from_row(row: &SqliteRow) -> Result<Point, StoreError> {
     })
 }
 
-/// One record to write, with its dedup key parts.
-struct RecordRow<'a> {
-    plugin: &'a str,
-    delivery_id: Option<i64>,
-    seq: i64,
-    record: &'a UsageRecord,
-}
-
 /// Writes records by their dedup key (plugin, event id, seq): a new key is
 /// inserted; a known key with the same quantity is a duplicate; a known key
 /// with another quantity is a correction (quantity replaced, audit row kept).
@@ -289,20 +280,6 @@ async fn write_records(
     }
     changes.extend(fresh.iter().map(|row| org_change(row.record, None)));
     Ok(counts)
-}
-
-fn org_change(record: &UsageRecord, previous: Option<rust_decimal::Decimal>) -> OrgChange {
-    OrgChange {
-        org_id: record.org_id.clone(),
-        change: Change {
-            subject: record.subject.clone(),
-            metric: record.metric.clone(),
-            kind: record.kind,
-            at_ms: record.at_ms,
-            quantity: record.quantity,
-            previous,
-        },
-    }
 }
 
 fn poll_state_from_row(row: &SqliteRow) -> Result<PollState, StoreError> {
