@@ -78,8 +78,11 @@ pub fn policy(config: &Config) -> Policy {
 pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let plugins = Arc::new(tokio::task::block_in_place(|| load_plugins(&config))?);
+    // Listening for other replicas' commits starts before the standings'
+    // snapshot is read, so whatever commits in between is not missed.
+    let feed = store.listen().await.context("listening for other replicas' commits")?;
     // Standings are built before the first commit, and kept current by the
-    // hook from then on.
+    // hook (and the feed) from then on.
     let orgs = Orgs::load(store.clone(), policy(&config), crate::clock::now_ms())
         .await
         .context("building org standings from the store")?;
@@ -121,6 +124,8 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     if watching {
         reloader.watch(background_stopped.clone()).map_err(anyhow::Error::msg)?;
     }
+    let follow_task =
+        feed.map(|feed| tokio::spawn(state.orgs.clone().follow(feed, background_stopped.clone())));
     let notifier_task = tokio::spawn(notifier.run(background_stopped));
     axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
     // In-flight requests are done; pollers finish the run they are in; the
@@ -131,6 +136,9 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     drop(reloader);
     drop(state);
     let _ = notifier_task.await;
+    if let Some(task) = follow_task {
+        let _ = task.await;
+    }
     commit_task.await.context("the committer task failed")?;
     tracing::info!("meterd stopped");
     Ok(())

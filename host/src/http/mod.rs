@@ -196,10 +196,15 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Ready when the store answers and the plugins directory has been loaded.
+/// Also says how the org standings follow other replicas (`replication`).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ready", "plugins": state.plugins.plugins().len() }))
-            .into_response(),
+        Ok(()) => Json(serde_json::json!({
+            "status": "ready",
+            "plugins": state.plugins.plugins().len(),
+            "replication": state.orgs.replication_status(),
+        }))
+        .into_response(),
         Err(e) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("store: {e}")).into_response()
         }

@@ -5,6 +5,7 @@
 //! Writes arrive only through [`GroupCommitter`], which batches concurrent
 //! deliveries into one transaction (one fsync for many requests).
 
+mod feed;
 mod group_commit;
 mod postgres;
 mod sqlite;
@@ -20,12 +21,13 @@ use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
 use crate::record::UsageRecord;
 
+pub use feed::{FeedEvent, FeedMessage, TxId, Visibility};
 pub use group_commit::GroupCommitter;
-pub use postgres::PostgresStore;
+pub use postgres::{FEED_APPLICATION, PostgresStore};
 pub use sqlite::SqliteStore;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// One accepted webhook delivery: its raw payload and what it normalized to.
 #[derive(Debug, Clone)]
@@ -173,12 +175,16 @@ impl Notice {
 /// Called by the engine inside every transaction that writes usage
 /// records, so in-memory state follows the database exactly and the
 /// notifications a commit causes are stored in its transaction.
+///
+/// `tx` is the transaction's id where the engine has a change feed
+/// (PostgreSQL): the feed later reports the same id back once committed.
 pub trait CommitHook: Send + Sync {
     /// The records were written (the transaction has not committed yet):
     /// apply them and return the notices they cause.
-    fn records_written(&self, changes: &[OrgChange], now_ms: i64) -> Vec<Notice>;
-    /// The transaction did not commit: undo what `records_written` did.
-    fn rolled_back(&self, changes: &[OrgChange], notices: &[Notice]);
+    fn records_written(&self, tx: Option<TxId>, changes: &[OrgChange], now_ms: i64) -> Vec<Notice>;
+    /// The commit failed: undo what `records_written` did (unless the feed
+    /// has meanwhile reported `tx` committed after all).
+    fn rolled_back(&self, tx: Option<TxId>, changes: &[OrgChange], notices: &[Notice]);
     /// The transaction committed, with `outbox_rows` new outbox rows.
     fn committed(&self, outbox_rows: usize);
 }
@@ -189,6 +195,20 @@ pub struct OrgPlan {
     pub org_id: String,
     pub plan: String,
     pub assigned_at_ms: i64,
+}
+
+/// Everything in-memory org state is built from, read at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct StandingSnapshot {
+    /// See [`Store::standing_records`].
+    pub records: Vec<OrgChange>,
+    /// See [`Store::run_starts`].
+    pub run_starts: Vec<(String, String, i64)>,
+    pub plans: Vec<OrgPlan>,
+    /// (org, rule) fired for the period.
+    pub fired: Vec<(String, String)>,
+    /// Which transactions the snapshot includes (engines with a feed).
+    pub visibility: Option<Visibility>,
 }
 
 /// A grant to store. `plan` is set for a plan's one-time credit, which is
@@ -322,6 +342,32 @@ pub trait Store: Send + Sync + 'static {
         metric: &str,
         before_ms: i64,
     ) -> Result<Vec<(String, String, i64)>, StoreError>;
+
+    /// What in-memory state for the period starting at `period_start_ms` is
+    /// built from: [`Store::standing_records`], [`Store::run_starts`] of
+    /// `session_metric`, [`Store::org_plans`] and [`Store::fired`]. Engines
+    /// with a feed read them in one snapshot and say which transactions it
+    /// includes.
+    async fn standing_snapshot(
+        &self,
+        period_start_ms: i64,
+        session_metric: &str,
+    ) -> Result<StandingSnapshot, StoreError> {
+        Ok(StandingSnapshot {
+            records: self.standing_records(period_start_ms).await?,
+            run_starts: self.run_starts(session_metric, period_start_ms).await?,
+            plans: self.org_plans().await?,
+            fired: self.fired(period_start_ms).await?,
+            visibility: None,
+        })
+    }
+
+    /// Starts following what other processes commit (see [`feed`]): `None`
+    /// for an engine that has one writer process. Listening has begun when
+    /// this returns, so a snapshot taken afterwards misses nothing.
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<FeedEvent>>, StoreError> {
+        Ok(None)
+    }
 
     /// Every assigned plan.
     async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError>;

@@ -5,8 +5,11 @@
 //! constraints only (a redelivery that reaches another replica while the
 //! first is still committing waits for it and is then a duplicate), record
 //! inserts that report only what they really inserted, lease fencing with
-//! `SELECT … FOR UPDATE`, outbox rows claimed with `SKIP LOCKED`, and
-//! migrations under sqlx's advisory lock (replicas may start at once).
+//! `SELECT … FOR UPDATE`, outbox rows claimed with `SKIP LOCKED`,
+//! migrations under sqlx's advisory lock (replicas may start at once), and
+//! the change feed (`feed.rs`): every transaction that changes what
+//! in-memory state is built from says so with `NOTIFY`, and [`Store::listen`]
+//! follows what the others say.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -14,12 +17,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use tokio::sync::mpsc;
 
+use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::{
     CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
-    PointQuery, PollCommit, PollState, RecordCounts, RecordRow, Store, StoreError, org_change, with_seqs,
+    PointQuery, PollCommit, PollState, RecordCounts, RecordRow, StandingSnapshot, Store, StoreError,
+    org_change, with_seqs,
 };
 use crate::meter::{Kind, Point};
 use crate::plans::credits::Grant;
@@ -32,9 +38,13 @@ const KEYS_PER_LOOKUP: usize = 4_000;
 const CONNECTIONS: u32 = 8;
 /// How long a replica's notifier owns the outbox rows it took.
 const OUTBOX_CLAIM_MS: i64 = 60_000;
+/// The `application_name` of the connection that listens for the feed
+/// (operators and tests find it in `pg_stat_activity` by this name).
+pub const FEED_APPLICATION: &str = "meterd-feed";
 
 pub struct PostgresStore {
     pool: PgPool,
+    options: PgConnectOptions,
     hook: OnceLock<Arc<dyn CommitHook>>,
 }
 
@@ -46,46 +56,88 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", super::redact_url(url))))?;
-        Ok(Self { pool, hook: OnceLock::new() })
+        Ok(Self { pool, options, hook: OnceLock::new() })
     }
 
     /// Like the SQLite engine's: tell the hook, store its notices, commit,
-    /// undo the hook's work if the commit fails.
+    /// undo the hook's work if the commit fails. The transaction also tells
+    /// the feed what it changed.
     async fn finish(
         &self,
         mut tx: sqlx::Transaction<'_, Postgres>,
         changes: Vec<OrgChange>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let Some(hook) = self.hook.get().filter(|_| !changes.is_empty()) else {
+        if changes.is_empty() {
             tx.commit().await?;
             return Ok(());
-        };
-        let notices = hook.records_written(&changes, now_ms);
+        }
+        let id = current_tx(&mut tx).await?;
+        let hook = self.hook.get();
+        let notices = hook.map(|h| h.records_written(Some(id), &changes, now_ms)).unwrap_or_default();
         let result = async {
-            let rows = insert_notices(&mut tx, &notices, now_ms).await?;
+            let (rows, fired) = insert_notices(&mut tx, &notices, now_ms).await?;
+            notify(&mut tx, id, &FeedMessage { changes: changes.clone(), fired, ..FeedMessage::default() })
+                .await?;
             tx.commit().await?;
             Ok::<_, StoreError>(rows)
         }
         .await;
-        match result {
-            Ok(rows) => {
+        match (result, hook) {
+            (Ok(rows), Some(hook)) => {
                 hook.committed(rows);
                 Ok(())
             }
-            Err(e) => {
-                hook.rolled_back(&changes, &notices);
+            (Err(e), Some(hook)) => {
+                hook.rolled_back(Some(id), &changes, &notices);
                 Err(e)
             }
+            (result, None) => result.map(|_| ()),
         }
     }
 }
 
-async fn insert_notices(tx: &mut PgConnection, notices: &[Notice], now_ms: i64) -> Result<usize, StoreError> {
+/// The id of the transaction `conn` is in (assigning one if it has none).
+async fn current_tx(conn: &mut PgConnection) -> Result<TxId, StoreError> {
+    let text: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text").fetch_one(conn).await?;
+    text.parse().map_err(|_| StoreError::Corrupt(format!("transaction id {text:?}")))
+}
+
+/// Queues the feed's notifications of what transaction `id` changed; they
+/// are sent if and when it commits.
+async fn notify(conn: &mut PgConnection, id: TxId, message: &FeedMessage) -> Result<(), StoreError> {
+    let payloads = feed::encode(id, message);
+    if !payloads.is_empty() {
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+            .bind(CHANNEL)
+            .bind(&payloads)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Notifies what the transaction `conn` is in changed (outside usage commits).
+async fn notify_current(conn: &mut PgConnection, message: &FeedMessage) -> Result<(), StoreError> {
+    if message.is_empty() {
+        return Ok(());
+    }
+    let id = current_tx(conn).await?;
+    notify(conn, id, message).await
+}
+
+/// Stores fired marks and, for the marks that are new, outbox rows.
+/// Returns the outbox rows added and the (org, rule, period) newly fired.
+async fn insert_notices(
+    tx: &mut PgConnection,
+    notices: &[Notice],
+    now_ms: i64,
+) -> Result<(usize, Vec<(String, String, i64)>), StoreError> {
     let mut rows = 0;
+    let mut fired = Vec::new();
     for notice in notices {
         let fresh = sqlx::query(
             "INSERT INTO notifications_fired (org_id, rule, period_start_ms, fired_at_ms) VALUES ($1, $2, $3, $4)
@@ -102,6 +154,7 @@ async fn insert_notices(tx: &mut PgConnection, notices: &[Notice], now_ms: i64) 
         if !fresh {
             continue;
         }
+        fired.push((notice.org_id.clone(), notice.rule.clone(), notice.period_start_ms));
         for endpoint in &notice.endpoints {
             sqlx::query(
                 "INSERT INTO outbox (message_id, endpoint, event_type, payload, created_at_ms, next_attempt_ms)
@@ -117,7 +170,7 @@ async fn insert_notices(tx: &mut PgConnection, notices: &[Notice], now_ms: i64) 
             rows += 1;
         }
     }
-    Ok(rows)
+    Ok((rows, fired))
 }
 
 fn point_from_row(row: &PgRow) -> Result<Point, StoreError> {
@@ -270,6 +323,142 @@ async fn write_records(
         }
     }
     Ok(counts)
+}
+
+/// See [`Store::standing_records`].
+async fn standing_records(conn: &mut PgConnection, from_ms: i64) -> Result<Vec<OrgChange>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT org_id, subject, metric, kind, quantity, at_ms FROM usage_records WHERE at_ms >= $1
+         UNION ALL
+         SELECT org_id, subject, metric, kind, quantity, at_ms FROM (
+             SELECT org_id, subject, metric, kind, quantity, at_ms,
+                    RANK() OVER (PARTITION BY org_id, metric, subject ORDER BY at_ms DESC) AS latest
+             FROM usage_records WHERE kind = 'level' AND at_ms < $1
+         ) last WHERE latest = 1",
+    )
+    .bind(from_ms)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let kind: String = row.try_get("kind")?;
+            Ok(OrgChange {
+                org_id: row.try_get("org_id")?,
+                change: Change {
+                    subject: row.try_get("subject")?,
+                    metric: row.try_get("metric")?,
+                    kind: Kind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
+                    at_ms: row.try_get("at_ms")?,
+                    quantity: row.try_get("quantity")?,
+                    previous: None,
+                },
+            })
+        })
+        .collect()
+}
+
+/// See [`Store::run_starts`].
+async fn run_starts(
+    conn: &mut PgConnection,
+    metric: &str,
+    before_ms: i64,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "WITH levels AS (
+             SELECT org_id, subject, at_ms, BOOL_OR(quantity > 0) AS positive
+             FROM usage_records
+             WHERE metric = $1 AND kind = 'level' AND at_ms < $2
+             GROUP BY org_id, subject, at_ms
+         ),
+         stops AS (
+             SELECT org_id, subject, MAX(at_ms) AS stop_ms FROM levels WHERE NOT positive GROUP BY org_id, subject
+         )
+         SELECT l.org_id, l.subject, MIN(l.at_ms) AS start_ms
+         FROM levels l LEFT JOIN stops s ON s.org_id = l.org_id AND s.subject = l.subject
+         WHERE l.at_ms > COALESCE(s.stop_ms, -9223372036854775808)
+         GROUP BY l.org_id, l.subject",
+    )
+    .bind(metric)
+    .bind(before_ms)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("org_id")?, row.try_get("subject")?, row.try_get("start_ms")?)))
+        .collect()
+}
+
+async fn org_plans(conn: &mut PgConnection) -> Result<Vec<OrgPlan>, StoreError> {
+    let rows = sqlx::query("SELECT org_id, plan, assigned_at_ms FROM org_plans").fetch_all(conn).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(OrgPlan {
+                org_id: row.try_get("org_id")?,
+                plan: row.try_get("plan")?,
+                assigned_at_ms: row.try_get("assigned_at_ms")?,
+            })
+        })
+        .collect()
+}
+
+async fn fired(conn: &mut PgConnection, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = sqlx::query("SELECT org_id, rule FROM notifications_fired WHERE period_start_ms = $1")
+        .bind(period_start_ms)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|row| Ok((row.try_get("org_id")?, row.try_get("rule")?))).collect()
+}
+
+/// A listener whose `LISTEN` has taken effect.
+async fn start_listening(pool: &PgPool) -> Result<PgListener, StoreError> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Forwards the feed until the receiver is dropped. A lost connection is
+/// re-established here (not inside sqlx, so the moment listening resumes is
+/// known) and reported as a gap.
+async fn follow_feed(pool: PgPool, mut listener: PgListener, sender: mpsc::UnboundedSender<FeedEvent>) {
+    loop {
+        let lost = loop {
+            let received = tokio::select! {
+                () = sender.closed() => return,
+                received = listener.try_recv() => received,
+            };
+            let event = match received {
+                Ok(Some(notification)) => match feed::decode(notification.payload()) {
+                    Ok((tx, last, message)) => FeedEvent::Committed { tx, last, message },
+                    Err(e) => {
+                        tracing::error!(error = %e, "an unreadable change notification: rebuilding from the database");
+                        FeedEvent::Gap
+                    }
+                },
+                Ok(None) => break "the connection closed".to_owned(),
+                Err(e) => break e.to_string(),
+            };
+            if sender.send(event).is_err() {
+                return;
+            }
+        };
+        tracing::warn!(reason = %lost, "lost the change feed's connection; listening again");
+        drop(listener);
+        let mut delay = Duration::from_millis(100);
+        listener = loop {
+            match start_listening(&pool).await {
+                Ok(listener) => break listener,
+                Err(e) => tracing::warn!(error = %e, "could not listen for changes; retrying"),
+            }
+            tokio::select! {
+                () = sender.closed() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+        if sender.send(FeedEvent::Gap).is_err() {
+            return;
+        }
+    }
 }
 
 fn poll_state_from_row(row: &PgRow) -> Result<PollState, StoreError> {
@@ -487,35 +676,7 @@ impl Store for PostgresStore {
     }
 
     async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT org_id, subject, metric, kind, quantity, at_ms FROM usage_records WHERE at_ms >= $1
-             UNION ALL
-             SELECT org_id, subject, metric, kind, quantity, at_ms FROM (
-                 SELECT org_id, subject, metric, kind, quantity, at_ms,
-                        RANK() OVER (PARTITION BY org_id, metric, subject ORDER BY at_ms DESC) AS latest
-                 FROM usage_records WHERE kind = 'level' AND at_ms < $1
-             ) last WHERE latest = 1",
-        )
-        .bind(from_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                Ok(OrgChange {
-                    org_id: row.try_get("org_id")?,
-                    change: Change {
-                        subject: row.try_get("subject")?,
-                        metric: row.try_get("metric")?,
-                        kind: Kind::parse(&kind)
-                            .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
-                        at_ms: row.try_get("at_ms")?,
-                        quantity: row.try_get("quantity")?,
-                        previous: None,
-                    },
-                })
-            })
-            .collect()
+        standing_records(&mut *self.pool.acquire().await?, from_ms).await
     }
 
     async fn run_starts(
@@ -523,42 +684,45 @@ impl Store for PostgresStore {
         metric: &str,
         before_ms: i64,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "WITH levels AS (
-                 SELECT org_id, subject, at_ms, BOOL_OR(quantity > 0) AS positive
-                 FROM usage_records
-                 WHERE metric = $1 AND kind = 'level' AND at_ms < $2
-                 GROUP BY org_id, subject, at_ms
-             ),
-             stops AS (
-                 SELECT org_id, subject, MAX(at_ms) AS stop_ms FROM levels WHERE NOT positive GROUP BY org_id, subject
-             )
-             SELECT l.org_id, l.subject, MIN(l.at_ms) AS start_ms
-             FROM levels l LEFT JOIN stops s ON s.org_id = l.org_id AND s.subject = l.subject
-             WHERE l.at_ms > COALESCE(s.stop_ms, -9223372036854775808)
-             GROUP BY l.org_id, l.subject",
-        )
-        .bind(metric)
-        .bind(before_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("org_id")?, row.try_get("subject")?, row.try_get("start_ms")?)))
-            .collect()
+        run_starts(&mut *self.pool.acquire().await?, metric, before_ms).await
+    }
+
+    async fn standing_snapshot(
+        &self,
+        period_start_ms: i64,
+        session_metric: &str,
+    ) -> Result<StandingSnapshot, StoreError> {
+        // One REPEATABLE READ transaction: every query reads the snapshot
+        // its first statement took, and that statement says which
+        // transactions the snapshot includes.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let taken: String =
+            sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut *tx).await?;
+        let visibility = Visibility::parse(&taken).map_err(StoreError::Corrupt)?;
+        let snapshot = StandingSnapshot {
+            records: standing_records(&mut tx, period_start_ms).await?,
+            run_starts: run_starts(&mut tx, session_metric, period_start_ms).await?,
+            plans: org_plans(&mut tx).await?,
+            fired: fired(&mut tx, period_start_ms).await?,
+            visibility: Some(visibility),
+        };
+        tx.commit().await?;
+        Ok(snapshot)
+    }
+
+    async fn listen(&self) -> Result<Option<mpsc::UnboundedReceiver<FeedEvent>>, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(self.options.clone().application_name(FEED_APPLICATION));
+        let listener = start_listening(&pool).await?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(follow_feed(pool, listener, sender));
+        Ok(Some(receiver))
     }
 
     async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError> {
-        let rows =
-            sqlx::query("SELECT org_id, plan, assigned_at_ms FROM org_plans").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OrgPlan {
-                    org_id: row.try_get("org_id")?,
-                    plan: row.try_get("plan")?,
-                    assigned_at_ms: row.try_get("assigned_at_ms")?,
-                })
-            })
-            .collect()
+        org_plans(&mut *self.pool.acquire().await?).await
     }
 
     async fn assign_plan(&self, plan: &OrgPlan, grants: &[NewGrant]) -> Result<Vec<Grant>, StoreError> {
@@ -576,6 +740,12 @@ impl Store for PostgresStore {
         for grant in grants {
             stored.extend(insert_grant(&mut tx, grant).await?);
         }
+        let message = FeedMessage {
+            plans: vec![plan.clone()],
+            grants: if stored.is_empty() { Vec::new() } else { vec![plan.org_id.clone()] },
+            ..FeedMessage::default()
+        };
+        notify_current(&mut tx, &message).await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -585,6 +755,8 @@ impl Store for PostgresStore {
         let stored = insert_grant(&mut tx, grant)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("grant for {} not stored", grant.org_id)))?;
+        let message = FeedMessage { grants: vec![grant.org_id.clone()], ..FeedMessage::default() };
+        notify_current(&mut tx, &message).await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -602,17 +774,14 @@ impl Store for PostgresStore {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
-        let rows = insert_notices(&mut tx, notices, now_ms).await?;
+        let (rows, fired) = insert_notices(&mut tx, notices, now_ms).await?;
+        notify_current(&mut tx, &FeedMessage { fired, ..FeedMessage::default() }).await?;
         tx.commit().await?;
         Ok(rows)
     }
 
     async fn fired(&self, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT org_id, rule FROM notifications_fired WHERE period_start_ms = $1")
-            .bind(period_start_ms)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|row| Ok((row.try_get("org_id")?, row.try_get("rule")?))).collect()
+        fired(&mut *self.pool.acquire().await?, period_start_ms).await
     }
 
     async fn due_outbox(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {

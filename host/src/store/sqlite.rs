@@ -67,7 +67,7 @@ impl SqliteStore {
             tx.commit().await?;
             return Ok(());
         };
-        let notices = hook.records_written(&changes, now_ms);
+        let notices = hook.records_written(None, &changes, now_ms);
         let result = async {
             let rows = insert_notices(&mut tx, &notices, now_ms).await?;
             tx.commit().await?;
@@ -80,7 +80,7 @@ impl SqliteStore {
                 Ok(())
             }
             Err(e) => {
-                hook.rolled_back(&changes, &notices);
+                hook.rolled_back(None, &changes, &notices);
                 Err(e)
             }
         }

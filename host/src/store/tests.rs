@@ -15,8 +15,10 @@ use crate::meter::Kind;
 use crate::meter::period::Range;
 
 /// A store and what keeps its database alive.
-struct Engine {
-    store: Arc<dyn Store>,
+pub(crate) struct Engine {
+    pub store: Arc<dyn Store>,
+    /// Where the store is: replicas open more stores on the same URL.
+    pub url: String,
     _database: Database,
 }
 
@@ -53,13 +55,14 @@ async fn sqlite() -> Engine {
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let store = SqliteStore::open(&url).await.expect("open");
     store.migrate().await.expect("migrate");
-    Engine { store: Arc::new(store), _database: Database::File(dir) }
+    Engine { store: Arc::new(store), url, _database: Database::File(dir) }
 }
 
 pub(crate) const POSTGRES_ENV: &str = "METERD_TEST_POSTGRES";
 const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-async fn postgres() -> Engine {
+/// A fresh PostgreSQL database, migrated; dropped with the engine.
+pub(crate) async fn postgres() -> Engine {
     use sqlx::Connection as _;
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let admin_url = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned());
@@ -81,7 +84,7 @@ async fn postgres() -> Engine {
     url.set_path(&name);
     let store = PostgresStore::open(url.as_str()).await.expect("open");
     store.migrate().await.expect("migrate");
-    Engine { store: Arc::new(store), _database: database }
+    Engine { store: Arc::new(store), url: url.to_string(), _database: database }
 }
 
 /// Declares each test once per engine: `on_sqlite::name`, `on_postgres::name`.

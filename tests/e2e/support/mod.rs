@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod daytona;
+pub mod postgres;
 pub mod s3;
 
 use std::io::{BufRead, BufReader};
@@ -46,6 +48,8 @@ pub struct Options {
     pub sections: String,
     /// Extra arguments to `meterd serve` (e.g. `--no-watch`).
     pub serve_args: Vec<&'static str>,
+    /// A database URL instead of the gateway's own SQLite file.
+    pub database: Option<String>,
 }
 
 impl Default for Options {
@@ -56,6 +60,7 @@ impl Default for Options {
             admin_token: None,
             sections: String::new(),
             serve_args: Vec::new(),
+            database: None,
         }
     }
 }
@@ -94,9 +99,12 @@ impl Gateway {
                 .expect("copying a component");
         }
         let admin = options.admin_token.map(|t| format!("admin_token = \"{t}\"\n")).unwrap_or_default();
+        let database = options
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("meterd.db").display()));
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndatabase = \"sqlite://{db}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n{admin}{extra}\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n\n{sections}\n",
-            db = dir.path().join("meterd.db").display(),
+            "listen = \"127.0.0.1:0\"\ndatabase = \"{database}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n{admin}{extra}\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n\n{sections}\n",
             plugins = plugins_dir.display(),
             cache = dir.path().join("cache").display(),
             extra = options.extra_config,
@@ -159,6 +167,11 @@ impl Gateway {
         });
         self.child = Some(child);
         self.base = base;
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: no shutdown, no flush.

@@ -5,7 +5,12 @@
 //!
 //! Locking: the map of orgs is a read-mostly `RwLock`; each org's standing
 //! has its own `Mutex`, so checks of one org wait only for commits touching
-//! that org.
+//! that org. Several replicas on one database keep their standings current
+//! through the store's change feed (`replication`).
+
+mod replication;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,7 +26,9 @@ use crate::plans::rules::{self, Crossing, Rules};
 use crate::plans::standing::OrgStanding;
 use crate::plans::{Plan, PlanBook, SANDBOX_ACTIVE_METRIC};
 use crate::record::MAX_ID_LEN;
-use crate::store::{CommitHook, NewGrant, Notice, OrgChange, OrgPlan, Store, StoreError};
+use crate::store::{
+    CommitHook, NewGrant, Notice, OrgChange, OrgPlan, StandingSnapshot, Store, StoreError, TxId,
+};
 use crate::usage::{UsageError, UsageRequest, UsageService};
 
 /// Burn priority of plan credits and of API grants that give none: lower
@@ -96,6 +103,10 @@ pub struct Orgs {
     credit_dirty: Mutex<HashSet<String>>,
     /// Woken when new outbox rows are committed.
     pub outbox_wake: tokio::sync::Notify,
+    /// Held shared while a commit or a feed message changes standings,
+    /// exclusively while a rebuild swaps new ones in.
+    gate: RwLock<()>,
+    replication: Mutex<replication::Replication>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,33 +132,24 @@ impl Orgs {
     /// from the store, and the assignments and fired notices.
     pub async fn load(store: Arc<dyn Store>, policy: Policy, now_ms: i64) -> Result<Arc<Self>, StoreError> {
         let period = month_containing(now_ms);
-        let mut standings: HashMap<String, OrgStanding> = HashMap::new();
-        for OrgChange { org_id, change } in store.standing_records(period.from_ms).await? {
-            let org = standings.entry(org_id).or_insert_with(|| OrgStanding::new(now_ms));
-            org.apply(&change).map_err(|e| StoreError::Corrupt(format!("building standings: {e}")))?;
-        }
-        for (org_id, subject, start) in store.run_starts(SANDBOX_ACTIVE_METRIC, period.from_ms).await? {
-            if let Some(org) = standings.get_mut(&org_id) {
-                org.set_run_start(SANDBOX_ACTIVE_METRIC, &subject, start);
-            }
-        }
-        let assigned: HashMap<String, OrgPlan> =
-            store.org_plans().await?.into_iter().map(|p| (p.org_id.clone(), p)).collect();
-        let fired = store.fired(period.from_ms).await?.into_iter().collect();
+        let built =
+            Built::new(store.standing_snapshot(period.from_ms, SANDBOX_ACTIVE_METRIC).await?, now_ms)?;
         // Credit rules are evaluated after commits; a crash may have come
         // between a commit and its evaluation, so the first sweep looks at
         // every org.
-        let credit_dirty = standings.keys().chain(assigned.keys()).cloned().collect();
+        let credit_dirty = built.orgs().collect();
         Ok(Arc::new(Self {
             store,
             policy: RwLock::new(Arc::new(policy)),
             standings: RwLock::new(
-                standings.into_iter().map(|(k, v)| (k, Arc::new(Mutex::new(v)))).collect(),
+                built.standings.into_iter().map(|(k, v)| (k, Arc::new(Mutex::new(v)))).collect(),
             ),
-            assigned: RwLock::new(assigned),
-            fired: Mutex::new((period.from_ms, fired)),
+            assigned: RwLock::new(built.assigned),
+            fired: Mutex::new((period.from_ms, built.fired)),
             credit_dirty: Mutex::new(credit_dirty),
             outbox_wake: tokio::sync::Notify::new(),
+            gate: RwLock::new(()),
+            replication: Mutex::new(replication::Replication::new(built.visibility)),
         }))
     }
 
@@ -380,6 +382,36 @@ impl Orgs {
         }
     }
 
+    /// Applies committed (or committing) record changes to the standings;
+    /// returns the notices of thresholds they cross.
+    fn apply_changes(&self, changes: &[OrgChange], now_ms: i64) -> Vec<Notice> {
+        let policy = self.policy();
+        let mut by_org: BTreeMap<&str, Vec<&OrgChange>> = BTreeMap::new();
+        for c in changes {
+            by_org.entry(c.org_id.as_str()).or_default().push(c);
+        }
+        let mut notices = Vec::new();
+        for (org_id, org_changes) in by_org {
+            let shared = self.standing_or_new(org_id, now_ms);
+            let (period, crossings) = {
+                let mut org = lock(&shared);
+                if let Err(e) = org.roll_to(now_ms) {
+                    tracing::error!(org = org_id, error = %e, "rolling the period over failed");
+                }
+                for c in org_changes {
+                    if let Err(e) = org.apply(&c.change) {
+                        tracing::error!(org = org_id, error = %e, "applying a record to the standing failed");
+                    }
+                }
+                let plan = self.plan_of(&policy, org_id);
+                (org.period(), rules::commit_crossings(&policy.rules, plan, &policy.meters, &org, now_ms))
+            };
+            notices.extend(self.new_notices(&policy, org_id, period, crossings, now_ms));
+            lock(&self.credit_dirty).insert(org_id.to_owned());
+        }
+        notices
+    }
+
     /// Time-driven rules (sessions, integrals) for every org, and credit
     /// rules for orgs whose usage or grants changed. Returns new outbox rows.
     pub async fn sweep(&self, now_ms: i64) -> Result<usize, OrgError> {
@@ -494,40 +526,28 @@ fn notice(
 }
 
 impl CommitHook for Orgs {
-    fn records_written(&self, changes: &[OrgChange], now_ms: i64) -> Vec<Notice> {
-        let policy = self.policy();
-        let mut by_org: BTreeMap<&str, Vec<&OrgChange>> = BTreeMap::new();
-        for c in changes {
-            by_org.entry(c.org_id.as_str()).or_default().push(c);
-        }
-        let mut notices = Vec::new();
-        for (org_id, org_changes) in by_org {
-            let shared = self.standing_or_new(org_id, now_ms);
-            let (period, crossings) = {
-                let mut org = lock(&shared);
-                if let Err(e) = org.roll_to(now_ms) {
-                    tracing::error!(org = org_id, error = %e, "rolling the period over failed");
-                }
-                for c in org_changes {
-                    if let Err(e) = org.apply(&c.change) {
-                        tracing::error!(org = org_id, error = %e, "applying a record to the standing failed");
-                    }
-                }
-                let plan = self.plan_of(&policy, org_id);
-                (org.period(), rules::commit_crossings(&policy.rules, plan, &policy.meters, &org, now_ms))
-            };
-            notices.extend(self.new_notices(&policy, org_id, period, crossings, now_ms));
-            lock(&self.credit_dirty).insert(org_id.to_owned());
+    fn records_written(&self, tx: Option<TxId>, changes: &[OrgChange], now_ms: i64) -> Vec<Notice> {
+        let _gate = read(&self.gate);
+        let notices = self.apply_changes(changes, now_ms);
+        if let Some(tx) = tx {
+            lock(&self.replication).applied_locally(tx, changes);
         }
         notices
     }
 
-    fn rolled_back(&self, changes: &[OrgChange], notices: &[Notice]) {
-        for c in changes.iter().rev() {
-            if let Some(shared) = self.standing(&c.org_id)
-                && let Err(e) = lock(&shared).revert(&c.change)
-            {
-                tracing::error!(org = %c.org_id, error = %e, "undoing a record in the standing failed");
+    fn rolled_back(&self, tx: Option<TxId>, changes: &[OrgChange], notices: &[Notice]) {
+        let _gate = read(&self.gate);
+        // A commit that failed on our side may still have committed (the
+        // connection died during COMMIT): then the feed has confirmed it,
+        // and it stays.
+        let applied = tx.is_none_or(|tx| lock(&self.replication).forget(tx));
+        if applied {
+            for c in changes.iter().rev() {
+                if let Some(shared) = self.standing(&c.org_id)
+                    && let Err(e) = lock(&shared).revert(&c.change)
+                {
+                    tracing::error!(org = %c.org_id, error = %e, "undoing a record in the standing failed");
+                }
             }
         }
         self.unfire(notices);
@@ -537,5 +557,41 @@ impl CommitHook for Orgs {
         if outbox_rows > 0 {
             self.outbox_wake.notify_one();
         }
+    }
+}
+
+/// In-memory org state as built from a [`StandingSnapshot`].
+struct Built {
+    period_start_ms: i64,
+    standings: HashMap<String, OrgStanding>,
+    assigned: HashMap<String, OrgPlan>,
+    fired: HashSet<(String, String)>,
+    visibility: Option<crate::store::Visibility>,
+}
+
+impl Built {
+    fn new(snapshot: StandingSnapshot, now_ms: i64) -> Result<Self, StoreError> {
+        let mut standings: HashMap<String, OrgStanding> = HashMap::new();
+        for OrgChange { org_id, change } in snapshot.records {
+            let org = standings.entry(org_id).or_insert_with(|| OrgStanding::new(now_ms));
+            org.apply(&change).map_err(|e| StoreError::Corrupt(format!("building standings: {e}")))?;
+        }
+        for (org_id, subject, start) in snapshot.run_starts {
+            if let Some(org) = standings.get_mut(&org_id) {
+                org.set_run_start(SANDBOX_ACTIVE_METRIC, &subject, start);
+            }
+        }
+        Ok(Self {
+            period_start_ms: month_containing(now_ms).from_ms,
+            standings,
+            assigned: snapshot.plans.into_iter().map(|p| (p.org_id.clone(), p)).collect(),
+            fired: snapshot.fired.into_iter().collect(),
+            visibility: snapshot.visibility,
+        })
+    }
+
+    /// Every org with usage this period or a plan.
+    fn orgs(&self) -> impl Iterator<Item = String> + '_ {
+        self.standings.keys().chain(self.assigned.keys()).cloned()
     }
 }
