@@ -1491,7 +1491,7 @@ fn in_process(settings: &Settings) {
                 all
             })
             .collect();
-        orgs.records_written(&seed, now);
+        orgs.records_written(None, &seed, now);
         // Each timed delivery is undone (untimed) through the hook's own
         // rollback, so S stays what the row says.
         let mut per_call = Vec::new();
@@ -1502,9 +1502,9 @@ fn in_process(settings: &Settings) {
             let d = delivery(&format!("{name}-k"), &org, &name, true, base_ms + per_call.len() as i64);
             let changes = changes(&d);
             let started = Instant::now();
-            let notices = orgs.records_written(&changes, meterd::clock::now_ms());
+            let notices = orgs.records_written(None, &changes, meterd::clock::now_ms());
             per_call.push(nanos(started.elapsed()) as f64);
-            orgs.rolled_back(&changes, &notices);
+            orgs.rolled_back(None, &changes, &notices);
         }
         let hook = support::median(&mut per_call);
         let (check_ns, _, _) = time_per_call(5, Duration::from_millis(50), |_| {

@@ -42,29 +42,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::header::HeaderValue;
 use rust_decimal::Decimal;
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
 
-use support::{E2B_SECRET, format_ns, percentile};
+use support::{
+    CORE_SECONDS_PER_WEBHOOK, METER, Prepared, Sender, TICKS_PER_SECOND, connect, cpu_seconds, format_ns,
+    host_header, ingest_request, machine_cpu, nanos, percentile, prepare, send, signal, spawn_meterd,
+    usage_total, wait_for_listening, write_config,
+};
 
-/// Each benchmark webhook is a `killed` event with 2 vCPUs for 1.5 s: 3
-/// core-seconds, so the committed total is exactly 3 × acknowledged.
-const CORE_SECONDS_PER_WEBHOOK: u64 = 3;
-const METER: &str = "sandbox_cpu_core_seconds";
-/// The benchmark events all happen on 2025-08-06.
-const USAGE_RANGE: &str = "from=2025-08-01T00:00:00Z&to=2025-09-01T00:00:00Z";
 const THROUGHPUT_TARGET: f64 = 10_000.0;
 const P99_TARGET: Duration = Duration::from_millis(5);
-/// Linux reports process CPU time in USER_HZ ticks, 100 per second on every
-/// mainstream architecture.
-const TICKS_PER_SECOND: f64 = 100.0;
 
 /// What to run, from the environment (see the module docs).
 struct Settings {
@@ -117,7 +106,8 @@ impl Gateway {
     /// component is compiled once.
     fn start(component: &Path, cache_dir: &Path) -> Self {
         let dir = tempfile::tempdir().expect("creating a temp dir");
-        let config = write_config(dir.path(), component, cache_dir);
+        let database = format!("sqlite://{}", dir.path().join("meterd.db").display());
+        let config = write_config(dir.path(), component, cache_dir, &database);
         let mut child = spawn_meterd(&config, dir.path());
         let addr = wait_for_listening(&mut child);
         Self { child, dir, addr }
@@ -154,152 +144,9 @@ impl Drop for Gateway {
     }
 }
 
-/// Writes `meterd.toml` (and the plugins dir with the e2b component) into
-/// `dir` and returns the config's path.
-fn write_config(dir: &Path, component: &Path, cache_dir: &Path) -> PathBuf {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).expect("creating the plugins dir");
-    std::fs::copy(component, plugins.join("e2b.wasm")).expect("copying the e2b component");
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\ndatabase = \"sqlite://{db}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n",
-        db = dir.join("meterd.db").display(),
-        plugins = plugins.display(),
-        cache = cache_dir.display(),
-    );
-    let path = dir.join("meterd.toml");
-    std::fs::write(&path, config).expect("writing the config");
-    path
-}
-
-/// `meterd serve --config PATH`, stdout piped (for the listening line).
-fn spawn_meterd(config: &Path, dir: &Path) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meterd"));
-    // meterd reads every `METERD_*` variable as configuration (and refuses
-    // unknown ones): the benchmark's own knobs, and anything an operator or
-    // `make` exported, must not reach the gateway under test.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("METERD_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .current_dir(dir)
-        .env("METERD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting meterd")
-}
-
-/// Reads the child's stdout until `meterd listening on http://ADDR`, and keeps
-/// draining it afterwards so the child never blocks on a full pipe.
-fn wait_for_listening(child: &mut Child) -> SocketAddr {
-    use std::io::{BufRead, BufReader};
-    let stdout = child.stdout.take().expect("meterd's stdout is piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("meterd listening on http://") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("meterd did not print its listening line within 120 s (its stderr is above)");
-    addr.parse().expect("meterd printed a socket address")
-}
-
-/// Sends a signal to a process this benchmark started.
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
-}
-
-// ---------------------------------------------------------------------------
-// Webhooks
-// ---------------------------------------------------------------------------
-
-/// One signed webhook, ready to send: generating and signing happen before
-/// the clock starts, so the client only does HTTP during a run.
-struct Prepared {
-    body: Bytes,
-    signature: HeaderValue,
-}
-
-/// A `killed` event shaped like tests/fixtures/e2b/webhook-killed (same
-/// fields, similar size), with a unique `id` so no delivery is a duplicate.
-fn webhook_body(id: &str, org: &str, sandbox: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","version":"v2","type":"sandbox.lifecycle.killed","timestamp":"2025-08-06T20:59:36.123456789Z","event_category":"lifecycle","event_label":"kill","event_data":{{"execution":{{"execution_time":1500,"memory_mb":512,"started_at":"2025-08-06T20:59:34Z","vcpu_count":2}},"kill_reason":"unknown","sandbox_metadata":{{"tenant":"{org}"}}}},"sandbox_id":"{sandbox}","sandbox_execution_id":"1dae9e1c-9957-4ce7-a236-a99d5779aadf","sandbox_template_id":"rki5dems9wqfm4r03t7g","sandbox_build_id":"a979a14b-bdcc-49e6-bc04-1189fc9fe7c2","sandbox_team_id":"460355b3-4f64-48f9-9a16-4442817f79f5"}}"#
-    )
-}
-
-/// `count` signed webhooks for organization `org`, ids prefixed with `run`.
-fn prepare(run: &str, org: &str, count: usize) -> Arc<Vec<Prepared>> {
-    let webhooks = (0..count)
-        .map(|i| {
-            let body = webhook_body(&format!("bench-{run}-{i:010}"), org, &format!("sbx-{:04}", i % 1_000));
-            let signature = support::e2b_signature(E2B_SECRET, body.as_bytes());
-            Prepared {
-                body: Bytes::from(body),
-                signature: HeaderValue::from_str(&signature).expect("base64 is a header value"),
-            }
-        })
-        .collect();
-    Arc::new(webhooks)
-}
-
 // ---------------------------------------------------------------------------
 // The HTTP client
 // ---------------------------------------------------------------------------
-
-type Sender = SendRequest<Full<Bytes>>;
-
-/// One HTTP/1.1 keep-alive connection (hyper's connection API: no pool, no
-/// retries, nothing between the benchmark and the socket).
-async fn connect(addr: SocketAddr) -> Sender {
-    let stream = TcpStream::connect(addr).await.expect("connecting to meterd");
-    stream.set_nodelay(true).expect("setting TCP_NODELAY");
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    sender
-}
-
-fn ingest_request(host: &HeaderValue, webhook: &Prepared) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(Method::POST)
-        .uri("/v1/ingest/e2b")
-        .header(HOST, host.clone())
-        .header(CONTENT_TYPE, "application/json")
-        .header("e2b-signature", webhook.signature.clone())
-        .body(Full::new(webhook.body.clone()))
-        .expect("a well-formed request")
-}
-
-/// Sends one request and reads the whole answer; `Ok` only for a 200 that
-/// is not a duplicate.
-async fn send(sender: &mut Sender, request: Request<Full<Bytes>>) -> Result<(), String> {
-    sender.ready().await.map_err(|e| format!("connection: {e}"))?;
-    let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
-    let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
-    if status != StatusCode::OK {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
-    }
-    if !contains(&body, b"\"duplicate\":false") {
-        return Err(format!("unexpected receipt: {}", String::from_utf8_lossy(&body)));
-    }
-    Ok(())
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 /// What one connection's worker saw.
 #[derive(Default)]
@@ -483,14 +330,6 @@ async fn join_all(workers: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
     total
 }
 
-fn host_header(addr: SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&addr.to_string()).expect("an address is a header value")
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 // ---------------------------------------------------------------------------
 // Verification: exactly what was acknowledged is committed
 // ---------------------------------------------------------------------------
@@ -539,40 +378,9 @@ impl Committed {
     }
 }
 
-/// `GET /v1/orgs/{org}/usage` → `total`.
-async fn usage_total(addr: SocketAddr, org: &str) -> Decimal {
-    let mut sender = connect(addr).await;
-    sender.ready().await.expect("usage connection");
-    let request = Request::builder()
-        .uri(format!("/v1/orgs/{org}/usage?meter={METER}&{USAGE_RANGE}"))
-        .header(HOST, host_header(addr))
-        .body(Full::new(Bytes::new()))
-        .expect("a well-formed request");
-    let response = sender.send_request(request).await.expect("usage query");
-    let status = response.status();
-    let body = response.into_body().collect().await.expect("usage body").to_bytes();
-    assert_eq!(status, StatusCode::OK, "usage query failed: {}", String::from_utf8_lossy(&body));
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("usage answer is JSON");
-    json["total"].as_str().and_then(|t| t.parse().ok()).expect("usage answer has a decimal `total`")
-}
-
 // ---------------------------------------------------------------------------
 // Where the time goes: CPU, fsyncs, context switches, disk
 // ---------------------------------------------------------------------------
-
-/// CPU seconds (user + system) from a /proc `stat` file (a process's
-/// counts every thread it ever had; a thread's only its own).
-fn cpu_seconds(stat_path: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(stat_path) else {
-        return 0.0;
-    };
-    // Fields after the parenthesized command name: state is field 3, so
-    // utime (14) and stime (15) are the 12th and 13th.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / TICKS_PER_SECOND
-}
 
 /// One thread's scheduler totals, seconds.
 #[derive(Clone, Default)]
@@ -603,26 +411,6 @@ fn thread_times(pid: u32) -> BTreeMap<String, ThreadTimes> {
             (task.file_name().to_string_lossy().into_owned(), times)
         })
         .collect()
-}
-
-/// Machine-wide CPU time from the first line of /proc/stat, in ticks:
-/// (busy, idle + iowait, stolen by the hypervisor).
-fn machine_cpu() -> (f64, f64, f64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().unwrap_or(0.0))
-        .collect();
-    let field = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
-    // user nice system idle iowait irq softirq steal (guest time is in user).
-    let idle = field(3) + field(4);
-    let steal = field(7);
-    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
-    (busy, idle, steal)
 }
 
 /// Block-device totals over all disks.

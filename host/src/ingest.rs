@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::plugin::InboundRequest;
+use crate::metrics;
+use crate::plugin::{AdapterError, InboundRequest};
 use crate::plugins::PluginRegistry;
-use crate::record::{self, MAX_ID_LEN};
+use crate::record;
 use crate::runtime::CallError;
 use crate::store::{Delivery, GroupCommitter, StoreError};
 
@@ -35,6 +36,26 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
+impl IngestError {
+    /// The `outcome` label of `meterd_ingest_requests_total`: what the
+    /// answer's status says, in the terms an operator alerts on (4xx are
+    /// the sender's, 5xx the plugin's or the store's).
+    fn outcome(&self) -> &'static str {
+        match self {
+            IngestError::UnknownPlugin(_) | IngestError::NotPush(_) => "not_found",
+            IngestError::Store(_) => "unavailable",
+            IngestError::InvalidOutput { .. } => "plugin_error",
+            IngestError::Plugin { error, .. } => match error {
+                CallError::Adapter(AdapterError::Unauthorized(_)) => "unauthorized",
+                CallError::Adapter(AdapterError::Malformed(_) | AdapterError::Unsupported(_)) => {
+                    "bad_request"
+                }
+                _ => "plugin_error",
+            },
+        }
+    }
+}
+
 pub struct Ingest {
     plugins: Arc<PluginRegistry>,
     committer: GroupCommitter,
@@ -45,7 +66,19 @@ impl Ingest {
         Self { plugins, committer }
     }
 
+    /// Handles one webhook and counts its outcome.
     pub async fn webhook(&self, plugin_name: &str, request: InboundRequest) -> Result<Receipt, IngestError> {
+        let result = self.deliver(plugin_name, request).await;
+        let (plugin, outcome) = match &result {
+            Ok(receipt) => (plugin_name, if receipt.duplicate { "duplicate" } else { "accepted" }),
+            Err(e @ IngestError::UnknownPlugin(_)) => (metrics::UNKNOWN_PLUGIN, e.outcome()),
+            Err(e) => (plugin_name, e.outcome()),
+        };
+        metrics::INGEST_REQUESTS.inc([plugin, outcome]);
+        result
+    }
+
+    async fn deliver(&self, plugin_name: &str, request: InboundRequest) -> Result<Receipt, IngestError> {
         let plugin = self
             .plugins
             .get(plugin_name)
@@ -59,12 +92,8 @@ impl Ingest {
             .handle_webhook(request.clone())
             .await
             .map_err(|error| IngestError::Plugin { plugin: plugin_name.to_owned(), error })?;
-        let invalid =
-            |problem: String| IngestError::InvalidOutput { plugin: plugin_name.to_owned(), problem };
-        if outcome.event_id.trim().is_empty() || outcome.event_id.len() > MAX_ID_LEN {
-            return Err(invalid(format!("event-id must be 1-{MAX_ID_LEN} bytes")));
-        }
-        let records = record::validate_all(outcome.records).map_err(|e| invalid(e.to_string()))?;
+        let (event_id, records) = record::validate_webhook(outcome)
+            .map_err(|problem| IngestError::InvalidOutput { plugin: plugin_name.to_owned(), problem })?;
         let count = records.len();
         // The call has returned, so this is the only reference: no copy.
         let request = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
@@ -75,13 +104,39 @@ impl Ingest {
             .collect();
         let delivery = Delivery {
             plugin: plugin_name.to_owned(),
-            event_id: outcome.event_id.clone(),
+            event_id: event_id.clone(),
             received_at_ms,
             headers,
             body: request.body,
             records,
         };
         let committed = self.committer.commit(delivery).await?;
-        Ok(Receipt { event_id: outcome.event_id, records: count, duplicate: committed.duplicate })
+        Ok(Receipt { event_id, records: count, duplicate: committed.duplicate })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_follow_the_answer_status() {
+        let plugin = |error: CallError| IngestError::Plugin { plugin: "p".to_owned(), error };
+        let adapter = |error: AdapterError| plugin(CallError::Adapter(error));
+        let cases = [
+            (IngestError::UnknownPlugin("x".to_owned()), "not_found"),
+            (IngestError::NotPush("p".to_owned()), "not_found"),
+            (IngestError::Store(StoreError::Unavailable("down".to_owned())), "unavailable"),
+            (IngestError::InvalidOutput { plugin: "p".to_owned(), problem: "?".to_owned() }, "plugin_error"),
+            (adapter(AdapterError::Unauthorized("sig".to_owned())), "unauthorized"),
+            (adapter(AdapterError::Malformed("json".to_owned())), "bad_request"),
+            (adapter(AdapterError::Unsupported("path".to_owned())), "bad_request"),
+            (adapter(AdapterError::Upstream("502".to_owned())), "plugin_error"),
+            (adapter(AdapterError::Internal("bug".to_owned())), "plugin_error"),
+            (plugin(CallError::Timeout { plugin: "p".to_owned(), deadline_ms: 100 }), "plugin_error"),
+        ];
+        for (error, outcome) in cases {
+            assert_eq!(error.outcome(), outcome, "{error:?}");
+        }
     }
 }

@@ -6,9 +6,12 @@
 
 pub mod clock;
 pub mod config;
+pub mod conformance;
 pub mod http;
 pub mod ingest;
+pub mod keys;
 pub mod meter;
+pub mod metrics;
 pub mod notify;
 pub mod orgs;
 pub mod outbound;

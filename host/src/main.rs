@@ -16,8 +16,31 @@ struct Cli {
     /// Config file (default: ./meterd.toml if present, else built-in defaults).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Log lines on stderr: `text` for people, `json` (one object a line)
+    /// for log collectors.
+    #[arg(long, global = true, value_enum, env = meterd::config::LOG_FORMAT_ENV, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr at `METERD_LOG` (default `info`) in the chosen format.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("METERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // The event's fields at the top level, and the request span (its
+        // id, method and route) under "span".
+        LogFormat::Json => logs.json().flatten_event(true).with_span_list(false).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -39,6 +62,60 @@ enum Command {
         #[command(subcommand)]
         command: PluginsCommand,
     },
+    /// Manage API keys (in the configured database; running gateways see
+    /// changes within a second).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Show an org's usage, read from the configured database through the
+    /// same service as `GET /v1/orgs/{org}/usage` (the same numbers).
+    Usage(UsageArgs),
+}
+
+#[derive(clap::Args)]
+struct UsageArgs {
+    /// The organization.
+    #[arg(long, value_name = "ORG")]
+    org: String,
+    /// One meter (default: every configured meter).
+    #[arg(long, value_name = "M")]
+    meter: Option<String>,
+    /// Start of the range, RFC 3339 (default: the start of the month of
+    /// --to, or of now).
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// End of the range, exclusive, RFC 3339 (default: the end of the month
+    /// of --from, or of now).
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+    /// Also one row per window: hour, day or month (UTC boundaries).
+    #[arg(long, value_name = "hour|day|month")]
+    window: Option<String>,
+    /// Print the API's JSON instead of a table: one answer with --meter,
+    /// else an array of one per meter.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (shown this once; only its hash is kept).
+    Create {
+        /// A key for everything.
+        #[arg(long, conflicts_with = "org")]
+        admin: bool,
+        /// An org the key may read (usage, entitlements, checks); repeatable.
+        #[arg(long, value_name = "ORG")]
+        org: Vec<String>,
+        /// What the key is for.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by its id.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -52,17 +129,22 @@ enum PluginsCommand {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
+    /// Run a plugin against fixture pairs (`<case>.request.json`,
+    /// `<case>.expected.json`) the way ingest runs it, without a database.
+    /// Exit 0 if every case passes, 1 if any fails, 2 if the fixtures or
+    /// the plugin cannot be used. Format: tests/conformance/README.md.
+    Test {
+        /// A component (`….wasm`) or the name of a plugin in plugins_dir.
+        plugin: String,
+        /// The directory holding the fixture pairs.
+        #[arg(long, value_name = "DIR")]
+        fixtures: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("METERD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
@@ -96,10 +178,19 @@ fn main() -> ExitCode {
             Command::Plugins { command: PluginsCommand::List { url: Some(url) } } => {
                 list_remote_plugins(&config, &url).await
             }
+            Command::Keys { command } => manage_keys(&config, command).await,
+            Command::Plugins { command: PluginsCommand::Test { plugin, fixtures } } => {
+                test_plugin(&config, &plugin, &fixtures)
+            }
+            Command::Usage(args) => show_usage(&config, args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Exit>() => {
+            eprintln!("meterd: error: {e:#}");
+            ExitCode::from(e.downcast_ref::<Exit>().map_or(1, |exit| exit.code))
+        }
         Err(e) => {
             eprintln!("meterd: error: {e:#}");
             ExitCode::FAILURE
@@ -187,4 +278,156 @@ async fn list_remote_plugins(config: &Config, url: &str) -> anyhow::Result<()> {
         println!("needs a restart: {}", text(&key));
     }
     if failures.is_empty() { Ok(()) } else { anyhow::bail!("{} plugin file(s) refused", failures.len()) }
+}
+
+async fn manage_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    use meterd::keys::{self, Scope};
+    let store = meterd::server::open_store(config).await?;
+    let now = meterd::clock::now_ms();
+    match command {
+        KeysCommand::Create { admin, org, label } => {
+            let scope = keys::scope(admin, org)?;
+            let (token, key) = keys::create(store.as_ref(), scope, label, now).await?;
+            println!("{token}");
+            eprintln!("created key {} ({}); it is shown only this once", key.id, scope_text(&key.scope));
+        }
+        KeysCommand::List => {
+            println!("{:<14} {:<8} {:<26} {:<26} {:<16} ORGS", "ID", "SCOPE", "CREATED", "REVOKED", "LABEL");
+            for key in store.api_keys().await? {
+                let (scope, orgs) = match &key.scope {
+                    Scope::Admin => ("admin", "-".to_owned()),
+                    Scope::Orgs(orgs) => ("orgs", orgs.iter().cloned().collect::<Vec<_>>().join(",")),
+                };
+                let revoked = key.revoked_at_ms.map(meterd::http::rfc3339).unwrap_or_else(|| "-".to_owned());
+                println!(
+                    "{:<14} {scope:<8} {:<26} {revoked:<26} {:<16} {orgs}",
+                    key.id,
+                    meterd::http::rfc3339(key.created_at_ms),
+                    key.label.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke_api_key(&id, now).await? {
+                anyhow::bail!("no active key {id:?} (see `meterd keys list`)");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+fn scope_text(scope: &meterd::keys::Scope) -> String {
+    match scope {
+        meterd::keys::Scope::Admin => "admin".to_owned(),
+        meterd::keys::Scope::Orgs(orgs) => {
+            format!("orgs: {}", orgs.iter().cloned().collect::<Vec<_>>().join(", "))
+        }
+    }
+}
+
+/// A failure that exits with its own status rather than 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+/// `plugins test`: each case's verdict and a summary on stdout; exit 1 if a
+/// case failed, 2 if the kit could not run (fixtures, plugin).
+fn test_plugin(config: &Config, plugin: &str, fixtures: &std::path::Path) -> anyhow::Result<()> {
+    use meterd::conformance::{self, KitError};
+    let cannot_run = |e: KitError| Exit { code: 2, message: e.to_string() };
+    let file = conformance::plugin_file(plugin, config.plugins_dir.as_deref()).map_err(cannot_run)?;
+    let cases = conformance::fixtures::read_dir(fixtures).map_err(|e| cannot_run(e.into()))?;
+    // The gateway's limits; no compiled-code cache: the kit leaves nothing behind.
+    let settings =
+        meterd::runtime::RuntimeSettings { cache_dir: None, ..meterd::server::runtime_settings(config) };
+    let report =
+        tokio::task::block_in_place(|| conformance::run(settings, &file, &cases)).map_err(cannot_run)?;
+    print!("{report}");
+    match report.failed() {
+        0 => Ok(()),
+        failed => {
+            Err(Exit { code: 1, message: format!("{failed} of {} cases failed", report.results.len()) }
+                .into())
+        }
+    }
+}
+
+/// `usage`: the API's answers for one org, computed by the same
+/// `UsageService` over the configured database. Arguments are checked
+/// before the database is opened.
+async fn show_usage(config: &Config, args: UsageArgs) -> anyhow::Result<()> {
+    use meterd::usage::{self, UsageRequest, UsageService};
+    if !meterd::orgs::valid_org_id(&args.org) {
+        anyhow::bail!("--org {:?}: {}", args.org, meterd::orgs::OrgError::BadOrgId);
+    }
+    let now_ms = meterd::clock::now_ms();
+    let range = usage::range(args.from.as_deref(), args.to.as_deref(), now_ms)?;
+    let window = args.window.as_deref().map(usage::parse_window).transpose()?;
+    let meters = match &args.meter {
+        Some(meter) => vec![meter.clone()],
+        None => config.meters.iter().map(|m| m.name.clone()).collect(),
+    };
+    let service = UsageService::new(meterd::server::open_store(config).await?, config.meters.clone());
+    let mut answers = Vec::with_capacity(meters.len());
+    for meter in meters {
+        let request = UsageRequest { org_id: args.org.clone(), meter, range, window, group_by: None };
+        let answer = service.usage(&request, now_ms).await?;
+        answers.push((request, answer));
+    }
+    if args.json {
+        let mut values: Vec<serde_json::Value> =
+            answers.iter().map(|(r, a)| usage::answer_json(r, a)).collect();
+        let shown = match args.meter {
+            Some(_) => values.pop().unwrap_or_default(),
+            None => serde_json::Value::Array(values),
+        };
+        println!("{shown:#}");
+    } else {
+        print!("{}", usage_table(&answers, args.window.as_deref()));
+    }
+    Ok(())
+}
+
+/// One row per meter (its total over the range), followed with a window
+/// size by one indented row per window; columns aligned to their widest cell.
+fn usage_table(
+    answers: &[(meterd::usage::UsageRequest, meterd::usage::UsageAnswer)],
+    window: Option<&str>,
+) -> String {
+    use meterd::http::rfc3339;
+    let quantity = meterd_units::format_quantity;
+    let mut rows = vec![["METER", "UNIT", "FROM", "TO", "TOTAL"].map(str::to_owned)];
+    for (request, answer) in answers {
+        rows.push([
+            answer.meter.name.clone(),
+            answer.meter.unit.clone(),
+            rfc3339(request.range.from_ms),
+            rfc3339(request.range.to_ms),
+            quantity(answer.total),
+        ]);
+        if let Some(size) = window {
+            for w in &answer.windows {
+                let label = format!("  {size}");
+                rows.push([label, String::new(), rfc3339(w.start_ms), rfc3339(w.end_ms), quantity(w.value)]);
+            }
+        }
+    }
+    let mut widths = [0; 5];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> =
+            row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

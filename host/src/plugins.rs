@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::metrics;
 use crate::plugin::{AdapterInfo, InboundRequest, PluginSettings, PollOutcome, WebhookOutcome};
 use crate::runtime::{CallError, LoadError, LoadedPlugin, Runtime};
 
@@ -46,7 +47,7 @@ impl PluginHandle {
 
     pub async fn targets(self: &Arc<Self>) -> Result<Vec<String>, CallError> {
         let this = self.clone();
-        self.run(move || this.plugin.targets()).await
+        self.run("targets", move || this.plugin.targets()).await
     }
 
     pub async fn poll(
@@ -55,7 +56,7 @@ impl PluginHandle {
         cursor: Option<String>,
     ) -> Result<PollOutcome, CallError> {
         let (this, target) = (self.clone(), target.to_owned());
-        self.run(move || this.plugin.poll(&target, cursor.as_deref())).await
+        self.run("poll", move || this.plugin.poll(&target, cursor.as_deref())).await
     }
 
     pub async fn handle_webhook(
@@ -63,11 +64,15 @@ impl PluginHandle {
         request: Arc<InboundRequest>,
     ) -> Result<WebhookOutcome, CallError> {
         let this = self.clone();
-        self.run(move || this.plugin.handle_webhook(&request)).await
+        self.run("handle-webhook", move || this.plugin.handle_webhook(&request)).await
     }
 
+    /// Runs `call` (the WIT function `call_name`) on a blocking thread once
+    /// a permit is free; its time (not the wait for a permit) and any trap
+    /// go to the metrics.
     async fn run<R: Send + 'static>(
         &self,
+        call_name: &'static str,
         call: impl FnOnce() -> Result<R, CallError> + Send + 'static,
     ) -> Result<R, CallError> {
         let name = self.info().name.clone();
@@ -75,12 +80,30 @@ impl PluginHandle {
             plugin: name.clone(),
             message: "the plugin is shutting down".to_owned(),
         })?;
-        tokio::task::spawn_blocking(call).await.unwrap_or_else(|e| {
+        let plugin = name.clone();
+        // The caller's span (a webhook's request id) follows the call onto
+        // the blocking thread, so the plugin's log lines and traps carry it.
+        let span = tracing::Span::current();
+        let result = tokio::task::spawn_blocking(move || {
+            let _in_span = span.enter();
+            let started = std::time::Instant::now();
+            let result = call();
+            metrics::PLUGIN_CALL_SECONDS.observe_duration([&plugin, call_name], started.elapsed());
+            result
+        })
+        .await
+        .unwrap_or_else(|e| {
             Err(CallError::Trap {
-                plugin: name,
+                plugin: name.clone(),
                 message: format!("the host thread running the call failed: {e}"),
             })
-        })
+        });
+        if let Err(error) = &result
+            && let Some(kind) = error.trap_kind()
+        {
+            metrics::PLUGIN_TRAPS.inc([&name, kind]);
+        }
+        result
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::metrics;
 use crate::plugin::PluginSettings;
 use crate::plugins::{PluginHandle, PluginRegistry};
 use crate::record;
@@ -257,9 +258,11 @@ impl TargetPoller {
             // Keep the lease warm while waiting, without holding it forever.
             return Ok(until_due.min(self.schedule.lease / 2));
         }
+        metrics::POLL_RUNS.inc([name]);
         match self.run_rounds(state.cursor).await {
             Ok(()) => Ok(jittered(self.schedule.interval)),
             Err(error) => {
+                metrics::POLL_ERRORS.inc([name]);
                 let failures =
                     u32::try_from(state.consecutive_failures).unwrap_or(u32::MAX).saturating_add(1);
                 let delay = jittered(self.schedule.retry_delay(failures));
@@ -300,6 +303,13 @@ impl TargetPoller {
             };
             let counts = self.store.commit_poll(&commit).await.map_err(|e| e.to_string())?;
             tracing::debug!(plugin = %name, target = %self.target, ?counts, "poll committed");
+            for (result, n) in [
+                ("inserted", counts.inserted),
+                ("duplicate", counts.duplicates),
+                ("corrected", counts.corrected),
+            ] {
+                metrics::POLL_RECORDS.inc_by([name, result], n as u64);
+            }
             if outcome.next_cursor.is_some() {
                 cursor = outcome.next_cursor;
             }

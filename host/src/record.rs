@@ -112,6 +112,18 @@ pub fn validate(index: usize, raw: RawRecord) -> Result<UsageRecord, RecordError
 }
 
 /// Checks every record of one plugin answer; the first bad one fails it all.
+/// A webhook answer as the host accepts it: an event id of 1-`MAX_ID_LEN`
+/// bytes and valid records (ingest and the conformance kit both use this).
+pub fn validate_webhook(
+    outcome: crate::plugin::WebhookOutcome,
+) -> Result<(String, Vec<UsageRecord>), String> {
+    if outcome.event_id.trim().is_empty() || outcome.event_id.len() > MAX_ID_LEN {
+        return Err(format!("event-id must be 1-{MAX_ID_LEN} bytes"));
+    }
+    let records = validate_all(outcome.records).map_err(|e| e.to_string())?;
+    Ok((outcome.event_id, records))
+}
+
 pub fn validate_all(raw: Vec<RawRecord>) -> Result<Vec<UsageRecord>, RecordError> {
     raw.into_iter().enumerate().map(|(i, r)| validate(i, r)).collect()
 }

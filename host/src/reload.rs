@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::http::AppState;
+use crate::metrics;
 use crate::poller::Pollers;
 
 /// Quiet time after the last file event before acting: editors and copies
@@ -109,12 +110,20 @@ impl Reloader {
         let synced = tokio::task::spawn_blocking(move || this.state.plugins.sync(&config)).await;
         match synced {
             Ok(Ok(report)) => {
+                metrics::RELOADS.inc_by(["plugin", "ok"], report.loaded.len() as u64);
+                metrics::RELOADS.inc_by(["plugin", "refused"], report.refused.len() as u64);
                 if !report.loaded.is_empty() || !report.unloaded.is_empty() {
                     tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, "plugins reloaded");
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "reloading plugins failed"),
-            Err(e) => tracing::error!(error = %e, "the plugin reload task failed"),
+            Ok(Err(e)) => {
+                metrics::RELOADS.inc(["plugin", "refused"]);
+                tracing::error!(error = %e, "reloading plugins failed");
+            }
+            Err(e) => {
+                metrics::RELOADS.inc(["plugin", "refused"]);
+                tracing::error!(error = %e, "the plugin reload task failed");
+            }
         }
         self.reconcile_pollers().await;
     }
@@ -126,6 +135,7 @@ impl Reloader {
         let new = match loaded {
             Ok(config) => config,
             Err(e) => {
+                metrics::RELOADS.inc(["config", "refused"]);
                 let message = e.to_string();
                 tracing::error!(error = %message, "config change refused; the running config stays");
                 let mut status = lock(&self.status);
@@ -168,6 +178,7 @@ impl Reloader {
             status.restart_required = restart_required.clone();
             status.reloads += 1;
         }
+        metrics::RELOADS.inc(["config", "ok"]);
         if restart_required.is_empty() {
             tracing::info!(source = %new.source, "config reloaded");
         } else {

@@ -99,7 +99,9 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
         store,
         live: std::sync::RwLock::new(LiveHttp::from_config(&config)),
         reloader: std::sync::OnceLock::new(),
+        keys: crate::keys::KeyRing::default(),
     });
+    state.refresh_keys().await.context("reading the API keys")?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
@@ -126,6 +128,7 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     }
     let follow_task =
         feed.map(|feed| tokio::spawn(state.orgs.clone().follow(feed, background_stopped.clone())));
+    let keys_task = tokio::spawn(refresh_keys(state.clone(), background_stopped.clone()));
     let notifier_task = tokio::spawn(notifier.run(background_stopped));
     axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
     // In-flight requests are done; pollers finish the run they are in; the
@@ -136,12 +139,28 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     drop(reloader);
     drop(state);
     let _ = notifier_task.await;
+    let _ = keys_task.await;
     if let Some(task) = follow_task {
         let _ = task.await;
     }
     commit_task.await.context("the committer task failed")?;
     tracing::info!("meterd stopped");
     Ok(())
+}
+
+/// Re-reads the API keys every `keys::REFRESH`: keys created or revoked by
+/// another replica or the CLI take effect here within that.
+async fn refresh_keys(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::keys::REFRESH);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = state.refresh_keys().await {
+            tracing::warn!(error = %e, "re-reading the API keys failed; keeping the last ones");
+        }
+    }
 }
 
 /// This process's name as a lease holder: unique per process start.

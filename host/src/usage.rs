@@ -1,12 +1,15 @@
 //! Usage queries, apart from HTTP: resolve the meter, read the records of
 //! the range (and the levels in force when it starts), and let the pure
-//! meter engine aggregate them.
+//! meter engine aggregate them. The query parameters' parsing and the
+//! answer's JSON live here too, so that the HTTP API and `meterd usage`
+//! cannot disagree.
 
 use std::sync::Arc;
 
+use chrono::DateTime;
 use rust_decimal::Decimal;
 
-use crate::meter::period::{Range, WindowSize};
+use crate::meter::period::{Range, WindowSize, month_containing};
 use crate::meter::{self, EngineError, MeterDef, UsageQuery};
 use crate::record::valid_attribute_key;
 use crate::store::{PointQuery, Store, StoreError};
@@ -37,6 +40,77 @@ pub enum UsageError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+/// A query parameter that cannot be used; the message names it and says
+/// what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParamError(pub String);
+
+/// An RFC 3339 time, as milliseconds; `name` is the parameter, for the
+/// message.
+pub fn parse_time(name: &str, text: &str) -> Result<i64, ParamError> {
+    DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).map_err(|_| {
+        ParamError(format!("`{name}` {text:?} is not an RFC 3339 time such as 2025-08-01T00:00:00Z"))
+    })
+}
+
+/// `hour`, `day` or `month`.
+pub fn parse_window(text: &str) -> Result<WindowSize, ParamError> {
+    match text {
+        "hour" => Ok(WindowSize::Hour),
+        "day" => Ok(WindowSize::Day),
+        "month" => Ok(WindowSize::Month),
+        other => Err(ParamError(format!("`window` {other:?} must be hour, day or month"))),
+    }
+}
+
+/// The queried range. Missing bounds default to the calendar month (UTC)
+/// of the other bound, or of now.
+pub fn range(from: Option<&str>, to: Option<&str>, now_ms: i64) -> Result<Range, ParamError> {
+    let from = from.map(|t| parse_time("from", t)).transpose()?;
+    let to = to.map(|t| parse_time("to", t)).transpose()?;
+    let (from, to) = match (from, to) {
+        (Some(f), Some(t)) => (f, t),
+        (Some(f), None) => (f, month_containing(f).to_ms),
+        (None, Some(t)) => (month_containing(t.saturating_sub(1)).from_ms, t),
+        (None, None) => {
+            let month = month_containing(now_ms);
+            (month.from_ms, month.to_ms)
+        }
+    };
+    Range::new(from, to).map_err(|e| ParamError(format!("bad range: {e}")))
+}
+
+/// The answer as the API shows it: times in RFC 3339, quantities as exact
+/// decimal text, a `group` per window when the query was grouped.
+pub fn answer_json(request: &UsageRequest, answer: &UsageAnswer) -> serde_json::Value {
+    let rfc3339 = crate::http::rfc3339;
+    let windows: Vec<_> = answer
+        .windows
+        .iter()
+        .map(|w| {
+            let mut value = serde_json::json!({
+                "start": rfc3339(w.start_ms),
+                "end": rfc3339(w.end_ms),
+                "value": meterd_units::format_quantity(w.value),
+            });
+            if request.group_by.is_some() {
+                value["group"] = serde_json::json!(w.group);
+            }
+            value
+        })
+        .collect();
+    serde_json::json!({
+        "org": request.org_id,
+        "meter": answer.meter.name,
+        "unit": answer.meter.unit,
+        "from": rfc3339(request.range.from_ms),
+        "to": rfc3339(request.range.to_ms),
+        "total": meterd_units::format_quantity(answer.total),
+        "windows": windows,
+    })
 }
 
 pub struct UsageService {

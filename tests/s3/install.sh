@@ -3,6 +3,8 @@
 # from package registries, into target/s3-servers/ (idempotent; seconds when
 # already there):
 #   - moto_server (PyPI moto[server]) and boto3, in a virtualenv;
+#   - openapi-spec-validator (PyPI), in the same virtualenv, which the
+#     OpenAPI test runs on the served document;
 #   - s3s-fs (crates.io, `binary` feature), which verifies SigV4 signatures.
 # 0.14.1 is the newest s3s-fs that builds with rustc 1.95.
 set -euo pipefail
@@ -16,6 +18,12 @@ if ! "$root/venv/bin/python" -c "import moto, boto3, sys; sys.exit(moto.__versio
     echo "tests/s3/install.sh: installing moto[server]==$moto_version and boto3==$boto3_version into $root/venv" >&2
     python3 -m venv "$root/venv"
     "$root/venv/bin/pip" install --quiet "moto[server]==$moto_version" "boto3==$boto3_version"
+fi
+
+validator_version=0.7.2
+if ! "$root/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('openapi-spec-validator') != '$validator_version')" 2>/dev/null; then
+    echo "tests/s3/install.sh: installing openapi-spec-validator==$validator_version into $root/venv" >&2
+    "$root/venv/bin/pip" install --quiet "openapi-spec-validator==$validator_version"
 fi
 
 s3s_version=0.14.1

@@ -1,5 +1,8 @@
-//! What both benchmarks share: knobs from the environment, order
-//! statistics, the E2B signature, fixtures and freshly built components.
+//! What the benchmarks share: knobs from the environment, order
+//! statistics, the E2B signature, fixtures and freshly built components;
+//! and for the benches that drive the real binary (`ingest`, `replicas`):
+//! starting `meterd serve`, the benchmark webhook, a bare HTTP/1.1 client
+//! and process CPU time.
 //!
 //! The benchmarks use a small hand-written harness rather than a framework:
 //! the numbers that matter here (median ns/op, latency percentiles measured
@@ -8,12 +11,23 @@
 
 #![allow(dead_code)] // each benchmark uses a different part
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
 
 /// The secret the E2B fixtures are signed with (tests/fixtures/e2b).
 pub const E2B_SECRET: &str = "test-signature-secret-1";
@@ -126,4 +140,228 @@ pub async fn load_plugin(
     .await
     .expect("load task");
     std::sync::Arc::new(plugin)
+}
+
+/// A duration in whole nanoseconds (saturating).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------------------
+// The gateway under test: `meterd serve` as a child process
+// ---------------------------------------------------------------------------
+
+/// Writes `meterd.toml` (and the plugins dir with the e2b component) into
+/// `dir`, with `database` as the database URL, and returns the config's
+/// path. `cache_dir` may be shared between gateways so the component is
+/// compiled once.
+pub fn write_config(dir: &Path, component: &Path, cache_dir: &Path, database: &str) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("creating the plugins dir");
+    std::fs::copy(component, plugins.join("e2b.wasm")).expect("copying the e2b component");
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ndatabase = \"{database}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n",
+        plugins = plugins.display(),
+        cache = cache_dir.display(),
+    );
+    let path = dir.join("meterd.toml");
+    std::fs::write(&path, config).expect("writing the config");
+    path
+}
+
+/// `meterd serve --config PATH` (the binary cargo built), stdout piped
+/// (for the listening line), stderr inherited, warnings logged.
+pub fn spawn_meterd(config: &Path, dir: &Path) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meterd"));
+    // meterd reads every `METERD_*` variable as configuration (and refuses
+    // unknown ones): the benchmark's own knobs, and anything an operator or
+    // `make` exported, must not reach the gateway under test.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("METERD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .current_dir(dir)
+        .env("METERD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting meterd")
+}
+
+/// Reads the child's stdout until `meterd listening on http://ADDR`, and keeps
+/// draining it afterwards so the child never blocks on a full pipe.
+pub fn wait_for_listening(child: &mut Child) -> SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("meterd's stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("meterd listening on http://") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("meterd did not print its listening line within 120 s (its stderr is above)");
+    addr.parse().expect("meterd printed a socket address")
+}
+
+/// Sends a signal to a process this benchmark started.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+}
+
+/// Linux reports process CPU time in USER_HZ ticks, 100 per second on every
+/// mainstream architecture.
+pub const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU seconds (user + system) from a /proc `stat` file (a process's
+/// counts every thread it ever had; a thread's only its own).
+pub fn cpu_seconds(stat_path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(stat_path) else {
+        return 0.0;
+    };
+    // Fields after the parenthesized command name: state is field 3, so
+    // utime (14) and stime (15) are the 12th and 13th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / TICKS_PER_SECOND
+}
+
+/// Machine-wide CPU time from the first line of /proc/stat, in ticks:
+/// (busy, idle + iowait, stolen by the hypervisor).
+pub fn machine_cpu() -> (f64, f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    let field = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let idle = field(3) + field(4);
+    let steal = field(7);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    (busy, idle, steal)
+}
+
+// ---------------------------------------------------------------------------
+// The benchmark webhook
+// ---------------------------------------------------------------------------
+
+/// Each benchmark webhook is a `killed` event with 2 vCPUs for 1.5 s: 3
+/// core-seconds, so the committed total is exactly 3 × acknowledged.
+pub const CORE_SECONDS_PER_WEBHOOK: u64 = 3;
+pub const METER: &str = "sandbox_cpu_core_seconds";
+/// The benchmark events all happen on 2025-08-06.
+pub const USAGE_RANGE: &str = "from=2025-08-01T00:00:00Z&to=2025-09-01T00:00:00Z";
+
+/// One signed webhook, ready to send: generating and signing happen before
+/// the clock starts, so the client only does HTTP during a run.
+pub struct Prepared {
+    pub body: Bytes,
+    pub signature: HeaderValue,
+}
+
+/// A `killed` event shaped like tests/fixtures/e2b/webhook-killed (same
+/// fields, similar size), with a unique `id` so no delivery is a duplicate.
+pub fn webhook_body(id: &str, org: &str, sandbox: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","version":"v2","type":"sandbox.lifecycle.killed","timestamp":"2025-08-06T20:59:36.123456789Z","event_category":"lifecycle","event_label":"kill","event_data":{{"execution":{{"execution_time":1500,"memory_mb":512,"started_at":"2025-08-06T20:59:34Z","vcpu_count":2}},"kill_reason":"unknown","sandbox_metadata":{{"tenant":"{org}"}}}},"sandbox_id":"{sandbox}","sandbox_execution_id":"1dae9e1c-9957-4ce7-a236-a99d5779aadf","sandbox_template_id":"rki5dems9wqfm4r03t7g","sandbox_build_id":"a979a14b-bdcc-49e6-bc04-1189fc9fe7c2","sandbox_team_id":"460355b3-4f64-48f9-9a16-4442817f79f5"}}"#
+    )
+}
+
+/// `count` signed webhooks for organization `org`, ids prefixed with `run`.
+pub fn prepare(run: &str, org: &str, count: usize) -> Arc<Vec<Prepared>> {
+    let webhooks = (0..count)
+        .map(|i| {
+            let body = webhook_body(&format!("bench-{run}-{i:010}"), org, &format!("sbx-{:04}", i % 1_000));
+            let signature = e2b_signature(E2B_SECRET, body.as_bytes());
+            Prepared {
+                body: Bytes::from(body),
+                signature: HeaderValue::from_str(&signature).expect("base64 is a header value"),
+            }
+        })
+        .collect();
+    Arc::new(webhooks)
+}
+
+// ---------------------------------------------------------------------------
+// A bare HTTP/1.1 client
+// ---------------------------------------------------------------------------
+
+pub type Sender = SendRequest<Full<Bytes>>;
+
+/// One HTTP/1.1 keep-alive connection (hyper's connection API: no pool, no
+/// retries, nothing between the benchmark and the socket).
+pub async fn connect(addr: SocketAddr) -> Sender {
+    let stream = TcpStream::connect(addr).await.expect("connecting to meterd");
+    stream.set_nodelay(true).expect("setting TCP_NODELAY");
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender
+}
+
+pub fn host_header(addr: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&addr.to_string()).expect("an address is a header value")
+}
+
+pub fn ingest_request(host: &HeaderValue, webhook: &Prepared) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(Method::POST)
+        .uri("/v1/ingest/e2b")
+        .header(HOST, host.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .header("e2b-signature", webhook.signature.clone())
+        .body(Full::new(webhook.body.clone()))
+        .expect("a well-formed request")
+}
+
+/// Sends one request and reads the whole answer; `Ok` only for a 200 that
+/// is not a duplicate.
+pub async fn send(sender: &mut Sender, request: Request<Full<Bytes>>) -> Result<(), String> {
+    sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+    let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
+    if status != StatusCode::OK {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    if !contains(&body, b"\"duplicate\":false") {
+        return Err(format!("unexpected receipt: {}", String::from_utf8_lossy(&body)));
+    }
+    Ok(())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `GET /v1/orgs/{org}/usage` of the benchmark meter and month → `total`.
+pub async fn usage_total(addr: SocketAddr, org: &str) -> Decimal {
+    let mut sender = connect(addr).await;
+    sender.ready().await.expect("usage connection");
+    let request = Request::builder()
+        .uri(format!("/v1/orgs/{org}/usage?meter={METER}&{USAGE_RANGE}"))
+        .header(HOST, host_header(addr))
+        .body(Full::new(Bytes::new()))
+        .expect("a well-formed request");
+    let response = sender.send_request(request).await.expect("usage query");
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("usage body").to_bytes();
+    assert_eq!(status, StatusCode::OK, "usage query failed: {}", String::from_utf8_lossy(&body));
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("usage answer is JSON");
+    json["total"].as_str().and_then(|t| t.parse().ok()).expect("usage answer has a decimal `total`")
 }

@@ -11,6 +11,22 @@ use crate::runtime::CallError;
 use crate::store::StoreError;
 use crate::usage::UsageError;
 
+/// The error body, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the JSON that `ApiError::into_response` writes
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Machine-readable: `bad_request`, `not_found`, `unauthorized`, …
+    code: String,
+    /// What is wrong, for people.
+    message: String,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -39,7 +55,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::error!(status = %self.status, code = self.code, message = %self.message, "request failed");
+            tracing::error!(status = %self.status, code = self.code, error = %self.message, "request failed");
         }
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();

@@ -3,24 +3,29 @@
 //! error shape.
 
 mod error;
+mod keys;
+mod openapi;
 mod orgs;
 mod usage;
 
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{MatchedPath, Path, RawPathParams, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::post;
 use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use usage::rfc3339;
 
 use crate::config::Config;
 use crate::ingest::{Ingest, Receipt};
+use crate::keys::{Denied, KeyRing, Principal};
 use crate::notify::Notifier;
 use crate::orgs::Orgs;
 use crate::plugin::InboundRequest;
@@ -41,6 +46,8 @@ pub struct AppState {
     pub live: RwLock<LiveHttp>,
     /// Set once serving starts: reload status for `/v1/plugins`.
     pub reloader: OnceLock<Weak<Reloader>>,
+    /// The API keys, as of the last refresh.
+    pub keys: KeyRing,
 }
 
 /// The HTTP settings that change with the config, without a restart.
@@ -57,6 +64,11 @@ impl LiveHttp {
 }
 
 impl AppState {
+    /// Re-reads the API keys after this process changed them.
+    pub async fn refresh_keys(&self) -> Result<(), crate::store::StoreError> {
+        self.keys.refresh(self.store.as_ref()).await
+    }
+
     pub fn live(&self) -> LiveHttp {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -71,21 +83,40 @@ impl AppState {
     }
 }
 
+/// The routes behind `authorize`: orgs, plugins, keys.
+fn guarded_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(orgs::put_org, orgs::get_org))
+        .routes(routes!(usage::usage))
+        .routes(routes!(orgs::entitlements))
+        .routes(routes!(orgs::check))
+        .routes(routes!(orgs::post_grant, orgs::get_grants))
+        .routes(routes!(list_plugins))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
+}
+
+/// Ingest (authenticated by provider signatures) and operations routes.
+fn open_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(ingest))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi::openapi_json))
+}
+
+/// The OpenAPI document of every route [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(open_routes().merge(guarded_routes()).into_openapi())
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    let orgs = Router::new()
-        .route("/v1/orgs/{org}", put(orgs::put_org).get(orgs::get_org))
-        .route("/v1/orgs/{org}/usage", get(usage::usage))
-        .route("/v1/orgs/{org}/entitlements", get(orgs::entitlements))
-        .route("/v1/orgs/{org}/check", post(orgs::check))
-        .route("/v1/orgs/{org}/grants", post(orgs::post_grant).get(orgs::get_grants))
-        .route("/v1/plugins", get(list_plugins))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    Router::new()
-        .route("/v1/ingest/{plugin}", post(ingest))
+    let guarded = guarded_routes().route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let (routes, _) = open_routes().merge(guarded).split_for_parts();
+    routes
+        // The catch-all form of ingest; `openapi::finish` documents it.
         .route("/v1/ingest/{plugin}/{*path}", post(ingest_path))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .merge(orgs)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -95,31 +126,81 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .with_state(state)
+        .layer(middleware::from_fn(request_id))
 }
 
-/// With `admin_token` set, the org and admin routes need it as a bearer token.
-async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Some(expected) = &state.live().admin_token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
-        if !ok {
-            return ApiError::unauthorized(
-                "missing or wrong bearer token (Authorization: Bearer <admin_token>)",
-            )
-            .into_response();
+/// Whether a tenant key may call a guarded route: reading an org's plan,
+/// usage, entitlements and grants, and checks. Everything else (assigning
+/// plans, granting credit, plugins, keys) needs an admin credential.
+fn tenant_may_call(method: &axum::http::Method, route: &str) -> bool {
+    use axum::http::Method;
+    match route {
+        "/v1/orgs/{org}" | "/v1/orgs/{org}/grants" => method == Method::GET,
+        "/v1/orgs/{org}/usage" | "/v1/orgs/{org}/entitlements" | "/v1/orgs/{org}/check" => true,
+        _ => false,
+    }
+}
+
+/// Authenticates the bearer token (an API key or `admin_token`) and
+/// authorizes the route. A tenant asking about an org outside its scope
+/// gets 404, exactly as for an org that does not exist; a tenant on an
+/// admin route of its own org, or on `/v1/plugins` or `/v1/keys`, gets 403.
+async fn authorize(
+    State(state): State<Arc<AppState>>,
+    route: MatchedPath,
+    params: RawPathParams,
+    request: Request,
+    next: Next,
+) -> Response {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let principal = match state.keys.authenticate(bearer, state.live().admin_token.as_deref()) {
+        Ok(principal) => principal,
+        Err(Denied::Missing) => {
+            return ApiError::unauthorized("this route needs Authorization: Bearer <API key or admin_token>")
+                .into_response();
+        }
+        Err(Denied::Invalid) => {
+            return ApiError::unauthorized("the bearer token is not an active API key nor the admin token")
+                .into_response();
+        }
+    };
+    if let Principal::Tenant(_) = &principal {
+        let org = params.iter().find(|(name, _)| *name == "org").map(|(_, value)| value.to_owned());
+        if let Some(org) = &org
+            && !principal.may_read(org)
+        {
+            return ApiError::not_found(format!("no org {org:?}")).into_response();
+        }
+        if !tenant_may_call(request.method(), route.as_str()) {
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs an admin key")
+                .into_response();
         }
     }
     next.run(request).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
+#[utoipa::path(
+    post,
+    path = "/v1/ingest/{plugin}",
+    tag = "ingest",
+    summary = "A provider webhook: verified and normalized by the plugin, committed, then answered",
+    params(("plugin" = String, Path, description = "The plugin (its file name in plugins_dir)")),
+    request_body(content = String, description = "The provider's payload, as sent", content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Committed (or a duplicate): `event_id`, `records`, `duplicate`", body = Object),
+        (status = 400, description = "Malformed body (the message says what is wrong)", body = error::ErrorBody),
+        (status = 401, description = "Missing or wrong provider signature", body = error::ErrorBody),
+        (status = 404, description = "No such plugin, or one that only polls", body = error::ErrorBody),
+        (status = 413, description = "Body over max_body_bytes", body = error::ErrorBody),
+        (status = 500, description = "The plugin failed (trap, CPU deadline, memory, bad output)", body = error::ErrorBody),
+        (status = 503, description = "The store could not commit; retry", body = error::ErrorBody),
+    )
+)]
 async fn ingest(
     state: State<Arc<AppState>>,
     Path(plugin): Path<String>,
@@ -143,7 +224,18 @@ async fn ingest_inner(
     request: Request,
 ) -> Result<Json<Receipt>, ApiError> {
     let (parts, body) = request.into_parts();
-    let body = read_body(body, &parts.headers, state.live().max_body_bytes).await?;
+    let body = match read_body(body, &parts.headers, state.live().max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => {
+            // Refused before the plugin runs: counted here, under the plugin
+            // only if it exists (a client's typo must not make a series).
+            let known = state.plugins.plugins().iter().any(|p| p.info().name == plugin);
+            let name = if known { plugin.as_str() } else { crate::metrics::UNKNOWN_PLUGIN };
+            let outcome = if e.status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" };
+            crate::metrics::INGEST_REQUESTS.inc([name, outcome]);
+            return Err(e);
+        }
+    };
     let inbound = InboundRequest {
         method: parts.method.as_str().to_owned(),
         path,
@@ -191,12 +283,86 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "The process is up",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Object))
+)]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// `GET /metrics`, in the Prometheus text format. Unauthenticated like
+/// `/healthz`, because scrapers seldom carry a token: it holds counts and
+/// plugin names, never usage or org ids. Serve it on an internal network.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Counters and histograms in the Prometheus text format",
+    responses((status = 200, description = "Prometheus text exposition 0.0.4", body = String, content_type = "text/plain"))
+)]
+async fn metrics_text() -> Response {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render()).into_response()
+}
+
+/// The header that carries a request's id both ways.
+const REQUEST_ID: &str = "x-request-id";
+
+/// Gives every request an id — the caller's `x-request-id` if it is a sane
+/// token, else a new one — logs inside a `request` span carrying it, the
+/// method and the route template (not the path, which holds org ids), and
+/// echoes it on the response, so a caller's report finds our log lines.
+async fn request_id(request: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| sane_request_id(id))
+        .map_or_else(new_request_id, str::to_owned);
+    let path = request.extensions().get::<axum::extract::MatchedPath>().map_or("(no route)", |r| r.as_str());
+    // At error level, so the span (and the id) is kept whatever level
+    // METERD_LOG lets events through at.
+    let span = tracing::error_span!("request", id = %id, method = %request.method(), path);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// At most 64 of `[A-Za-z0-9._-]`: safe to log and to echo as a header.
+fn sane_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// A new request id: 32 hex digits, a per-process random key's hash of a
+/// counter, so ids do not repeat within a process or line up across replicas.
+fn new_request_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEY: std::sync::LazyLock<RandomState> = std::sync::LazyLock::new(RandomState::new);
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}{:016x}", KEY.hash_one((n, 0u8)), KEY.hash_one((n, 1u8)))
+}
+
 /// Ready when the store answers and the plugins directory has been loaded.
 /// Also says how the org standings follow other replicas (`replication`).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "The store answers and the plugins are loaded; replication status",
+    responses(
+        (status = 200, description = "`status`, `plugins`, `replication`", body = Object),
+        (status = 503, description = "The store does not answer", body = error::ErrorBody),
+    )
+)]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(serde_json::json!({
@@ -211,6 +377,19 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    tag = "plugins",
+    summary = "Loaded plugins, refused files, poll state and reload status (admin)",
+    responses(
+        (status = 200, description = "`plugins`, `failures`, `reload`", body = Object),
+        (status = 401, description = "No or wrong bearer token", body = error::ErrorBody),
+        (status = 403, description = "A tenant key", body = error::ErrorBody),
+        (status = 503, description = "The store does not answer", body = error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn list_plugins(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     let polls =
         state.store.poll_states().await.map_err(|e| {

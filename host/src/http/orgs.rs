@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::error::ErrorBody;
 use super::usage::{parse_time, rfc3339};
 use super::{ApiError, AppState};
 use crate::orgs::{Credits, GrantRequest, OrgView};
@@ -61,12 +62,28 @@ fn credits_json(c: &Credits) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssignPlan {
     plan: String,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/orgs/{org}",
+    tag = "orgs",
+    summary = "Assign a plan (admin)",
+    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    request_body = AssignPlan,
+    responses(
+        (status = 200, description = "The org on its plan, with any plan credit granted now", body = Object),
+        (status = 400, description = "Unknown plan (the message lists the plans) or bad body", body = ErrorBody),
+        (status = 403, description = "A tenant key: assigning plans needs an admin key", body = ErrorBody),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn put_org(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
@@ -79,6 +96,19 @@ pub async fn put_org(
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}",
+    tag = "orgs",
+    summary = "The org's plan and current period",
+    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    responses(
+        (status = 200, description = "Plan, whether assigned, the current period", body = Object),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_org(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
@@ -86,6 +116,19 @@ pub async fn get_org(
     Ok(Json(view_json(&state.orgs.view(&org, crate::clock::now_ms())?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/entitlements",
+    tag = "orgs",
+    summary = "Meters against quotas, concurrency, sessions and credits this month",
+    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    responses(
+        (status = 200, description = "Entitlements", body = Object),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn entitlements(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
@@ -132,7 +175,7 @@ pub async fn entitlements(
 
 /// `{"action":"sandbox.start","vcpu":4,"memory_mb":4096}` or
 /// `{"meter":"…","quantity":"…"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     action: Option<String>,
@@ -172,6 +215,21 @@ impl CheckRequest {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/check",
+    tag = "orgs",
+    summary = "May the org start a sandbox or consume a quantity now?",
+    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    request_body = CheckRequest,
+    responses(
+        (status = 200, description = "`allow`, the `reasons` that deny and `warnings`", body = Object),
+        (status = 400, description = "Unknown meter or action, bad quantity", body = ErrorBody),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn check(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
@@ -182,7 +240,7 @@ pub async fn check(
     Ok(Json(json!(decision)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewGrantBody {
     amount: String,
@@ -192,6 +250,22 @@ pub struct NewGrantBody {
     priority: Option<i32>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/grants",
+    tag = "orgs",
+    summary = "Grant credit (admin)",
+    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    request_body = NewGrantBody,
+    responses(
+        (status = 201, description = "The grant", body = Object),
+        (status = 400, description = "Bad amount, currency or times", body = ErrorBody),
+        (status = 403, description = "A tenant key: granting credit needs an admin key", body = ErrorBody),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn post_grant(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
@@ -217,6 +291,19 @@ pub async fn post_grant(
     Ok((StatusCode::CREATED, Json(grant_json(&grant))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/grants",
+    tag = "orgs",
+    summary = "Credit balance, spend and each grant in burn order",
+    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    responses(
+        (status = 200, description = "Credits", body = Object),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_grants(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,

@@ -1,4 +1,5 @@
-//! `GET /v1/orgs/{org}/usage`: parameters in, the usage answer out.
+//! `GET /v1/orgs/{org}/usage`: parameters in, the usage answer out. The
+//! parsing and the answer's shape are `crate::usage`'s, shared with the CLI.
 
 use std::sync::Arc;
 
@@ -8,8 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::meter::period::{Range, WindowSize, month_containing};
-use crate::usage::UsageRequest;
+use crate::usage::{self, ParamError, UsageRequest};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,30 +28,34 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 pub fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).map_err(|_| {
-        ApiError::bad_request(format!(
-            "`{name}` {text:?} is not an RFC 3339 time such as 2025-08-01T00:00:00Z"
-        ))
-    })
+    usage::parse_time(name, text).map_err(bad_param)
 }
 
-/// Missing bounds default to the calendar month (UTC) of the other bound,
-/// or of now.
-fn range(from: Option<&str>, to: Option<&str>, now_ms: i64) -> Result<Range, ApiError> {
-    let from = from.map(|t| parse_time("from", t)).transpose()?;
-    let to = to.map(|t| parse_time("to", t)).transpose()?;
-    let (from, to) = match (from, to) {
-        (Some(f), Some(t)) => (f, t),
-        (Some(f), None) => (f, month_containing(f).to_ms),
-        (None, Some(t)) => (month_containing(t.saturating_sub(1)).from_ms, t),
-        (None, None) => {
-            let month = month_containing(now_ms);
-            (month.from_ms, month.to_ms)
-        }
-    };
-    Range::new(from, to).map_err(|e| ApiError::bad_request(format!("bad range: {e}")))
+fn bad_param(e: ParamError) -> ApiError {
+    ApiError::bad_request(e.0)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/usage",
+    tag = "orgs",
+    summary = "A meter's usage over a range, in windows and groups",
+    params(
+        ("org" = String, Path, description = "Organization id (1-256 bytes)"),
+        ("meter" = String, Query, description = "A configured meter, e.g. sandbox_cpu_core_seconds"),
+        ("from" = Option<String>, Query, description = "RFC 3339; default: the UTC month of `to` or of now"),
+        ("to" = Option<String>, Query, description = "RFC 3339, exclusive; default: the end of `from`'s month"),
+        ("window" = Option<String>, Query, description = "hour, day or month (at most 10,000 windows)"),
+        ("group_by" = Option<String>, Query, description = "A record attribute to group each window by"),
+    ),
+    responses(
+        (status = 200, description = "`total`, `unit` and `windows` (exact decimal strings)", body = Object),
+        (status = 400, description = "Unknown meter or parameter, bad time or range", body = super::error::ErrorBody),
+        (status = 401, description = "No or wrong bearer token", body = super::error::ErrorBody),
+        (status = 404, description = "A tenant key asking about an org outside its scope", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn usage(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
@@ -60,46 +64,14 @@ pub async fn usage(
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let now_ms = crate::clock::now_ms();
     let meter = params.meter.ok_or_else(|| ApiError::bad_request("missing `meter` parameter"))?;
-    let window = match params.window.as_deref() {
-        None => None,
-        Some("hour") => Some(WindowSize::Hour),
-        Some("day") => Some(WindowSize::Day),
-        Some("month") => Some(WindowSize::Month),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!("`window` {other:?} must be hour, day or month")));
-        }
-    };
+    let window = params.window.as_deref().map(usage::parse_window).transpose().map_err(bad_param)?;
     let request = UsageRequest {
-        org_id: org.clone(),
+        org_id: org,
         meter,
-        range: range(params.from.as_deref(), params.to.as_deref(), now_ms)?,
+        range: usage::range(params.from.as_deref(), params.to.as_deref(), now_ms).map_err(bad_param)?,
         window,
-        group_by: params.group_by.clone(),
+        group_by: params.group_by,
     };
     let answer = state.usage.usage(&request, now_ms).await?;
-    let grouped = request.group_by.is_some();
-    let windows: Vec<_> = answer
-        .windows
-        .iter()
-        .map(|w| {
-            let mut value = serde_json::json!({
-                "start": rfc3339(w.start_ms),
-                "end": rfc3339(w.end_ms),
-                "value": meterd_units::format_quantity(w.value),
-            });
-            if grouped {
-                value["group"] = serde_json::json!(w.group);
-            }
-            value
-        })
-        .collect();
-    Ok(Json(serde_json::json!({
-        "org": org,
-        "meter": answer.meter.name,
-        "unit": answer.meter.unit,
-        "from": rfc3339(request.range.from_ms),
-        "to": rfc3339(request.range.to_ms),
-        "total": meterd_units::format_quantity(answer.total),
-        "windows": windows,
-    })))
+    Ok(Json(usage::answer_json(&request, &answer)))
 }

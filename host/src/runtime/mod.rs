@@ -125,6 +125,20 @@ pub enum CallError {
     Instantiate { plugin: String, message: String },
 }
 
+impl CallError {
+    /// How the sandbox stopped the call, for `meterd_plugin_traps_total`;
+    /// `None` when the plugin answered, even with an error of its own.
+    pub fn trap_kind(&self) -> Option<&'static str> {
+        match self {
+            CallError::Adapter(_) => None,
+            CallError::Timeout { .. } => Some("deadline"),
+            CallError::OutOfMemory { .. } => Some("memory"),
+            CallError::Trap { .. } => Some("trap"),
+            CallError::Instantiate { .. } => Some("instantiate"),
+        }
+    }
+}
+
 /// The wasmtime engine, its linker and the epoch ticker.
 pub struct Runtime {
     engine: Engine,

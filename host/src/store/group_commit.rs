@@ -3,10 +3,12 @@
 //! after the transaction that holds its delivery has committed.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CommitOutcome, Delivery, Store, StoreError};
+use crate::metrics;
 
 /// Most deliveries, and most payload bytes, one transaction takes.
 const MAX_BATCH: usize = 512;
@@ -61,9 +63,10 @@ async fn run(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Job>) {
 
 async fn commit_group(store: &dyn Store, jobs: Vec<Job>) {
     let (deliveries, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.delivery, j.reply)).unzip();
-    match store.commit(&deliveries).await {
+    match timed_commit(store, &deliveries).await {
         Ok(outcomes) => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            for ((reply, delivery), outcome) in replies.into_iter().zip(&deliveries).zip(outcomes) {
+                count(delivery, &outcome);
                 let _ = reply.send(Ok(outcome));
             }
         }
@@ -72,11 +75,13 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>) {
         Err(e) if deliveries.len() > 1 => {
             tracing::warn!(error = %e, batch = deliveries.len(), "group commit failed; retrying deliveries one by one");
             for (delivery, reply) in deliveries.into_iter().zip(replies) {
-                let result = store.commit(std::slice::from_ref(&delivery)).await;
-                let _ =
-                    reply.send(result.and_then(|mut o| {
-                        o.pop().ok_or_else(|| StoreError::Corrupt("no outcome".to_owned()))
-                    }));
+                let result = timed_commit(store, std::slice::from_ref(&delivery)).await;
+                let result = result
+                    .and_then(|mut o| o.pop().ok_or_else(|| StoreError::Corrupt("no outcome".to_owned())));
+                if let Ok(outcome) = &result {
+                    count(&delivery, outcome);
+                }
+                let _ = reply.send(result);
             }
         }
         Err(e) => {
@@ -84,5 +89,24 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>) {
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+/// One commit transaction, measured: its size and how long it took,
+/// whether it committed or not.
+async fn timed_commit(store: &dyn Store, deliveries: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError> {
+    let started = Instant::now();
+    let result = store.commit(deliveries).await;
+    metrics::COMMIT_SECONDS.observe_duration([], started.elapsed());
+    metrics::COMMIT_BATCH_SIZE.observe([], deliveries.len() as f64);
+    result
+}
+
+/// Counts a committed delivery: its records, or one duplicate.
+fn count(delivery: &Delivery, outcome: &CommitOutcome) {
+    if outcome.duplicate {
+        metrics::DUPLICATES.inc([]);
+    } else {
+        metrics::RECORDS_COMMITTED.inc_by([], delivery.records.len() as u64);
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+use crate::keys::{ApiKey, Scope};
 use crate::meter::Point;
 use crate::meter::period::Range;
 use crate::plans::credits::Grant;
@@ -122,6 +123,34 @@ pub(super) fn org_change(record: &UsageRecord, previous: Option<rust_decimal::De
             previous,
         },
     }
+}
+
+/// The stored columns of an API key: (admin, orgs as a JSON array).
+pub(super) fn key_scope_columns(scope: &Scope) -> (bool, String) {
+    match scope {
+        Scope::Admin => (true, "[]".to_owned()),
+        Scope::Orgs(orgs) => (false, serde_json::to_string(orgs).unwrap_or_else(|_| "[]".to_owned())),
+    }
+}
+
+/// An API key from its stored columns.
+pub(super) fn key_from_columns(
+    id: String,
+    secret_hash: String,
+    admin: bool,
+    orgs: &str,
+    label: Option<String>,
+    created_at_ms: i64,
+    revoked_at_ms: Option<i64>,
+) -> Result<ApiKey, StoreError> {
+    let scope = if admin {
+        Scope::Admin
+    } else {
+        Scope::Orgs(
+            serde_json::from_str(orgs).map_err(|e| StoreError::Corrupt(format!("key {id} orgs: {e}")))?,
+        )
+    };
+    Ok(ApiKey { id, secret_hash, scope, label, created_at_ms, revoked_at_ms })
 }
 
 /// Gives each record its `seq`: how many records before it in the same
@@ -408,6 +437,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many outbox rows are pending, delivered, given up.
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
+
+    /// Stores a new API key.
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// Every API key, revoked ones included, oldest first.
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Revokes the active key `id`; `false` if there is none.
+    async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
 
     /// The audit trail of one event's records: (seq, old, new quantity) of
     /// every correction, oldest first.

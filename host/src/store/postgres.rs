@@ -25,8 +25,9 @@ use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::{
     CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
     PointQuery, PollCommit, PollState, RecordCounts, RecordRow, StandingSnapshot, Store, StoreError,
-    org_change, with_seqs,
+    key_from_columns, key_scope_columns, org_change, with_seqs,
 };
+use crate::keys::ApiKey;
 use crate::meter::{Kind, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
@@ -34,7 +35,6 @@ use crate::plans::standing::Change;
 /// PostgreSQL allows 65,535 bound parameters per statement; stay well under.
 const DELIVERY_ROWS_PER_INSERT: usize = 2_000;
 const RECORD_ROWS_PER_INSERT: usize = 2_000;
-const KEYS_PER_LOOKUP: usize = 4_000;
 const CONNECTIONS: u32 = 8;
 /// How long a replica's notifier owns the outbox rows it took.
 const OUTBOX_CLAIM_MS: i64 = 60_000;
@@ -53,6 +53,9 @@ impl PostgresStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options: PgConnectOptions =
             url.parse().map_err(|e| StoreError::Unavailable(format!("{}: {e}", super::redact_url(url))))?;
+        // Plan each statement for its parameters: a generic plan cached
+        // while the tables were small would stay (seq scans) as they grow.
+        let options = options.options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
             .acquire_timeout(Duration::from_secs(10))
@@ -229,26 +232,28 @@ async fn write_records(
     if rows.is_empty() {
         return Ok(counts);
     }
-    let mut existing: HashMap<(String, String, i64), (i64, Decimal)> = HashMap::new();
-    for chunk in rows.chunks(KEYS_PER_LOOKUP) {
-        let mut lookup = QueryBuilder::<Postgres>::new(
-            "SELECT id, plugin, event_id, seq, quantity FROM usage_records WHERE (plugin, event_id) IN (",
+    // The stored records of these events: one index probe per (plugin,
+    // event id), joined against arrays, so the plan does not depend on how
+    // many keys a batch has (a row-value IN list made PostgreSQL compare
+    // texts row by row as the table grew; see BENCHMARKS.md "replicas").
+    let keys: std::collections::BTreeSet<(&str, &str)> =
+        rows.iter().map(|r| (r.plugin, r.record.event_id.as_str())).collect();
+    let (plugins, events): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
+    let found = sqlx::query(
+        "SELECT r.id, r.plugin, r.event_id, r.seq, r.quantity
+         FROM unnest($1::text[], $2::text[]) AS k(plugin, event_id)
+         JOIN usage_records r ON r.plugin = k.plugin AND r.event_id = k.event_id",
+    )
+    .bind(&plugins)
+    .bind(&events)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut existing: HashMap<(String, String, i64), (i64, Decimal)> = HashMap::with_capacity(found.len());
+    for found in found {
+        existing.insert(
+            (found.try_get("plugin")?, found.try_get("event_id")?, found.try_get("seq")?),
+            (found.try_get("id")?, found.try_get("quantity")?),
         );
-        let mut keys = lookup.separated(", ");
-        for row in chunk {
-            keys.push("(")
-                .push_bind_unseparated(row.plugin)
-                .push_unseparated(", ")
-                .push_bind_unseparated(&row.record.event_id)
-                .push_unseparated(")");
-        }
-        lookup.push(")");
-        for found in lookup.build().fetch_all(&mut *tx).await? {
-            existing.insert(
-                (found.try_get("plugin")?, found.try_get("event_id")?, found.try_get("seq")?),
-                (found.try_get("id")?, found.try_get("quantity")?),
-            );
-        }
     }
     let mut fresh: Vec<&RecordRow> = Vec::new();
     let mut fresh_keys = std::collections::HashSet::new();
@@ -849,6 +854,53 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let (admin, orgs) = key_scope_columns(&key.scope);
+        sqlx::query(
+            "INSERT INTO api_keys (id, secret_hash, admin, orgs, label, created_at_ms, revoked_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&key.id)
+        .bind(&key.secret_hash)
+        .bind(admin)
+        .bind(orgs)
+        .bind(&key.label)
+        .bind(key.created_at_ms)
+        .bind(key.revoked_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM api_keys ORDER BY created_at_ms, id").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let orgs: String = row.try_get("orgs")?;
+                key_from_columns(
+                    row.try_get("id")?,
+                    row.try_get("secret_hash")?,
+                    row.try_get("admin")?,
+                    &orgs,
+                    row.try_get("label")?,
+                    row.try_get("created_at_ms")?,
+                    row.try_get("revoked_at_ms")?,
+                )
+            })
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at_ms = $2 WHERE id = $1 AND revoked_at_ms IS NULL")
+                .bind(id)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn corrections(

@@ -14,8 +14,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::{
     CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
-    PointQuery, PollCommit, PollState, RecordCounts, RecordRow, Store, StoreError, org_change, with_seqs,
+    PointQuery, PollCommit, PollState, RecordCounts, RecordRow, Store, StoreError, key_from_columns,
+    key_scope_columns, org_change, with_seqs,
 };
+use crate::keys::ApiKey;
 use crate::meter::{Kind, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
@@ -677,6 +679,53 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let (admin, orgs) = key_scope_columns(&key.scope);
+        sqlx::query(
+            "INSERT INTO api_keys (id, secret_hash, admin, orgs, label, created_at_ms, revoked_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(&key.id)
+        .bind(&key.secret_hash)
+        .bind(admin)
+        .bind(orgs)
+        .bind(&key.label)
+        .bind(key.created_at_ms)
+        .bind(key.revoked_at_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM api_keys ORDER BY created_at_ms, id").fetch_all(&self.readers).await?;
+        rows.iter()
+            .map(|row| {
+                let orgs: String = row.try_get("orgs")?;
+                key_from_columns(
+                    row.try_get("id")?,
+                    row.try_get("secret_hash")?,
+                    row.try_get("admin")?,
+                    &orgs,
+                    row.try_get("label")?,
+                    row.try_get("created_at_ms")?,
+                    row.try_get("revoked_at_ms")?,
+                )
+            })
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL")
+                .bind(id)
+                .bind(now_ms)
+                .execute(&self.writer)
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn corrections(

@@ -120,6 +120,7 @@ conformance!(
     a_notice_fires_once_and_its_outbox_rows_are_delivered_or_given_up,
     standings_load_the_period_and_the_start_of_running_sessions,
     concurrent_commits_of_one_event_count_it_once,
+    api_keys_are_stored_without_secrets_and_revoked_once,
 );
 
 fn record(event_id: &str, quantity: i64) -> UsageRecord {
@@ -426,4 +427,22 @@ async fn concurrent_commits_of_one_event_count_it_once(store: Arc<dyn Store>) {
     }
     assert_eq!(fresh, 20, "each shared event is new exactly once");
     assert_eq!(total(store.as_ref()).await, Decimal::from(20));
+}
+
+async fn api_keys_are_stored_without_secrets_and_revoked_once(store: Arc<dyn Store>) {
+    use crate::keys::{self, Scope};
+    let orgs = Scope::Orgs(["acme".to_owned(), "other \"org\"".to_owned()].into_iter().collect());
+    let (tenant_token, tenant) = keys::create(store.as_ref(), orgs, Some("ci".into()), 10).await.unwrap();
+    let (_, admin) = keys::create(store.as_ref(), Scope::Admin, None, 11).await.unwrap();
+    let stored = store.api_keys().await.unwrap();
+    assert_eq!(stored, [tenant.clone(), admin.clone()]);
+    assert!(stored.iter().all(|k| !tenant_token.contains(&k.secret_hash)), "the secret is never stored");
+    assert!(store.revoke_api_key(&tenant.id, 20).await.unwrap());
+    assert!(!store.revoke_api_key(&tenant.id, 21).await.unwrap(), "revoked once");
+    assert!(!store.revoke_api_key("nope", 21).await.unwrap());
+    let after = store.api_keys().await.unwrap();
+    assert_eq!(after[0].revoked_at_ms, Some(20));
+    assert_eq!(after[1].revoked_at_ms, None);
+    // The same id twice is refused by the database.
+    assert!(store.insert_api_key(&admin).await.is_err());
 }

@@ -50,6 +50,12 @@ pub struct Options {
     pub serve_args: Vec<&'static str>,
     /// A database URL instead of the gateway's own SQLite file.
     pub database: Option<String>,
+    /// Write the gateway's stderr to a file (see [`Gateway::stderr_log`])
+    /// instead of the test's stderr.
+    pub capture_stderr: bool,
+    /// Extra environment for `meterd serve`, set after `METERD_LOG=warn`
+    /// (so it may override that).
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for Options {
@@ -61,6 +67,8 @@ impl Default for Options {
             sections: String::new(),
             serve_args: Vec::new(),
             database: None,
+            capture_stderr: false,
+            env: Vec::new(),
         }
     }
 }
@@ -73,6 +81,8 @@ pub struct Gateway {
     pub client: reqwest::Client,
     admin_token: Option<&'static str>,
     serve_args: Vec<&'static str>,
+    capture_stderr: bool,
+    env: Vec<(&'static str, &'static str)>,
 }
 
 pub fn meterd_binary() -> &'static str {
@@ -118,6 +128,8 @@ impl Gateway {
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
             admin_token: options.admin_token,
             serve_args: options.serve_args,
+            capture_stderr: options.capture_stderr,
+            env: options.env,
         };
         gateway.spawn();
         gateway
@@ -131,8 +143,23 @@ impl Gateway {
         self.dir.path().join("meterd.db")
     }
 
+    /// What the gateway wrote to stderr, with `capture_stderr` (every run of
+    /// it, appended).
+    pub fn stderr_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).expect("reading stderr.log")
+    }
+
     /// Starts the process and waits for its "listening on" line.
     fn spawn(&mut self) {
+        let stderr = if self.capture_stderr {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("stderr.log"));
+            Stdio::from(log.expect("opening stderr.log"))
+        } else {
+            Stdio::inherit()
+        };
         let mut child = meterd_command()
             .arg("serve")
             .args(&self.serve_args)
@@ -140,8 +167,9 @@ impl Gateway {
             .arg(self.config_path())
             .current_dir(self.dir.path())
             .env("METERD_LOG", "warn")
+            .envs(self.env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("starting meterd");
         let stdout = child.stdout.take().expect("stdout");

@@ -35,7 +35,7 @@ fn repo() -> PathBuf {
 
 /// A file under `target/s3-servers/`; missing means not installed, which is
 /// a failure with the fix in the message, never a skipped test.
-fn installed(relative: &str) -> PathBuf {
+pub fn installed(relative: &str) -> PathBuf {
     let path = repo().join("target/s3-servers").join(relative);
     assert!(
         path.exists(),
