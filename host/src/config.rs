@@ -47,6 +47,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub plugin_timeout: Duration,
     pub plugin_memory_bytes: usize,
+    /// How long raw webhook payloads are kept (their dedup keys stay).
+    pub payload_retention: Duration,
     /// Each plugin's own section, flattened to dotted keys.
     pub plugins: BTreeMap<String, PluginSettings>,
     /// Built-in meters, overridden or extended by `[meters.<name>]`.
@@ -85,6 +87,8 @@ struct File {
     plugin_timeout_ms: u64,
     #[serde(default = "default_plugin_memory_mib")]
     plugin_memory_mib: u64,
+    #[serde(default = "default_payload_retention")]
+    payload_retention: String,
     #[serde(default)]
     plugins: BTreeMap<String, toml::Table>,
     #[serde(default)]
@@ -117,6 +121,9 @@ fn default_database() -> String {
 }
 fn default_cache_dir() -> PathBuf {
     PathBuf::from(".meterd-cache")
+}
+fn default_payload_retention() -> String {
+    "90d".to_owned()
 }
 fn default_max_body_bytes() -> u64 {
     1 << 20
@@ -275,6 +282,15 @@ impl File {
         if !(1..=4096).contains(&self.plugin_memory_mib) {
             return Err("key `plugin_memory_mib`: must be between 1 and 4096".to_owned());
         }
+        let payload_retention = crate::poller::parse_duration(&self.payload_retention)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "key `payload_retention`: {:?} is not a duration above 0 such as 90d",
+                    self.payload_retention
+                )
+            })?;
         let mut plugins = BTreeMap::new();
         for (name, section) in self.plugins {
             if !valid_plugin_name(&name) {
@@ -326,6 +342,7 @@ impl File {
             plugin_timeout: Duration::from_millis(self.plugin_timeout_ms),
             plugin_memory_bytes: usize::try_from(self.plugin_memory_mib << 20)
                 .map_err(|_| "key `plugin_memory_mib`: too large")?,
+            payload_retention,
             plugins,
             meters,
             plans: plans.book,
@@ -373,8 +390,21 @@ mod tests {
         assert_eq!(c.database, "sqlite://meterd.db");
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.plugin_timeout, Duration::from_millis(100));
+        assert_eq!(c.payload_retention, Duration::from_secs(90 * 86_400));
         assert!(c.admin_token.is_none() && c.plugins_dir.is_none());
         assert!(c.meters.iter().any(|m| m.name == "sandbox_cpu_core_seconds"));
+    }
+
+    #[test]
+    fn payload_retention_is_a_positive_duration() {
+        assert_eq!(
+            parse("payload_retention = \"36h\"", &[]).unwrap().payload_retention,
+            Duration::from_secs(36 * 3600)
+        );
+        for bad in ["0d", "ninety days", "-1d"] {
+            let e = parse(&format!("payload_retention = \"{bad}\""), &[]).unwrap_err().to_string();
+            assert!(e.contains("key `payload_retention`") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -69,6 +69,7 @@ fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
         ("cache_dir", config.cache_dir.display().to_string()),
         ("plugin_timeout_ms", config.plugin_timeout.as_millis().to_string()),
         ("plugin_memory_mib", (config.plugin_memory_bytes >> 20).to_string()),
+        ("payload_retention", format!("{:?}", config.payload_retention)),
     ]
 }
 

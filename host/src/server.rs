@@ -129,6 +129,11 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     let follow_task =
         feed.map(|feed| tokio::spawn(state.orgs.clone().follow(feed, background_stopped.clone())));
     let keys_task = tokio::spawn(refresh_keys(state.clone(), background_stopped.clone()));
+    let purge_task = tokio::spawn(purge_payloads(
+        state.store.clone(),
+        config.payload_retention,
+        background_stopped.clone(),
+    ));
     let notifier_task = tokio::spawn(notifier.run(background_stopped));
     axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
     // In-flight requests are done; pollers finish the run they are in; the
@@ -140,6 +145,7 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     drop(state);
     let _ = notifier_task.await;
     let _ = keys_task.await;
+    let _ = purge_task.await;
     if let Some(task) = follow_task {
         let _ = task.await;
     }
@@ -159,6 +165,32 @@ async fn refresh_keys(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiv
         }
         if let Err(e) = state.refresh_keys().await {
             tracing::warn!(error = %e, "re-reading the API keys failed; keeping the last ones");
+        }
+    }
+}
+
+/// Empties raw payloads older than `retention` (their dedup keys stay): at
+/// start, then every tenth of the retention, at least every second and at
+/// most every hour. Replicas may all run it; the update is idempotent.
+async fn purge_payloads(
+    store: Arc<dyn crate::store::Store>,
+    retention: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every =
+        (retention / 10).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = crate::clock::now_ms();
+        match store.purge_payloads(now.saturating_sub(retention_ms), now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deliveries = n, "emptied raw payloads past their retention"),
+            Err(e) => tracing::warn!(error = %e, "emptying old raw payloads failed; will retry"),
         }
     }
 }

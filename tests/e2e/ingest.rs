@@ -193,3 +193,47 @@ impl ReplaceBytes for Vec<u8> {
         String::from_utf8_lossy(self).replace(from, to).into_bytes()
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_payloads_are_emptied_after_their_retention_and_still_deduplicate() {
+    let gw =
+        Gateway::start(Options { extra_config: "payload_retention = \"2s\"".into(), ..Options::default() });
+    let body = e2b_event(
+        "kept-then-purged",
+        "killed",
+        "2025-08-10T10:00:00Z",
+        "sbx",
+        "org-p",
+        Some((2, 512, 1_500)),
+    );
+    let (status, receipt) = gw.e2b(&body).await;
+    assert_eq!((status, receipt["duplicate"].as_bool()), (200, Some(false)), "{receipt}");
+    let url = format!("sqlite://{}?mode=ro", gw.db_path().display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("opening the test database");
+    let stored = || async {
+        sqlx::query_as::<_, (i64, String, Option<i64>)>(
+            "SELECT length(body), headers, payload_purged_at_ms FROM deliveries WHERE event_id = 'kept-then-purged'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("the delivery row")
+    };
+    let (length, _, purged) = stored().await;
+    assert!(length as usize == body.len() && purged.is_none(), "kept while within the retention");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (length, headers, purged) = loop {
+        let row = stored().await;
+        if row.2.is_some() {
+            break row;
+        }
+        assert!(std::time::Instant::now() < deadline, "the payload was not emptied within 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!((length, headers.as_str()), (0, "[]"), "body and headers emptied");
+    assert!(purged.is_some());
+    // The row, and so the dedup key, stays: a late redelivery counts nothing.
+    let (status, receipt) = gw.e2b(&body).await;
+    assert_eq!((status, receipt["duplicate"].as_bool()), (200, Some(true)), "{receipt}");
+    assert_eq!(gw.total("org-p", "sandbox_cpu_core_seconds").await, "3");
+    pool.close().await;
+}

@@ -49,6 +49,23 @@ pub struct CommitOutcome {
     pub duplicate: bool,
 }
 
+/// A delivery's stored raw payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Kept {
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Emptied after the retention period (the dedup key stays).
+    Purged {
+        at_ms: i64,
+    },
+}
+
+/// Deliveries whose payload one purge statement empties at most, so a
+/// large backlog is purged in short transactions.
+pub(super) const PURGE_BATCH: i64 = 5_000;
+
 /// What writing a set of records did, by the dedup key
 /// (plugin, event id, seq).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -437,6 +454,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many outbox rows are pending, delivered, given up.
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
+
+    /// Empties the payload (body and headers) of every delivery received
+    /// before `before_ms`, keeping the row and so its dedup key; returns
+    /// how many were emptied.
+    async fn purge_payloads(&self, before_ms: i64, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// The stored payload of the delivery (plugin, event id), if there is one.
+    async fn payload(&self, plugin: &str, event_id: &str) -> Result<Option<Payload>, StoreError>;
 
     /// Stores a new API key.
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;

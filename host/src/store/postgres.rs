@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::{
     CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
-    PointQuery, PollCommit, PollState, RecordCounts, RecordRow, StandingSnapshot, Store, StoreError,
-    key_from_columns, key_scope_columns, org_change, with_seqs,
+    PURGE_BATCH, Payload, PointQuery, PollCommit, PollState, RecordCounts, RecordRow, StandingSnapshot,
+    Store, StoreError, key_from_columns, key_scope_columns, org_change, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::{Kind, Point};
@@ -854,6 +854,48 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn purge_payloads(&self, before_ms: i64, now_ms: i64) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let done = sqlx::query(
+                "UPDATE deliveries SET body = ''::bytea, headers = '[]', payload_purged_at_ms = $2
+                 WHERE id IN (
+                     SELECT id FROM deliveries
+                     WHERE received_at_ms < $1 AND payload_purged_at_ms IS NULL
+                     LIMIT $3
+                 )",
+            )
+            .bind(before_ms)
+            .bind(now_ms)
+            .bind(PURGE_BATCH)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            purged += done;
+            if done < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
+    }
+
+    async fn payload(&self, plugin: &str, event_id: &str) -> Result<Option<Payload>, StoreError> {
+        let row = sqlx::query(
+            "SELECT headers, body, payload_purged_at_ms FROM deliveries WHERE plugin = $1 AND event_id = $2",
+        )
+        .bind(plugin)
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        if let Some(at_ms) = row.try_get::<Option<i64>, _>("payload_purged_at_ms")? {
+            return Ok(Some(Payload::Purged { at_ms }));
+        }
+        let headers: String = row.try_get("headers")?;
+        let headers = serde_json::from_str(&headers)
+            .map_err(|e| StoreError::Corrupt(format!("headers of {plugin}/{event_id}: {e}")))?;
+        Ok(Some(Payload::Kept { headers, body: row.try_get("body")? }))
     }
 
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {

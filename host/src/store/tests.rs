@@ -121,6 +121,7 @@ conformance!(
     standings_load_the_period_and_the_start_of_running_sessions,
     concurrent_commits_of_one_event_count_it_once,
     api_keys_are_stored_without_secrets_and_revoked_once,
+    old_payloads_are_purged_and_still_deduplicate,
 );
 
 fn record(event_id: &str, quantity: i64) -> UsageRecord {
@@ -445,4 +446,21 @@ async fn api_keys_are_stored_without_secrets_and_revoked_once(store: Arc<dyn Sto
     assert_eq!(after[1].revoked_at_ms, None);
     // The same id twice is refused by the database.
     assert!(store.insert_api_key(&admin).await.is_err());
+}
+
+async fn old_payloads_are_purged_and_still_deduplicate(store: Arc<dyn Store>) {
+    let old = Delivery { received_at_ms: 1_000, ..delivery("old", vec![record("old", 2)]) };
+    let new = Delivery { received_at_ms: 5_000, ..delivery("new", vec![record("new", 3)]) };
+    store.commit(&[old.clone(), new.clone()]).await.unwrap();
+    assert_eq!(store.purge_payloads(3_000, 9_000).await.unwrap(), 1);
+    assert_eq!(store.purge_payloads(3_000, 9_001).await.unwrap(), 0, "purged once");
+    assert_eq!(store.payload("e2b", "old").await.unwrap(), Some(Payload::Purged { at_ms: 9_000 }));
+    assert_eq!(
+        store.payload("e2b", "new").await.unwrap(),
+        Some(Payload::Kept { headers: new.headers.clone(), body: new.body.clone() })
+    );
+    assert_eq!(store.payload("e2b", "never").await.unwrap(), None);
+    // The dedup key outlives the payload; usage is untouched.
+    assert_eq!(store.commit(&[old]).await.unwrap(), [CommitOutcome { duplicate: true }]);
+    assert_eq!(total(store.as_ref()).await, Decimal::from(5));
 }
