@@ -1353,6 +1353,8 @@ fn delivery(id: &str, org: &str, sandbox: &str, killed: bool, at_ms: i64) -> Del
         plugin: "e2b".to_owned(),
         event_id: id.to_owned(),
         received_at_ms: at_ms,
+        path: "/".to_owned(),
+        query: None,
         headers: Vec::new(),
         body: Vec::new(),
         records,

@@ -97,6 +97,7 @@ impl Ingest {
         let count = records.len();
         // The call has returned, so this is the only reference: no copy.
         let request = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
+        let (path, query) = (request.path, request.query);
         let headers = request
             .headers
             .into_iter()
@@ -106,6 +107,8 @@ impl Ingest {
             plugin: plugin_name.to_owned(),
             event_id: event_id.clone(),
             received_at_ms,
+            path,
+            query,
             headers,
             body: request.body,
             records,

@@ -220,6 +220,24 @@ async fn raw_payloads_are_emptied_after_their_retention_and_still_deduplicate() 
     };
     let (length, _, purged) = stored().await;
     assert!(length as usize == body.len() && purged.is_none(), "kept while within the retention");
+    // The request's path and query are kept with it (for replay).
+    let with_query =
+        e2b_event("with-query", "killed", "2025-08-10T10:00:00Z", "sbx", "org-p", Some((1, 512, 1_000)));
+    let response = gw
+        .client
+        .post(gw.url("/v1/ingest/e2b?source=test&n=1"))
+        .header("e2b-signature", support::e2b_signature(support::E2B_SECRET, &with_query))
+        .body(with_query.clone())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    let (path, query): (String, Option<String>) =
+        sqlx::query_as("SELECT path, query FROM deliveries WHERE event_id = 'with-query'")
+            .fetch_one(&pool)
+            .await
+            .expect("the delivery row");
+    assert_eq!((path.as_str(), query.as_deref()), ("/", Some("source=test&n=1")));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let (length, headers, purged) = loop {
         let row = stored().await;
@@ -234,6 +252,6 @@ async fn raw_payloads_are_emptied_after_their_retention_and_still_deduplicate() 
     // The row, and so the dedup key, stays: a late redelivery counts nothing.
     let (status, receipt) = gw.e2b(&body).await;
     assert_eq!((status, receipt["duplicate"].as_bool()), (200, Some(true)), "{receipt}");
-    assert_eq!(gw.total("org-p", "sandbox_cpu_core_seconds").await, "3");
+    assert_eq!(gw.total("org-p", "sandbox_cpu_core_seconds").await, "4");
     pool.close().await;
 }

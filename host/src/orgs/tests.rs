@@ -79,6 +79,8 @@ fn delivery(n: usize) -> Delivery {
         plugin: "e2b".to_owned(),
         event_id: event.clone(),
         received_at_ms: crate::clock::now_ms(),
+        path: "/".to_owned(),
+        query: None,
         headers: Vec::new(),
         body: b"{}".to_vec(),
         records: vec![

@@ -36,6 +36,9 @@ pub struct Delivery {
     pub plugin: String,
     pub event_id: String,
     pub received_at_ms: i64,
+    /// The request path below the plugin's route (`/` for the route itself).
+    pub path: String,
+    pub query: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub records: Vec<UsageRecord>,
@@ -53,13 +56,14 @@ pub struct CommitOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     Kept {
+        /// As [`Delivery::path`] and [`Delivery::query`].
+        path: String,
+        query: Option<String>,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     },
     /// Emptied after the retention period (the dedup key stays).
-    Purged {
-        at_ms: i64,
-    },
+    Purged { at_ms: i64 },
 }
 
 /// Deliveries whose payload one purge statement empties at most, so a

@@ -314,13 +314,15 @@ impl Store for SqliteStore {
         let mut new_ids: HashMap<(String, String), i64> = HashMap::with_capacity(batch.len());
         for chunk in batch.chunks(DELIVERY_ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO deliveries (plugin, event_id, received_at_ms, headers, body, record_count) ",
+                "INSERT INTO deliveries (plugin, event_id, received_at_ms, path, query, headers, body, record_count) ",
             );
             insert.push_values(chunk, |mut row, d| {
                 let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned());
                 row.push_bind(&d.plugin)
                     .push_bind(&d.event_id)
                     .push_bind(d.received_at_ms)
+                    .push_bind(&d.path)
+                    .push_bind(&d.query)
                     .push_bind(headers)
                     .push_bind(&d.body)
                     .push_bind(d.records.len() as i64);
@@ -707,7 +709,7 @@ impl Store for SqliteStore {
 
     async fn payload(&self, plugin: &str, event_id: &str) -> Result<Option<Payload>, StoreError> {
         let row = sqlx::query(
-            "SELECT headers, body, payload_purged_at_ms FROM deliveries WHERE plugin = ?1 AND event_id = ?2",
+            "SELECT path, query, headers, body, payload_purged_at_ms FROM deliveries WHERE plugin = ?1 AND event_id = ?2",
         )
         .bind(plugin)
         .bind(event_id)
@@ -720,7 +722,12 @@ impl Store for SqliteStore {
         let headers: String = row.try_get("headers")?;
         let headers = serde_json::from_str(&headers)
             .map_err(|e| StoreError::Corrupt(format!("headers of {plugin}/{event_id}: {e}")))?;
-        Ok(Some(Payload::Kept { headers, body: row.try_get("body")? }))
+        Ok(Some(Payload::Kept {
+            path: row.try_get("path")?,
+            query: row.try_get("query")?,
+            headers,
+            body: row.try_get("body")?,
+        }))
     }
 
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {

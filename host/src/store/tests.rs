@@ -155,6 +155,8 @@ fn delivery(event_id: &str, records: Vec<UsageRecord>) -> Delivery {
         plugin: "e2b".to_owned(),
         event_id: event_id.to_owned(),
         received_at_ms: 1_000,
+        path: "/".to_owned(),
+        query: None,
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         body: b"{}".to_vec(),
         records,
@@ -450,14 +452,24 @@ async fn api_keys_are_stored_without_secrets_and_revoked_once(store: Arc<dyn Sto
 
 async fn old_payloads_are_purged_and_still_deduplicate(store: Arc<dyn Store>) {
     let old = Delivery { received_at_ms: 1_000, ..delivery("old", vec![record("old", 2)]) };
-    let new = Delivery { received_at_ms: 5_000, ..delivery("new", vec![record("new", 3)]) };
+    let new = Delivery {
+        received_at_ms: 5_000,
+        path: "/hooks/a b/ü".to_owned(),
+        query: Some("x=1&y=%20".to_owned()),
+        ..delivery("new", vec![record("new", 3)])
+    };
     store.commit(&[old.clone(), new.clone()]).await.unwrap();
     assert_eq!(store.purge_payloads(3_000, 9_000).await.unwrap(), 1);
     assert_eq!(store.purge_payloads(3_000, 9_001).await.unwrap(), 0, "purged once");
     assert_eq!(store.payload("e2b", "old").await.unwrap(), Some(Payload::Purged { at_ms: 9_000 }));
     assert_eq!(
         store.payload("e2b", "new").await.unwrap(),
-        Some(Payload::Kept { headers: new.headers.clone(), body: new.body.clone() })
+        Some(Payload::Kept {
+            path: new.path.clone(),
+            query: new.query.clone(),
+            headers: new.headers.clone(),
+            body: new.body.clone()
+        })
     );
     assert_eq!(store.payload("e2b", "never").await.unwrap(), None);
     // The dedup key outlives the payload; usage is untouched.
