@@ -84,7 +84,7 @@ use meterd::plans::standing::Change;
 use meterd::record::UsageRecord;
 use meterd::store::{CommitHook, Delivery, OrgChange, SqliteStore, Store};
 
-use support::{E2B_SECRET, format_ns, percentile};
+use support::{E2B_SECRET, format_ns, percentile, signal, wait_for_listening};
 
 /// The plan every bench org is on: a hard quota far away (so a check
 /// compares real numbers and allows), a soft one, and a concurrency limit
@@ -257,30 +257,6 @@ impl Drop for Gateway {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Reads the child's stdout until `meterd listening on http://ADDR`, and
-/// keeps draining it afterwards so the child never blocks on a full pipe.
-fn wait_for_listening(child: &mut Child) -> SocketAddr {
-    use std::io::{BufRead, BufReader};
-    let stdout = child.stdout.take().expect("meterd's stdout is piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("meterd listening on http://") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("meterd did not print its listening line within 120 s (its stderr is above)");
-    addr.parse().expect("meterd printed a socket address")
-}
-
-/// Sends a signal to a process this benchmark started.
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
 }
 
 // ---------------------------------------------------------------------------
