@@ -3,7 +3,11 @@
 //! call so they always run against freshly built plugins.
 //!
 //! 1. Finds the plugin crates: packages with `[package.metadata.meterd]
-//!    plugin = "<name>"`. Those under `tests/` are test-only plugins.
+//!    plugin = "<name>"`, and optionally `file = "<stem>"` (default: the
+//!    plugin name) naming the component's file, so several crates may build
+//!    the same plugin (e.g. test-only variants of `e2b`). Those under
+//!    `tests/` are test-only plugins. Two crates that would write the same
+//!    file are refused.
 //! 2. Picks a wasm toolchain: an installed rustup `wasm32-unknown-unknown`
 //!    target if there is one; else Debian's `rustc-web`/`cargo-web` with the
 //!    standard library's sources (`rust-web-src`) and `lld-22`, installed with
@@ -11,7 +15,7 @@
 //! 3. Builds all plugins in one cargo call into `target/wasm`, so the
 //!    standard library is compiled once and later builds are incremental.
 //! 4. Turns each core module into a component (wit-component) and writes it
-//!    to `target/plugins/<name>.wasm` (test-only: `target/test-plugins/`),
+//!    to `target/plugins/<stem>.wasm` (test-only: `target/test-plugins/`),
 //!    atomically and only when its bytes changed, so a watching gateway
 //!    never sees a half-written or needlessly touched file.
 //!
@@ -35,6 +39,9 @@ const DEBIAN_WASM_LINKER: &str = "/usr/bin/wasm-ld-22";
 pub struct BuiltPlugin {
     /// The plugin's name (its route and config section).
     pub name: String,
+    /// The stem of its component's file name: `file` in the crate's
+    /// `[package.metadata.meterd]`, by default the plugin's name.
+    pub file: String,
     /// Where its component was written.
     pub path: PathBuf,
     /// Only for tests (the crate lives under `tests/`).
@@ -49,23 +56,43 @@ pub fn component(name: &str) -> Result<PathBuf> {
     find_built(name, false)
 }
 
-/// The test-only component named `name` (from a crate under `tests/`).
-pub fn test_component(name: &str) -> Result<PathBuf> {
-    find_built(name, true)
+/// The test-only component whose file is `target/test-plugins/<file>.wasm`
+/// (from a crate under `tests/`; `file` defaults to the plugin's name, so
+/// `test_component("e2b")` is the variant that does not set it).
+pub fn test_component(file: &str) -> Result<PathBuf> {
+    let built = built()?;
+    find_test(built, file)
+        .map(|p| p.path.clone())
+        .with_context(|| format!("no plugin with the file stem {file} was built"))
+}
+
+/// Every built plugin, building them the first time a process asks.
+fn built() -> Result<&'static [BuiltPlugin]> {
+    static BUILT: std::sync::OnceLock<Result<Vec<BuiltPlugin>, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_all().map_err(|e| format!("{e:#}")))
+        .as_deref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn find_built(name: &str, test_only: bool) -> Result<PathBuf> {
-    static BUILT: std::sync::OnceLock<Result<Vec<BuiltPlugin>, String>> = std::sync::OnceLock::new();
-    let built = BUILT
-        .get_or_init(|| build_all().map_err(|e| format!("{e:#}")))
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let built = built()?;
+    find_named(built, name, test_only)
+        .map(|p| p.path.clone())
+        .with_context(|| format!("no plugin named {name} was built"))
+}
+
+/// The plugin `name`, preferring one whose `test_only` matches.
+fn find_named<'a>(built: &'a [BuiltPlugin], name: &str, test_only: bool) -> Option<&'a BuiltPlugin> {
     built
         .iter()
         .find(|p| p.name == name && p.test_only == test_only)
         .or_else(|| built.iter().find(|p| p.name == name))
-        .map(|p| p.path.clone())
-        .with_context(|| format!("no plugin named {name} was built"))
+}
+
+/// The test-only plugin with file stem `file`, else any plugin with it.
+fn find_test<'a>(built: &'a [BuiltPlugin], file: &str) -> Option<&'a BuiltPlugin> {
+    built.iter().find(|p| p.file == file && p.test_only).or_else(|| built.iter().find(|p| p.file == file))
 }
 
 /// Builds every plugin of the workspace and returns where each component is.
@@ -78,7 +105,7 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
     let toolchain = Toolchain::detect()?;
     eprintln!(
         "meterd-plugin-build: building {} with {}",
-        plugins.iter().map(|p| p.plugin.as_str()).collect::<Vec<_>>().join(", "),
+        plugins.iter().map(PluginCrate::describe).collect::<Vec<_>>().join(", "),
         toolchain.describe()
     );
     let wasm_target_dir = workspace.join("target").join("wasm");
@@ -89,12 +116,15 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
             .join(WASM_TARGET)
             .join("release")
             .join(format!("{}.wasm", plugin.package.replace('-', "_")));
-        let out_dir =
-            workspace.join("target").join(if plugin.test_only { "test-plugins" } else { "plugins" });
-        let out = out_dir.join(format!("{}.wasm", plugin.plugin));
+        let out = workspace.join(plugin.output());
         let changed = componentize(&core, &out)?;
         eprintln!("meterd-plugin-build: {} {}", if changed { "wrote" } else { "unchanged" }, out.display());
-        built.push(BuiltPlugin { name: plugin.plugin.clone(), path: out, test_only: plugin.test_only });
+        built.push(BuiltPlugin {
+            name: plugin.plugin.clone(),
+            file: plugin.file.clone(),
+            path: out,
+            test_only: plugin.test_only,
+        });
     }
     Ok(built)
 }
@@ -112,7 +142,26 @@ struct PluginCrate {
     package: String,
     /// The plugin's name and route, e.g. `e2b`.
     plugin: String,
+    /// The component's file stem, e.g. `e2b` or `e2b-ram-mb`.
+    file: String,
     test_only: bool,
+}
+
+impl PluginCrate {
+    /// Where its component goes, relative to the workspace root.
+    fn output(&self) -> PathBuf {
+        Path::new("target")
+            .join(if self.test_only { "test-plugins" } else { "plugins" })
+            .join(format!("{}.wasm", self.file))
+    }
+
+    fn describe(&self) -> String {
+        if self.file == self.plugin {
+            self.plugin.clone()
+        } else {
+            format!("{} as {}", self.plugin, self.file)
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -138,17 +187,47 @@ fn find_plugins(workspace: &Path) -> Result<Vec<PluginCrate>> {
         bail!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     let metadata: Metadata = serde_json::from_slice(&output.stdout).context("reading cargo metadata")?;
-    let tests_dir = workspace.join("tests");
-    let mut plugins: Vec<PluginCrate> = metadata
-        .packages
-        .into_iter()
-        .filter_map(|p| {
-            let plugin = p.metadata.as_ref()?.get("meterd")?.get("plugin")?.as_str()?.to_owned();
-            Some(PluginCrate { test_only: p.manifest_path.starts_with(&tests_dir), package: p.name, plugin })
-        })
-        .collect();
-    plugins.sort_by(|a, b| a.plugin.cmp(&b.plugin));
+    plugin_crates(metadata.packages, &workspace.join("tests"))
+}
+
+/// The plugin crates among `packages`, sorted by plugin name and file;
+/// refuses two that would write the same component file.
+fn plugin_crates(packages: Vec<Package>, tests_dir: &Path) -> Result<Vec<PluginCrate>> {
+    let mut plugins = Vec::new();
+    for p in packages {
+        let Some(meterd) = p.metadata.as_ref().and_then(|m| m.get("meterd")) else { continue };
+        let Some(plugin) = meterd.get("plugin").and_then(|v| v.as_str()) else { continue };
+        let file = match meterd.get("file") {
+            None => plugin.to_owned(),
+            Some(serde_json::Value::String(file)) if is_file_stem(file) => file.clone(),
+            Some(other) => bail!(
+                "{}: [package.metadata.meterd] file must be a file stem of letters, digits, '-' and '_' (e.g. \"{plugin}-next\"), got {other}",
+                p.name
+            ),
+        };
+        plugins.push(PluginCrate {
+            test_only: p.manifest_path.starts_with(tests_dir),
+            package: p.name,
+            plugin: plugin.to_owned(),
+            file,
+        });
+    }
+    plugins.sort_by(|a, b| (&a.plugin, &a.file, &a.package).cmp(&(&b.plugin, &b.file, &b.package)));
+    let mut outputs: std::collections::BTreeMap<PathBuf, &str> = std::collections::BTreeMap::new();
+    for plugin in &plugins {
+        if let Some(other) = outputs.insert(plugin.output(), &plugin.package) {
+            bail!(
+                "plugin crates {other} and {} would both write {}: give one of them another `file = \"<stem>\"` in [package.metadata.meterd]",
+                plugin.package,
+                plugin.output().display()
+            );
+        }
+    }
     Ok(plugins)
+}
+
+fn is_file_stem(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// How to compile Rust for `wasm32-unknown-unknown` on this machine.
@@ -280,4 +359,142 @@ fn componentize(core: &Path, out: &Path) -> Result<bool> {
     std::fs::write(&tmp, &component).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT: &str = "/ws";
+
+    fn package(name: &str, dir: &str, meterd: serde_json::Value) -> Package {
+        Package {
+            name: name.to_owned(),
+            manifest_path: Path::new(ROOT).join(dir).join("Cargo.toml"),
+            metadata: Some(serde_json::json!({ "meterd": meterd })),
+        }
+    }
+
+    fn crates(packages: Vec<Package>) -> Result<Vec<PluginCrate>> {
+        plugin_crates(packages, &Path::new(ROOT).join("tests"))
+    }
+
+    fn workspace_packages() -> Vec<Package> {
+        vec![
+            package(
+                "meterd-plugin-e2b-ram-mb",
+                "tests/plugins/e2b-ram-mb",
+                serde_json::json!({"plugin": "e2b", "file": "e2b-ram-mb"}),
+            ),
+            package("meterd-plugin-e2b", "plugins/e2b", serde_json::json!({"plugin": "e2b"})),
+            package("meterd-plugin-e2b-next", "tests/plugins/e2b-next", serde_json::json!({"plugin": "e2b"})),
+            Package {
+                name: "meterd-units".to_owned(),
+                manifest_path: "/ws/plugins/units/Cargo.toml".into(),
+                metadata: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn file_defaults_to_the_plugin_name_and_sets_the_output() {
+        let plugins = crates(workspace_packages()).unwrap();
+        let summary: Vec<_> = plugins
+            .iter()
+            .map(|p| (p.package.as_str(), p.plugin.as_str(), p.file.as_str(), p.test_only, p.output()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("meterd-plugin-e2b", "e2b", "e2b", false, PathBuf::from("target/plugins/e2b.wasm")),
+                ("meterd-plugin-e2b-next", "e2b", "e2b", true, PathBuf::from("target/test-plugins/e2b.wasm")),
+                (
+                    "meterd-plugin-e2b-ram-mb",
+                    "e2b",
+                    "e2b-ram-mb",
+                    true,
+                    PathBuf::from("target/test-plugins/e2b-ram-mb.wasm")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn two_crates_writing_the_same_file_are_refused() {
+        let mut packages = workspace_packages();
+        packages.push(package(
+            "meterd-plugin-e2b-other",
+            "tests/plugins/e2b-other",
+            serde_json::json!({"plugin": "e2b"}),
+        ));
+        let err = format!("{:#}", crates(packages).expect_err("a collision"));
+        assert!(err.contains("meterd-plugin-e2b-next") && err.contains("meterd-plugin-e2b-other"), "{err}");
+        assert!(err.contains("target/test-plugins/e2b.wasm"), "{err}");
+
+        // Another plugin's name used as a file stem collides too.
+        let mut packages = workspace_packages();
+        packages.push(package(
+            "meterd-plugin-x",
+            "tests/plugins/x",
+            serde_json::json!({"plugin": "x", "file": "e2b-ram-mb"}),
+        ));
+        assert!(crates(packages).is_err());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_plain_stem_is_refused() {
+        for file in [
+            serde_json::json!(""),
+            serde_json::json!("../e2b"),
+            serde_json::json!("e2b.wasm"),
+            serde_json::json!(7),
+        ] {
+            let packages = vec![package(
+                "meterd-plugin-e2b",
+                "plugins/e2b",
+                serde_json::json!({"plugin": "e2b", "file": file}),
+            )];
+            let err = format!("{:#}", crates(packages).expect_err("refused"));
+            assert!(err.contains("meterd-plugin-e2b") && err.contains("file"), "{err}");
+        }
+    }
+
+    fn built(plugins: &[PluginCrate]) -> Vec<BuiltPlugin> {
+        plugins
+            .iter()
+            .map(|p| BuiltPlugin {
+                name: p.plugin.clone(),
+                file: p.file.clone(),
+                path: Path::new(ROOT).join(p.output()),
+                test_only: p.test_only,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn components_are_found_by_name_and_test_components_by_file() {
+        let mut packages = workspace_packages();
+        packages.push(package(
+            "meterd-plugin-wit-next",
+            "tests/plugins/wit-next",
+            serde_json::json!({"plugin": "wit-next"}),
+        ));
+        let built = built(&crates(packages).unwrap());
+        let path = |p: Option<&BuiltPlugin>| p.map(|p| p.path.to_str().unwrap().to_owned());
+        assert_eq!(path(find_named(&built, "e2b", false)).as_deref(), Some("/ws/target/plugins/e2b.wasm"));
+        assert_eq!(
+            path(find_named(&built, "wit-next", false)).as_deref(),
+            Some("/ws/target/test-plugins/wit-next.wasm")
+        );
+        assert_eq!(path(find_test(&built, "e2b")).as_deref(), Some("/ws/target/test-plugins/e2b.wasm"));
+        assert_eq!(
+            path(find_test(&built, "e2b-ram-mb")).as_deref(),
+            Some("/ws/target/test-plugins/e2b-ram-mb.wasm")
+        );
+        assert_eq!(
+            path(find_test(&built, "wit-next")).as_deref(),
+            Some("/ws/target/test-plugins/wit-next.wasm")
+        );
+        assert_eq!(find_test(&built, "nope").map(|p| &p.path), None);
+    }
 }

@@ -14,6 +14,10 @@
 //! Config (`[plugins.e2b]`): `signature_secret` (required),
 //! `org_metadata_key` (default `org_id`): the sandbox metadata key that names
 //! the meterd organization; without it the E2B team id is the organization.
+//!
+//! Test-only crates compile this file as a module (`#[path]`). One that
+//! declares a feature `embedded` exports its own adapter (built on
+//! [`handle`]): this file's export and unit tests are then left out.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +36,10 @@ pub const DEFAULT_ORG_METADATA_KEY: &str = "org_id";
 pub const METRIC_CPU: &str = "sandbox_cpu_core_seconds";
 pub const METRIC_RAM: &str = "sandbox_ram_gibi_seconds";
 pub const METRIC_ACTIVE: &str = "sandbox_active";
+
+/// `info().description`.
+pub const DESCRIPTION: &str =
+    "E2B sandbox lifecycle webhooks: vCPU-seconds, RAM GiB-seconds, active sandboxes";
 
 /// Checks `e2b-signature` against SHA-256(secret ‖ body).
 pub fn verify_signature(
@@ -200,7 +208,18 @@ fn org_of(data: &EventData, team: Option<&str>, key: &str) -> Result<String, Ada
     }
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+/// A webhook request, end to end: reads `signature_secret` and
+/// `org_metadata_key` from the host's config, verifies the signature,
+/// normalizes the body.
+pub fn handle(req: HttpRequest) -> Result<WebhookOutcome, AdapterError> {
+    let secret = host::config("signature_secret")
+        .ok_or_else(|| AdapterError::Config("`signature_secret` is not set in [plugins.e2b]".to_owned()))?;
+    verify_signature(&secret, &req.body, req.header(SIGNATURE_HEADER), req.header(SIGNATURE_VERSION_HEADER))?;
+    let key = host::config("org_metadata_key");
+    normalize(&req.body, key.as_deref().unwrap_or(DEFAULT_ORG_METADATA_KEY))
+}
+
+#[cfg_attr(not(all(target_arch = "wasm32", not(feature = "embedded"))), allow(dead_code))]
 struct E2b;
 
 impl Guest for E2b {
@@ -209,23 +228,12 @@ impl Guest for E2b {
             name: "e2b".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             capabilities: Capabilities::PUSH,
-            description: "E2B sandbox lifecycle webhooks: vCPU-seconds, RAM GiB-seconds, active sandboxes"
-                .to_owned(),
+            description: DESCRIPTION.to_owned(),
         }
     }
 
     fn handle_webhook(req: HttpRequest) -> Result<WebhookOutcome, AdapterError> {
-        let secret = host::config("signature_secret").ok_or_else(|| {
-            AdapterError::Config("`signature_secret` is not set in [plugins.e2b]".to_owned())
-        })?;
-        verify_signature(
-            &secret,
-            &req.body,
-            req.header(SIGNATURE_HEADER),
-            req.header(SIGNATURE_VERSION_HEADER),
-        )?;
-        let key = host::config("org_metadata_key");
-        normalize(&req.body, key.as_deref().unwrap_or(DEFAULT_ORG_METADATA_KEY))
+        handle(req)
     }
 
     fn targets() -> Result<Vec<String>, AdapterError> {
@@ -237,8 +245,12 @@ impl Guest for E2b {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
+// `feature = "embedded"` is the feature of the crate compiling this file: a
+// crate that embeds it and exports its own adapter declares it.
+#[cfg(all(target_arch = "wasm32", not(feature = "embedded")))]
 meterd_plugin_sdk::export_adapter!(E2b with_types_in meterd_plugin_sdk);
 
-#[cfg(test)]
+// The tests read fixtures relative to plugins/e2b; they run here, not in
+// crates that embed this file.
+#[cfg(all(test, not(feature = "embedded")))]
 mod tests;

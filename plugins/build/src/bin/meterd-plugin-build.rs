@@ -1,5 +1,6 @@
-//! `meterd-plugin-build`: builds every plugin to `target/plugins/<name>.wasm`
-//! (test-only plugins to `target/test-plugins/`).
+//! `meterd-plugin-build`: builds every plugin to `target/plugins/<file>.wasm`
+//! (`file` defaults to the plugin name; test-only plugins go to
+//! `target/test-plugins/`).
 
 fn main() -> std::process::ExitCode {
     if std::env::args().len() > 1 {
