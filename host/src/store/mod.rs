@@ -66,6 +66,41 @@ pub enum Payload {
     Purged { at_ms: i64 },
 }
 
+/// A stored delivery as replay reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDelivery {
+    pub id: i64,
+    pub event_id: String,
+    pub received_at_ms: i64,
+    pub payload: Payload,
+}
+
+/// Where a page of [`Store::deliveries`] ends: the next page starts after
+/// this (received at, id).
+pub type DeliveryCursor = (i64, i64);
+
+/// A stored usage record, with its row id and the delivery that last set it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub id: i64,
+    /// `None`: set by a poll.
+    pub delivery_id: Option<i64>,
+    pub seq: i64,
+    pub record: UsageRecord,
+}
+
+/// One repair of stored usage (see `crate::replay`). Each applies only if
+/// the database still holds what it was computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordFix {
+    /// Sets a stored record's quantity (zero withdraws it), with an audit
+    /// row, and makes `delivery_id` its owner; `record.record.quantity` is
+    /// the quantity it must still have.
+    Correct { record: StoredRecord, delivery_id: i64, to: rust_decimal::Decimal },
+    /// Stores a record a delivery now yields under a key nothing holds.
+    Insert { delivery_id: i64, seq: i64, record: UsageRecord },
+}
+
 /// Deliveries whose payload one purge statement empties at most, so a
 /// large backlog is purged in short transactions.
 pub(super) const PURGE_BATCH: i64 = 5_000;
@@ -143,6 +178,36 @@ pub(super) fn org_change(record: &UsageRecord, previous: Option<rust_decimal::De
             quantity: record.quantity,
             previous,
         },
+    }
+}
+
+/// A delivery's payload from its stored columns (both engines); `what`
+/// names the delivery in an error.
+pub(super) fn payload_from_columns(
+    purged_at_ms: Option<i64>,
+    path: String,
+    query: Option<String>,
+    headers: &str,
+    body: Vec<u8>,
+    what: &str,
+) -> Result<Payload, StoreError> {
+    if let Some(at_ms) = purged_at_ms {
+        return Ok(Payload::Purged { at_ms });
+    }
+    let headers =
+        serde_json::from_str(headers).map_err(|e| StoreError::Corrupt(format!("headers of {what}: {e}")))?;
+    Ok(Payload::Kept { path, query, headers, body })
+}
+
+/// The change a fix makes, for the commit hook: a correction from the
+/// stored quantity, or an insert.
+pub(super) fn fix_change(fix: &RecordFix) -> OrgChange {
+    match fix {
+        RecordFix::Correct { record, to, .. } => {
+            let corrected = UsageRecord { quantity: *to, ..record.record.clone() };
+            org_change(&corrected, Some(record.record.quantity))
+        }
+        RecordFix::Insert { record, .. } => org_change(record, None),
     }
 }
 
@@ -306,6 +371,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the poll lease of {plugin}/{target} is held by another poller")]
     LeaseLost { plugin: String, target: String },
+    /// A conditional write found the data changed since it was read.
+    #[error("changed concurrently: {0}")]
+    Conflict(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -466,6 +534,33 @@ pub trait Store: Send + Sync + 'static {
 
     /// The stored payload of the delivery (plugin, event id), if there is one.
     async fn payload(&self, plugin: &str, event_id: &str) -> Result<Option<Payload>, StoreError>;
+
+    /// How many deliveries of `plugin` were received in `range`.
+    async fn count_deliveries(&self, plugin: &str, range: Range) -> Result<u64, StoreError>;
+
+    /// Up to `limit` deliveries of `plugin` received in `range`, in the
+    /// order received (ties by id), starting after `after`.
+    async fn deliveries(
+        &self,
+        plugin: &str,
+        range: Range,
+        after: Option<DeliveryCursor>,
+        limit: i64,
+    ) -> Result<Vec<StoredDelivery>, StoreError>;
+
+    /// The records of `plugin` that one of `delivery_ids` last set, or whose
+    /// event id is one of `event_ids`.
+    async fn delivery_records(
+        &self,
+        plugin: &str,
+        delivery_ids: &[i64],
+        event_ids: &[String],
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    /// Applies `fixes` in one transaction, through the commit hook, with an
+    /// audit row per correction; `Conflict` (and nothing written) if any
+    /// record no longer holds what its fix was computed from.
+    async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError>;
 
     /// Stores a new API key.
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;

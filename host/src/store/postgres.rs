@@ -23,14 +23,17 @@ use tokio::sync::mpsc;
 
 use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::{
-    CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
-    PURGE_BATCH, Payload, PointQuery, PollCommit, PollState, RecordCounts, RecordRow, StandingSnapshot,
-    Store, StoreError, key_from_columns, key_scope_columns, org_change, with_seqs,
+    CommitHook, CommitOutcome, Delivery, DeliveryCursor, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts,
+    OutboxMessage, PURGE_BATCH, Payload, PointQuery, PollCommit, PollState, RecordCounts, RecordFix,
+    RecordRow, StandingSnapshot, Store, StoreError, StoredDelivery, StoredRecord, fix_change,
+    key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
+use crate::meter::period::Range;
 use crate::meter::{Kind, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
+use crate::record::UsageRecord;
 
 /// PostgreSQL allows 65,535 bound parameters per statement; stay well under.
 const DELIVERY_ROWS_PER_INSERT: usize = 2_000;
@@ -266,31 +269,72 @@ async fn write_records(
             Some((_, stored)) if *stored == row.record.quantity => counts.duplicates += 1,
             Some((id, stored)) => {
                 changes.push(org_change(row.record, Some(*stored)));
-                sqlx::query("UPDATE usage_records SET quantity = $1 WHERE id = $2")
+                sqlx::query("UPDATE usage_records SET quantity = $1, delivery_id = $2 WHERE id = $3")
                     .bind(row.record.quantity)
+                    .bind(row.delivery_id)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
-                    "INSERT INTO corrections (record_id, plugin, event_id, seq, old_quantity, new_quantity, corrected_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(id)
-                .bind(row.plugin)
-                .bind(&row.record.event_id)
-                .bind(row.seq)
-                .bind(stored)
-                .bind(row.record.quantity)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
+                let correction = Correction { id: *id, plugin: row.plugin, seq: row.seq, record: row.record };
+                audit(tx, &correction, *stored, row.record.quantity, now_ms).await?;
                 counts.corrected += 1;
             }
         }
     }
+    let inserted = insert_records(tx, &mut fresh).await?;
+    for row in &fresh {
+        if inserted.contains(&(row.plugin.to_owned(), row.record.event_id.clone(), row.seq)) {
+            counts.inserted += 1;
+            changes.push(org_change(row.record, None));
+        } else {
+            counts.duplicates += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// A stored record being corrected: its row id and dedup key.
+struct Correction<'a> {
+    id: i64,
+    plugin: &'a str,
+    seq: i64,
+    record: &'a UsageRecord,
+}
+
+/// The audit row of a correction.
+async fn audit(
+    tx: &mut PgConnection,
+    c: &Correction<'_>,
+    from: Decimal,
+    to: Decimal,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO corrections (record_id, plugin, event_id, seq, old_quantity, new_quantity, corrected_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(c.id)
+    .bind(c.plugin)
+    .bind(&c.record.event_id)
+    .bind(c.seq)
+    .bind(from)
+    .bind(to)
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts records under keys nothing holds; returns the keys (plugin,
+/// event id, seq) really inserted (another replica may have won a key).
+async fn insert_records(
+    tx: &mut PgConnection,
+    rows: &mut [&RecordRow<'_>],
+) -> Result<std::collections::HashSet<(String, String, i64)>, StoreError> {
     // Key order, as for deliveries.
-    fresh.sort_by(|a, b| (a.plugin, &a.record.event_id, a.seq).cmp(&(b.plugin, &b.record.event_id, b.seq)));
-    for chunk in fresh.chunks(RECORD_ROWS_PER_INSERT) {
+    rows.sort_by(|a, b| (a.plugin, &a.record.event_id, a.seq).cmp(&(b.plugin, &b.record.event_id, b.seq)));
+    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+    for chunk in rows.chunks(RECORD_ROWS_PER_INSERT) {
         let mut insert = QueryBuilder::<Postgres>::new(
             "INSERT INTO usage_records (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes) ",
         );
@@ -310,24 +354,46 @@ async fn write_records(
                 .push_bind(r.window_start_ms)
                 .push_bind(attributes);
         });
-        insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING RETURNING event_id, seq");
-        let inserted: std::collections::HashSet<(String, i64)> = insert
-            .build()
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get("event_id")?, r.try_get("seq")?)))
-            .collect::<Result<_, StoreError>>()?;
-        for row in chunk {
-            if inserted.contains(&(row.record.event_id.clone(), row.seq)) {
-                counts.inserted += 1;
-                changes.push(org_change(row.record, None));
-            } else {
-                counts.duplicates += 1;
-            }
+        insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING RETURNING plugin, event_id, seq");
+        for row in insert.build().fetch_all(&mut *tx).await? {
+            inserted.insert((row.try_get("plugin")?, row.try_get("event_id")?, row.try_get("seq")?));
         }
     }
-    Ok(counts)
+    Ok(inserted)
+}
+
+fn payload_from_row(row: &PgRow, what: &str) -> Result<Payload, StoreError> {
+    let headers: String = row.try_get("headers")?;
+    payload_from_columns(
+        row.try_get("payload_purged_at_ms")?,
+        row.try_get("path")?,
+        row.try_get("query")?,
+        &headers,
+        row.try_get("body")?,
+        what,
+    )
+}
+
+fn stored_record_from_row(row: &PgRow) -> Result<StoredRecord, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    let attributes: String = row.try_get("attributes")?;
+    Ok(StoredRecord {
+        id: row.try_get("id")?,
+        delivery_id: row.try_get("delivery_id")?,
+        seq: row.try_get("seq")?,
+        record: UsageRecord {
+            event_id: row.try_get("event_id")?,
+            org_id: row.try_get("org_id")?,
+            subject: row.try_get("subject")?,
+            metric: row.try_get("metric")?,
+            kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
+            quantity: row.try_get("quantity")?,
+            at_ms: row.try_get("at_ms")?,
+            window_start_ms: row.try_get("window_start_ms")?,
+            attributes: serde_json::from_str(&attributes)
+                .map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))?,
+        },
+    })
 }
 
 /// See [`Store::standing_records`].
@@ -890,19 +956,115 @@ impl Store for PostgresStore {
         .bind(event_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        if let Some(at_ms) = row.try_get::<Option<i64>, _>("payload_purged_at_ms")? {
-            return Ok(Some(Payload::Purged { at_ms }));
+        row.map(|row| payload_from_row(&row, &format!("{plugin}/{event_id}"))).transpose()
+    }
+
+    async fn count_deliveries(&self, plugin: &str, range: Range) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE plugin = $1 AND received_at_ms >= $2 AND received_at_ms < $3",
+        )
+        .bind(plugin)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn deliveries(
+        &self,
+        plugin: &str,
+        range: Range,
+        after: Option<DeliveryCursor>,
+        limit: i64,
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        let (after_at, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
+        let rows = sqlx::query(
+            "SELECT id, event_id, received_at_ms, path, query, headers, body, payload_purged_at_ms FROM deliveries
+             WHERE plugin = $1 AND received_at_ms >= $2 AND received_at_ms < $3 AND (received_at_ms, id) > ($4, $5)
+             ORDER BY received_at_ms, id LIMIT $6",
+        )
+        .bind(plugin)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let event_id: String = row.try_get("event_id")?;
+                Ok(StoredDelivery {
+                    id: row.try_get("id")?,
+                    payload: payload_from_row(row, &format!("{plugin}/{event_id}"))?,
+                    received_at_ms: row.try_get("received_at_ms")?,
+                    event_id,
+                })
+            })
+            .collect()
+    }
+
+    async fn delivery_records(
+        &self,
+        plugin: &str,
+        delivery_ids: &[i64],
+        event_ids: &[String],
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, delivery_id, seq, event_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms,
+                    attributes::text AS attributes
+             FROM usage_records WHERE plugin = $1 AND delivery_id = ANY($2)
+             UNION
+             SELECT id, delivery_id, seq, event_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms,
+                    attributes::text AS attributes
+             FROM usage_records WHERE plugin = $1 AND event_id = ANY($3)
+             ORDER BY id",
+        )
+        .bind(plugin)
+        .bind(delivery_ids)
+        .bind(event_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_record_from_row).collect()
+    }
+
+    async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut inserts = Vec::new();
+        for fix in fixes {
+            match fix {
+                RecordFix::Correct { record, delivery_id, to } => {
+                    let updated = sqlx::query(
+                        "UPDATE usage_records SET quantity = $1, delivery_id = $2 WHERE id = $3 AND quantity = $4",
+                    )
+                    .bind(to)
+                    .bind(delivery_id)
+                    .bind(record.id)
+                    .bind(record.record.quantity)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if updated == 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "record {}#{} is no longer {}",
+                            record.record.event_id, record.seq, record.record.quantity
+                        )));
+                    }
+                    let correction =
+                        Correction { id: record.id, plugin, seq: record.seq, record: &record.record };
+                    audit(&mut tx, &correction, record.record.quantity, *to, now_ms).await?;
+                }
+                RecordFix::Insert { delivery_id, seq, record } => {
+                    inserts.push(RecordRow { plugin, delivery_id: Some(*delivery_id), seq: *seq, record });
+                }
+            }
         }
-        let headers: String = row.try_get("headers")?;
-        let headers = serde_json::from_str(&headers)
-            .map_err(|e| StoreError::Corrupt(format!("headers of {plugin}/{event_id}: {e}")))?;
-        Ok(Some(Payload::Kept {
-            path: row.try_get("path")?,
-            query: row.try_get("query")?,
-            headers,
-            body: row.try_get("body")?,
-        }))
+        let mut rows: Vec<&RecordRow> = inserts.iter().collect();
+        if insert_records(&mut tx, &mut rows).await?.len() != rows.len() {
+            return Err(StoreError::Conflict("a record to insert was stored meanwhile".to_owned()));
+        }
+        self.finish(tx, fixes.iter().map(fix_change).collect(), now_ms).await
     }
 
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {

@@ -13,14 +13,17 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::{
-    CommitHook, CommitOutcome, Delivery, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts, OutboxMessage,
-    PURGE_BATCH, Payload, PointQuery, PollCommit, PollState, RecordCounts, RecordRow, Store, StoreError,
-    key_from_columns, key_scope_columns, org_change, with_seqs,
+    CommitHook, CommitOutcome, Delivery, DeliveryCursor, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts,
+    OutboxMessage, PURGE_BATCH, Payload, PointQuery, PollCommit, PollState, RecordCounts, RecordFix,
+    RecordRow, Store, StoreError, StoredDelivery, StoredRecord, fix_change, key_from_columns,
+    key_scope_columns, org_change, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
+use crate::meter::period::Range;
 use crate::meter::{Kind, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
+use crate::record::UsageRecord;
 
 /// SQLite allows 32,766 bound parameters per statement; stay well under.
 const DELIVERY_ROWS_PER_INSERT: usize = 2_000;
@@ -234,28 +237,69 @@ async fn write_records(
                 let previous = meterd_units::parse_quantity(stored)
                     .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))?;
                 changes.push(org_change(row.record, Some(previous)));
-                sqlx::query("UPDATE usage_records SET quantity = ?1 WHERE id = ?2")
-                    .bind(&quantity)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO corrections (record_id, plugin, event_id, seq, old_quantity, new_quantity, corrected_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .bind(id)
-                .bind(row.plugin)
-                .bind(&row.record.event_id)
-                .bind(row.seq)
-                .bind(stored)
-                .bind(&quantity)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
+                let correction = Correction { id: *id, plugin: row.plugin, seq: row.seq, record: row.record };
+                correct(tx, &correction, stored, &quantity, row.delivery_id, now_ms).await?;
                 counts.corrected += 1;
             }
         }
     }
-    for chunk in fresh.chunks(RECORD_ROWS_PER_INSERT) {
+    counts.inserted += insert_records(tx, &fresh).await? as usize;
+    changes.extend(fresh.iter().map(|row| org_change(row.record, None)));
+    Ok(counts)
+}
+
+/// A stored record to correct: its row id and dedup key.
+struct Correction<'a> {
+    id: i64,
+    plugin: &'a str,
+    seq: i64,
+    record: &'a UsageRecord,
+}
+
+/// Replaces a record's quantity if it is still `from` (texts in canonical
+/// form), makes `delivery_id` the delivery that last set it, and keeps an
+/// audit row. Returns whether the record was still `from`.
+async fn correct(
+    tx: &mut SqliteConnection,
+    c: &Correction<'_>,
+    from: &str,
+    to: &str,
+    delivery_id: Option<i64>,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE usage_records SET quantity = ?1, delivery_id = ?2 WHERE id = ?3 AND quantity = ?4",
+    )
+    .bind(to)
+    .bind(delivery_id)
+    .bind(c.id)
+    .bind(from)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO corrections (record_id, plugin, event_id, seq, old_quantity, new_quantity, corrected_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(c.id)
+    .bind(c.plugin)
+    .bind(&c.record.event_id)
+    .bind(c.seq)
+    .bind(from)
+    .bind(to)
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await?;
+    Ok(true)
+}
+
+/// Inserts records whose keys are new; returns how many were (a key that
+/// exists after all is skipped).
+async fn insert_records(tx: &mut SqliteConnection, rows: &[&RecordRow<'_>]) -> Result<u64, StoreError> {
+    let mut inserted = 0;
+    for chunk in rows.chunks(RECORD_ROWS_PER_INSERT) {
         let mut insert = QueryBuilder::<Sqlite>::new(
             "INSERT INTO usage_records (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes) ",
         );
@@ -278,10 +322,45 @@ async fn write_records(
         // Keys were looked up in this transaction (the only writer) and
         // made distinct above, so every row is new; the clause is a guard.
         insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING");
-        counts.inserted += insert.build().execute(&mut *tx).await?.rows_affected() as usize;
+        inserted += insert.build().execute(&mut *tx).await?.rows_affected();
     }
-    changes.extend(fresh.iter().map(|row| org_change(row.record, None)));
-    Ok(counts)
+    Ok(inserted)
+}
+
+fn payload_from_row(row: &SqliteRow, what: &str) -> Result<Payload, StoreError> {
+    let headers: String = row.try_get("headers")?;
+    payload_from_columns(
+        row.try_get("payload_purged_at_ms")?,
+        row.try_get("path")?,
+        row.try_get("query")?,
+        &headers,
+        row.try_get("body")?,
+        what,
+    )
+}
+
+fn stored_record_from_row(row: &SqliteRow) -> Result<StoredRecord, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    let quantity: String = row.try_get("quantity")?;
+    let attributes: String = row.try_get("attributes")?;
+    Ok(StoredRecord {
+        id: row.try_get("id")?,
+        delivery_id: row.try_get("delivery_id")?,
+        seq: row.try_get("seq")?,
+        record: UsageRecord {
+            event_id: row.try_get("event_id")?,
+            org_id: row.try_get("org_id")?,
+            subject: row.try_get("subject")?,
+            metric: row.try_get("metric")?,
+            kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
+            quantity: meterd_units::parse_quantity(&quantity)
+                .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))?,
+            at_ms: row.try_get("at_ms")?,
+            window_start_ms: row.try_get("window_start_ms")?,
+            attributes: serde_json::from_str(&attributes)
+                .map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))?,
+        },
+    })
 }
 
 fn poll_state_from_row(row: &SqliteRow) -> Result<PollState, StoreError> {
@@ -715,19 +794,122 @@ impl Store for SqliteStore {
         .bind(event_id)
         .fetch_optional(&self.readers)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        if let Some(at_ms) = row.try_get::<Option<i64>, _>("payload_purged_at_ms")? {
-            return Ok(Some(Payload::Purged { at_ms }));
+        row.map(|row| payload_from_row(&row, &format!("{plugin}/{event_id}"))).transpose()
+    }
+
+    async fn count_deliveries(&self, plugin: &str, range: Range) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE plugin = ?1 AND received_at_ms >= ?2 AND received_at_ms < ?3",
+        )
+        .bind(plugin)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn deliveries(
+        &self,
+        plugin: &str,
+        range: Range,
+        after: Option<DeliveryCursor>,
+        limit: i64,
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        let (after_at, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
+        let rows = sqlx::query(
+            "SELECT id, event_id, received_at_ms, path, query, headers, body, payload_purged_at_ms FROM deliveries
+             WHERE plugin = ?1 AND received_at_ms >= ?2 AND received_at_ms < ?3 AND (received_at_ms, id) > (?4, ?5)
+             ORDER BY received_at_ms, id LIMIT ?6",
+        )
+        .bind(plugin)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let event_id: String = row.try_get("event_id")?;
+                Ok(StoredDelivery {
+                    id: row.try_get("id")?,
+                    payload: payload_from_row(row, &format!("{plugin}/{event_id}"))?,
+                    received_at_ms: row.try_get("received_at_ms")?,
+                    event_id,
+                })
+            })
+            .collect()
+    }
+
+    async fn delivery_records(
+        &self,
+        plugin: &str,
+        delivery_ids: &[i64],
+        event_ids: &[String],
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut found: HashMap<i64, StoredRecord> = HashMap::new();
+        let select = "SELECT id, delivery_id, seq, event_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes
+                      FROM usage_records WHERE plugin = ";
+        for chunk in delivery_ids.chunks(KEYS_PER_LOOKUP) {
+            let mut query = QueryBuilder::<Sqlite>::new(select);
+            query.push_bind(plugin).push(" AND delivery_id IN (");
+            let mut ids = query.separated(", ");
+            for id in chunk {
+                ids.push_bind(id);
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&self.readers).await? {
+                let record = stored_record_from_row(&row)?;
+                found.insert(record.id, record);
+            }
         }
-        let headers: String = row.try_get("headers")?;
-        let headers = serde_json::from_str(&headers)
-            .map_err(|e| StoreError::Corrupt(format!("headers of {plugin}/{event_id}: {e}")))?;
-        Ok(Some(Payload::Kept {
-            path: row.try_get("path")?,
-            query: row.try_get("query")?,
-            headers,
-            body: row.try_get("body")?,
-        }))
+        for chunk in event_ids.chunks(KEYS_PER_LOOKUP) {
+            let mut query = QueryBuilder::<Sqlite>::new(select);
+            query.push_bind(plugin).push(" AND event_id IN (");
+            let mut ids = query.separated(", ");
+            for id in chunk {
+                ids.push_bind(id);
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&self.readers).await? {
+                let record = stored_record_from_row(&row)?;
+                found.insert(record.id, record);
+            }
+        }
+        let mut records: Vec<StoredRecord> = found.into_values().collect();
+        records.sort_by_key(|r| r.id);
+        Ok(records)
+    }
+
+    async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut inserts = Vec::new();
+        for fix in fixes {
+            match fix {
+                RecordFix::Correct { record, delivery_id, to } => {
+                    let correction =
+                        Correction { id: record.id, plugin, seq: record.seq, record: &record.record };
+                    let from = meterd_units::format_quantity(record.record.quantity);
+                    let to = meterd_units::format_quantity(*to);
+                    if !correct(&mut tx, &correction, &from, &to, Some(*delivery_id), now_ms).await? {
+                        return Err(StoreError::Conflict(format!(
+                            "record {}#{} is no longer {from}",
+                            record.record.event_id, record.seq
+                        )));
+                    }
+                }
+                RecordFix::Insert { delivery_id, seq, record } => {
+                    inserts.push(RecordRow { plugin, delivery_id: Some(*delivery_id), seq: *seq, record });
+                }
+            }
+        }
+        let rows: Vec<&RecordRow> = inserts.iter().collect();
+        if insert_records(&mut tx, &rows).await? != rows.len() as u64 {
+            return Err(StoreError::Conflict("a record to insert was stored meanwhile".to_owned()));
+        }
+        self.finish(tx, fixes.iter().map(fix_change).collect(), now_ms).await
     }
 
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {

@@ -122,6 +122,8 @@ conformance!(
     concurrent_commits_of_one_event_count_it_once,
     api_keys_are_stored_without_secrets_and_revoked_once,
     old_payloads_are_purged_and_still_deduplicate,
+    replay_reads_deliveries_in_order_and_applies_fixes_only_to_what_it_read,
+    a_correction_moves_a_record_to_the_delivery_that_made_it,
 );
 
 fn record(event_id: &str, quantity: i64) -> UsageRecord {
@@ -475,4 +477,126 @@ async fn old_payloads_are_purged_and_still_deduplicate(store: Arc<dyn Store>) {
     // The dedup key outlives the payload; usage is untouched.
     assert_eq!(store.commit(&[old]).await.unwrap(), [CommitOutcome { duplicate: true }]);
     assert_eq!(total(store.as_ref()).await, Decimal::from(5));
+}
+
+/// Records what the store tells the commit hook.
+#[derive(Default)]
+struct RecordingHook(std::sync::Mutex<Vec<OrgChange>>);
+
+impl CommitHook for RecordingHook {
+    fn records_written(&self, _tx: Option<TxId>, changes: &[OrgChange], _now_ms: i64) -> Vec<Notice> {
+        self.0.lock().unwrap().extend_from_slice(changes);
+        Vec::new()
+    }
+    fn rolled_back(&self, _tx: Option<TxId>, changes: &[OrgChange], _notices: &[Notice]) {
+        self.0.lock().unwrap().retain(|c| !changes.contains(c));
+    }
+    fn committed(&self, _outbox_rows: usize) {}
+}
+
+fn range(from_ms: i64, to_ms: i64) -> Range {
+    Range::new(from_ms, to_ms).unwrap()
+}
+
+async fn replay_reads_deliveries_in_order_and_applies_fixes_only_to_what_it_read(store: Arc<dyn Store>) {
+    let hook = Arc::new(RecordingHook::default());
+    store.set_commit_hook(hook.clone());
+    // Committed out of order; two received at the same instant (ties by id).
+    let at = |event: &str, ms: i64, records| Delivery { received_at_ms: ms, ..delivery(event, records) };
+    store.commit(&[at("c", 3_000, vec![record("c", 5)])]).await.unwrap();
+    store.commit(&[at("a", 1_000, vec![record("a", 2), record("a", 3)])]).await.unwrap();
+    store.commit(&[at("b1", 2_000, vec![record("b1", 4)]), at("b2", 2_000, vec![])]).await.unwrap();
+    store
+        .commit(&[Delivery { plugin: "other".into(), ..at("x", 2_000, vec![record("x", 1)]) }])
+        .await
+        .unwrap();
+    hook.0.lock().unwrap().clear();
+
+    assert_eq!(store.count_deliveries("e2b", range(0, 10_000)).await.unwrap(), 4);
+    assert_eq!(store.count_deliveries("e2b", range(1_500, 3_000)).await.unwrap(), 2, "[from, to)");
+    // Paged one at a time, in the order received.
+    let mut seen = Vec::new();
+    let mut after = None;
+    while let Some(d) = store.deliveries("e2b", range(0, 10_000), after, 1).await.unwrap().pop() {
+        after = Some((d.received_at_ms, d.id));
+        seen.push(d);
+    }
+    let events: Vec<&str> = seen.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(events, ["a", "b1", "b2", "c"]);
+    assert!(matches!(&seen[0].payload, Payload::Kept { body, .. } if body == b"{}"));
+    let page = store.deliveries("e2b", range(1_000, 2_001), None, 10).await.unwrap();
+    assert_eq!(page.len(), 3);
+
+    // A's records: by delivery, and by event id.
+    let a = &seen[0];
+    let by_delivery = store.delivery_records("e2b", &[a.id], &[]).await.unwrap();
+    let by_event = store.delivery_records("e2b", &[], &["a".to_owned()]).await.unwrap();
+    let both = store.delivery_records("e2b", &[a.id], &["a".to_owned(), "c".to_owned()]).await.unwrap();
+    assert_eq!(by_delivery, by_event);
+    assert_eq!(both.len(), 3, "each record once");
+    assert_eq!(by_delivery.len(), 2);
+    assert_eq!(by_delivery[1].seq, 1);
+    assert_eq!(by_delivery[1].delivery_id, Some(a.id));
+    assert_eq!(by_delivery[1].record, record("a", 3));
+    assert!(store.delivery_records("other", &[a.id], &[]).await.unwrap().is_empty(), "per plugin");
+
+    // Correct a#1 3 → 6, withdraw a#0, add a#2: one transaction.
+    let added = UsageRecord { metric: "sandbox_ram_gibi_seconds".into(), ..record("a", 7) };
+    let fixes = vec![
+        RecordFix::Correct { record: by_delivery[1].clone(), delivery_id: a.id, to: Decimal::from(6) },
+        RecordFix::Correct { record: by_delivery[0].clone(), delivery_id: a.id, to: Decimal::ZERO },
+        RecordFix::Insert { delivery_id: a.id, seq: 2, record: added.clone() },
+    ];
+    store.apply_fixes("e2b", &fixes, 9_000).await.unwrap();
+    assert_eq!(total(store.as_ref()).await, Decimal::from(6 + 4 + 5 + 1));
+    let audit = store.corrections("e2b", "a").await.unwrap();
+    assert_eq!(audit, vec![(1, Decimal::from(3), Decimal::from(6)), (0, Decimal::from(2), Decimal::ZERO)]);
+    let now = store.delivery_records("e2b", &[a.id], &[]).await.unwrap();
+    assert_eq!(now.len(), 3);
+    assert_eq!((now[2].seq, &now[2].record, now[2].delivery_id), (2, &added, Some(a.id)));
+    // The hook heard every change, corrections with what they replaced.
+    let heard: Vec<(Decimal, Option<Decimal>)> =
+        hook.0.lock().unwrap().iter().map(|c| (c.change.quantity, c.change.previous)).collect();
+    assert_eq!(
+        heard,
+        [
+            (Decimal::from(6), Some(Decimal::from(3))),
+            (Decimal::ZERO, Some(Decimal::from(2))),
+            (Decimal::from(7), None)
+        ]
+    );
+
+    // Fixes computed from what is no longer stored: refused, nothing written.
+    hook.0.lock().unwrap().clear();
+    let c = store.delivery_records("e2b", &[seen[3].id], &[]).await.unwrap();
+    let stale = vec![
+        RecordFix::Correct { record: c[0].clone(), delivery_id: seen[3].id, to: Decimal::from(50) },
+        RecordFix::Correct { record: by_delivery[1].clone(), delivery_id: a.id, to: Decimal::from(9) },
+    ];
+    assert!(matches!(store.apply_fixes("e2b", &stale, 9_100).await, Err(StoreError::Conflict(_))));
+    let taken = vec![RecordFix::Insert { delivery_id: a.id, seq: 2, record: added.clone() }];
+    assert!(matches!(store.apply_fixes("e2b", &taken, 9_100).await, Err(StoreError::Conflict(_))));
+    assert_eq!(total(store.as_ref()).await, Decimal::from(6 + 4 + 5 + 1), "c was not corrected either");
+    assert_eq!(store.corrections("e2b", "c").await.unwrap(), vec![]);
+    assert!(hook.0.lock().unwrap().is_empty(), "rolled back");
+}
+
+async fn a_correction_moves_a_record_to_the_delivery_that_made_it(store: Arc<dyn Store>) {
+    // Delivery "first" reports fact "f"; a later delivery revises it.
+    store.commit(&[delivery("first", vec![record("f", 1)])]).await.unwrap();
+    store.commit(&[delivery("second", vec![record("f", 2)])]).await.unwrap();
+    store.commit(&[delivery("third", vec![record("f", 2)])]).await.unwrap();
+    let deliveries = store.deliveries("e2b", range(0, 10_000), None, 10).await.unwrap();
+    let ids: Vec<i64> = deliveries.iter().map(|d| d.id).collect();
+    let records = store.delivery_records("e2b", &ids, &[]).await.unwrap();
+    assert_eq!(records.len(), 1);
+    // The correction moved it; the duplicate did not.
+    assert_eq!(records[0].delivery_id, Some(ids[1]));
+    assert_eq!(records[0].record.quantity, Decimal::from(2));
+    // A poll's correction makes it the poll's.
+    assert!(store.acquire_lease("e2b", "d-org", "me", 0, 10_000).await.unwrap().is_some());
+    let polled = PollCommit { plugin: "e2b".into(), ..poll("me", vec![record("f", 3)], "c1") };
+    store.commit_poll(&polled).await.unwrap();
+    let records = store.delivery_records("e2b", &[], &["f".to_owned()]).await.unwrap();
+    assert_eq!((records[0].delivery_id, records[0].record.quantity), (None, Decimal::from(3)));
 }
