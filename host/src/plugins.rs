@@ -63,8 +63,18 @@ impl PluginHandle {
         self: &Arc<Self>,
         request: Arc<InboundRequest>,
     ) -> Result<WebhookOutcome, CallError> {
+        self.handle_webhook_at(request, None).await
+    }
+
+    /// [`Self::handle_webhook`] as of `now_ms` (the plugin's `now-ms`), for
+    /// replaying a stored payload.
+    pub async fn handle_webhook_at(
+        self: &Arc<Self>,
+        request: Arc<InboundRequest>,
+        now_ms: Option<i64>,
+    ) -> Result<WebhookOutcome, CallError> {
         let this = self.clone();
-        self.run("handle-webhook", move || this.plugin.handle_webhook(&request)).await
+        self.run("handle-webhook", move || this.plugin.handle_webhook_at(&request, now_ms)).await
     }
 
     /// Runs `call` (the WIT function `call_name`) on a blocking thread once

@@ -39,6 +39,9 @@ pub struct PluginState {
     handle: Option<tokio::runtime::Handle>,
     limits: MemoryLimiter,
     cpu: CpuAccount,
+    /// What `now-ms` answers in the current call: `None` is the real clock;
+    /// a replay pins it to when the payload was first received.
+    clock: Option<i64>,
 }
 
 /// CPU time of one call: wall time since it started minus time spent
@@ -76,6 +79,7 @@ impl PluginState {
                 hit: false,
             },
             cpu: CpuAccount { budget: cpu_budget, started: Instant::now(), waiting: Duration::ZERO },
+            clock: None,
         }
     }
 
@@ -83,7 +87,9 @@ impl PluginState {
         &mut self.limits
     }
 
-    pub fn reset_for_call(&mut self) {
+    /// Arms the state for one call; `clock` pins `now-ms` (see the field).
+    pub fn reset_for_call(&mut self, clock: Option<i64>) {
+        self.clock = clock;
         self.limits.hit = false;
         self.cpu.started = Instant::now();
         self.cpu.waiting = Duration::ZERO;
@@ -166,7 +172,7 @@ impl self::meterd::provider::host::Host for PluginState {
     }
 
     fn now_ms(&mut self) -> i64 {
-        crate::clock::now_ms()
+        self.clock.unwrap_or_else(crate::clock::now_ms)
     }
 
     fn http_send(&mut self, req: wit::OutboundRequest) -> Result<wit::OutboundResponse, String> {

@@ -303,8 +303,19 @@ impl LoadedPlugin {
 
     /// Verifies and normalizes one webhook. Blocks for up to the CPU deadline.
     pub fn handle_webhook(&self, request: &InboundRequest) -> Result<WebhookOutcome, CallError> {
+        self.handle_webhook_at(request, None)
+    }
+
+    /// [`Self::handle_webhook`] with the plugin's clock (`now-ms`) pinned to
+    /// `now_ms` when given: a replayed payload is judged (signature age,
+    /// tolerances) as of when it was first received.
+    pub fn handle_webhook_at(
+        &self,
+        request: &InboundRequest,
+        now_ms: Option<i64>,
+    ) -> Result<WebhookOutcome, CallError> {
         let request = bindings::request_to_wit(request);
-        self.call(|p, store| {
+        self.call_at(now_ms, |p, store| {
             p.meterd_provider_adapter()
                 .call_handle_webhook(store, &request)
                 .map(|r| r.map(bindings::webhook_outcome_from_wit).map_err(bindings::error_from_wit))
@@ -334,11 +345,20 @@ impl LoadedPlugin {
         &self,
         f: impl FnOnce(&Provider, &mut Store<PluginState>) -> wasmtime::Result<Result<R, AdapterError>>,
     ) -> Result<R, CallError> {
+        self.call_at(None, f)
+    }
+
+    /// [`Self::call`] with `now-ms` pinned to `clock` when given.
+    fn call_at<R>(
+        &self,
+        clock: Option<i64>,
+        f: impl FnOnce(&Provider, &mut Store<PluginState>) -> wasmtime::Result<Result<R, AdapterError>>,
+    ) -> Result<R, CallError> {
         let mut warm = match self.take_warm() {
             Some(warm) => warm,
             None => self.instantiate()?,
         };
-        warm.store.data_mut().reset_for_call();
+        warm.store.data_mut().reset_for_call(clock);
         warm.store.set_epoch_deadline(self.deadline_ticks);
         match f(&warm.provider, &mut warm.store) {
             Ok(answer) => {
