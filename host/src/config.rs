@@ -27,10 +27,14 @@ pub const DEFAULT_FILE: &str = "meterd.toml";
 const ENV_PREFIX: &str = "METERD_";
 const PLUGIN_ENV_PREFIX: &str = "METERD_PLUGINS__";
 /// `METERD_…` variables that are not configuration keys.
-pub const RESERVED_ENV: [&str; 2] = ["METERD_LOG", LOG_FORMAT_ENV];
+pub const RESERVED_ENV: [&str; 3] = ["METERD_LOG", LOG_FORMAT_ENV, TOKEN_ENV];
 
 /// The variable that chooses the log format (read by `main`, not a config key).
 pub const LOG_FORMAT_ENV: &str = "METERD_LOG_FORMAT";
+
+/// The variable the CLI's gateway clients (`meterd replay`) take their
+/// bearer token from (read by `main`, not a config key).
+pub const TOKEN_ENV: &str = "METERD_TOKEN";
 
 /// The validated configuration the gateway runs with.
 #[derive(Debug, Clone)]

@@ -71,6 +71,39 @@ enum Command {
     /// Show an org's usage, read from the configured database through the
     /// same service as `GET /v1/orgs/{org}/usage` (the same numbers).
     Usage(UsageArgs),
+    /// Re-run a plugin's stored webhook payloads through the plugin loaded
+    /// now and correct the usage that changed (same audit trail as any
+    /// correction). Runs inside a running gateway, which owns the standings
+    /// the corrections must reach; progress on stderr, the report on
+    /// stdout. Exit 0: every delivery replayed cleanly; 1: some failed or
+    /// conflicted (listed); 2: the replay could not run.
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The plugin whose stored payloads to replay.
+    #[arg(long, value_name = "PLUGIN")]
+    plugin: String,
+    /// Deliveries received at or after this RFC 3339 time (default: the first kept).
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// Deliveries received before this RFC 3339 time (default: now).
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+    /// Report what would change; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The gateway (default: the config's `listen`, on loopback when it is
+    /// a wildcard address).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// An admin API key or the admin token (default: `admin_token` from the config).
+    #[arg(long, value_name = "TOKEN", env = meterd::config::TOKEN_ENV, hide_env_values = true)]
+    token: Option<String>,
+    /// Print the finished job as JSON instead of the report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -183,6 +216,7 @@ fn main() -> ExitCode {
                 test_plugin(&config, &plugin, &fixtures)
             }
             Command::Usage(args) => show_usage(&config, args).await,
+            Command::Replay(args) => replay(&config, args).await,
         }
     });
     match result {
@@ -356,6 +390,53 @@ fn test_plugin(config: &Config, plugin: &str, fixtures: &std::path::Path) -> any
     }
 }
 
+/// `replay`: starts the job on the gateway, follows it, prints the report.
+async fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
+    use meterd::replay::client::{self, StderrProgress};
+    let url = args.url.unwrap_or_else(|| {
+        let mut listen = config.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{listen}")
+    });
+    let request = client::ReplayArgs {
+        url,
+        token: args.token.or_else(|| config.admin_token.clone()),
+        plugin: args.plugin,
+        from: args.from,
+        to: args.to,
+        dry_run: args.dry_run,
+    };
+    let mut progress = StderrProgress::default();
+    let job = client::run(&request, if args.json { None } else { Some(&mut progress) })
+        .await
+        .map_err(|e| Exit { code: 2, message: e.to_string() })?;
+    if args.json {
+        println!("{job:#}");
+    } else {
+        print!("{}", client::render(&job));
+    }
+    let report = &job["report"];
+    let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    if job["state"] != "done" {
+        let error = job["error"].as_str().unwrap_or("unknown error");
+        return Err(Exit { code: 2, message: format!("the replay stopped: {error}") }.into());
+    }
+    let (failed, conflicts) =
+        (count(&report["deliveries"]["failed"]), count(&report["records"]["conflicts"]));
+    if failed + conflicts > 0 {
+        return Err(Exit {
+            code: 1,
+            message: format!(
+                "{failed} deliveries could not be replayed and {conflicts} records conflict (listed above)"
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// `usage`: the API's answers for one org, computed by the same
 /// `UsageService` over the configured database. Arguments are checked
 /// before the database is opened.
@@ -416,18 +497,5 @@ fn usage_table(
             }
         }
     }
-    let mut widths = [0; 5];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let line: Vec<String> =
-            row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    meterd::table::render(&rows)
 }

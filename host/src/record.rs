@@ -111,7 +111,6 @@ pub fn validate(index: usize, raw: RawRecord) -> Result<UsageRecord, RecordError
     })
 }
 
-/// Checks every record of one plugin answer; the first bad one fails it all.
 /// A webhook answer as the host accepts it: an event id of 1-`MAX_ID_LEN`
 /// bytes and valid records (ingest and the conformance kit both use this).
 pub fn validate_webhook(
@@ -124,6 +123,7 @@ pub fn validate_webhook(
     Ok((outcome.event_id, records))
 }
 
+/// Checks every record of one plugin answer; the first bad one fails it all.
 pub fn validate_all(raw: Vec<RawRecord>) -> Result<Vec<UsageRecord>, RecordError> {
     raw.into_iter().enumerate().map(|(i, r)| validate(i, r)).collect()
 }

@@ -96,6 +96,7 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
         orgs,
         notifier: notifier.clone(),
         plugins: plugins.clone(),
+        replays: Arc::new(crate::replay::Replays::new(store.clone(), plugins.clone())),
         store,
         live: std::sync::RwLock::new(LiveHttp::from_config(&config)),
         reloader: std::sync::OnceLock::new(),

@@ -104,6 +104,8 @@ async fn the_document_is_valid_complete_and_every_operation_is_served() {
         "/v1/plugins",
         "/v1/keys",
         "/v1/keys/{id}",
+        "/v1/replays",
+        "/v1/replays/{id}",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -114,7 +116,7 @@ async fn the_document_is_valid_complete_and_every_operation_is_served() {
     let mut wanted = expected.to_vec();
     wanted.sort();
     assert_eq!(documented, wanted);
-    assert_eq!(operations, 17, "one operation per route and method");
+    assert_eq!(operations, 19, "one operation per route and method");
     // An undocumented path really is not served.
     let (status, body) = gw.get("/v1/not-a-route").await;
     assert_eq!((status, body["error"]["message"].as_str()), (404, Some("no such route")));

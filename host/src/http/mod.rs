@@ -6,6 +6,7 @@ mod error;
 mod keys;
 mod openapi;
 mod orgs;
+mod replay;
 mod usage;
 
 use std::sync::{Arc, OnceLock, RwLock, Weak};
@@ -41,6 +42,8 @@ pub struct AppState {
     pub orgs: Arc<Orgs>,
     pub notifier: Arc<Notifier>,
     pub plugins: Arc<PluginRegistry>,
+    /// Replay jobs started on this gateway.
+    pub replays: Arc<crate::replay::Replays>,
     pub store: Arc<dyn Store>,
     /// HTTP settings a config reload may change.
     pub live: RwLock<LiveHttp>,
@@ -83,7 +86,7 @@ impl AppState {
     }
 }
 
-/// The routes behind `authorize`: orgs, plugins, keys.
+/// The routes behind `authorize`: orgs, plugins, keys, replays.
 fn guarded_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(orgs::put_org, orgs::get_org))
@@ -94,6 +97,8 @@ fn guarded_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_plugins))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
+        .routes(routes!(replay::start))
+        .routes(routes!(replay::get))
 }
 
 /// Ingest (authenticated by provider signatures) and operations routes.
@@ -131,7 +136,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Whether a tenant key may call a guarded route: reading an org's plan,
 /// usage, entitlements and grants, and checks. Everything else (assigning
-/// plans, granting credit, plugins, keys) needs an admin credential.
+/// plans, granting credit, plugins, keys, replays) needs an admin credential.
 fn tenant_may_call(method: &axum::http::Method, route: &str) -> bool {
     use axum::http::Method;
     match route {

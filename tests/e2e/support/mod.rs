@@ -41,6 +41,9 @@ pub fn e2b_signature(secret: &str, body: &[u8]) -> String {
 /// How to start a gateway.
 pub struct Options {
     pub plugins: Vec<&'static str>,
+    /// More components, each placed as `<name>.wasm` (e.g. a test-only
+    /// build standing in for a plugin).
+    pub components: Vec<(&'static str, PathBuf)>,
     /// Extra top-level TOML for the generated config (placed before any table).
     pub extra_config: String,
     pub admin_token: Option<&'static str>,
@@ -62,6 +65,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             plugins: vec!["e2b"],
+            components: Vec::new(),
             extra_config: String::new(),
             admin_token: None,
             sections: String::new(),
@@ -107,6 +111,9 @@ impl Gateway {
         for name in &options.plugins {
             std::fs::copy(component(name), plugins_dir.join(format!("{name}.wasm")))
                 .expect("copying a component");
+        }
+        for (name, path) in &options.components {
+            std::fs::copy(path, plugins_dir.join(format!("{name}.wasm"))).expect("copying a component");
         }
         let admin = options.admin_token.map(|t| format!("admin_token = \"{t}\"\n")).unwrap_or_default();
         let database = options
