@@ -420,6 +420,8 @@ mod tests {
                 ("METERD_PLUGINS__E2B__ORG_METADATA_KEY", "tenant"),
                 ("PATH", "/bin"),
                 ("METERD_LOG", "debug"),
+                // Read by `meterd replay`, not a config key.
+                ("METERD_TOKEN", "mk_0123"),
             ],
         )
         .unwrap();

@@ -323,6 +323,7 @@ async fn replay_refuses_what_it_cannot_do_with_a_clear_error() {
         assert!(stderr.contains(says), "{args:?} should say {says:?}: {stderr}");
     };
     fails(&["--plugin", "nope"], 2, "no plugin named \"nope\" is loaded");
+    fails(&["--plugin", "e2b", "--token", "mk_0123456789ab_wrong"], 2, "refused the replay (401)");
     fails(&["--plugin", "e2b", "--from", "yesterday"], 2, "from");
     fails(&["--plugin", "e2b", "--from", "2026-02-01T00:00:00Z", "--to", "2026-01-01T00:00:00Z"], 2, "range");
     let closed = {

@@ -849,38 +849,23 @@ impl Store for SqliteStore {
         delivery_ids: &[i64],
         event_ids: &[String],
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let mut found: HashMap<i64, StoredRecord> = HashMap::new();
-        let select = "SELECT id, delivery_id, seq, event_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes
-                      FROM usage_records WHERE plugin = ";
-        for chunk in delivery_ids.chunks(KEYS_PER_LOOKUP) {
-            let mut query = QueryBuilder::<Sqlite>::new(select);
-            query.push_bind(plugin).push(" AND delivery_id IN (");
-            let mut ids = query.separated(", ");
-            for id in chunk {
-                ids.push_bind(id);
-            }
-            query.push(")");
-            for row in query.build().fetch_all(&self.readers).await? {
-                let record = stored_record_from_row(&row)?;
-                found.insert(record.id, record);
-            }
-        }
-        for chunk in event_ids.chunks(KEYS_PER_LOOKUP) {
-            let mut query = QueryBuilder::<Sqlite>::new(select);
-            query.push_bind(plugin).push(" AND event_id IN (");
-            let mut ids = query.separated(", ");
-            for id in chunk {
-                ids.push_bind(id);
-            }
-            query.push(")");
-            for row in query.build().fetch_all(&self.readers).await? {
-                let record = stored_record_from_row(&row)?;
-                found.insert(record.id, record);
-            }
-        }
-        let mut records: Vec<StoredRecord> = found.into_values().collect();
-        records.sort_by_key(|r| r.id);
-        Ok(records)
+        // The lists go in as JSON arrays (no bound-parameter limit). `+plugin`
+        // keeps the planner off the (plugin, …) unique index in the first
+        // branch, which would scan every record of the plugin.
+        let rows = sqlx::query(
+            "SELECT id, delivery_id, seq, event_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes
+             FROM usage_records WHERE +plugin = ?1 AND delivery_id IN (SELECT value FROM json_each(?2))
+             UNION
+             SELECT id, delivery_id, seq, event_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes
+             FROM usage_records WHERE plugin = ?1 AND event_id IN (SELECT value FROM json_each(?3))
+             ORDER BY id",
+        )
+        .bind(plugin)
+        .bind(serde_json::to_string(delivery_ids).unwrap_or_else(|_| "[]".to_owned()))
+        .bind(serde_json::to_string(event_ids).unwrap_or_else(|_| "[]".to_owned()))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(stored_record_from_row).collect()
     }
 
     async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError> {
