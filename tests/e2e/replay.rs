@@ -3,8 +3,9 @@
 //! too high), the fixed plugin is hot-swapped in, and `meterd replay`
 //! (the real binary, against the running gateway) corrects exactly the RAM
 //! meter: a dry run first changes nothing, the run corrects every RAM record
-//! with an audit row, in-memory entitlements follow, a second run finds
-//! nothing to do. On SQLite and on PostgreSQL.
+//! with an audit row, in-memory entitlements follow (on PostgreSQL on a
+//! second replica too), a second run finds nothing to do. On SQLite and on
+//! PostgreSQL.
 
 mod support;
 
@@ -165,6 +166,16 @@ async fn replay_after_a_plugin_fix_corrects_exactly_the_meter_it_computed_wrong(
         ..Options::default()
     });
     assert_eq!(e2b_version(&gw).await, "0.0.9");
+    // On PostgreSQL, a second replica: it hears of the corrections on the
+    // change feed, never having run the replay.
+    let replica = db.as_ref().map(|db| {
+        Gateway::start(Options {
+            admin_token: Some(ADMIN_TOKEN),
+            sections: PLANS.to_owned(),
+            database: Some(db.url.clone()),
+            ..Options::default()
+        })
+    });
     for org in ORGS {
         let (status, body) = gw.put_json(&format!("/v1/orgs/{org}"), &json!({"plan": "metered"})).await;
         assert_eq!(status, 200, "{body}");
@@ -252,6 +263,13 @@ async fn replay_after_a_plugin_fix_corrects_exactly_the_meter_it_computed_wrong(
             (right_ram[org], before.used[&cpu]),
             "standings follow"
         );
+    }
+    if let Some(replica) = &replica {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while standing(replica).await != after {
+            assert!(Instant::now() < deadline, "the other replica never saw the corrections");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     // The same audit trail as any correction: one row per RAM record.
     let audit = corrections(&gw, db.as_ref()).await;
