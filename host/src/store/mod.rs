@@ -532,9 +532,6 @@ pub trait Store: Send + Sync + 'static {
     /// how many were emptied.
     async fn purge_payloads(&self, before_ms: i64, now_ms: i64) -> Result<u64, StoreError>;
 
-    /// The stored payload of the delivery (plugin, event id), if there is one.
-    async fn payload(&self, plugin: &str, event_id: &str) -> Result<Option<Payload>, StoreError>;
-
     /// How many deliveries of `plugin` were received in `range`.
     async fn count_deliveries(&self, plugin: &str, range: Range) -> Result<u64, StoreError>;
 

@@ -948,17 +948,6 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn payload(&self, plugin: &str, event_id: &str) -> Result<Option<Payload>, StoreError> {
-        let row = sqlx::query(
-            "SELECT path, query, headers, body, payload_purged_at_ms FROM deliveries WHERE plugin = $1 AND event_id = $2",
-        )
-        .bind(plugin)
-        .bind(event_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| payload_from_row(&row, &format!("{plugin}/{event_id}"))).transpose()
-    }
-
     async fn count_deliveries(&self, plugin: &str, range: Range) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM deliveries WHERE plugin = $1 AND received_at_ms >= $2 AND received_at_ms < $3",

@@ -463,17 +463,28 @@ async fn old_payloads_are_purged_and_still_deduplicate(store: Arc<dyn Store>) {
     store.commit(&[old.clone(), new.clone()]).await.unwrap();
     assert_eq!(store.purge_payloads(3_000, 9_000).await.unwrap(), 1);
     assert_eq!(store.purge_payloads(3_000, 9_001).await.unwrap(), 0, "purged once");
-    assert_eq!(store.payload("e2b", "old").await.unwrap(), Some(Payload::Purged { at_ms: 9_000 }));
+    let payloads: Vec<(String, Payload)> = store
+        .deliveries("e2b", range(0, 10_000), None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.event_id, d.payload))
+        .collect();
     assert_eq!(
-        store.payload("e2b", "new").await.unwrap(),
-        Some(Payload::Kept {
-            path: new.path.clone(),
-            query: new.query.clone(),
-            headers: new.headers.clone(),
-            body: new.body.clone()
-        })
+        payloads,
+        [
+            ("old".to_owned(), Payload::Purged { at_ms: 9_000 }),
+            (
+                "new".to_owned(),
+                Payload::Kept {
+                    path: new.path.clone(),
+                    query: new.query.clone(),
+                    headers: new.headers.clone(),
+                    body: new.body.clone()
+                }
+            ),
+        ]
     );
-    assert_eq!(store.payload("e2b", "never").await.unwrap(), None);
     // The dedup key outlives the payload; usage is untouched.
     assert_eq!(store.commit(&[old]).await.unwrap(), [CommitOutcome { duplicate: true }]);
     assert_eq!(total(store.as_ref()).await, Decimal::from(5));
