@@ -58,7 +58,11 @@ impl PostgresStore {
             url.parse().map_err(|e| StoreError::Unavailable(format!("{}: {e}", super::redact_url(url))))?;
         // Plan each statement for its parameters: a generic plan cached
         // while the tables were small would stay (seq scans) as they grow.
-        let options = options.options([("plan_cache_mode", "force_custom_plan")]);
+        // No JIT: meterd's statements are short, and without statistics the
+        // planner's cost estimates grow with the table until every replay
+        // page paid 15-200 ms of JIT compilation for 5 ms of work
+        // (BENCHMARKS.md "replay").
+        let options = options.options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
             .acquire_timeout(Duration::from_secs(10))
@@ -1000,14 +1004,23 @@ impl Store for PostgresStore {
         delivery_ids: &[i64],
         event_ids: &[String],
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        // Without statistics (no ANALYZE yet) the planner guesses ~0.5 % of
+        // the table per key and answers a page's 200 keys with a scan of
+        // every record of the plugin, on every page (BENCHMARKS.md
+        // "replay"). So each branch is one index probe per key: a LATERAL
+        // subquery that `OFFSET 0` keeps from being flattened into a join.
+        // The first names no plugin (a delivery's records are its plugin's);
+        // the plugin is checked on the rows.
         let rows = sqlx::query(
-            "SELECT id, delivery_id, seq, event_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms,
-                    attributes::text AS attributes
-             FROM usage_records WHERE plugin = $1 AND delivery_id = ANY($2)
+            "SELECT r.id, r.plugin, r.delivery_id, r.seq, r.event_id, r.org_id, r.subject, r.metric, r.kind, r.quantity,
+                    r.at_ms, r.window_start_ms, r.attributes::text AS attributes
+             FROM unnest($2::bigint[]) AS d(id)
+             CROSS JOIN LATERAL (SELECT * FROM usage_records WHERE delivery_id = d.id OFFSET 0) r
              UNION
-             SELECT id, delivery_id, seq, event_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms,
-                    attributes::text AS attributes
-             FROM usage_records WHERE plugin = $1 AND event_id = ANY($3)
+             SELECT r.id, r.plugin, r.delivery_id, r.seq, r.event_id, r.org_id, r.subject, r.metric, r.kind, r.quantity,
+                    r.at_ms, r.window_start_ms, r.attributes::text AS attributes
+             FROM unnest($3::text[]) AS k(event_id)
+             CROSS JOIN LATERAL (SELECT * FROM usage_records WHERE plugin = $1 AND event_id = k.event_id OFFSET 0) r
              ORDER BY id",
         )
         .bind(plugin)
@@ -1015,7 +1028,13 @@ impl Store for PostgresStore {
         .bind(event_ids)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(stored_record_from_row).collect()
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<String, _>("plugin")? == plugin {
+                records.push(stored_record_from_row(row)?);
+            }
+        }
+        Ok(records)
     }
 
     async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError> {
