@@ -70,8 +70,8 @@ use sqlx::Connection as _;
 
 use support::{
     CORE_SECONDS_PER_WEBHOOK, METER, Prepared, TICKS_PER_SECOND, USAGE_RANGE, connect, cpu_seconds,
-    host_header, ingest_request, machine_cpu, prepare, send, signal, spawn_meterd, wait_for_listening,
-    write_config,
+    host_header, ingest_request, machine_cpu, postgres_cpu_seconds, prepare, send, signal, spawn_meterd,
+    wait_for_listening, write_config,
 };
 
 const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -198,33 +198,6 @@ impl Drop for PgDatabase {
             }
         }
     }
-}
-
-/// CPU seconds of the PostgreSQL processes on this machine that work for
-/// `database`: the backends connected to it (their process title names
-/// it) and the server's own processes (no client address in their title).
-/// `None` when there is no such process: the server runs elsewhere. (A
-/// copy of `replicas.rs`'s.)
-fn postgres_cpu_seconds(database: &str) -> Option<f64> {
-    let mut found = false;
-    let mut seconds = 0.0;
-    for entry in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
-        let path = entry.path();
-        if !std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim_end() == "postgres") {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
-            continue; // exited meanwhile
-        };
-        // A client backend's title: `postgres: CLUSTER: USER DATABASE HOST(PORT) STATE`.
-        let title = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let client_backend = title.contains('(') || title.contains("[local]");
-        if !client_backend || title.split_whitespace().any(|word| word == database) {
-            found = true;
-            seconds += cpu_seconds(&path.join("stat").to_string_lossy());
-        }
-    }
-    found.then_some(seconds)
 }
 
 // ---------------------------------------------------------------------------

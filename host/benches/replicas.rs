@@ -56,8 +56,8 @@ use sqlx::Connection as _;
 
 use support::{
     CORE_SECONDS_PER_WEBHOOK, METER, Prepared, TICKS_PER_SECOND, connect, cpu_seconds, format_ns,
-    host_header, ingest_request, machine_cpu, nanos, percentile, prepare, send, signal, spawn_meterd,
-    usage_total, wait_for_listening, write_config,
+    host_header, ingest_request, machine_cpu, nanos, percentile, postgres_cpu_seconds, prepare, send, signal,
+    spawn_meterd, usage_total, wait_for_listening, write_config,
 };
 
 const POSTGRES_ENV: &str = "METERD_TEST_POSTGRES";
@@ -508,34 +508,6 @@ impl CpuUse {
     fn others(&self) -> f64 {
         (self.machine_busy - self.gateways_total() - self.postgres.unwrap_or(0.0) - self.client).max(0.0)
     }
-}
-
-/// CPU seconds of the PostgreSQL processes on this machine that work for
-/// `database`: the backends connected to it (their process title names
-/// it) and the server's own processes (postmaster, WAL writer,
-/// checkpointer, …: no client address in their title), which serve every
-/// database. Backends of other databases (other sessions' tests) are left
-/// out. `None` when there is no such process: the server runs elsewhere.
-fn postgres_cpu_seconds(database: &str) -> Option<f64> {
-    let mut found = false;
-    let mut seconds = 0.0;
-    for entry in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
-        let path = entry.path();
-        if !std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim_end() == "postgres") {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
-            continue; // exited meanwhile
-        };
-        // A client backend's title: `postgres: CLUSTER: USER DATABASE HOST(PORT) STATE`.
-        let title = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let client_backend = title.contains('(') || title.contains("[local]");
-        if !client_backend || title.split_whitespace().any(|word| word == database) {
-            found = true;
-            seconds += cpu_seconds(&path.join("stat").to_string_lossy());
-        }
-    }
-    found.then_some(seconds)
 }
 
 // ---------------------------------------------------------------------------

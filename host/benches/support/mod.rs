@@ -234,6 +234,34 @@ pub fn cpu_seconds(stat_path: &str) -> f64 {
     (ticks(11) + ticks(12)) / TICKS_PER_SECOND
 }
 
+/// CPU seconds of the PostgreSQL processes on this machine that work for
+/// `database`: the backends connected to it (their process title names
+/// it) and the server's own processes (postmaster, WAL writer,
+/// checkpointer, …: no client address in their title), which serve every
+/// database. Backends of other databases (other sessions' tests) are left
+/// out. `None` when there is no such process: the server runs elsewhere.
+pub fn postgres_cpu_seconds(database: &str) -> Option<f64> {
+    let mut found = false;
+    let mut seconds = 0.0;
+    for entry in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let path = entry.path();
+        if !std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim_end() == "postgres") {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue; // exited meanwhile
+        };
+        // A client backend's title: `postgres: CLUSTER: USER DATABASE HOST(PORT) STATE`.
+        let title = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let client_backend = title.contains('(') || title.contains("[local]");
+        if !client_backend || title.split_whitespace().any(|word| word == database) {
+            found = true;
+            seconds += cpu_seconds(&path.join("stat").to_string_lossy());
+        }
+    }
+    found.then_some(seconds)
+}
+
 /// Machine-wide CPU time from the first line of /proc/stat, in ticks:
 /// (busy, idle + iowait, stolen by the hypervisor).
 pub fn machine_cpu() -> (f64, f64, f64) {
