@@ -1039,33 +1039,53 @@ impl Store for PostgresStore {
 
     async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        let (mut ids, mut olds, mut news, mut owners) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut inserts = Vec::new();
         for fix in fixes {
             match fix {
                 RecordFix::Correct { record, delivery_id, to } => {
-                    let updated = sqlx::query(
-                        "UPDATE usage_records SET quantity = $1, delivery_id = $2 WHERE id = $3 AND quantity = $4",
-                    )
-                    .bind(to)
-                    .bind(delivery_id)
-                    .bind(record.id)
-                    .bind(record.record.quantity)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if updated == 0 {
-                        return Err(StoreError::Conflict(format!(
-                            "record {}#{} is no longer {}",
-                            record.record.event_id, record.seq, record.record.quantity
-                        )));
-                    }
-                    let correction =
-                        Correction { id: record.id, plugin, seq: record.seq, record: &record.record };
-                    audit(&mut tx, &correction, record.record.quantity, *to, now_ms).await?;
+                    ids.push(record.id);
+                    olds.push(record.record.quantity);
+                    news.push(*to);
+                    owners.push(*delivery_id);
                 }
                 RecordFix::Insert { delivery_id, seq, record } => {
                     inserts.push(RecordRow { plugin, delivery_id: Some(*delivery_id), seq: *seq, record });
                 }
+            }
+        }
+        if !ids.is_empty() {
+            // Every correction and its audit row in one statement (one round
+            // trip per page), each only where the record still holds what
+            // the plan read; audit rows in the order of the fixes.
+            let corrected: i64 = sqlx::query_scalar(
+                "WITH fix AS (
+                     SELECT * FROM unnest($1::bigint[], $2::numeric[], $3::numeric[], $4::bigint[])
+                         WITH ORDINALITY AS f(id, old_q, new_q, owner, ord)
+                 ), done AS (
+                     UPDATE usage_records r SET quantity = fix.new_q, delivery_id = fix.owner FROM fix
+                     WHERE r.id = fix.id AND r.quantity = fix.old_q
+                     RETURNING r.id, r.plugin, r.event_id, r.seq, fix.old_q, fix.new_q, fix.ord
+                 ), audit AS (
+                     INSERT INTO corrections (record_id, plugin, event_id, seq, old_quantity, new_quantity, corrected_at_ms)
+                     SELECT id, plugin, event_id, seq, old_q, new_q, $5 FROM done ORDER BY ord
+                     RETURNING 1
+                 )
+                 SELECT COUNT(*) FROM audit",
+            )
+            .bind(&ids)
+            .bind(&olds)
+            .bind(&news)
+            .bind(&owners)
+            .bind(now_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            if corrected != ids.len() as i64 {
+                return Err(StoreError::Conflict(format!(
+                    "{} of {} records to correct no longer hold what was read",
+                    ids.len() as i64 - corrected,
+                    ids.len()
+                )));
             }
         }
         let mut rows: Vec<&RecordRow> = inserts.iter().collect();
