@@ -428,3 +428,40 @@ async fn a_replayed_payload_is_judged_as_of_when_it_was_received() {
     // The pin lasts one call: the next plain call sees today's clock again.
     assert!(daytona.handle_webhook(request).await.is_err());
 }
+
+/// The E2B secret was rotated after a payload was stored: the plugin now
+/// refuses it. The replay reports that delivery as failed, leaves its
+/// records as they are, and `meterd replay` exits 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payload_the_plugin_now_refuses_is_reported_and_left_as_stored() {
+    let gw = Gateway::start(Options { admin_token: Some(ADMIN_TOKEN), ..Options::default() });
+    let body =
+        e2b_event("rotated-1", "killed", "2025-08-06T10:00:00Z", "sbx-1", "acme", Some((2, 512, 1500)));
+    assert_eq!(gw.e2b(&body).await.0, 200);
+    let loaded_at = |status: Value| {
+        let plugins = status["plugins"].as_array().cloned().unwrap_or_default();
+        plugins.iter().find(|p| p["name"] == "e2b").map(|p| p["loaded_at"].clone())
+    };
+    let before = loaded_at(gw.get("/v1/plugins").await.1);
+    let config = std::fs::read_to_string(gw.config_path()).unwrap();
+    let rotated = config.replace(support::E2B_SECRET, "the-new-secret-after-rotation");
+    assert_ne!(config, rotated);
+    replace_atomically(&gw.config_path(), rotated.as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while loaded_at(gw.get("/v1/plugins").await.1) == before {
+        assert!(Instant::now() < deadline, "the plugin never took the new secret");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let out = replay(&gw, &["--plugin", "e2b"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("1 deliveries could not be replayed and 0 records conflict"), "{stderr}");
+    assert!(stdout.contains("1 failed"), "{stdout}");
+    assert!(
+        stdout.contains("failed: delivery rotated-1: unauthorized: e2b-signature does not match the body"),
+        "{stdout}"
+    );
+    assert_eq!(gw.total("acme", CPU).await, "3", "the stored records stay");
+    assert_eq!(corrections(&gw, None).await, vec![]);
+}
