@@ -26,4 +26,6 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod usage;

@@ -1,6 +1,7 @@
-//! Usage queries, apart from HTTP: resolve the meter, read the records of
-//! the range (and the levels in force when it starts), and let the pure
-//! meter engine aggregate them. The query parameters' parsing and the
+//! Usage queries, apart from HTTP: resolve the meter, read the rollups of
+//! the range (whole hours summarized, the ends raw; `meter::rollup`) and
+//! evaluate them; a query grouped by an attribute reads the range's records
+//! (and the levels in force when it starts) for the pure meter engine. The query parameters' parsing and the
 //! answer's JSON live here too, so that the HTTP API and `meterd usage`
 //! cannot disagree.
 
@@ -10,6 +11,7 @@ use chrono::DateTime;
 use rust_decimal::Decimal;
 
 use crate::meter::period::{Range, WindowSize, month_containing};
+use crate::meter::rollup::{self, SeriesKey};
 use crate::meter::{self, EngineError, MeterDef, UsageQuery};
 use crate::record::valid_attribute_key;
 use crate::store::{PointQuery, Store, StoreError};
@@ -150,6 +152,23 @@ impl UsageService {
         {
             return Err(UsageError::BadGroupBy(key.clone()));
         }
+        let engine_query = UsageQuery {
+            range: request.range,
+            window: request.window,
+            now_ms,
+            grouped: request.group_by.is_some(),
+        };
+        if request.group_by.is_none() {
+            // Whole hours from their summaries, the ragged ends raw.
+            let series = SeriesKey { org_id: request.org_id.clone(), metric: meter.metric.clone() };
+            let plan = rollup::query::plan(request.range, meter.aggregation, now_ms);
+            let input =
+                self.store.rollup_input(&series, &plan, meter.aggregation, request.range.from_ms).await?;
+            let report = rollup::query::evaluate(&meter, &engine_query, &input)?;
+            return Ok(UsageAnswer { meter, total: report.total, windows: report.windows });
+        }
+        // Grouping by an attribute reads the range's records: attributes
+        // (e.g. a sandbox id) are not rolled up.
         let query = PointQuery {
             org_id: &request.org_id,
             metric: &meter.metric,
@@ -162,12 +181,6 @@ impl UsageService {
                 self.store.carry_in(&query).await?
             }
             meter::Aggregation::Sum | meter::Aggregation::Count => Vec::new(),
-        };
-        let engine_query = UsageQuery {
-            range: request.range,
-            window: request.window,
-            now_ms,
-            grouped: request.group_by.is_some(),
         };
         let report = meter::aggregate(&meter, &engine_query, &carry_in, &points)?;
         Ok(UsageAnswer { meter, total: report.total, windows: report.windows })

@@ -62,6 +62,9 @@ pub enum EngineError {
     Period(#[from] PeriodError),
     #[error(transparent)]
     Quantity(#[from] QuantityError),
+    /// The rollup reader was handed summaries its plan does not allow.
+    #[error("rollup query: {0}")]
+    Plan(&'static str),
 }
 
 /// Aggregates one meter over `query.range`.

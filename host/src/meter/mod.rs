@@ -6,6 +6,7 @@
 //! unit and rounding rules live in `meterd_units`, never here.
 
 pub mod period;
+pub mod rollup;
 
 mod engine;
 

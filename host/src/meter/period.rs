@@ -10,7 +10,7 @@
 //! computed in `i128`, so nothing overflows or wraps.
 
 /// Milliseconds in one UTC hour.
-const HOUR_MS: i64 = 3_600_000;
+pub const HOUR_MS: i64 = 3_600_000;
 /// Milliseconds in one UTC day (UTC has no DST, and Unix time has no leap
 /// seconds).
 const DAY_MS: i64 = 86_400_000;

@@ -8,7 +8,10 @@
 mod feed;
 mod group_commit;
 mod postgres;
+mod postgres_rollup;
+mod rollup;
 mod sqlite;
+mod sqlite_rollup;
 
 use std::sync::Arc;
 
@@ -16,8 +19,10 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use crate::keys::{ApiKey, Scope};
-use crate::meter::Point;
 use crate::meter::period::Range;
+use crate::meter::rollup::SeriesKey;
+use crate::meter::rollup::query::{ReadPlan, RollupInput};
+use crate::meter::{Aggregation, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
 use crate::record::UsageRecord;
@@ -25,6 +30,7 @@ use crate::record::UsageRecord;
 pub use feed::{FeedEvent, FeedMessage, TxId, Visibility};
 pub use group_commit::GroupCommitter;
 pub use postgres::{FEED_APPLICATION, PostgresStore};
+pub use rollup::RollupCheck;
 pub use sqlite::SqliteStore;
 
 #[cfg(test)]
@@ -392,8 +398,30 @@ pub struct PointQuery<'a> {
     pub group_by: Option<&'a str>,
 }
 
+/// The rollups (`meter::rollup`): kept by every usage commit, read by
+/// usage queries, rebuilt and checked against the raw records.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Rollups: Send + Sync {
+    /// What `plan` names for one series, read in one snapshot.
+    async fn rollup_input(
+        &self,
+        series: &SeriesKey,
+        plan: &ReadPlan,
+        aggregation: Aggregation,
+        from_ms: i64,
+    ) -> Result<RollupInput, StoreError>;
+
+    /// Replaces the rollups by a recomputation from the raw records (one
+    /// transaction; record writers wait); returns the records read.
+    async fn rebuild_rollups(&self) -> Result<u64, StoreError>;
+
+    /// Recomputes the rollups from the raw records and compares them with
+    /// the stored ones, naming up to `examples` differences.
+    async fn check_rollups(&self, examples: usize) -> Result<RollupCheck, StoreError>;
+}
+
+#[async_trait]
+pub trait Store: Rollups + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 

@@ -22,15 +22,18 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::mpsc;
 
 use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
+use super::postgres_rollup;
 use super::{
     CommitHook, CommitOutcome, Delivery, DeliveryCursor, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts,
     OutboxMessage, PURGE_BATCH, Payload, PointQuery, PollCommit, PollState, RecordCounts, RecordFix,
-    RecordRow, StandingSnapshot, Store, StoreError, StoredDelivery, StoredRecord, fix_change,
-    key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
+    RecordRow, RollupCheck, Rollups, StandingSnapshot, Store, StoreError, StoredDelivery, StoredRecord,
+    fix_change, key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::Range;
-use crate::meter::{Kind, Point};
+use crate::meter::rollup::SeriesKey;
+use crate::meter::rollup::query::{ReadPlan, RollupInput};
+use crate::meter::{Aggregation, Kind, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
 use crate::record::UsageRecord;
@@ -85,6 +88,7 @@ impl PostgresStore {
             tx.commit().await?;
             return Ok(());
         }
+        super::rollup::maintain(&mut *tx, &changes).await?;
         let id = current_tx(&mut tx).await?;
         let hook = self.hook.get();
         let notices = hook.map(|h| h.records_written(Some(id), &changes, now_ms)).unwrap_or_default();
@@ -183,7 +187,7 @@ async fn insert_notices(
     Ok((rows, fired))
 }
 
-fn point_from_row(row: &PgRow) -> Result<Point, StoreError> {
+pub(super) fn point_from_row(row: &PgRow) -> Result<Point, StoreError> {
     let kind: String = row.try_get("kind")?;
     Ok(Point {
         kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
@@ -552,6 +556,38 @@ fn poll_state_from_row(row: &PgRow) -> Result<PollState, StoreError> {
 }
 
 #[async_trait]
+impl Rollups for PostgresStore {
+    async fn rollup_input(
+        &self,
+        series: &SeriesKey,
+        plan: &ReadPlan,
+        aggregation: Aggregation,
+        from_ms: i64,
+    ) -> Result<RollupInput, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let input = super::rollup::read_input(&mut *tx, series, plan, aggregation, from_ms).await?;
+        tx.commit().await?;
+        Ok(input)
+    }
+
+    async fn rebuild_rollups(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let records = postgres_rollup::rebuild(&mut tx).await?;
+        tx.commit().await?;
+        Ok(records)
+    }
+
+    async fn check_rollups(&self, examples: usize) -> Result<RollupCheck, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+        let report = postgres_rollup::check(&mut tx, examples).await;
+        tx.rollback().await?;
+        report
+    }
+}
+
+#[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         // sqlx holds an advisory lock while migrating: replicas starting at
@@ -559,7 +595,14 @@ impl Store for PostgresStore {
         sqlx::migrate!("../migrations/postgres")
             .run(&self.pool)
             .await
-            .map_err(|e| StoreError::Migration(e.to_string()))
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        if !postgres_rollup::built(&mut tx).await? {
+            let records = postgres_rollup::rebuild(&mut tx).await?;
+            tracing::info!(records, "rollups back-filled from the stored records");
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn commit(&self, batch: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError> {

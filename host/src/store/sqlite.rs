@@ -12,15 +12,18 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
+use super::sqlite_rollup;
 use super::{
     CommitHook, CommitOutcome, Delivery, DeliveryCursor, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts,
     OutboxMessage, PURGE_BATCH, Payload, PointQuery, PollCommit, PollState, RecordCounts, RecordFix,
-    RecordRow, Store, StoreError, StoredDelivery, StoredRecord, fix_change, key_from_columns,
-    key_scope_columns, org_change, payload_from_columns, with_seqs,
+    RecordRow, RollupCheck, Rollups, Store, StoreError, StoredDelivery, StoredRecord, fix_change,
+    key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::Range;
-use crate::meter::{Kind, Point};
+use crate::meter::rollup::SeriesKey;
+use crate::meter::rollup::query::{ReadPlan, RollupInput};
+use crate::meter::{Aggregation, Kind, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Change;
 use crate::record::UsageRecord;
@@ -68,6 +71,9 @@ impl SqliteStore {
         changes: Vec<OrgChange>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        if !changes.is_empty() {
+            super::rollup::maintain(&mut *tx, &changes).await?;
+        }
         let Some(hook) = self.hook.get().filter(|_| !changes.is_empty()) else {
             tx.commit().await?;
             return Ok(());
@@ -173,7 +179,7 @@ fn group_path(group_by: Option<&str>) -> Option<String> {
     group_by.map(|key| format!("$.\"{key}\""))
 }
 
-fn point_from_row(row: &SqliteRow) -> Result<Point, StoreError> {
+pub(super) fn point_from_row(row: &SqliteRow) -> Result<Point, StoreError> {
     let kind: String = row.try_get("kind")?;
     let quantity: String = row.try_get("quantity")?;
     Ok(Point {
@@ -379,12 +385,48 @@ fn poll_state_from_row(row: &SqliteRow) -> Result<PollState, StoreError> {
 }
 
 #[async_trait]
+impl Rollups for SqliteStore {
+    async fn rollup_input(
+        &self,
+        series: &SeriesKey,
+        plan: &ReadPlan,
+        aggregation: Aggregation,
+        from_ms: i64,
+    ) -> Result<RollupInput, StoreError> {
+        // A read transaction: one snapshot of the WAL for every part.
+        let mut tx = self.readers.begin().await?;
+        let input = super::rollup::read_input(&mut *tx, series, plan, aggregation, from_ms).await?;
+        tx.commit().await?;
+        Ok(input)
+    }
+
+    async fn rebuild_rollups(&self) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let records = sqlite_rollup::rebuild(&mut tx).await?;
+        tx.commit().await?;
+        Ok(records)
+    }
+
+    async fn check_rollups(&self, examples: usize) -> Result<RollupCheck, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        sqlite_rollup::check(&mut conn, examples).await
+    }
+}
+
+#[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("../migrations/sqlite")
             .run(&self.writer)
             .await
-            .map_err(|e| StoreError::Migration(e.to_string()))
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        let mut tx = self.writer.begin().await?;
+        if !sqlite_rollup::built(&mut tx).await? {
+            let records = sqlite_rollup::rebuild(&mut tx).await?;
+            tracing::info!(records, "rollups back-filled from the stored records");
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn commit(&self, batch: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError> {

@@ -1,0 +1,185 @@
+//! The rollup tables computed from raw records in one pass: the back-fill
+//! of a database that has records but no rollups, and the check that
+//! recomputes them and compares.
+//!
+//! Records must arrive grouped by (org, metric) and in time order within
+//! each; memory is the levels
+//! in force of one series' subjects (those not at 0), whatever the number
+//! of records. Output accumulates in [`Fold::output`] for the caller to
+//! write in batches.
+
+use std::collections::{HashMap, HashSet};
+
+use meterd_units::QuantityError;
+use rust_decimal::Decimal;
+
+use super::{Hour, SeriesKey, hour_of};
+use crate::meter::Kind;
+use crate::meter::period::month_containing;
+
+/// Rows the fold has finished, in (org, metric, time) order.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FoldOutput {
+    /// (series, instant, net step), non-zero steps only.
+    pub steps: Vec<(SeriesKey, i64, Decimal)>,
+    /// (series, hour start, hour).
+    pub hours: Vec<(SeriesKey, i64, Hour)>,
+    /// (series, month start, net step), non-zero only.
+    pub months: Vec<(SeriesKey, i64, Decimal)>,
+}
+
+impl FoldOutput {
+    pub fn len(&self) -> usize {
+        self.steps.len() + self.hours.len() + self.months.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    #[error("records out of order: ({0}) after ({1})")]
+    OutOfOrder(String, String),
+    #[error(transparent)]
+    Quantity(#[from] QuantityError),
+}
+
+/// One raw record as the fold reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldRecord<'a> {
+    pub org_id: &'a str,
+    pub metric: &'a str,
+    pub subject: &'a str,
+    pub kind: Kind,
+    pub quantity: Decimal,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Fold {
+    series: Option<SeriesKey>,
+    /// Series already read: a series' records must be contiguous (in
+    /// whatever order the database sorts series).
+    finished: HashSet<SeriesKey>,
+    /// Each subject's level in force, absent when 0.
+    in_force: HashMap<String, Decimal>,
+    /// The instant being read and each subject's greatest quantity at it.
+    instant: Option<i64>,
+    at_instant: HashMap<String, Decimal>,
+    hour: Option<(i64, Hour)>,
+    month: Option<(i64, Decimal)>,
+    pub output: FoldOutput,
+}
+
+impl Fold {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, r: FoldRecord<'_>) -> Result<(), FoldError> {
+        let same_series = self.series.as_ref().is_some_and(|s| s.org_id == r.org_id && s.metric == r.metric);
+        if !same_series {
+            let key = SeriesKey { org_id: r.org_id.to_owned(), metric: r.metric.to_owned() };
+            if self.finished.contains(&key) {
+                return Err(FoldError::OutOfOrder(
+                    format!("{}, {}", r.org_id, r.metric),
+                    "other series after its records".to_owned(),
+                ));
+            }
+            self.finish_series()?;
+            if let Some(done) = self.series.replace(key) {
+                self.finished.insert(done);
+            }
+        }
+        match self.instant {
+            Some(t) if t > r.at_ms => {
+                return Err(FoldError::OutOfOrder(format!("at {}", r.at_ms), format!("at {t}")));
+            }
+            Some(t) if t == r.at_ms => {}
+            _ => {
+                self.finish_instant()?;
+                self.instant = Some(r.at_ms);
+            }
+        }
+        let start = hour_of(r.at_ms);
+        if self.hour.as_ref().is_none_or(|(h, _)| *h != start) {
+            self.finish_hour();
+            self.hour = Some((start, Hour::default()));
+        }
+        let delta = if r.kind == Kind::Delta { r.quantity } else { Decimal::ZERO };
+        if let Some((_, hour)) = &mut self.hour {
+            hour.add_record(delta, true)?;
+        }
+        if r.kind == Kind::Level {
+            let q = self.at_instant.entry(r.subject.to_owned()).or_insert(r.quantity);
+            *q = (*q).max(r.quantity);
+        }
+        Ok(())
+    }
+
+    /// Ends the input: everything read is in [`Fold::output`].
+    pub fn finish(&mut self) -> Result<(), FoldError> {
+        self.finish_series()?;
+        self.series = None;
+        Ok(())
+    }
+
+    fn finish_series(&mut self) -> Result<(), FoldError> {
+        self.finish_instant()?;
+        self.finish_hour();
+        if let (Some(series), Some((month, step))) = (&self.series, self.month.take())
+            && !step.is_zero()
+        {
+            self.output.months.push((series.clone(), month, step));
+        }
+        self.in_force.clear();
+        Ok(())
+    }
+
+    fn finish_hour(&mut self) {
+        if let (Some(series), Some((start, hour))) = (&self.series, self.hour.take()) {
+            self.output.hours.push((series.clone(), start, hour));
+        }
+    }
+
+    /// The org level's step at the instant just read.
+    fn finish_instant(&mut self) -> Result<(), FoldError> {
+        let Some(at) = self.instant.take() else { return Ok(()) };
+        let mut step = Decimal::ZERO;
+        for (subject, q) in self.at_instant.drain() {
+            let was = self.in_force.get(&subject).copied().unwrap_or(Decimal::ZERO);
+            step = step
+                .checked_add(q.checked_sub(was).ok_or(QuantityError::Overflow("level step"))?)
+                .ok_or(QuantityError::Overflow("level step"))?;
+            if q.is_zero() {
+                self.in_force.remove(&subject);
+            } else {
+                self.in_force.insert(subject, q);
+            }
+        }
+        if step.is_zero() {
+            return Ok(());
+        }
+        let Some(series) = &self.series else { return Ok(()) };
+        self.output.steps.push((series.clone(), at, step));
+        if let Some((start, hour)) = &mut self.hour {
+            hour.append_steps(*start, &[(at, step)])?;
+        }
+        let month = month_containing(at).from_ms;
+        match &mut self.month {
+            Some((m, sum)) if *m == month => {
+                *sum = sum.checked_add(step).ok_or(QuantityError::Overflow("level step"))?;
+            }
+            _ => {
+                if let Some((m, sum)) = self.month.replace((month, step))
+                    && !sum.is_zero()
+                {
+                    self.output.months.push((series.clone(), m, sum));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! A usage query answered from rollups: whole hours from their summaries,
+//! the rest (the range's ragged ends, and for integrals the hour holding
+//! `now`, which is integrated only up to `now`) from raw rows.
+//!
+//! The answer equals `meter::aggregate` over the raw records (the tests
+//! check it on random histories); it is computed per window in time order
+//! from the level before the range, so the work is O(hours + raw rows).
+
+use rust_decimal::Decimal;
+
+use super::{HOUR_MS, Hour, hour_of};
+use crate::meter::engine::{EngineError, Point, UsageQuery, UsageReport, WindowValue};
+use crate::meter::period::{self, Range};
+use crate::meter::{Aggregation, Kind, MeterDef};
+use meterd_units::QuantityError;
+
+/// What to read for a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPlan {
+    /// Hour-aligned ranges read as hour summaries.
+    pub hours: Vec<Range>,
+    /// Ranges read raw: records for sums and counts, steps for levels.
+    pub raw: Vec<Range>,
+}
+
+/// Whether `aggregation` reads the level step function (not sums or counts).
+pub fn is_level(aggregation: Aggregation) -> bool {
+    matches!(aggregation, Aggregation::Integral | Aggregation::Latest | Aggregation::Max)
+}
+
+/// Which parts of `range` are whole hours and which must be read raw.
+pub fn plan(range: Range, aggregation: Aggregation, now_ms: i64) -> ReadPlan {
+    let first = hour_of(range.from_ms);
+    let first = if first == range.from_ms { first } else { first.saturating_add(HOUR_MS) };
+    let last = hour_of(range.to_ms);
+    if first >= last {
+        return ReadPlan { hours: Vec::new(), raw: vec![range] };
+    }
+    let mut raw = Vec::new();
+    if range.from_ms < first {
+        raw.push(Range { from_ms: range.from_ms, to_ms: first });
+    }
+    if last < range.to_ms {
+        raw.push(Range { from_ms: last, to_ms: range.to_ms });
+    }
+    let now_hour = hour_of(now_ms);
+    let hours = if aggregation == Aggregation::Integral && (first..last).contains(&now_hour) {
+        // Integrals stop at `now`: that hour is summed step by step.
+        raw.push(Range { from_ms: now_hour, to_ms: now_hour + HOUR_MS });
+        [Range { from_ms: first, to_ms: now_hour }, Range { from_ms: now_hour + HOUR_MS, to_ms: last }]
+            .into_iter()
+            .filter(|r| r.from_ms < r.to_ms)
+            .collect()
+    } else {
+        vec![Range { from_ms: first, to_ms: last }]
+    };
+    raw.sort_by_key(|r| r.from_ms);
+    ReadPlan { hours, raw }
+}
+
+/// What the store read for a [`ReadPlan`].
+#[derive(Debug, Clone, Default)]
+pub struct RollupInput {
+    /// The org level just before the range starts (level aggregations).
+    pub before: Decimal,
+    /// Hour summaries in the plan's hour ranges, by start (absent: empty).
+    pub hours: Vec<(i64, Hour)>,
+    /// Net steps of the org level in the raw ranges (level aggregations).
+    pub steps: Vec<(i64, Decimal)>,
+    /// Records of the meter's metric in the raw ranges (sums and counts).
+    pub points: Vec<Point>,
+}
+
+fn add(a: Decimal, b: Decimal) -> Result<Decimal, QuantityError> {
+    a.checked_add(b).ok_or(QuantityError::Overflow("rollup query"))
+}
+
+fn mul(a: Decimal, b: Decimal) -> Result<Decimal, QuantityError> {
+    a.checked_mul(b).ok_or(QuantityError::Overflow("rollup query"))
+}
+
+/// Aggregates one meter over `query.range` (ungrouped) from rollups.
+pub fn evaluate(
+    meter: &MeterDef,
+    query: &UsageQuery,
+    input: &RollupInput,
+) -> Result<UsageReport, EngineError> {
+    let range = Range::new(query.range.from_ms, query.range.to_ms)?;
+    let windows = match query.window {
+        None => vec![range],
+        Some(size) => period::windows(range, size)?,
+    };
+    let mut hours: Vec<&(i64, Hour)> = input.hours.iter().filter(|(h, _)| range.contains(*h)).collect();
+    hours.sort_by_key(|(h, _)| *h);
+    match meter.aggregation {
+        Aggregation::Sum | Aggregation::Count => {
+            let count = meter.aggregation == Aggregation::Count;
+            let mut cells = vec![Decimal::ZERO; windows.len()];
+            let mut total = Decimal::ZERO;
+            let mut place = |at: i64, value: Decimal| -> Result<(), QuantityError> {
+                if let Some(w) = window_of(&windows, at) {
+                    cells[w] = add(cells[w], value)?;
+                    total = add(total, value)?;
+                }
+                Ok(())
+            };
+            for (start, hour) in hours {
+                place(*start, if count { Decimal::from(hour.records) } else { hour.delta_sum })?;
+            }
+            for p in input.points.iter().filter(|p| range.contains(p.at_ms)) {
+                match (count, p.kind) {
+                    (true, _) => place(p.at_ms, Decimal::ONE)?,
+                    (false, Kind::Delta) => place(p.at_ms, p.quantity)?,
+                    (false, Kind::Level) => {}
+                }
+            }
+            Ok(report(&windows, cells, total))
+        }
+        aggregation => levels(aggregation, &windows, query.now_ms, input.before, &hours, &input.steps),
+    }
+}
+
+fn report(windows: &[Range], cells: Vec<Decimal>, total: Decimal) -> UsageReport {
+    let windows = windows
+        .iter()
+        .zip(cells)
+        .map(|(w, value)| WindowValue { start_ms: w.from_ms, end_ms: w.to_ms, group: None, value })
+        .collect();
+    UsageReport { total, windows }
+}
+
+/// Index of the window containing `at_ms` (windows are sorted and contiguous).
+fn window_of(windows: &[Range], at_ms: i64) -> Option<usize> {
+    let i = windows.partition_point(|w| w.to_ms <= at_ms);
+    windows.get(i).filter(|w| w.from_ms <= at_ms).map(|_| i)
+}
+
+/// A piece of the level's history in time order.
+enum Piece<'a> {
+    Hour(i64, &'a Hour),
+    Step(i64, Decimal),
+}
+
+impl Piece<'_> {
+    fn at(&self) -> i64 {
+        match self {
+            Piece::Hour(at, _) | Piece::Step(at, _) => *at,
+        }
+    }
+}
+
+/// Integral, latest or max per window: a sweep from the level before the
+/// range through hour summaries and single steps.
+fn levels(
+    aggregation: Aggregation,
+    windows: &[Range],
+    now_ms: i64,
+    before: Decimal,
+    hours: &[&(i64, Hour)],
+    steps: &[(i64, Decimal)],
+) -> Result<UsageReport, EngineError> {
+    let range = Range { from_ms: windows[0].from_ms, to_ms: windows[windows.len() - 1].to_ms };
+    let mut pieces: Vec<Piece> = hours.iter().map(|(h, hour)| Piece::Hour(*h, hour)).collect();
+    pieces.extend(steps.iter().filter(|(t, _)| range.contains(*t)).map(|&(t, s)| Piece::Step(t, s)));
+    pieces.sort_by_key(Piece::at);
+
+    let mut level = before;
+    let mut next = 0;
+    let mut cells = Vec::with_capacity(windows.len());
+    let mut total_ms = Decimal::ZERO;
+    let mut total_max: Option<Decimal> = None;
+    for w in windows {
+        // Integration stops at `now`, never before the window start.
+        let clip = w.to_ms.min(now_ms).max(w.from_ms);
+        let mut pos = w.from_ms;
+        let mut acc = Decimal::ZERO;
+        let accrue =
+            |acc: &mut Decimal, pos: &mut i64, level: Decimal, upto: i64| -> Result<(), QuantityError> {
+                let upto = upto.min(clip);
+                if upto > *pos {
+                    *acc = add(*acc, mul(level, Decimal::from(upto - *pos))?)?;
+                    *pos = upto;
+                }
+                Ok(())
+            };
+        // The level once everything at the window's first instant applied.
+        let opening = match pieces.get(next) {
+            Some(Piece::Step(t, s)) if *t == w.from_ms => add(level, *s)?,
+            Some(Piece::Hour(t, h)) if *t == w.from_ms => add(level, h.level_open)?,
+            _ => level,
+        };
+        let mut max = opening;
+        while let Some(piece) = pieces.get(next).filter(|p| p.at() < w.to_ms) {
+            match piece {
+                Piece::Step(t, s) => {
+                    accrue(&mut acc, &mut pos, level, *t)?;
+                    level = add(level, *s)?;
+                    max = max.max(level);
+                }
+                Piece::Hour(start, hour) => {
+                    accrue(&mut acc, &mut pos, level, *start)?;
+                    let end = start + HOUR_MS;
+                    if aggregation == Aggregation::Integral && clip > *start {
+                        let upto = clip.min(end);
+                        if hour.level_last_at.is_some_and(|l| l > upto) {
+                            // The plan reads the hour holding `now` raw.
+                            return Err(EngineError::Plan("an hour summary cut inside its steps"));
+                        }
+                        // ∫ = L(start−)·d + Σ Δᵢ·(upto − tᵢ) = (L + step)·d − moment
+                        let d = Decimal::from(upto - start);
+                        let part = mul(add(level, hour.level_step)?, d)?
+                            .checked_sub(hour.level_moment)
+                            .ok_or(QuantityError::Overflow("rollup query"))?;
+                        acc = add(acc, part)?;
+                        pos = upto;
+                    }
+                    if let Some(peak) = hour.level_peak {
+                        max = max.max(add(level, peak)?);
+                    }
+                    level = add(level, hour.level_step)?;
+                }
+            }
+            next += 1;
+        }
+        accrue(&mut acc, &mut pos, level, w.to_ms)?;
+        let cell = match aggregation {
+            Aggregation::Integral => {
+                total_ms = add(total_ms, acc)?;
+                meterd_units::ms_product_to_seconds(acc)?
+            }
+            Aggregation::Max => {
+                total_max = Some(total_max.map_or(max, |m| m.max(max)));
+                max
+            }
+            _ => level,
+        };
+        cells.push(cell);
+    }
+    let total = match aggregation {
+        Aggregation::Integral => meterd_units::ms_product_to_seconds(total_ms)?,
+        Aggregation::Max => total_max.unwrap_or(Decimal::ZERO),
+        _ => level,
+    };
+    Ok(report(windows, cells, total))
+}

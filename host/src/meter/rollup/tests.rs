@@ -1,0 +1,223 @@
+//! Rollups against the engine: fold random histories, answer random
+//! queries from the fold's tables, and compare with `meter::aggregate` over
+//! the raw records.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+
+use super::fold::{Fold, FoldOutput, FoldRecord};
+use super::query::{self, RollupInput};
+use super::write::Neighbourhood;
+use super::{HOUR_MS, Hour, hour_of};
+use crate::meter::period::{Range, WindowSize, month_containing};
+use crate::meter::{Aggregation, Kind, MeterDef, Point, UsageQuery, aggregate};
+use crate::testing::Rng;
+
+fn d(s: &str) -> Decimal {
+    meterd_units::parse_quantity(s).expect("test decimal")
+}
+
+/// 2025-08-31T20:00:00Z: the histories cross a month boundary.
+const BASE: i64 = 1_756_670_400_000;
+
+#[derive(Debug, Clone)]
+struct Rec {
+    subject: &'static str,
+    kind: Kind,
+    quantity: Decimal,
+    at_ms: i64,
+}
+
+fn history(rng: &mut Rng) -> Vec<Rec> {
+    let mut pool: Vec<i64> = (0..12).map(|_| BASE + rng.between(-2 * HOUR_MS, 7 * HOUR_MS)).collect();
+    // Hour starts and the month start, where summaries begin.
+    pool.extend([BASE, BASE + HOUR_MS, BASE + 4 * HOUR_MS, month_containing(BASE + 5 * HOUR_MS).from_ms]);
+    let subjects = ["a", "b", "c"];
+    let n = 1 + rng.below(30);
+    (0..n)
+        .map(|_| Rec {
+            subject: rng.pick(&subjects),
+            kind: if rng.chance(70) { Kind::Level } else { Kind::Delta },
+            quantity: rng.quantity(),
+            at_ms: rng.pick(&pool),
+        })
+        .collect()
+}
+
+fn fold(records: &[Rec]) -> FoldOutput {
+    let mut sorted = records.to_vec();
+    sorted.sort_by_key(|r| r.at_ms);
+    let mut fold = Fold::new();
+    for r in &sorted {
+        fold.push(FoldRecord {
+            org_id: "o",
+            metric: "m",
+            subject: r.subject,
+            kind: r.kind,
+            quantity: r.quantity,
+            at_ms: r.at_ms,
+        })
+        .expect("sorted input");
+    }
+    fold.finish().expect("fold");
+    std::mem::take(&mut fold.output)
+}
+
+fn point(r: &Rec) -> Point {
+    Point { kind: r.kind, subject: r.subject.to_owned(), quantity: r.quantity, at_ms: r.at_ms, group: None }
+}
+
+/// The engine's answer over the raw records.
+fn reference(meter: &MeterDef, query: &UsageQuery, records: &[Rec]) -> crate::meter::UsageReport {
+    let from = query.range.from_ms;
+    let mut carry: Vec<Point> = Vec::new();
+    for subject in ["a", "b", "c"] {
+        let before =
+            records.iter().filter(|r| r.subject == subject && r.kind == Kind::Level && r.at_ms < from);
+        if let Some(last) = before.clone().map(|r| r.at_ms).max() {
+            carry.extend(before.filter(|r| r.at_ms == last).map(point));
+        }
+    }
+    let points: Vec<Point> = records.iter().filter(|r| query.range.contains(r.at_ms)).map(point).collect();
+    aggregate(meter, query, &carry, &points).expect("engine")
+}
+
+/// The level before `at` as the store sums it: months before its month,
+/// hours of its month before its hour, steps of its hour before it.
+fn level_before(out: &FoldOutput, at: i64) -> Decimal {
+    let month = month_containing(at).from_ms;
+    let hour = hour_of(at);
+    let months: Decimal = out.months.iter().filter(|(_, m, _)| *m < month).map(|(_, _, s)| *s).sum();
+    let hours: Decimal =
+        out.hours.iter().filter(|(_, h, _)| (month..hour).contains(h)).map(|(_, _, h)| h.level_step).sum();
+    let steps: Decimal =
+        out.steps.iter().filter(|(_, t, _)| (hour..at).contains(t)).map(|(_, _, s)| *s).sum();
+    months + hours + steps
+}
+
+fn from_rollups(
+    meter: &MeterDef,
+    query: &UsageQuery,
+    out: &FoldOutput,
+    records: &[Rec],
+) -> crate::meter::UsageReport {
+    let plan = query::plan(query.range, meter.aggregation, query.now_ms);
+    let within = |t: i64, ranges: &[Range]| ranges.iter().any(|r| r.contains(t));
+    let input = RollupInput {
+        before: level_before(out, query.range.from_ms),
+        hours: out
+            .hours
+            .iter()
+            .filter(|(_, h, _)| within(*h, &plan.hours))
+            .map(|(_, h, x)| (*h, x.clone()))
+            .collect(),
+        steps: out.steps.iter().filter(|(_, t, _)| within(*t, &plan.raw)).map(|(_, t, s)| (*t, *s)).collect(),
+        points: records.iter().filter(|r| within(r.at_ms, &plan.raw)).map(point).collect(),
+    };
+    query::evaluate(meter, query, &input).expect("rollup query")
+}
+
+#[test]
+fn rollups_answer_as_the_engine_does_on_random_histories() {
+    let aggregations =
+        [Aggregation::Sum, Aggregation::Count, Aggregation::Integral, Aggregation::Latest, Aggregation::Max];
+    for seed in 0..400 {
+        let mut rng = Rng::new(seed);
+        let records = history(&mut rng);
+        let out = fold(&records);
+        for _ in 0..12 {
+            let aligned = rng.chance(50);
+            let mut from = BASE + rng.between(-3 * HOUR_MS, 6 * HOUR_MS);
+            let mut to = from + rng.between(1, 9 * HOUR_MS);
+            if aligned {
+                (from, to) = (hour_of(from), hour_of(to) + HOUR_MS);
+            }
+            let window = match rng.below(3) {
+                0 => None,
+                1 => Some(WindowSize::Hour),
+                _ => Some(WindowSize::Day),
+            };
+            let now_ms = BASE + rng.between(-3 * HOUR_MS, 10 * HOUR_MS);
+            let query =
+                UsageQuery { range: Range { from_ms: from, to_ms: to }, window, now_ms, grouped: false };
+            for aggregation in aggregations {
+                let meter = MeterDef { name: "x".into(), metric: "m".into(), aggregation, unit: "u".into() };
+                let want = reference(&meter, &query, &records);
+                let got = from_rollups(&meter, &query, &out, &records);
+                assert_eq!(got, want, "seed {seed}, {aggregation:?}, {query:?}, records {records:#?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_fold_of_one_subject_worked_by_hand() {
+    // 1 at 00:30, 3 at 01:00 (tied with 2), 0 at 02:15.
+    let t = |h: i64, m: i64| BASE + h * HOUR_MS + m * 60_000;
+    let rec = |q: &str, at| Rec { subject: "a", kind: Kind::Level, quantity: d(q), at_ms: at };
+    let out = fold(&[rec("3", t(1, 0)), rec("1", t(0, 30)), rec("0", t(2, 15)), rec("2", t(1, 0))]);
+    let steps: Vec<(i64, Decimal)> = out.steps.iter().map(|(_, t, s)| (*t, *s)).collect();
+    assert_eq!(steps, vec![(t(0, 30), d("1")), (t(1, 0), d("2")), (t(2, 15), d("-3"))]);
+    let hours: BTreeMap<i64, Hour> = out.hours.iter().map(|(_, h, x)| (*h, x.clone())).collect();
+    let first = &hours[&BASE];
+    assert_eq!((first.records, first.level_step, first.level_moment), (1, d("1"), d("1800000")));
+    assert_eq!((first.level_open, first.level_peak), (d("0"), Some(d("1"))));
+    let second = &hours[&(BASE + HOUR_MS)];
+    assert_eq!((second.records, second.level_open, second.level_peak), (2, d("2"), Some(d("2"))));
+    let third = &hours[&(BASE + 2 * HOUR_MS)];
+    assert_eq!(
+        (third.level_step, third.level_peak, third.level_last_at),
+        (d("-3"), Some(d("-3")), Some(t(2, 15)))
+    );
+    // All three steps are in August; September starts at the level 0.
+    assert_eq!(out.months.len(), 0, "the net step over August is 0: {:?}", out.months);
+}
+
+#[test]
+fn appending_in_order_equals_resummarizing() {
+    let start = BASE;
+    let steps = [(start, d("2")), (start + 10, d("-3")), (start + 20, d("5"))];
+    let mut appended = Hour::default();
+    for s in steps {
+        assert!(appended.can_append(&[s]));
+        appended.append_steps(start, &[s]).expect("append");
+    }
+    let mut whole = Hour::default();
+    whole.resummarize(start, &steps).expect("summary");
+    assert_eq!(appended, whole);
+    assert_eq!((whole.level_open, whole.level_peak, whole.level_moment), (d("2"), Some(d("4")), d("70")));
+    assert!(!whole.can_append(&[(start + 20, d("1"))]), "an instant already summarized needs a rescan");
+}
+
+fn hood(stored: &[(i64, &[&str])], written: &[(i64, &str, Option<&str>)]) -> Neighbourhood {
+    let mut n = Neighbourhood::default();
+    for (at, qs) in stored {
+        n.stored.insert(*at, qs.iter().map(|q| d(q)).collect());
+    }
+    for (at, now, was) in written {
+        n.written.entry(*at).or_default().push((d(now), was.map(d)));
+    }
+    n
+}
+
+#[test]
+fn a_late_level_changes_its_own_step_and_the_next_one() {
+    // 1 at 10, then 4 at 30; 2 arrives late at 20.
+    let n = hood(&[(10, &["1"]), (20, &["2"]), (30, &["4"])], &[(20, "2", None)]);
+    assert_eq!(n.step_changes().expect("steps"), vec![(20, d("1")), (30, d("-1"))]);
+    // A record in order changes only its own step.
+    let n = hood(&[(10, &["1"]), (30, &["4"])], &[(30, "4", None)]);
+    assert_eq!(n.step_changes().expect("steps"), vec![(30, d("3"))]);
+    // A tie that loses changes nothing; one that wins changes the step.
+    let n = hood(&[(10, &["1", "0"])], &[(10, "0", None)]);
+    assert_eq!(n.step_changes().expect("steps"), vec![]);
+    let n = hood(&[(10, &["1", "5"]), (20, &["0"])], &[(10, "5", None)]);
+    assert_eq!(n.step_changes().expect("steps"), vec![(10, d("4")), (20, d("-4"))]);
+    // A correction of the only record at an instant, from 5 to 2.
+    let n = hood(&[(0, &["1"]), (10, &["2"]), (20, &["0"])], &[(10, "2", Some("5"))]);
+    assert_eq!(n.step_changes().expect("steps"), vec![(10, d("-3")), (20, d("3"))]);
+    // Two new instants next to each other in one transaction.
+    let n = hood(&[(10, &["1"]), (20, &["3"])], &[(10, "1", None), (20, "3", None)]);
+    assert_eq!(n.step_changes().expect("steps"), vec![(10, d("1")), (20, d("2"))]);
+}

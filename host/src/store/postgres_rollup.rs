@@ -1,0 +1,468 @@
+//! The PostgreSQL engine's rollup statements. Sums of steps and months are
+//! additive upserts (replicas may add to one row at once); hours are read
+//! `FOR UPDATE` and written back; a subject's level writers are
+//! serialized by a transaction-scoped advisory lock. Key lists go in as
+//! arrays, in key order.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+
+use super::StoreError;
+use super::rollup::{LevelRow, RollupCheck, RollupTx, SubjectKey};
+use crate::meter::period::{Range, month_containing};
+use crate::meter::rollup::fold::{Fold, FoldOutput, FoldRecord};
+use crate::meter::rollup::{Hour, SeriesKey, hour_of};
+use crate::meter::{Kind, Point};
+
+const ROWS_PER_WRITE: usize = 2_000;
+const REBUILD_PAGE: i64 = 10_000;
+const STATE_KEY: &str = "rollups";
+/// The advisory lock a rebuild holds (replicas starting together back-fill
+/// once).
+const REBUILD_LOCK: i64 = 0x6d65_7465_7264_0001;
+
+fn hour_from_row(row: &PgRow) -> Result<Hour, StoreError> {
+    Ok(Hour {
+        delta_sum: row.try_get("delta_sum")?,
+        records: row.try_get("records")?,
+        level_step: row.try_get("level_step")?,
+        level_moment: row.try_get("level_moment")?,
+        level_open: row.try_get("level_open")?,
+        level_peak: row.try_get("level_peak")?,
+        level_last_at: row.try_get("level_last_at_ms")?,
+    })
+}
+
+fn key_from_row(row: &PgRow, time: &str) -> Result<(SeriesKey, i64), StoreError> {
+    Ok((SeriesKey { org_id: row.try_get("org_id")?, metric: row.try_get("metric")? }, row.try_get(time)?))
+}
+
+/// (orgs, metrics, times) columns of a key list.
+fn columns<'a>(keys: impl Iterator<Item = &'a (SeriesKey, i64)>) -> (Vec<&'a str>, Vec<&'a str>, Vec<i64>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for (s, t) in keys {
+        out.0.push(s.org_id.as_str());
+        out.1.push(s.metric.as_str());
+        out.2.push(*t);
+    }
+    out
+}
+
+/// Adds to (series, time) values, deleting those that become zero.
+async fn add_values(
+    conn: &mut PgConnection,
+    table: &str,
+    time: &str,
+    value: &str,
+    rows: &[((SeriesKey, i64), Decimal)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (orgs, metrics, times) = columns(rows.iter().map(|(k, _)| k));
+    let values: Vec<Decimal> = rows.iter().map(|(_, v)| *v).collect();
+    sqlx::query(&format!(
+        "INSERT INTO {table} (org_id, metric, {time}, {value})
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::numeric[])
+         ON CONFLICT (org_id, metric, {time}) DO UPDATE SET {value} = {table}.{value} + excluded.{value}"
+    ))
+    .bind(&orgs)
+    .bind(&metrics)
+    .bind(&times)
+    .bind(&values)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!(
+        "DELETE FROM {table} t USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, at)
+         WHERE t.org_id = k.org_id AND t.metric = k.metric AND t.{time} = k.at AND t.{value} = 0"
+    ))
+    .bind(&orgs)
+    .bind(&metrics)
+    .bind(&times)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl RollupTx for PgConnection {
+    async fn lock_subjects(&mut self, subjects: &[SubjectKey]) -> Result<(), StoreError> {
+        let names: Vec<String> = subjects
+            .iter()
+            .map(|(s, subject)| format!("{}\u{1f}{}\u{1f}{subject}", s.org_id, s.metric))
+            .collect();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended(s, 0))
+             FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n",
+        )
+        .bind(&names)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    async fn neighbourhoods(&mut self, keys: &[(SubjectKey, i64)]) -> Result<Vec<LevelRow>, StoreError> {
+        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+        for ((s, subject), t) in keys {
+            cols.0.push(&s.org_id);
+            cols.1.push(&s.metric);
+            cols.2.push(subject);
+            cols.3.push(*t);
+        }
+        // One index probe per key and bound (LATERAL … OFFSET 0: see
+        // `delivery_records`).
+        let rows = sqlx::query(
+            "SELECT r.id, r.org_id, r.metric, r.subject, r.at_ms, r.quantity
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(org_id, metric, subject, at_ms)
+             CROSS JOIN LATERAL (
+                 SELECT COALESCE((SELECT p.at_ms FROM usage_records p
+                                  WHERE p.org_id = k.org_id AND p.metric = k.metric AND p.subject = k.subject
+                                        AND p.at_ms < k.at_ms AND p.kind = 'level'
+                                  ORDER BY p.at_ms DESC LIMIT 1), k.at_ms) AS lo,
+                        COALESCE((SELECT n.at_ms FROM usage_records n
+                                  WHERE n.org_id = k.org_id AND n.metric = k.metric AND n.subject = k.subject
+                                        AND n.at_ms > k.at_ms AND n.kind = 'level'
+                                  ORDER BY n.at_ms LIMIT 1), k.at_ms) AS hi
+             ) b
+             CROSS JOIN LATERAL (
+                 SELECT * FROM usage_records r
+                 WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject
+                       AND r.at_ms BETWEEN b.lo AND b.hi AND r.kind = 'level'
+                 OFFSET 0
+             ) r",
+        )
+        .bind(&cols.0)
+        .bind(&cols.1)
+        .bind(&cols.2)
+        .bind(&cols.3)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LevelRow {
+                    id: row.try_get("id")?,
+                    org_id: row.try_get("org_id")?,
+                    metric: row.try_get("metric")?,
+                    subject: row.try_get("subject")?,
+                    at_ms: row.try_get("at_ms")?,
+                    quantity: row.try_get("quantity")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_steps(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError> {
+        add_values(self, "rollup_steps", "at_ms", "step", rows).await
+    }
+
+    async fn load_hours(
+        &mut self,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError> {
+        let (orgs, metrics, times) = columns(keys.iter());
+        // Rows must exist to be locked: another replica may be adding the
+        // same new hour.
+        sqlx::query(
+            "INSERT INTO rollup_hours (org_id, metric, hour_ms, delta_sum, records, level_step, level_moment, level_open)
+             SELECT k.org_id, k.metric, k.hour_ms, 0, 0, 0, 0, 0
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, hour_ms)
+             ON CONFLICT (org_id, metric, hour_ms) DO NOTHING",
+        )
+        .bind(&orgs)
+        .bind(&metrics)
+        .bind(&times)
+        .execute(&mut *self)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT h.* FROM rollup_hours h
+             JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, hour_ms)
+               ON h.org_id = k.org_id AND h.metric = k.metric AND h.hour_ms = k.hour_ms
+             ORDER BY h.org_id, h.metric, h.hour_ms
+             FOR UPDATE OF h",
+        )
+        .bind(&orgs)
+        .bind(&metrics)
+        .bind(&times)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(|row| Ok((key_from_row(row, "hour_ms")?, hour_from_row(row)?))).collect()
+    }
+
+    async fn save_hours(&mut self, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError> {
+        write_hours(self, "rollup_hours", rows).await
+    }
+
+    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError> {
+        add_values(self, "rollup_months", "month_ms", "level_step", rows).await
+    }
+
+    async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
+        hours(self, series, range).await
+    }
+
+    async fn steps_in(
+        &mut self,
+        series: &SeriesKey,
+        range: Range,
+    ) -> Result<Vec<(i64, Decimal)>, StoreError> {
+        steps(self, series, range).await
+    }
+
+    async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError> {
+        level_before(self, series, at_ms).await
+    }
+
+    async fn points_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<Point>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, subject, quantity, at_ms, NULL::text AS grp FROM usage_records
+             WHERE org_id = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(super::postgres::point_from_row).collect()
+    }
+}
+
+/// Writes hours, replacing what is there.
+async fn write_hours(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[((SeriesKey, i64), Hour)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_WRITE) {
+        let mut insert = QueryBuilder::<Postgres>::new(format!(
+            "INSERT INTO {table} (org_id, metric, hour_ms, delta_sum, records, level_step, level_moment, level_open, level_peak, level_last_at_ms) "
+        ));
+        insert.push_values(chunk, |mut b, ((s, h), hour)| {
+            b.push_bind(&s.org_id)
+                .push_bind(&s.metric)
+                .push_bind(*h)
+                .push_bind(hour.delta_sum)
+                .push_bind(hour.records)
+                .push_bind(hour.level_step)
+                .push_bind(hour.level_moment)
+                .push_bind(hour.level_open)
+                .push_bind(hour.level_peak)
+                .push_bind(hour.level_last_at);
+        });
+        insert.push(
+            " ON CONFLICT (org_id, metric, hour_ms) DO UPDATE SET delta_sum = excluded.delta_sum, records = excluded.records,
+              level_step = excluded.level_step, level_moment = excluded.level_moment, level_open = excluded.level_open,
+              level_peak = excluded.level_peak, level_last_at_ms = excluded.level_last_at_ms",
+        );
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn write_values(
+    conn: &mut PgConnection,
+    table: &str,
+    time: &str,
+    value: &str,
+    rows: &[((SeriesKey, i64), Decimal)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_WRITE) {
+        let mut insert =
+            QueryBuilder::<Postgres>::new(format!("INSERT INTO {table} (org_id, metric, {time}, {value}) "));
+        insert.push_values(chunk, |mut b, ((s, t), v)| {
+            b.push_bind(&s.org_id).push_bind(&s.metric).push_bind(*t).push_bind(*v);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn hours(
+    conn: &mut PgConnection,
+    series: &SeriesKey,
+    range: Range,
+) -> Result<Vec<(i64, Hour)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT * FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4 ORDER BY hour_ms",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(range.from_ms)
+    .bind(range.to_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(|row| Ok((row.try_get("hour_ms")?, hour_from_row(row)?))).collect()
+}
+
+async fn steps(
+    conn: &mut PgConnection,
+    series: &SeriesKey,
+    range: Range,
+) -> Result<Vec<(i64, Decimal)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT at_ms, step FROM rollup_steps WHERE org_id = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4 ORDER BY at_ms",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(range.from_ms)
+    .bind(range.to_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(|row| Ok((row.try_get("at_ms")?, row.try_get("step")?))).collect()
+}
+
+/// The org level just before `at_ms` (see the SQLite engine's).
+async fn level_before(
+    conn: &mut PgConnection,
+    series: &SeriesKey,
+    at_ms: i64,
+) -> Result<Decimal, StoreError> {
+    let level: Option<Decimal> = sqlx::query_scalar(
+        "SELECT COALESCE((SELECT SUM(level_step) FROM rollup_months WHERE org_id = $1 AND metric = $2 AND month_ms < $3), 0)
+              + COALESCE((SELECT SUM(level_step) FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4), 0)
+              + COALESCE((SELECT SUM(step) FROM rollup_steps WHERE org_id = $1 AND metric = $2 AND at_ms >= $4 AND at_ms < $5), 0)",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(month_containing(at_ms).from_ms)
+    .bind(hour_of(at_ms))
+    .bind(at_ms)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(level.unwrap_or(Decimal::ZERO))
+}
+
+async fn write_output(conn: &mut PgConnection, prefix: &str, out: FoldOutput) -> Result<(), StoreError> {
+    let hours: Vec<((SeriesKey, i64), Hour)> = out.hours.into_iter().map(|(s, h, x)| ((s, h), x)).collect();
+    write_hours(conn, &format!("{prefix}_hours"), &hours).await?;
+    let steps: Vec<((SeriesKey, i64), Decimal)> =
+        out.steps.into_iter().map(|(s, t, v)| ((s, t), v)).collect();
+    write_values(conn, &format!("{prefix}_steps"), "at_ms", "step", &steps).await?;
+    let months: Vec<((SeriesKey, i64), Decimal)> =
+        out.months.into_iter().map(|(s, m, v)| ((s, m), v)).collect();
+    write_values(conn, &format!("{prefix}_months"), "month_ms", "level_step", &months).await
+}
+
+/// Recomputes the `{prefix}_…` tables (empty) from every raw record, read
+/// through a cursor; returns how many records were read.
+async fn fold_into(conn: &mut PgConnection, prefix: &str) -> Result<u64, StoreError> {
+    sqlx::query(
+        "DECLARE rollup_records NO SCROLL CURSOR FOR
+         SELECT org_id, metric, subject, kind, quantity, at_ms FROM usage_records ORDER BY org_id, metric, at_ms",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut fold = Fold::new();
+    let mut read = 0u64;
+    loop {
+        let rows =
+            sqlx::query(&format!("FETCH {REBUILD_PAGE} FROM rollup_records")).fetch_all(&mut *conn).await?;
+        for row in &rows {
+            let kind: String = row.try_get("kind")?;
+            let (org_id, metric, subject): (String, String, String) =
+                (row.try_get("org_id")?, row.try_get("metric")?, row.try_get("subject")?);
+            fold.push(FoldRecord {
+                org_id: &org_id,
+                metric: &metric,
+                subject: &subject,
+                kind: Kind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
+                quantity: row.try_get("quantity")?,
+                at_ms: row.try_get("at_ms")?,
+            })
+            .map_err(|e| StoreError::Corrupt(format!("rollup rebuild: {e}")))?;
+        }
+        read += rows.len() as u64;
+        if (rows.len() as i64) < REBUILD_PAGE {
+            break;
+        }
+        if fold.output.len() >= ROWS_PER_WRITE {
+            write_output(conn, prefix, std::mem::take(&mut fold.output)).await?;
+        }
+    }
+    sqlx::query("CLOSE rollup_records").execute(&mut *conn).await?;
+    fold.finish().map_err(|e| StoreError::Corrupt(format!("rollup rebuild: {e}")))?;
+    write_output(conn, prefix, std::mem::take(&mut fold.output)).await?;
+    Ok(read)
+}
+
+/// Whether the rollups were ever built; waits for a rebuild another
+/// replica is running (call in the transaction that may rebuild).
+pub(super) async fn built(tx: &mut PgConnection) -> Result<bool, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REBUILD_LOCK).execute(&mut *tx).await?;
+    let done: Option<String> = sqlx::query_scalar("SELECT value FROM meterd_state WHERE key = $1")
+        .bind(STATE_KEY)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(done.is_some())
+}
+
+/// Replaces the rollups by a recomputation from the raw records, in `tx`.
+pub(super) async fn rebuild(tx: &mut PgConnection) -> Result<u64, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REBUILD_LOCK).execute(&mut *tx).await?;
+    // Writers of records lock the rollup rows they change; this lock keeps
+    // them out for the rebuild's length.
+    sqlx::query("LOCK TABLE rollup_hours, rollup_steps, rollup_months IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM rollup_hours").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM rollup_steps").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM rollup_months").execute(&mut *tx).await?;
+    let records = fold_into(tx, "rollup").await?;
+    sqlx::query(
+        "INSERT INTO meterd_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(STATE_KEY)
+    .bind(format!("built from {records} records"))
+    .execute(&mut *tx)
+    .await?;
+    Ok(records)
+}
+
+/// Recomputes the rollups into temporary tables in `tx` (a REPEATABLE READ
+/// transaction the caller rolls back) and compares them with the stored
+/// ones.
+pub(super) async fn check(tx: &mut PgConnection, examples: usize) -> Result<RollupCheck, StoreError> {
+    for table in ["hours", "steps", "months"] {
+        sqlx::query(&format!(
+            "CREATE TEMP TABLE check_{table} (LIKE rollup_{table} INCLUDING ALL) ON COMMIT DROP"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let records = fold_into(tx, "check").await?;
+    let mut report = RollupCheck { records, ..RollupCheck::default() };
+    for (name, time) in [("hours", "hour_ms"), ("steps", "at_ms"), ("months", "month_ms")] {
+        let count: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM rollup_{name}")).fetch_one(&mut *tx).await?;
+        match name {
+            "hours" => report.hours = count as u64,
+            "steps" => report.steps = count as u64,
+            _ => report.months = count as u64,
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT d.org_id, d.metric, d.{time} AS t, d::text AS v, 'stored' AS side
+             FROM (SELECT * FROM rollup_{name} EXCEPT SELECT * FROM check_{name}) d
+             UNION ALL
+             SELECT d.org_id, d.metric, d.{time}, d::text, 'computed'
+             FROM (SELECT * FROM check_{name} EXCEPT SELECT * FROM rollup_{name}) d
+             ORDER BY 1, 2, 3, 5 DESC"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        report.differences += rows.len() as u64;
+        for row in rows.iter().take(examples.saturating_sub(report.examples.len())) {
+            let org: String = row.try_get(0)?;
+            let metric: String = row.try_get(1)?;
+            let t: i64 = row.try_get(2)?;
+            let v: String = row.try_get(3)?;
+            let side: String = row.try_get(4)?;
+            report.examples.push(format!("{name} {org}/{metric}@{t}: {side} {v}"));
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,233 @@
+//! Keeping the rollup tables (see `meter::rollup`) in the transaction that
+//! writes records, for both engines: the algorithm is here once, each
+//! engine supplies the statements ([`RollupTx`]).
+//!
+//! Per transaction: the level records written are grouped by subject; the
+//! subjects are locked (PostgreSQL: two replicas writing one subject's
+//! levels would each miss the other's record); their neighbourhoods are
+//! read and turned into step changes; then the steps, hours and months
+//! touched are read, changed and written back, each set in key order (so
+//! replicas lock rows in one order). An hour whose new steps do not all
+//! come after its last one is re-summarized from its stored steps.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+
+use super::{OrgChange, StoreError};
+use crate::meter::period::{Range, month_containing};
+use crate::meter::rollup::query::{ReadPlan, RollupInput};
+use crate::meter::rollup::write::Neighbourhood;
+use crate::meter::rollup::{HOUR_MS, Hour, SeriesKey, hour_of};
+use crate::meter::{Aggregation, Kind, Point};
+
+/// A subject of one series.
+pub(super) type SubjectKey = (SeriesKey, String);
+
+/// A level record as a neighbourhood read returns it.
+#[derive(Debug, Clone)]
+pub(super) struct LevelRow {
+    pub id: i64,
+    pub org_id: String,
+    pub metric: String,
+    pub subject: String,
+    pub at_ms: i64,
+    pub quantity: Decimal,
+}
+
+/// The statements the algorithm needs, per engine. Every method that
+/// takes keys receives them sorted.
+#[async_trait]
+pub(super) trait RollupTx: Send {
+    /// Serializes writers of these subjects' levels until the transaction
+    /// ends (a no-op with one writer).
+    async fn lock_subjects(&mut self, subjects: &[SubjectKey]) -> Result<(), StoreError>;
+    /// Every level record of the subject at `at`, at its last instant
+    /// before `at` and at its first instant after it, for each key.
+    async fn neighbourhoods(&mut self, keys: &[(SubjectKey, i64)]) -> Result<Vec<LevelRow>, StoreError>;
+    /// Adds to the step at each instant; a step that becomes zero has no
+    /// row.
+    async fn add_steps(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError>;
+    /// The stored hours (absent: empty), locked.
+    async fn load_hours(
+        &mut self,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError>;
+    async fn save_hours(&mut self, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError>;
+    /// Adds to each month's net step.
+    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError>;
+
+    // Reads for usage queries.
+
+    /// Hour summaries of `series` starting in `range`, in time order.
+    async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError>;
+    /// Steps of `series` in `range`, in time order.
+    async fn steps_in(&mut self, series: &SeriesKey, range: Range)
+    -> Result<Vec<(i64, Decimal)>, StoreError>;
+    /// The org level just before `at_ms`: months before its month, hours of
+    /// its month before its hour, steps of its hour before it.
+    async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError>;
+    /// Raw records of `series` in `range` (any order).
+    async fn points_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<Point>, StoreError>;
+}
+
+/// Everything a usage query's [`ReadPlan`] names, read by one transaction
+/// (one snapshot).
+pub(super) async fn read_input(
+    tx: &mut impl RollupTx,
+    series: &SeriesKey,
+    plan: &ReadPlan,
+    aggregation: Aggregation,
+    from_ms: i64,
+) -> Result<RollupInput, StoreError> {
+    let level = crate::meter::rollup::query::is_level(aggregation);
+    let mut input = RollupInput::default();
+    if level {
+        input.before = tx.level_before(series, from_ms).await?;
+    }
+    for range in &plan.hours {
+        input.hours.extend(tx.hours_in(series, *range).await?);
+    }
+    for range in &plan.raw {
+        if level {
+            input.steps.extend(tx.steps_in(series, *range).await?);
+        } else {
+            input.points.extend(tx.points_in(series, *range).await?);
+        }
+    }
+    Ok(input)
+}
+
+fn series(change: &OrgChange) -> SeriesKey {
+    SeriesKey { org_id: change.org_id.clone(), metric: change.change.metric.clone() }
+}
+
+fn overflow(e: meterd_units::QuantityError) -> StoreError {
+    StoreError::Corrupt(format!("rollup arithmetic: {e}"))
+}
+
+fn plus(a: Decimal, b: Decimal) -> Result<Decimal, StoreError> {
+    a.checked_add(b).ok_or_else(|| overflow(meterd_units::QuantityError::Overflow("rollup sum")))
+}
+
+/// Brings the rollups up to date with `changes`, in the transaction that
+/// made them.
+pub(super) async fn maintain(tx: &mut impl RollupTx, changes: &[OrgChange]) -> Result<(), StoreError> {
+    // What each record adds to its hour's sum and count.
+    let mut records: BTreeMap<(SeriesKey, i64), (Decimal, i64)> = BTreeMap::new();
+    // Level writes by subject and instant.
+    let mut levels: BTreeMap<SubjectKey, BTreeMap<i64, Vec<(Decimal, Option<Decimal>)>>> = BTreeMap::new();
+    for c in changes {
+        let entry = records.entry((series(c), hour_of(c.change.at_ms))).or_insert((Decimal::ZERO, 0));
+        if c.change.kind == Kind::Delta {
+            let change = c
+                .change
+                .quantity
+                .checked_sub(c.change.previous.unwrap_or(Decimal::ZERO))
+                .ok_or_else(|| overflow(meterd_units::QuantityError::Overflow("rollup sum")))?;
+            entry.0 = plus(entry.0, change)?;
+        }
+        if c.change.previous.is_none() {
+            entry.1 += 1;
+        }
+        if c.change.kind == Kind::Level {
+            levels
+                .entry((series(c), c.change.subject.clone()))
+                .or_default()
+                .entry(c.change.at_ms)
+                .or_default()
+                .push((c.change.quantity, c.change.previous));
+        }
+    }
+    let steps = step_changes(tx, levels).await?;
+
+    let step_rows: Vec<((SeriesKey, i64), Decimal)> = steps.iter().map(|(k, s)| (k.clone(), *s)).collect();
+    tx.add_steps(&step_rows).await?;
+
+    // Hours.
+    let mut by_hour: BTreeMap<(SeriesKey, i64), Vec<(i64, Decimal)>> = BTreeMap::new();
+    for ((s, at), change) in &steps {
+        by_hour.entry((s.clone(), hour_of(*at))).or_default().push((*at, *change));
+    }
+    let hour_keys: BTreeSet<(SeriesKey, i64)> = records.keys().chain(by_hour.keys()).cloned().collect();
+    let hour_keys: Vec<(SeriesKey, i64)> = hour_keys.into_iter().collect();
+    let mut hours = tx.load_hours(&hour_keys).await?;
+    let mut out = Vec::with_capacity(hour_keys.len());
+    for key in hour_keys {
+        let mut hour = hours.remove(&key).unwrap_or_default();
+        if let Some((delta, new)) = records.get(&key) {
+            hour.delta_sum = plus(hour.delta_sum, *delta)?;
+            hour.records += new;
+        }
+        if let Some(new_steps) = by_hour.get(&key) {
+            if hour.can_append(new_steps) {
+                hour.append_steps(key.1, new_steps).map_err(overflow)?;
+            } else {
+                let all = tx.steps_in(&key.0, Range { from_ms: key.1, to_ms: key.1 + HOUR_MS }).await?;
+                hour.resummarize(key.1, &all).map_err(overflow)?;
+            }
+        }
+        out.push((key, hour));
+    }
+    tx.save_hours(&out).await?;
+
+    // Months.
+    let mut months: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
+    for ((s, at), change) in &steps {
+        let m = months.entry((s.clone(), month_containing(*at).from_ms)).or_default();
+        *m = plus(*m, *change)?;
+    }
+    let months: Vec<((SeriesKey, i64), Decimal)> = months.into_iter().filter(|(_, s)| !s.is_zero()).collect();
+    tx.add_months(&months).await?;
+    Ok(())
+}
+
+/// The org level's step changes (summed over subjects) that the level
+/// writes cause, by (series, instant).
+async fn step_changes(
+    tx: &mut impl RollupTx,
+    levels: BTreeMap<SubjectKey, BTreeMap<i64, Vec<(Decimal, Option<Decimal>)>>>,
+) -> Result<BTreeMap<(SeriesKey, i64), Decimal>, StoreError> {
+    let mut out: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
+    if levels.is_empty() {
+        return Ok(out);
+    }
+    let subjects: Vec<SubjectKey> = levels.keys().cloned().collect();
+    tx.lock_subjects(&subjects).await?;
+    let keys: Vec<(SubjectKey, i64)> =
+        levels.iter().flat_map(|(s, at)| at.keys().map(move |t| (s.clone(), *t))).collect();
+    let rows = tx.neighbourhoods(&keys).await?;
+    let mut hoods: BTreeMap<SubjectKey, (Neighbourhood, BTreeSet<i64>)> = BTreeMap::new();
+    for row in rows {
+        let key = (SeriesKey { org_id: row.org_id, metric: row.metric }, row.subject);
+        let (hood, seen) = hoods.entry(key).or_default();
+        // Neighbourhoods of nearby instants overlap: count each record once.
+        if seen.insert(row.id) {
+            hood.stored.entry(row.at_ms).or_default().push(row.quantity);
+        }
+    }
+    for (subject, written) in levels {
+        let (mut hood, _) = hoods.remove(&subject).unwrap_or_default();
+        hood.written = written;
+        for (at, change) in hood.step_changes().map_err(overflow)? {
+            let sum = out.entry((subject.0.clone(), at)).or_default();
+            *sum = plus(*sum, change)?;
+        }
+    }
+    out.retain(|_, s| !s.is_zero());
+    Ok(out)
+}
+
+/// What the check found: how many rows differ per table, and the first few.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RollupCheck {
+    pub records: u64,
+    pub hours: u64,
+    pub steps: u64,
+    pub months: u64,
+    /// Rows that differ from a recomputation from the raw records.
+    pub differences: u64,
+    /// The first differences, e.g. `hours acme/sandbox_active@1754...: stored … computed …`.
+    pub examples: Vec<String>,
+}

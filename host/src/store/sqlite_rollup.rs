@@ -1,0 +1,495 @@
+//! The SQLite engine's rollup statements. Decimals are canonical TEXT, so
+//! sums are computed in Rust: the one writer connection reads, adds and
+//! writes within the transaction. Key lists go in as JSON arrays.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::StoreError;
+use super::rollup::{LevelRow, RollupCheck, RollupTx, SubjectKey};
+use crate::meter::period::{Range, month_containing};
+use crate::meter::rollup::fold::{Fold, FoldOutput, FoldRecord};
+use crate::meter::rollup::{Hour, SeriesKey, hour_of};
+use crate::meter::{Kind, Point};
+
+/// Rows per multi-row statement (SQLite allows 32,766 parameters).
+const ROWS_PER_WRITE: usize = 2_000;
+/// Records per page of a rebuild.
+const REBUILD_PAGE: i64 = 10_000;
+const STATE_KEY: &str = "rollups";
+
+fn quantity(text: &str) -> Result<Decimal, StoreError> {
+    meterd_units::parse_quantity(text).map_err(|e| StoreError::Corrupt(format!("stored rollup: {e}")))
+}
+
+fn text(d: Decimal) -> String {
+    meterd_units::format_quantity(d)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn series_keys<'a>(keys: impl Iterator<Item = &'a (SeriesKey, i64)>) -> String {
+    let list: Vec<(&str, &str, i64)> =
+        keys.map(|(s, t)| (s.org_id.as_str(), s.metric.as_str(), *t)).collect();
+    json(&list)
+}
+
+fn hour_from_row(row: &SqliteRow) -> Result<Hour, StoreError> {
+    let peak: Option<String> = row.try_get("level_peak")?;
+    Ok(Hour {
+        delta_sum: quantity(&row.try_get::<String, _>("delta_sum")?)?,
+        records: row.try_get("records")?,
+        level_step: quantity(&row.try_get::<String, _>("level_step")?)?,
+        level_moment: quantity(&row.try_get::<String, _>("level_moment")?)?,
+        level_open: quantity(&row.try_get::<String, _>("level_open")?)?,
+        level_peak: peak.as_deref().map(quantity).transpose()?,
+        level_last_at: row.try_get("level_last_at_ms")?,
+    })
+}
+
+fn key_from_row(row: &SqliteRow, time: &str) -> Result<(SeriesKey, i64), StoreError> {
+    Ok((SeriesKey { org_id: row.try_get("org_id")?, metric: row.try_get("metric")? }, row.try_get(time)?))
+}
+
+/// Table names, so a check can rebuild into temporary copies.
+#[derive(Clone, Copy)]
+struct Tables {
+    hours: &'static str,
+    steps: &'static str,
+    months: &'static str,
+}
+
+const LIVE: Tables = Tables { hours: "rollup_hours", steps: "rollup_steps", months: "rollup_months" };
+const CHECK: Tables = Tables { hours: "check_hours", steps: "check_steps", months: "check_months" };
+
+async fn write_hours(
+    conn: &mut SqliteConnection,
+    table: &str,
+    rows: &[((SeriesKey, i64), Hour)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_WRITE) {
+        let mut insert = QueryBuilder::<Sqlite>::new(format!(
+            "INSERT INTO {table} (org_id, metric, hour_ms, delta_sum, records, level_step, level_moment, level_open, level_peak, level_last_at_ms) "
+        ));
+        insert.push_values(chunk, |mut b, ((s, h), hour)| {
+            b.push_bind(&s.org_id)
+                .push_bind(&s.metric)
+                .push_bind(*h)
+                .push_bind(text(hour.delta_sum))
+                .push_bind(hour.records)
+                .push_bind(text(hour.level_step))
+                .push_bind(text(hour.level_moment))
+                .push_bind(text(hour.level_open))
+                .push_bind(hour.level_peak.map(text))
+                .push_bind(hour.level_last_at);
+        });
+        insert.push(
+            " ON CONFLICT (org_id, metric, hour_ms) DO UPDATE SET delta_sum = excluded.delta_sum, records = excluded.records,
+              level_step = excluded.level_step, level_moment = excluded.level_moment, level_open = excluded.level_open,
+              level_peak = excluded.level_peak, level_last_at_ms = excluded.level_last_at_ms",
+        );
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Writes (series, time, value) rows of a steps or months table, replacing
+/// what is there.
+async fn write_values(
+    conn: &mut SqliteConnection,
+    table: &str,
+    time: &str,
+    value: &str,
+    rows: &[((SeriesKey, i64), Decimal)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_WRITE) {
+        let mut insert =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO {table} (org_id, metric, {time}, {value}) "));
+        insert.push_values(chunk, |mut b, ((s, t), v)| {
+            b.push_bind(&s.org_id).push_bind(&s.metric).push_bind(*t).push_bind(text(*v));
+        });
+        insert
+            .push(format!(" ON CONFLICT (org_id, metric, {time}) DO UPDATE SET {value} = excluded.{value}"));
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Adds to (series, time) values, deleting those that become zero.
+async fn add_values(
+    conn: &mut SqliteConnection,
+    table: &str,
+    time: &str,
+    value: &str,
+    rows: &[((SeriesKey, i64), Decimal)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let stored = sqlx::query(&format!(
+        "SELECT org_id, metric, {time}, {value} FROM {table}
+         WHERE (org_id, metric, {time}) IN (
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?1))"
+    ))
+    .bind(series_keys(rows.iter().map(|(k, _)| k)))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut sums: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
+    for row in &stored {
+        sums.insert(key_from_row(row, time)?, quantity(&row.try_get::<String, _>(value)?)?);
+    }
+    let mut keep = Vec::with_capacity(rows.len());
+    let mut zero = Vec::new();
+    for (key, add) in rows {
+        let was = sums.get(key).copied().unwrap_or(Decimal::ZERO);
+        let now =
+            was.checked_add(*add).ok_or_else(|| StoreError::Corrupt("rollup sum overflows".to_owned()))?;
+        if now.is_zero() { zero.push(key) } else { keep.push((key.clone(), now)) }
+    }
+    write_values(conn, table, time, value, &keep).await?;
+    if !zero.is_empty() {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE (org_id, metric, {time}) IN (
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?1))"
+        ))
+        .bind(series_keys(zero.into_iter()))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl RollupTx for SqliteConnection {
+    async fn lock_subjects(&mut self, _subjects: &[SubjectKey]) -> Result<(), StoreError> {
+        // One writer connection: transactions are serialized already.
+        Ok(())
+    }
+
+    async fn neighbourhoods(&mut self, keys: &[(SubjectKey, i64)]) -> Result<Vec<LevelRow>, StoreError> {
+        let list: Vec<(&str, &str, &str, i64)> = keys
+            .iter()
+            .map(|((s, subject), t)| (s.org_id.as_str(), s.metric.as_str(), subject.as_str(), *t))
+            .collect();
+        let rows = sqlx::query(
+            "WITH k AS (
+                 SELECT json_extract(value, '$[0]') AS org_id, json_extract(value, '$[1]') AS metric,
+                        json_extract(value, '$[2]') AS subject, json_extract(value, '$[3]') AS at_ms
+                 FROM json_each(?1)
+             ), b AS (
+                 SELECT k.org_id, k.metric, k.subject,
+                        COALESCE((SELECT r.at_ms FROM usage_records r
+                                  WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject
+                                        AND r.at_ms < k.at_ms AND r.kind = 'level'
+                                  ORDER BY r.at_ms DESC LIMIT 1), k.at_ms) AS lo,
+                        COALESCE((SELECT r.at_ms FROM usage_records r
+                                  WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject
+                                        AND r.at_ms > k.at_ms AND r.kind = 'level'
+                                  ORDER BY r.at_ms LIMIT 1), k.at_ms) AS hi
+                 FROM k
+             )
+             SELECT r.id, r.org_id, r.metric, r.subject, r.at_ms, r.quantity
+             FROM b JOIN usage_records r
+               ON r.org_id = b.org_id AND r.metric = b.metric AND r.subject = b.subject AND r.at_ms BETWEEN b.lo AND b.hi
+             WHERE r.kind = 'level'",
+        )
+        .bind(json(&list))
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LevelRow {
+                    id: row.try_get("id")?,
+                    org_id: row.try_get("org_id")?,
+                    metric: row.try_get("metric")?,
+                    subject: row.try_get("subject")?,
+                    at_ms: row.try_get("at_ms")?,
+                    quantity: quantity(&row.try_get::<String, _>("quantity")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_steps(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError> {
+        add_values(self, LIVE.steps, "at_ms", "step", rows).await
+    }
+
+    async fn load_hours(
+        &mut self,
+        keys: &[(SeriesKey, i64)],
+    ) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM rollup_hours WHERE (org_id, metric, hour_ms) IN (
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?1))",
+        )
+        .bind(series_keys(keys.iter()))
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(|row| Ok((key_from_row(row, "hour_ms")?, hour_from_row(row)?))).collect()
+    }
+
+    async fn save_hours(&mut self, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError> {
+        write_hours(self, LIVE.hours, rows).await
+    }
+
+    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError> {
+        add_values(self, LIVE.months, "month_ms", "level_step", rows).await
+    }
+
+    async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
+        hours(self, series, range).await
+    }
+
+    async fn steps_in(
+        &mut self,
+        series: &SeriesKey,
+        range: Range,
+    ) -> Result<Vec<(i64, Decimal)>, StoreError> {
+        steps_in(self, series, range).await
+    }
+
+    async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError> {
+        level_before(self, series, at_ms).await
+    }
+
+    async fn points_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<Point>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, subject, quantity, at_ms, NULL AS grp FROM usage_records
+             WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(super::sqlite::point_from_row).collect()
+    }
+}
+
+async fn steps_in(
+    conn: &mut SqliteConnection,
+    series: &SeriesKey,
+    range: Range,
+) -> Result<Vec<(i64, Decimal)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT at_ms, step FROM rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4 ORDER BY at_ms",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(range.from_ms)
+    .bind(range.to_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("at_ms")?, quantity(&row.try_get::<String, _>("step")?)?)))
+        .collect()
+}
+
+async fn hours(
+    conn: &mut SqliteConnection,
+    series: &SeriesKey,
+    range: Range,
+) -> Result<Vec<(i64, Hour)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT * FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4 ORDER BY hour_ms",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(range.from_ms)
+    .bind(range.to_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(|row| Ok((row.try_get("hour_ms")?, hour_from_row(row)?))).collect()
+}
+
+async fn level_before(
+    conn: &mut SqliteConnection,
+    series: &SeriesKey,
+    at_ms: i64,
+) -> Result<Decimal, StoreError> {
+    let month = month_containing(at_ms).from_ms;
+    let hour = hour_of(at_ms);
+    let rows = sqlx::query(
+        "SELECT level_step AS v FROM rollup_months WHERE org_id = ?1 AND metric = ?2 AND month_ms < ?3
+         UNION ALL
+         SELECT level_step FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4
+         UNION ALL
+         SELECT step FROM rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?4 AND at_ms < ?5",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(month)
+    .bind(hour)
+    .bind(at_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut level = Decimal::ZERO;
+    for row in &rows {
+        level = level
+            .checked_add(quantity(&row.try_get::<String, _>("v")?)?)
+            .ok_or_else(|| StoreError::Corrupt("level overflows".to_owned()))?;
+    }
+    Ok(level)
+}
+
+async fn write_output(
+    conn: &mut SqliteConnection,
+    tables: Tables,
+    out: FoldOutput,
+) -> Result<(), StoreError> {
+    let hours: Vec<((SeriesKey, i64), Hour)> = out.hours.into_iter().map(|(s, h, x)| ((s, h), x)).collect();
+    write_hours(conn, tables.hours, &hours).await?;
+    let steps: Vec<((SeriesKey, i64), Decimal)> =
+        out.steps.into_iter().map(|(s, t, v)| ((s, t), v)).collect();
+    write_values(conn, tables.steps, "at_ms", "step", &steps).await?;
+    let months: Vec<((SeriesKey, i64), Decimal)> =
+        out.months.into_iter().map(|(s, m, v)| ((s, m), v)).collect();
+    write_values(conn, tables.months, "month_ms", "level_step", &months).await
+}
+
+/// Recomputes `tables` from every raw record (they must be empty); returns
+/// how many records were read.
+async fn fold_into(conn: &mut SqliteConnection, tables: Tables) -> Result<u64, StoreError> {
+    let mut fold = Fold::new();
+    let mut after: (String, String, i64, i64) = (String::new(), String::new(), i64::MIN, i64::MIN);
+    let mut read = 0u64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT id, org_id, metric, subject, kind, quantity, at_ms FROM usage_records
+             WHERE (org_id, metric, at_ms, id) > (?1, ?2, ?3, ?4)
+             ORDER BY org_id, metric, at_ms, id LIMIT ?5",
+        )
+        .bind(&after.0)
+        .bind(&after.1)
+        .bind(after.2)
+        .bind(after.3)
+        .bind(REBUILD_PAGE)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in &rows {
+            let kind: String = row.try_get("kind")?;
+            let org_id: String = row.try_get("org_id")?;
+            let metric: String = row.try_get("metric")?;
+            let subject: String = row.try_get("subject")?;
+            let at_ms: i64 = row.try_get("at_ms")?;
+            fold.push(FoldRecord {
+                org_id: &org_id,
+                metric: &metric,
+                subject: &subject,
+                kind: Kind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
+                quantity: quantity(&row.try_get::<String, _>("quantity")?)?,
+                at_ms,
+            })
+            .map_err(|e| StoreError::Corrupt(format!("rollup rebuild: {e}")))?;
+            after = (org_id, metric, at_ms, row.try_get("id")?);
+        }
+        read += rows.len() as u64;
+        if (rows.len() as i64) < REBUILD_PAGE {
+            break;
+        }
+        if fold.output.len() >= ROWS_PER_WRITE {
+            write_output(conn, tables, std::mem::take(&mut fold.output)).await?;
+        }
+    }
+    fold.finish().map_err(|e| StoreError::Corrupt(format!("rollup rebuild: {e}")))?;
+    write_output(conn, tables, std::mem::take(&mut fold.output)).await?;
+    Ok(read)
+}
+
+/// Whether this database's rollups were ever built (a database migrated
+/// from before they existed has records but none).
+pub(super) async fn built(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
+    let done: Option<String> = sqlx::query_scalar("SELECT value FROM meterd_state WHERE key = ?1")
+        .bind(STATE_KEY)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(done.is_some())
+}
+
+/// Replaces the rollups by a recomputation from the raw records; `tx` is
+/// the transaction it happens in.
+pub(super) async fn rebuild(tx: &mut SqliteConnection) -> Result<u64, StoreError> {
+    for table in [LIVE.hours, LIVE.steps, LIVE.months] {
+        sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
+    }
+    let records = fold_into(tx, LIVE).await?;
+    sqlx::query(
+        "INSERT INTO meterd_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(STATE_KEY)
+    .bind(format!("built from {records} records"))
+    .execute(&mut *tx)
+    .await?;
+    Ok(records)
+}
+
+/// Recomputes the rollups into temporary tables and compares them with the
+/// stored ones; writes nothing else.
+pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Result<RollupCheck, StoreError> {
+    for (table, time, columns) in [
+        (
+            CHECK.hours,
+            "hour_ms",
+            "delta_sum TEXT, records INTEGER, level_step TEXT, level_moment TEXT, level_open TEXT, level_peak TEXT, level_last_at_ms INTEGER",
+        ),
+        (CHECK.steps, "at_ms", "step TEXT"),
+        (CHECK.months, "month_ms", "level_step TEXT"),
+    ] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS temp.{table}")).execute(&mut *conn).await?;
+        sqlx::query(&format!(
+            "CREATE TEMP TABLE {table} (org_id TEXT, metric TEXT, {time} INTEGER, {columns}, PRIMARY KEY (org_id, metric, {time}))"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    // A read transaction: the records and rollups compared are one snapshot.
+    let result = async {
+        let records = fold_into(conn, CHECK).await?;
+        let mut report = RollupCheck { records, ..RollupCheck::default() };
+        for (name, live, check, time, values) in [
+            ("hours", LIVE.hours, CHECK.hours, "hour_ms", "delta_sum, records, level_step, level_moment, level_open, level_peak, level_last_at_ms"),
+            ("steps", LIVE.steps, CHECK.steps, "at_ms", "step"),
+            ("months", LIVE.months, CHECK.months, "month_ms", "level_step"),
+        ] {
+            let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {live}")).fetch_one(&mut *conn).await?;
+            match name {
+                "hours" => report.hours = count as u64,
+                "steps" => report.steps = count as u64,
+                _ => report.months = count as u64,
+            }
+            // Rows present on one side only, or with other values.
+            let diff = format!(
+                "SELECT org_id, metric, {time}, json_array({values}) AS v, 'stored' AS side FROM (SELECT * FROM {live} EXCEPT SELECT * FROM {check})
+                 UNION ALL
+                 SELECT org_id, metric, {time}, json_array({values}), 'computed' FROM (SELECT * FROM {check} EXCEPT SELECT * FROM {live})
+                 ORDER BY 1, 2, 3, 5 DESC"
+            );
+            let rows = sqlx::query(&diff).fetch_all(&mut *conn).await?;
+            report.differences += rows.len() as u64;
+            for row in rows.iter().take(examples.saturating_sub(report.examples.len())) {
+                let org: String = row.try_get(0)?;
+                let metric: String = row.try_get(1)?;
+                let t: i64 = row.try_get(2)?;
+                let v: String = row.try_get(3)?;
+                let side: String = row.try_get(4)?;
+                report.examples.push(format!("{name} {org}/{metric}@{t}: {side} {v}"));
+            }
+        }
+        Ok::<_, StoreError>(report)
+    }
+    .await;
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    for table in [CHECK.hours, CHECK.steps, CHECK.months] {
+        let _ = sqlx::query(&format!("DROP TABLE IF EXISTS temp.{table}")).execute(&mut *conn).await;
+    }
+    result
+}
