@@ -78,6 +78,29 @@ enum Command {
     /// stdout. Exit 0: every delivery replayed cleanly; 1: some failed or
     /// conflicted (listed); 2: the replay could not run.
     Replay(ReplayArgs),
+    /// The pre-aggregated usage (rollups) that usage queries read.
+    Rollups {
+        #[command(subcommand)]
+        command: RollupsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RollupsCommand {
+    /// Recompute the rollups from the raw records and compare them with the
+    /// stored ones; writes nothing. Exit 0: identical; 1: differences
+    /// (listed). Record writes wait on SQLite while it runs.
+    Check {
+        /// How many differences to list.
+        #[arg(long, default_value_t = 20)]
+        examples: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the rollups by a recomputation from the raw records (one
+    /// transaction; record writes wait).
+    Rebuild,
 }
 
 #[derive(clap::Args)]
@@ -217,6 +240,7 @@ fn main() -> ExitCode {
             }
             Command::Usage(args) => show_usage(&config, args).await,
             Command::Replay(args) => replay(&config, args).await,
+            Command::Rollups { command } => rollups(&config, command).await,
         }
     });
     match result {
@@ -228,6 +252,43 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("meterd: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rollups check` and `rollups rebuild`.
+async fn rollups(config: &Config, command: RollupsCommand) -> anyhow::Result<()> {
+    let store = meterd::server::open_store(config).await?;
+    match command {
+        RollupsCommand::Rebuild => {
+            let records = store.rebuild_rollups().await?;
+            println!("rollups rebuilt from {records} records");
+            Ok(())
+        }
+        RollupsCommand::Check { examples, json } => {
+            let report = store.check_rollups(examples).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} records; stored rollups: {} hours, {} steps, {} months; {} rows differ",
+                    report.records, report.hours, report.steps, report.months, report.differences
+                );
+                for example in &report.examples {
+                    println!("  {example}");
+                }
+            }
+            if report.differences > 0 {
+                return Err(Exit {
+                    code: 1,
+                    message: format!(
+                        "{} rollup rows differ from the raw records (`meterd rollups rebuild` recomputes them)",
+                        report.differences
+                    ),
+                }
+                .into());
+            }
+            Ok(())
         }
     }
 }

@@ -275,16 +275,29 @@ async fn write_records(
             }
             None => fresh.push(row),
             Some((_, stored)) if *stored == row.record.quantity => counts.duplicates += 1,
-            Some((id, stored)) => {
-                changes.push(org_change(row.record, Some(*stored)));
-                sqlx::query("UPDATE usage_records SET quantity = $1, delivery_id = $2 WHERE id = $3")
+            Some((id, _)) => {
+                // Lock the row and correct from what it holds now: another
+                // replica may have corrected it since the lookup, and only
+                // one of two equal corrections may audit and move standings.
+                let current: Decimal =
+                    sqlx::query_scalar("SELECT quantity FROM usage_records WHERE id = $1 FOR UPDATE")
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if current == row.record.quantity {
+                    counts.duplicates += 1;
+                    continue;
+                }
+                changes.push(org_change(row.record, Some(current)));
+                sqlx::query("UPDATE usage_records SET quantity = $1, delivery_id = $2 WHERE id = $3 AND quantity = $4")
                     .bind(row.record.quantity)
                     .bind(row.delivery_id)
                     .bind(id)
+                    .bind(current)
                     .execute(&mut *tx)
                     .await?;
                 let correction = Correction { id: *id, plugin: row.plugin, seq: row.seq, record: row.record };
-                audit(tx, &correction, *stored, row.record.quantity, now_ms).await?;
+                audit(tx, &correction, current, row.record.quantity, now_ms).await?;
                 counts.corrected += 1;
             }
         }

@@ -125,6 +125,7 @@ conformance!(
     replay_reads_deliveries_in_order_and_applies_fixes_only_to_what_it_read,
     a_correction_moves_a_record_to_the_delivery_that_made_it,
     rollups_equal_the_engine_on_random_histories_and_after_a_rebuild,
+    two_writers_correcting_one_record_audit_it_once,
 );
 
 fn record(event_id: &str, quantity: i64) -> UsageRecord {
@@ -738,5 +739,38 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
             }
         }
         store.rebuild_rollups().await.expect("rebuild");
+    }
+}
+
+/// Two pollers (two targets of one plugin) correct the same records to the
+/// same new quantities at once: each record is corrected once, with one
+/// audit row, and the other write is a duplicate.
+async fn two_writers_correcting_one_record_audit_it_once(store: Arc<dyn Store>) {
+    let keys: Vec<UsageRecord> = (0..20).map(|i| record(&format!("ev{i}"), 1)).collect();
+    for target in ["t1", "t2"] {
+        assert!(store.acquire_lease("daytona", target, target, 0, i64::MAX).await.unwrap().is_some());
+    }
+    let commit = |target: &str, quantity: i64| PollCommit {
+        plugin: "daytona".into(),
+        target: target.into(),
+        holder: target.into(),
+        records: keys.iter().map(|r| UsageRecord { quantity: Decimal::from(quantity), ..r.clone() }).collect(),
+        next_cursor: None,
+        now_ms: 1,
+        next_run_ms: 1,
+        lease_expires_ms: i64::MAX,
+    };
+    store.commit_poll(&commit("t1", 1)).await.expect("first");
+    let (a, b) = (store.clone(), store.clone());
+    let (c1, c2) = (commit("t1", 2), commit("t2", 2));
+    let first = tokio::spawn(async move { a.commit_poll(&c1).await });
+    let second = tokio::spawn(async move { b.commit_poll(&c2).await });
+    let first = first.await.expect("task").expect("commit");
+    let second = second.await.expect("task").expect("commit");
+    assert_eq!(first.corrected + second.corrected, 20, "{first:?} {second:?}");
+    assert_eq!(first.duplicates + second.duplicates, 20, "{first:?} {second:?}");
+    for i in 0..20 {
+        let audit = store.corrections("daytona", &format!("ev{i}")).await.unwrap();
+        assert_eq!(audit.len(), 1, "ev{i}: {audit:?}");
     }
 }
