@@ -12,14 +12,15 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 use super::StoreError;
-use super::rollup::{LevelRow, RollupCheck, RollupTx, SubjectKey};
+use super::rollup::{
+    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, SubjectKey, fold_records,
+};
+use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
-use crate::meter::rollup::fold::{Fold, FoldOutput, FoldRecord};
+use crate::meter::rollup::fold::FoldOutput;
 use crate::meter::rollup::{Hour, SeriesKey, hour_of};
-use crate::meter::{Kind, Point};
 
 const ROWS_PER_WRITE: usize = 2_000;
-const REBUILD_PAGE: i64 = 10_000;
 const STATE_KEY: &str = "rollups";
 /// The advisory lock a rebuild holds (replicas starting together back-fill
 /// once).
@@ -347,8 +348,39 @@ async fn write_output(conn: &mut PgConnection, prefix: &str, out: FoldOutput) ->
     write_values(conn, &format!("{prefix}_months"), "month_ms", "level_step", &months).await
 }
 
-/// Recomputes the `{prefix}_…` tables (empty) from every raw record, read
-/// through a cursor; returns how many records were read.
+/// Records read through a cursor into the `{prefix}_…` tables.
+struct Rebuild<'a> {
+    conn: &'a mut PgConnection,
+    prefix: &'a str,
+}
+
+#[async_trait]
+impl RebuildTx for Rebuild<'_> {
+    async fn next_records(&mut self) -> Result<Vec<RebuildRow>, StoreError> {
+        let rows = sqlx::query(&format!("FETCH {REBUILD_PAGE} FROM rollup_records"))
+            .fetch_all(&mut *self.conn)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RebuildRow {
+                    org_id: row.try_get("org_id")?,
+                    metric: row.try_get("metric")?,
+                    subject: row.try_get("subject")?,
+                    kind: row.try_get("kind")?,
+                    quantity: row.try_get("quantity")?,
+                    at_ms: row.try_get("at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn write_rows(&mut self, out: FoldOutput) -> Result<(), StoreError> {
+        write_output(self.conn, self.prefix, out).await
+    }
+}
+
+/// Recomputes the `{prefix}_…` tables (empty) from every raw record;
+/// returns how many records were read.
 async fn fold_into(conn: &mut PgConnection, prefix: &str) -> Result<u64, StoreError> {
     sqlx::query(
         "DECLARE rollup_records NO SCROLL CURSOR FOR
@@ -356,37 +388,8 @@ async fn fold_into(conn: &mut PgConnection, prefix: &str) -> Result<u64, StoreEr
     )
     .execute(&mut *conn)
     .await?;
-    let mut fold = Fold::new();
-    let mut read = 0u64;
-    loop {
-        let rows =
-            sqlx::query(&format!("FETCH {REBUILD_PAGE} FROM rollup_records")).fetch_all(&mut *conn).await?;
-        for row in &rows {
-            let kind: String = row.try_get("kind")?;
-            let (org_id, metric, subject): (String, String, String) =
-                (row.try_get("org_id")?, row.try_get("metric")?, row.try_get("subject")?);
-            fold.push(FoldRecord {
-                org_id: &org_id,
-                metric: &metric,
-                subject: &subject,
-                kind: Kind::parse(&kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
-                quantity: row.try_get("quantity")?,
-                at_ms: row.try_get("at_ms")?,
-            })
-            .map_err(|e| StoreError::Corrupt(format!("rollup rebuild: {e}")))?;
-        }
-        read += rows.len() as u64;
-        if (rows.len() as i64) < REBUILD_PAGE {
-            break;
-        }
-        if fold.output.len() >= ROWS_PER_WRITE {
-            write_output(conn, prefix, std::mem::take(&mut fold.output)).await?;
-        }
-    }
+    let read = fold_records(&mut Rebuild { conn: &mut *conn, prefix }).await?;
     sqlx::query("CLOSE rollup_records").execute(&mut *conn).await?;
-    fold.finish().map_err(|e| StoreError::Corrupt(format!("rollup rebuild: {e}")))?;
-    write_output(conn, prefix, std::mem::take(&mut fold.output)).await?;
     Ok(read)
 }
 
@@ -437,14 +440,9 @@ pub(super) async fn check(tx: &mut PgConnection, examples: usize) -> Result<Roll
     let records = fold_into(tx, "check").await?;
     let mut report = RollupCheck { records, ..RollupCheck::default() };
     for (name, time) in [("hours", "hour_ms"), ("steps", "at_ms"), ("months", "month_ms")] {
-        let count: i64 =
+        let stored: i64 =
             sqlx::query_scalar(&format!("SELECT COUNT(*) FROM rollup_{name}")).fetch_one(&mut *tx).await?;
-        match name {
-            "hours" => report.hours = count as u64,
-            "steps" => report.steps = count as u64,
-            _ => report.months = count as u64,
-        }
-        let rows = sqlx::query(&format!(
+        let diff: Vec<DiffRow> = sqlx::query_as(&format!(
             "SELECT d.org_id, d.metric, d.{time} AS t, d::text AS v, 'stored' AS side
              FROM (SELECT * FROM rollup_{name} EXCEPT SELECT * FROM check_{name}) d
              UNION ALL
@@ -454,15 +452,7 @@ pub(super) async fn check(tx: &mut PgConnection, examples: usize) -> Result<Roll
         ))
         .fetch_all(&mut *tx)
         .await?;
-        report.differences += rows.len() as u64;
-        for row in rows.iter().take(examples.saturating_sub(report.examples.len())) {
-            let org: String = row.try_get(0)?;
-            let metric: String = row.try_get(1)?;
-            let t: i64 = row.try_get(2)?;
-            let v: String = row.try_get(3)?;
-            let side: String = row.try_get(4)?;
-            report.examples.push(format!("{name} {org}/{metric}@{t}: {side} {v}"));
-        }
+        report.add_table(name, stored, &diff, examples);
     }
     Ok(report)
 }

@@ -17,6 +17,7 @@ use rust_decimal::Decimal;
 
 use super::{OrgChange, StoreError};
 use crate::meter::period::{Range, month_containing};
+use crate::meter::rollup::fold::{Fold, FoldError, FoldOutput, FoldRecord};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::write::Neighbourhood;
 use crate::meter::rollup::{HOUR_MS, Hour, SeriesKey, hour_of};
@@ -217,6 +218,85 @@ async fn step_changes(
     }
     out.retain(|_, s| !s.is_zero());
     Ok(out)
+}
+
+/// Records per page of a rebuild or check.
+pub(super) const REBUILD_PAGE: usize = 10_000;
+
+/// One raw record as a rebuild reads it.
+pub(super) struct RebuildRow {
+    pub org_id: String,
+    pub metric: String,
+    pub subject: String,
+    pub kind: String,
+    pub quantity: Decimal,
+    pub at_ms: i64,
+}
+
+/// Where a rebuild reads records and writes rollup rows, per engine.
+#[async_trait]
+pub(super) trait RebuildTx: Send {
+    /// The next page of records grouped by (org, metric), in time order
+    /// within each; shorter than [`REBUILD_PAGE`] at the end.
+    async fn next_records(&mut self) -> Result<Vec<RebuildRow>, StoreError>;
+    /// Writes finished rows to the tables being built.
+    async fn write_rows(&mut self, out: FoldOutput) -> Result<(), StoreError>;
+}
+
+/// Folds every record into the tables `tx` builds; returns how many were
+/// read. Memory: one page, one series' levels in force, and the rows not
+/// yet written.
+pub(super) async fn fold_records(tx: &mut impl RebuildTx) -> Result<u64, StoreError> {
+    let corrupt = |e: FoldError| StoreError::Corrupt(format!("rollup rebuild: {e}"));
+    let mut fold = Fold::new();
+    let mut read = 0u64;
+    loop {
+        let rows = tx.next_records().await?;
+        for row in &rows {
+            let kind = Kind::parse(&row.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("record kind {:?}", row.kind)))?;
+            fold.push(FoldRecord {
+                org_id: &row.org_id,
+                metric: &row.metric,
+                subject: &row.subject,
+                kind,
+                quantity: row.quantity,
+                at_ms: row.at_ms,
+            })
+            .map_err(corrupt)?;
+        }
+        read += rows.len() as u64;
+        if rows.len() < REBUILD_PAGE {
+            break;
+        }
+        if fold.output.len() >= REBUILD_PAGE {
+            tx.write_rows(std::mem::take(&mut fold.output)).await?;
+        }
+    }
+    fold.finish().map_err(corrupt)?;
+    tx.write_rows(std::mem::take(&mut fold.output)).await?;
+    Ok(read)
+}
+
+/// A row a check found on one side only: (org, metric, time, values as
+/// text, "stored" or "computed").
+pub(super) type DiffRow = (String, String, i64, String, String);
+
+impl RollupCheck {
+    /// Counts one table's stored rows and differences, keeping the first
+    /// `examples` differences.
+    pub(super) fn add_table(&mut self, table: &str, stored: i64, diff: &[DiffRow], examples: usize) {
+        let stored = u64::try_from(stored).unwrap_or(0);
+        match table {
+            "hours" => self.hours = stored,
+            "steps" => self.steps = stored,
+            _ => self.months = stored,
+        }
+        self.differences += diff.len() as u64;
+        for (org, metric, t, v, side) in diff.iter().take(examples.saturating_sub(self.examples.len())) {
+            self.examples.push(format!("{table} {org}/{metric}@{t}: {side} {v}"));
+        }
+    }
 }
 
 /// What the check found: how many rows differ per table, and the first few.

@@ -10,16 +10,16 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::StoreError;
-use super::rollup::{LevelRow, RollupCheck, RollupTx, SubjectKey};
+use super::rollup::{
+    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, SubjectKey, fold_records,
+};
+use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
-use crate::meter::rollup::fold::{Fold, FoldOutput, FoldRecord};
+use crate::meter::rollup::fold::FoldOutput;
 use crate::meter::rollup::{Hour, SeriesKey, hour_of};
-use crate::meter::{Kind, Point};
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const ROWS_PER_WRITE: usize = 2_000;
-/// Records per page of a rebuild.
-const REBUILD_PAGE: i64 = 10_000;
 const STATE_KEY: &str = "rollups";
 
 fn quantity(text: &str) -> Result<Decimal, StoreError> {
@@ -354,54 +354,54 @@ async fn write_output(
     write_values(conn, tables.months, "month_ms", "level_step", &months).await
 }
 
-/// Recomputes `tables` from every raw record (they must be empty); returns
-/// how many records were read.
-async fn fold_into(conn: &mut SqliteConnection, tables: Tables) -> Result<u64, StoreError> {
-    let mut fold = Fold::new();
-    let mut after: (String, String, i64, i64) = (String::new(), String::new(), i64::MIN, i64::MIN);
-    let mut read = 0u64;
-    loop {
+/// Records read page by page (keyset on the index order) into `tables`.
+struct Rebuild<'a> {
+    conn: &'a mut SqliteConnection,
+    tables: Tables,
+    after: (String, String, i64, i64),
+}
+
+#[async_trait]
+impl RebuildTx for Rebuild<'_> {
+    async fn next_records(&mut self) -> Result<Vec<RebuildRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, org_id, metric, subject, kind, quantity, at_ms FROM usage_records
              WHERE (org_id, metric, at_ms, id) > (?1, ?2, ?3, ?4)
              ORDER BY org_id, metric, at_ms, id LIMIT ?5",
         )
-        .bind(&after.0)
-        .bind(&after.1)
-        .bind(after.2)
-        .bind(after.3)
-        .bind(REBUILD_PAGE)
-        .fetch_all(&mut *conn)
+        .bind(&self.after.0)
+        .bind(&self.after.1)
+        .bind(self.after.2)
+        .bind(self.after.3)
+        .bind(REBUILD_PAGE as i64)
+        .fetch_all(&mut *self.conn)
         .await?;
+        let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let kind: String = row.try_get("kind")?;
-            let org_id: String = row.try_get("org_id")?;
-            let metric: String = row.try_get("metric")?;
-            let subject: String = row.try_get("subject")?;
-            let at_ms: i64 = row.try_get("at_ms")?;
-            fold.push(FoldRecord {
-                org_id: &org_id,
-                metric: &metric,
-                subject: &subject,
-                kind: Kind::parse(&kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
+            let record = RebuildRow {
+                org_id: row.try_get("org_id")?,
+                metric: row.try_get("metric")?,
+                subject: row.try_get("subject")?,
+                kind: row.try_get("kind")?,
                 quantity: quantity(&row.try_get::<String, _>("quantity")?)?,
-                at_ms,
-            })
-            .map_err(|e| StoreError::Corrupt(format!("rollup rebuild: {e}")))?;
-            after = (org_id, metric, at_ms, row.try_get("id")?);
+                at_ms: row.try_get("at_ms")?,
+            };
+            self.after = (record.org_id.clone(), record.metric.clone(), record.at_ms, row.try_get("id")?);
+            out.push(record);
         }
-        read += rows.len() as u64;
-        if (rows.len() as i64) < REBUILD_PAGE {
-            break;
-        }
-        if fold.output.len() >= ROWS_PER_WRITE {
-            write_output(conn, tables, std::mem::take(&mut fold.output)).await?;
-        }
+        Ok(out)
     }
-    fold.finish().map_err(|e| StoreError::Corrupt(format!("rollup rebuild: {e}")))?;
-    write_output(conn, tables, std::mem::take(&mut fold.output)).await?;
-    Ok(read)
+
+    async fn write_rows(&mut self, out: FoldOutput) -> Result<(), StoreError> {
+        write_output(self.conn, self.tables, out).await
+    }
+}
+
+/// Recomputes `tables` (empty) from every raw record; returns how many
+/// records were read.
+async fn fold_into(conn: &mut SqliteConnection, tables: Tables) -> Result<u64, StoreError> {
+    let start = (String::new(), String::new(), i64::MIN, i64::MIN);
+    fold_records(&mut Rebuild { conn, tables, after: start }).await
 }
 
 /// Whether this database's rollups were ever built (a database migrated
@@ -460,29 +460,17 @@ pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Resul
             ("steps", LIVE.steps, CHECK.steps, "at_ms", "step"),
             ("months", LIVE.months, CHECK.months, "month_ms", "level_step"),
         ] {
-            let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {live}")).fetch_one(&mut *conn).await?;
-            match name {
-                "hours" => report.hours = count as u64,
-                "steps" => report.steps = count as u64,
-                _ => report.months = count as u64,
-            }
+            let stored: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {live}")).fetch_one(&mut *conn).await?;
             // Rows present on one side only, or with other values.
-            let diff = format!(
+            let diff: Vec<DiffRow> = sqlx::query_as(&format!(
                 "SELECT org_id, metric, {time}, json_array({values}) AS v, 'stored' AS side FROM (SELECT * FROM {live} EXCEPT SELECT * FROM {check})
                  UNION ALL
                  SELECT org_id, metric, {time}, json_array({values}), 'computed' FROM (SELECT * FROM {check} EXCEPT SELECT * FROM {live})
                  ORDER BY 1, 2, 3, 5 DESC"
-            );
-            let rows = sqlx::query(&diff).fetch_all(&mut *conn).await?;
-            report.differences += rows.len() as u64;
-            for row in rows.iter().take(examples.saturating_sub(report.examples.len())) {
-                let org: String = row.try_get(0)?;
-                let metric: String = row.try_get(1)?;
-                let t: i64 = row.try_get(2)?;
-                let v: String = row.try_get(3)?;
-                let side: String = row.try_get(4)?;
-                report.examples.push(format!("{name} {org}/{metric}@{t}: {side} {v}"));
-            }
+            ))
+            .fetch_all(&mut *conn)
+            .await?;
+            report.add_table(name, stored, &diff, examples);
         }
         Ok::<_, StoreError>(report)
     }

@@ -754,7 +754,10 @@ async fn two_writers_correcting_one_record_audit_it_once(store: Arc<dyn Store>) 
         plugin: "daytona".into(),
         target: target.into(),
         holder: target.into(),
-        records: keys.iter().map(|r| UsageRecord { quantity: Decimal::from(quantity), ..r.clone() }).collect(),
+        records: keys
+            .iter()
+            .map(|r| UsageRecord { quantity: Decimal::from(quantity), ..r.clone() })
+            .collect(),
         next_cursor: None,
         now_ms: 1,
         next_run_ms: 1,
