@@ -24,7 +24,8 @@ fn rfc3339(t: chrono::DateTime<Utc>) -> String {
 /// integrals no longer grow.
 async fn ingest(gw: &Gateway) {
     let now = Utc::now();
-    let month_start = now.date_naive().with_day(1).expect("day 1").and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    let month_start =
+        now.date_naive().with_day(1).expect("day 1").and_hms_opt(0, 0, 0).expect("midnight").and_utc();
     // Times between the month start and an hour ago.
     let span = (now - Duration::hours(1) - month_start).num_seconds().max(60);
     // (sort key, body): kills before creates for every third sandbox, so
@@ -37,7 +38,8 @@ async fn ingest(gw: &Gateway) {
         let sandbox = format!("sb-{i}");
         let run_ms = (end - start).num_milliseconds() as u64;
         let created = e2b_event(&format!("c{i}"), "created", &rfc3339(start), &sandbox, org, None);
-        let killed = e2b_event(&format!("k{i}"), "killed", &rfc3339(end), &sandbox, org, Some((2, 512, run_ms)));
+        let killed =
+            e2b_event(&format!("k{i}"), "killed", &rfc3339(end), &sandbox, org, Some((2, 512, run_ms)));
         events.push(((i % 3 == 0, i), created));
         events.push(((false, i), killed));
     }
@@ -52,7 +54,8 @@ async fn ingest(gw: &Gateway) {
 /// A range of this month that starts and ends inside hours.
 fn ragged_range() -> String {
     let now = Utc::now();
-    let month_start = now.date_naive().with_day(1).expect("day 1").and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    let month_start =
+        now.date_naive().with_day(1).expect("day 1").and_hms_opt(0, 0, 0).expect("midnight").and_utc();
     format!(
         "&from={}&to={}",
         rfc3339(month_start + Duration::minutes(17) + Duration::milliseconds(3)),
@@ -166,7 +169,10 @@ async fn same_answers_across_restart_and_backfill(mut gw: Gateway, db: Db<'_>) {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["differences"], 2, "the stored row and the computed one: {report}");
-    assert!(report["examples"][0].as_str().is_some_and(|e| e.starts_with("hours acme/sandbox_active@")), "{report}");
+    assert!(
+        report["examples"][0].as_str().is_some_and(|e| e.starts_with("hours acme/sandbox_active@")),
+        "{report}"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 rollup rows differ"), "{}", text(&out));
     let out = rollups_cli(&gw, &["rebuild"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -174,7 +180,6 @@ async fn same_answers_across_restart_and_backfill(mut gw: Gateway, db: Db<'_>) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_same(&before, &answers(&gw, &ragged).await, "after a rebuild");
 }
-
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_answers_survive_a_restart_and_the_back_fill() {
