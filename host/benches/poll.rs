@@ -14,7 +14,7 @@ mod support;
 use std::time::Instant;
 
 use meterd::plugin::PluginSettings;
-use meterd::store::{PollCommit, SqliteStore, Store};
+use meterd::store::{PollCommit, Polls, SqliteStore, Store};
 
 use support::{format_ns, percentile};
 

@@ -420,26 +420,33 @@ pub trait Rollups: Send + Sync {
     async fn check_rollups(&self, examples: usize) -> Result<RollupCheck, StoreError>;
 }
 
+/// Writing what webhooks deliver, and the hook every usage transaction calls.
 #[async_trait]
-pub trait Store: Rollups + Send + Sync + 'static {
-    /// Applies pending migrations.
-    async fn migrate(&self) -> Result<(), StoreError>;
-
+pub trait Ingest: Send + Sync {
     /// Commits all deliveries in one transaction, deduplicating by
     /// (plugin, event id) and records by (plugin, event id, seq). Returns one
     /// outcome per delivery, in order; a repeat within `batch` is a duplicate.
     async fn commit(&self, batch: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError>;
 
+    /// Installs the hook called inside every transaction that writes usage
+    /// records (once, before the first commit).
+    fn set_commit_hook(&self, hook: Arc<dyn CommitHook>);
+}
+
+/// Reading raw usage records (grouped usage queries).
+#[async_trait]
+pub trait Records: Send + Sync {
     /// Records of one org and metric with `at` in the range.
     async fn points(&self, query: &PointQuery<'_>) -> Result<Vec<Point>, StoreError>;
 
     /// For each subject, its last level (all tied at that instant) before
     /// `query.range.from_ms`: what holds when the range starts.
     async fn carry_in(&self, query: &PointQuery<'_>) -> Result<Vec<Point>, StoreError>;
+}
 
-    /// Cheap liveness check for readiness.
-    async fn ping(&self) -> Result<(), StoreError>;
-
+/// Pull ingestion: leases, fenced poll commits and poller state.
+#[async_trait]
+pub trait Polls: Send + Sync {
     /// Takes or renews the lease of (plugin, target) for `holder` until
     /// `expires_ms`, if it is free, expired or already `holder`'s. Returns
     /// the state when the lease is now held by `holder`, `None` otherwise.
@@ -469,11 +476,11 @@ pub trait Store: Rollups + Send + Sync + 'static {
 
     /// Every poller's state, by plugin and target.
     async fn poll_states(&self) -> Result<Vec<PollState>, StoreError>;
+}
 
-    /// Installs the hook called inside every transaction that writes usage
-    /// records (once, before the first commit).
-    fn set_commit_hook(&self, hook: Arc<dyn CommitHook>);
-
+/// What in-memory org standings are built from, and the change feed.
+#[async_trait]
+pub trait Standings: Plans + Send + Sync {
     /// What in-memory standing is built from: every record at or after
     /// `from_ms`, and for each (org, metric, subject) its last level before
     /// (all tied at that instant), as inserts.
@@ -514,7 +521,11 @@ pub trait Store: Rollups + Send + Sync + 'static {
     async fn listen(&self) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<FeedEvent>>, StoreError> {
         Ok(None)
     }
+}
 
+/// Plan assignments, credit grants and fired notices.
+#[async_trait]
+pub trait Plans: Send + Sync {
     /// Every assigned plan.
     async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError>;
 
@@ -536,7 +547,11 @@ pub trait Store: Rollups + Send + Sync + 'static {
     /// (org, rule) of every notice fired for the period starting at
     /// `period_start_ms`.
     async fn fired(&self, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError>;
+}
 
+/// The notification outbox.
+#[async_trait]
+pub trait Outbox: Send + Sync {
     /// Undelivered outbox rows due at `now_ms`, oldest first.
     async fn due_outbox(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError>;
 
@@ -554,7 +569,11 @@ pub trait Store: Rollups + Send + Sync + 'static {
 
     /// How many outbox rows are pending, delivered, given up.
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
+}
 
+/// Stored deliveries: payload retention, replay reads and fixes, the correction audit.
+#[async_trait]
+pub trait Deliveries: Send + Sync {
     /// Empties the payload (body and headers) of every delivery received
     /// before `before_ms`, keeping the row and so its dedup key; returns
     /// how many were emptied.
@@ -587,6 +606,18 @@ pub trait Store: Rollups + Send + Sync + 'static {
     /// record no longer holds what its fix was computed from.
     async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError>;
 
+    /// The audit trail of one event's records: (seq, old, new quantity) of
+    /// every correction, oldest first.
+    async fn corrections(
+        &self,
+        plugin: &str,
+        event_id: &str,
+    ) -> Result<Vec<(i64, rust_decimal::Decimal, rust_decimal::Decimal)>, StoreError>;
+}
+
+/// API keys.
+#[async_trait]
+pub trait Keys: Send + Sync {
     /// Stores a new API key.
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
 
@@ -595,12 +626,18 @@ pub trait Store: Rollups + Send + Sync + 'static {
 
     /// Revokes the active key `id`; `false` if there is none.
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+}
 
-    /// The audit trail of one event's records: (seq, old, new quantity) of
-    /// every correction, oldest first.
-    async fn corrections(
-        &self,
-        plugin: &str,
-        event_id: &str,
-    ) -> Result<Vec<(i64, rust_decimal::Decimal, rust_decimal::Decimal)>, StoreError>;
+/// A whole store: every part, as the engines implement it and callers
+/// hold it (`Arc<dyn Store>`). Each part is a trait of its own, so code
+/// names the concern it uses (`use crate::store::Polls`).
+#[async_trait]
+pub trait Store:
+    Ingest + Records + Rollups + Polls + Standings + Plans + Outbox + Deliveries + Keys + Send + Sync + 'static
+{
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Cheap liveness check for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
 }

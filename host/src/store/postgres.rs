@@ -24,10 +24,11 @@ use tokio::sync::mpsc;
 use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::postgres_rollup;
 use super::{
-    CommitHook, CommitOutcome, Delivery, DeliveryCursor, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts,
-    OutboxMessage, PURGE_BATCH, Payload, PointQuery, PollCommit, PollState, RecordCounts, RecordFix,
-    RecordRow, RollupCheck, Rollups, StandingSnapshot, Store, StoreError, StoredDelivery, StoredRecord,
-    fix_change, key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
+    CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
+    OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointQuery,
+    PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, RollupCheck, Rollups,
+    StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, fix_change,
+    key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::Range;
@@ -618,6 +619,14 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Ingest for PostgresStore {
     async fn commit(&self, batch: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut new_ids: HashMap<(String, String), i64> = HashMap::with_capacity(batch.len());
@@ -669,6 +678,15 @@ impl Store for PostgresStore {
         Ok(outcomes)
     }
 
+    fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
+        if self.hook.set(hook).is_err() {
+            tracing::warn!("a commit hook was already installed; keeping the first");
+        }
+    }
+}
+
+#[async_trait]
+impl Records for PostgresStore {
     async fn points(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
         let rows = sqlx::query(
             "SELECT kind, subject, quantity, at_ms, attributes ->> $1 AS grp
@@ -702,12 +720,10 @@ impl Store for PostgresStore {
         .await?;
         rows.iter().map(point_from_row).collect()
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Polls for PostgresStore {
     async fn acquire_lease(
         &self,
         plugin: &str,
@@ -801,13 +817,10 @@ impl Store for PostgresStore {
             sqlx::query("SELECT * FROM poll_state ORDER BY plugin, target").fetch_all(&self.pool).await?;
         rows.iter().map(poll_state_from_row).collect()
     }
+}
 
-    fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
-        if self.hook.set(hook).is_err() {
-            tracing::warn!("a commit hook was already installed; keeping the first");
-        }
-    }
-
+#[async_trait]
+impl Standings for PostgresStore {
     async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError> {
         standing_records(&mut *self.pool.acquire().await?, from_ms).await
     }
@@ -853,7 +866,10 @@ impl Store for PostgresStore {
         tokio::spawn(follow_feed(pool, listener, sender));
         Ok(Some(receiver))
     }
+}
 
+#[async_trait]
+impl Plans for PostgresStore {
     async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError> {
         org_plans(&mut *self.pool.acquire().await?).await
     }
@@ -916,7 +932,10 @@ impl Store for PostgresStore {
     async fn fired(&self, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
         fired(&mut *self.pool.acquire().await?, period_start_ms).await
     }
+}
 
+#[async_trait]
+impl Outbox for PostgresStore {
     async fn due_outbox(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
         // Claim the rows: another replica's notifier skips them until the
         // claim lapses (a replica that dies mid-delivery leaves them due again).
@@ -984,6 +1003,25 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE delivered_at_ms IS NULL AND gave_up_at_ms IS NULL) AS pending,
+                    COUNT(*) FILTER (WHERE delivered_at_ms IS NOT NULL) AS delivered,
+                    COUNT(*) FILTER (WHERE gave_up_at_ms IS NOT NULL) AS gave_up
+             FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxCounts {
+            pending: row.try_get("pending")?,
+            delivered: row.try_get("delivered")?,
+            gave_up: row.try_get("gave_up")?,
+        })
+    }
+}
+
+#[async_trait]
+impl Deliveries for PostgresStore {
     async fn purge_payloads(&self, before_ms: i64, now_ms: i64) -> Result<u64, StoreError> {
         let mut purged = 0;
         loop {
@@ -1151,6 +1189,26 @@ impl Store for PostgresStore {
         self.finish(tx, fixes.iter().map(fix_change).collect(), now_ms).await
     }
 
+    async fn corrections(
+        &self,
+        plugin: &str,
+        event_id: &str,
+    ) -> Result<Vec<(i64, Decimal, Decimal)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, old_quantity, new_quantity FROM corrections WHERE plugin = $1 AND event_id = $2 ORDER BY id",
+        )
+        .bind(plugin)
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("seq")?, row.try_get("old_quantity")?, row.try_get("new_quantity")?)))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Keys for PostgresStore {
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let (admin, orgs) = key_scope_columns(&key.scope);
         sqlx::query(
@@ -1196,38 +1254,5 @@ impl Store for PostgresStore {
                 .execute(&self.pool)
                 .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    async fn corrections(
-        &self,
-        plugin: &str,
-        event_id: &str,
-    ) -> Result<Vec<(i64, Decimal, Decimal)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, old_quantity, new_quantity FROM corrections WHERE plugin = $1 AND event_id = $2 ORDER BY id",
-        )
-        .bind(plugin)
-        .bind(event_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("seq")?, row.try_get("old_quantity")?, row.try_get("new_quantity")?)))
-            .collect()
-    }
-
-    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FILTER (WHERE delivered_at_ms IS NULL AND gave_up_at_ms IS NULL) AS pending,
-                    COUNT(*) FILTER (WHERE delivered_at_ms IS NOT NULL) AS delivered,
-                    COUNT(*) FILTER (WHERE gave_up_at_ms IS NOT NULL) AS gave_up
-             FROM outbox",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(OutboxCounts {
-            pending: row.try_get("pending")?,
-            delivered: row.try_get("delivered")?,
-            gave_up: row.try_get("gave_up")?,
-        })
     }
 }

@@ -26,6 +26,10 @@ use crate::meter::{Aggregation, Kind, Point};
 /// A subject of one series.
 pub(super) type SubjectKey = (SeriesKey, String);
 
+/// A transaction's level writes: per subject and instant, (quantity now,
+/// quantity before: `None` for an insert).
+type LevelWrites = BTreeMap<SubjectKey, BTreeMap<i64, Vec<(Decimal, Option<Decimal>)>>>;
+
 /// A level record as a neighbourhood read returns it.
 #[derive(Debug, Clone)]
 pub(super) struct LevelRow {
@@ -118,7 +122,7 @@ pub(super) async fn maintain(tx: &mut impl RollupTx, changes: &[OrgChange]) -> R
     // What each record adds to its hour's sum and count.
     let mut records: BTreeMap<(SeriesKey, i64), (Decimal, i64)> = BTreeMap::new();
     // Level writes by subject and instant.
-    let mut levels: BTreeMap<SubjectKey, BTreeMap<i64, Vec<(Decimal, Option<Decimal>)>>> = BTreeMap::new();
+    let mut levels: LevelWrites = BTreeMap::new();
     for c in changes {
         let entry = records.entry((series(c), hour_of(c.change.at_ms))).or_insert((Decimal::ZERO, 0));
         if c.change.kind == Kind::Delta {
@@ -188,7 +192,7 @@ pub(super) async fn maintain(tx: &mut impl RollupTx, changes: &[OrgChange]) -> R
 /// writes cause, by (series, instant).
 async fn step_changes(
     tx: &mut impl RollupTx,
-    levels: BTreeMap<SubjectKey, BTreeMap<i64, Vec<(Decimal, Option<Decimal>)>>>,
+    levels: LevelWrites,
 ) -> Result<BTreeMap<(SeriesKey, i64), Decimal>, StoreError> {
     let mut out: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
     if levels.is_empty() {

@@ -14,10 +14,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::sqlite_rollup;
 use super::{
-    CommitHook, CommitOutcome, Delivery, DeliveryCursor, NewGrant, Notice, OrgChange, OrgPlan, OutboxCounts,
-    OutboxMessage, PURGE_BATCH, Payload, PointQuery, PollCommit, PollState, RecordCounts, RecordFix,
-    RecordRow, RollupCheck, Rollups, Store, StoreError, StoredDelivery, StoredRecord, fix_change,
-    key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
+    CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
+    OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointQuery,
+    PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, RollupCheck, Rollups,
+    Standings, Store, StoreError, StoredDelivery, StoredRecord, fix_change, key_from_columns,
+    key_scope_columns, org_change, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::Range;
@@ -429,6 +430,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Ingest for SqliteStore {
     async fn commit(&self, batch: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError> {
         let mut tx = self.writer.begin().await?;
         // Insert the deliveries; RETURNING names the ones that are new.
@@ -477,6 +486,15 @@ impl Store for SqliteStore {
         Ok(outcomes)
     }
 
+    fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
+        if self.hook.set(hook).is_err() {
+            tracing::warn!("a commit hook was already installed; keeping the first");
+        }
+    }
+}
+
+#[async_trait]
+impl Records for SqliteStore {
     async fn points(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
         let rows = sqlx::query(
             "SELECT kind, subject, quantity, at_ms, json_extract(attributes, ?1) AS grp
@@ -510,12 +528,10 @@ impl Store for SqliteStore {
         .await?;
         rows.iter().map(point_from_row).collect()
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.readers).await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Polls for SqliteStore {
     async fn acquire_lease(
         &self,
         plugin: &str,
@@ -606,13 +622,10 @@ impl Store for SqliteStore {
             sqlx::query("SELECT * FROM poll_state ORDER BY plugin, target").fetch_all(&self.readers).await?;
         rows.iter().map(poll_state_from_row).collect()
     }
+}
 
-    fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
-        if self.hook.set(hook).is_err() {
-            tracing::warn!("a commit hook was already installed; keeping the first");
-        }
-    }
-
+#[async_trait]
+impl Standings for SqliteStore {
     async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError> {
         let rows = sqlx::query(
             "SELECT org_id, subject, metric, kind, quantity, at_ms FROM usage_records WHERE at_ms >= ?1
@@ -678,7 +691,10 @@ impl Store for SqliteStore {
             .map(|row| Ok((row.try_get("org_id")?, row.try_get("subject")?, row.try_get("start_ms")?)))
             .collect()
     }
+}
 
+#[async_trait]
+impl Plans for SqliteStore {
     async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError> {
         let rows = sqlx::query("SELECT org_id, plan, assigned_at_ms FROM org_plans")
             .fetch_all(&self.readers)
@@ -747,7 +763,10 @@ impl Store for SqliteStore {
             .await?;
         rows.iter().map(|row| Ok((row.try_get("org_id")?, row.try_get("rule")?))).collect()
     }
+}
 
+#[async_trait]
+impl Outbox for SqliteStore {
     async fn due_outbox(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxMessage>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, message_id, endpoint, event_type, payload, created_at_ms, attempts FROM outbox
@@ -804,6 +823,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(delivered_at_ms IS NULL AND gave_up_at_ms IS NULL), 0) AS pending,
+                    COALESCE(SUM(delivered_at_ms IS NOT NULL), 0) AS delivered,
+                    COALESCE(SUM(gave_up_at_ms IS NOT NULL), 0) AS gave_up
+             FROM outbox",
+        )
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(OutboxCounts {
+            pending: row.try_get("pending")?,
+            delivered: row.try_get("delivered")?,
+            gave_up: row.try_get("gave_up")?,
+        })
+    }
+}
+
+#[async_trait]
+impl Deliveries for SqliteStore {
     async fn purge_payloads(&self, before_ms: i64, now_ms: i64) -> Result<u64, StoreError> {
         let mut purged = 0;
         loop {
@@ -928,6 +966,36 @@ impl Store for SqliteStore {
         self.finish(tx, fixes.iter().map(fix_change).collect(), now_ms).await
     }
 
+    async fn corrections(
+        &self,
+        plugin: &str,
+        event_id: &str,
+    ) -> Result<Vec<(i64, rust_decimal::Decimal, rust_decimal::Decimal)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, old_quantity, new_quantity FROM corrections WHERE plugin = ?1 AND event_id = ?2 ORDER BY id",
+        )
+        .bind(plugin)
+        .bind(event_id)
+        .fetch_all(&self.readers)
+        .await?;
+        let quantity = |text: String| {
+            meterd_units::parse_quantity(&text)
+                .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))
+        };
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("seq")?,
+                    quantity(row.try_get("old_quantity")?)?,
+                    quantity(row.try_get("new_quantity")?)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Keys for SqliteStore {
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let (admin, orgs) = key_scope_columns(&key.scope);
         sqlx::query(
@@ -973,48 +1041,5 @@ impl Store for SqliteStore {
                 .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    async fn corrections(
-        &self,
-        plugin: &str,
-        event_id: &str,
-    ) -> Result<Vec<(i64, rust_decimal::Decimal, rust_decimal::Decimal)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, old_quantity, new_quantity FROM corrections WHERE plugin = ?1 AND event_id = ?2 ORDER BY id",
-        )
-        .bind(plugin)
-        .bind(event_id)
-        .fetch_all(&self.readers)
-        .await?;
-        let quantity = |text: String| {
-            meterd_units::parse_quantity(&text)
-                .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))
-        };
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("seq")?,
-                    quantity(row.try_get("old_quantity")?)?,
-                    quantity(row.try_get("new_quantity")?)?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(delivered_at_ms IS NULL AND gave_up_at_ms IS NULL), 0) AS pending,
-                    COALESCE(SUM(delivered_at_ms IS NOT NULL), 0) AS delivered,
-                    COALESCE(SUM(gave_up_at_ms IS NOT NULL), 0) AS gave_up
-             FROM outbox",
-        )
-        .fetch_one(&self.readers)
-        .await?;
-        Ok(OutboxCounts {
-            pending: row.try_get("pending")?,
-            delivered: row.try_get("delivered")?,
-            gave_up: row.try_get("gave_up")?,
-        })
     }
 }
