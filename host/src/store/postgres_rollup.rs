@@ -117,10 +117,11 @@ impl RollupTx for PgConnection {
         // One index probe per key and bound (LATERAL … OFFSET 0: see
         // `delivery_records`).
         let rows = sqlx::query(
-            "SELECT r.id, r.org_id, r.metric, r.subject, r.at_ms, r.quantity
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(org_id, metric, subject, at_ms)
-             CROSS JOIN LATERAL (
-                 SELECT COALESCE((SELECT p.at_ms FROM usage_records p
+            "WITH k AS (
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(org_id, metric, subject, at_ms)
+             ), b AS (
+                 SELECT k.org_id, k.metric, k.subject,
+                        COALESCE((SELECT p.at_ms FROM usage_records p
                                   WHERE p.org_id = k.org_id AND p.metric = k.metric AND p.subject = k.subject
                                         AND p.at_ms < k.at_ms AND p.kind = 'level'
                                   ORDER BY p.at_ms DESC LIMIT 1), k.at_ms) AS lo,
@@ -128,11 +129,18 @@ impl RollupTx for PgConnection {
                                   WHERE n.org_id = k.org_id AND n.metric = k.metric AND n.subject = k.subject
                                         AND n.at_ms > k.at_ms AND n.kind = 'level'
                                   ORDER BY n.at_ms LIMIT 1), k.at_ms) AS hi
-             ) b
-             CROSS JOIN LATERAL (
-                 SELECT * FROM usage_records r
-                 WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject
-                       AND r.at_ms BETWEEN b.lo AND b.hi AND r.kind = 'level'
+                 FROM k
+             ), i AS (
+                 SELECT org_id, metric, subject, lo AS at_ms FROM b
+                 UNION SELECT org_id, metric, subject, at_ms FROM k
+                 UNION SELECT org_id, metric, subject, hi FROM b
+             )
+             SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity, r.n
+             FROM i CROSS JOIN LATERAL (
+                 SELECT org_id, metric, subject, at_ms, quantity, COUNT(*) AS n FROM usage_records r
+                 WHERE r.org_id = i.org_id AND r.metric = i.metric AND r.subject = i.subject
+                       AND r.at_ms = i.at_ms AND r.kind = 'level'
+                 GROUP BY org_id, metric, subject, at_ms, quantity
                  OFFSET 0
              ) r",
         )
@@ -145,7 +153,7 @@ impl RollupTx for PgConnection {
         rows.iter()
             .map(|row| {
                 Ok(LevelRow {
-                    id: row.try_get("id")?,
+                    count: row.try_get("n")?,
                     org_id: row.try_get("org_id")?,
                     metric: row.try_get("metric")?,
                     subject: row.try_get("subject")?,

@@ -30,10 +30,12 @@ pub(super) type SubjectKey = (SeriesKey, String);
 /// quantity before: `None` for an insert).
 type LevelWrites = BTreeMap<SubjectKey, BTreeMap<i64, Vec<(Decimal, Option<Decimal>)>>>;
 
-/// A level record as a neighbourhood read returns it.
+/// Level records of one subject at one instant with one quantity, as a
+/// neighbourhood read returns them (grouped: a subject may hold many equal
+/// records at one instant).
 #[derive(Debug, Clone)]
 pub(super) struct LevelRow {
-    pub id: i64,
+    pub count: i64,
     pub org_id: String,
     pub metric: String,
     pub subject: String,
@@ -48,8 +50,9 @@ pub(super) trait RollupTx: Send {
     /// Serializes writers of these subjects' levels until the transaction
     /// ends (a no-op with one writer).
     async fn lock_subjects(&mut self, subjects: &[SubjectKey]) -> Result<(), StoreError>;
-    /// Every level record of the subject at `at`, at its last instant
-    /// before `at` and at its first instant after it, for each key.
+    /// The level records of the subject at `at`, at its last instant before
+    /// `at` and at its first instant after it, for each key, grouped by
+    /// (subject, instant, quantity); each group once.
     async fn neighbourhoods(&mut self, keys: &[(SubjectKey, i64)]) -> Result<Vec<LevelRow>, StoreError>;
     /// Adds to the step at each instant; a step that becomes zero has no
     /// row.
@@ -203,17 +206,15 @@ async fn step_changes(
     let keys: Vec<(SubjectKey, i64)> =
         levels.iter().flat_map(|(s, at)| at.keys().map(move |t| (s.clone(), *t))).collect();
     let rows = tx.neighbourhoods(&keys).await?;
-    let mut hoods: BTreeMap<SubjectKey, (Neighbourhood, BTreeSet<i64>)> = BTreeMap::new();
+    let mut hoods: BTreeMap<SubjectKey, Neighbourhood> = BTreeMap::new();
     for row in rows {
         let key = (SeriesKey { org_id: row.org_id, metric: row.metric }, row.subject);
-        let (hood, seen) = hoods.entry(key).or_default();
-        // Neighbourhoods of nearby instants overlap: count each record once.
-        if seen.insert(row.id) {
-            hood.stored.entry(row.at_ms).or_default().push(row.quantity);
-        }
+        let stored = hoods.entry(key).or_default().stored.entry(row.at_ms).or_default();
+        let copies = usize::try_from(row.count).unwrap_or(0);
+        stored.extend(std::iter::repeat_n(row.quantity, copies));
     }
     for (subject, written) in levels {
-        let (mut hood, _) = hoods.remove(&subject).unwrap_or_default();
+        let mut hood = hoods.remove(&subject).unwrap_or_default();
         hood.written = written;
         for (at, change) in hood.step_changes().map_err(overflow)? {
             let sum = out.entry((subject.0.clone(), at)).or_default();

@@ -40,6 +40,16 @@ fn series_keys<'a>(keys: impl Iterator<Item = &'a (SeriesKey, i64)>) -> String {
     json(&list)
 }
 
+/// `FROM … JOIN table` on the (org, metric, time) keys of a JSON list bound
+/// as ?1: one primary-key probe per key (a row-value `IN (SELECT …)` would
+/// use only (org, metric) and scan the series).
+fn by_keys(table: &str, time: &str) -> String {
+    format!(
+        "FROM json_each(?1) AS k JOIN {table} AS t ON t.org_id = json_extract(k.value, '$[0]')
+         AND t.metric = json_extract(k.value, '$[1]') AND t.{time} = json_extract(k.value, '$[2]')"
+    )
+}
+
 fn hour_from_row(row: &SqliteRow) -> Result<Hour, StoreError> {
     let peak: Option<String> = row.try_get("level_peak")?;
     Ok(Hour {
@@ -133,9 +143,8 @@ async fn add_values(
         return Ok(());
     }
     let stored = sqlx::query(&format!(
-        "SELECT org_id, metric, {time}, {value} FROM {table}
-         WHERE (org_id, metric, {time}) IN (
-             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?1))"
+        "SELECT t.org_id, t.metric, t.{time}, t.{value} {}",
+        by_keys(table, time)
     ))
     .bind(series_keys(rows.iter().map(|(k, _)| k)))
     .fetch_all(&mut *conn)
@@ -153,14 +162,14 @@ async fn add_values(
         if now.is_zero() { zero.push(key) } else { keep.push((key.clone(), now)) }
     }
     write_values(conn, table, time, value, &keep).await?;
-    if !zero.is_empty() {
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE (org_id, metric, {time}) IN (
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?1))"
-        ))
-        .bind(series_keys(zero.into_iter()))
-        .execute(&mut *conn)
-        .await?;
+    // Rare (a step corrected back to nothing): one primary-key delete each.
+    for (series, t) in zero {
+        sqlx::query(&format!("DELETE FROM {table} WHERE org_id = ?1 AND metric = ?2 AND {time} = ?3"))
+            .bind(&series.org_id)
+            .bind(&series.metric)
+            .bind(*t)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -193,11 +202,16 @@ impl RollupTx for SqliteConnection {
                                         AND r.at_ms > k.at_ms AND r.kind = 'level'
                                   ORDER BY r.at_ms LIMIT 1), k.at_ms) AS hi
                  FROM k
+             ), i AS (
+                 SELECT org_id, metric, subject, lo AS at_ms FROM b
+                 UNION SELECT org_id, metric, subject, at_ms FROM k
+                 UNION SELECT org_id, metric, subject, hi FROM b
              )
-             SELECT r.id, r.org_id, r.metric, r.subject, r.at_ms, r.quantity
-             FROM b JOIN usage_records r
-               ON r.org_id = b.org_id AND r.metric = b.metric AND r.subject = b.subject AND r.at_ms BETWEEN b.lo AND b.hi
-             WHERE r.kind = 'level'",
+             SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity, COUNT(*) AS n
+             FROM i JOIN usage_records r
+               ON r.org_id = i.org_id AND r.metric = i.metric AND r.subject = i.subject AND r.at_ms = i.at_ms
+             WHERE r.kind = 'level'
+             GROUP BY r.org_id, r.metric, r.subject, r.at_ms, r.quantity",
         )
         .bind(json(&list))
         .fetch_all(&mut *self)
@@ -205,7 +219,7 @@ impl RollupTx for SqliteConnection {
         rows.iter()
             .map(|row| {
                 Ok(LevelRow {
-                    id: row.try_get("id")?,
+                    count: row.try_get("n")?,
                     org_id: row.try_get("org_id")?,
                     metric: row.try_get("metric")?,
                     subject: row.try_get("subject")?,
@@ -224,10 +238,7 @@ impl RollupTx for SqliteConnection {
         &mut self,
         keys: &[(SeriesKey, i64)],
     ) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM rollup_hours WHERE (org_id, metric, hour_ms) IN (
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?1))",
-        )
+        let rows = sqlx::query(&format!("SELECT t.* {}", by_keys(LIVE.hours, "hour_ms")))
         .bind(series_keys(keys.iter()))
         .fetch_all(&mut *self)
         .await?;
