@@ -69,9 +69,9 @@ use serde_json::{Value, json};
 use sqlx::Connection as _;
 
 use support::{
-    CORE_SECONDS_PER_WEBHOOK, METER, Prepared, TICKS_PER_SECOND, USAGE_RANGE, connect, cpu_seconds,
-    host_header, ingest_request, machine_cpu, postgres_cpu_seconds, prepare, send, signal, spawn_meterd,
-    wait_for_listening, write_config,
+    CORE_SECONDS_PER_WEBHOOK, METER, PgDatabase, Prepared, TICKS_PER_SECOND, USAGE_RANGE, connect,
+    cpu_seconds, host_header, ingest_request, machine_cpu, postgres_cpu_seconds, prepare, send, spawn_meterd,
+    stop_gracefully, wait_for_listening, write_config,
 };
 
 const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -131,74 +131,6 @@ impl Settings {
 // ---------------------------------------------------------------------------
 // The database of a run
 // ---------------------------------------------------------------------------
-
-/// A PostgreSQL database made for one run, dropped (`WITH (FORCE)`) with
-/// the value (as in `replicas.rs`).
-struct PgDatabase {
-    url: String,
-    admin_url: String,
-    name: String,
-}
-
-impl PgDatabase {
-    async fn create(admin_url: &str, name: String) -> Self {
-        let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {} ({e}). Start it with `bash tests/postgres/ensure.sh`, \
-                 or point METERD_BENCH_POSTGRES at a server where this user may create databases \
-                 (or run only `-- sqlite`).",
-                meterd::store::redact_url(admin_url)
-            )
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        let autovacuum: Result<String, _> = sqlx::query_scalar("SHOW autovacuum").fetch_one(&mut admin).await;
-        if autovacuum.is_ok_and(|setting| setting == "off") {
-            println!(
-                "note: autovacuum is off on this server: nothing analyzes {name}'s tables during the run"
-            );
-        }
-        let _ = admin.close().await;
-        let mut url = reqwest::Url::parse(admin_url).unwrap_or_else(|e| {
-            panic!("the PostgreSQL admin URL is not a URL ({e}): {}", meterd::store::redact_url(admin_url))
-        });
-        url.set_path(&name);
-        Self { url: url.to_string(), admin_url: admin_url.to_owned(), name }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // A runtime of our own on a thread of our own: drop may run while
-        // the bench's client runtime is busy (a panic during a run).
-        let dropped = std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await.map_err(|e| e.to_string())?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = admin.close().await;
-                Ok(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop the benchmark database {}: {e}", self.name),
-            Err(_) => {
-                eprintln!("could not drop the benchmark database {}: the dropping thread panicked", self.name)
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The gateway under test
@@ -282,23 +214,7 @@ impl Gateway {
 
     /// SIGTERM, then wait (killed after 30 s).
     fn stop(mut self) {
-        signal(self.pid(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        eprintln!("meterd (pid {}) exited with {status} after SIGTERM", self.pid());
-                    }
-                    return;
-                }
-                _ if Instant::now() >= deadline => {
-                    eprintln!("meterd (pid {}) did not stop within 30 s of SIGTERM; killing it", self.pid());
-                    return; // Drop kills it.
-                }
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        stop_gracefully(&mut self.child, Duration::from_secs(30));
     }
 }
 

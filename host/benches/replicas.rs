@@ -55,7 +55,7 @@ use rust_decimal::Decimal;
 use sqlx::Connection as _;
 
 use support::{
-    CORE_SECONDS_PER_WEBHOOK, METER, Prepared, TICKS_PER_SECOND, connect, cpu_seconds, format_ns,
+    CORE_SECONDS_PER_WEBHOOK, METER, PgDatabase, Prepared, TICKS_PER_SECOND, connect, cpu_seconds, format_ns,
     host_header, ingest_request, machine_cpu, nanos, percentile, postgres_cpu_seconds, prepare, send, signal,
     spawn_meterd, usage_total, wait_for_listening, write_config,
 };
@@ -172,45 +172,7 @@ impl Database {
     }
 }
 
-/// A PostgreSQL database made for one run, dropped (`WITH (FORCE)`) with
-/// the value.
-struct PgDatabase {
-    /// The database's URL, for the gateways' config.
-    url: String,
-    admin_url: String,
-    name: String,
-}
-
 impl PgDatabase {
-    async fn create(admin_url: &str, name: String) -> Self {
-        let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {} ({e}). Start it with `bash tests/postgres/ensure.sh`, \
-                 or point {POSTGRES_ENV} at a server where this user may create databases \
-                 (or run only `-- sqlite`).",
-                meterd::store::redact_url(admin_url)
-            )
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        // Plans of the store's queries depend on the tables' statistics,
-        // which only autovacuum keeps current during a run.
-        let autovacuum: Result<String, _> = sqlx::query_scalar("SHOW autovacuum").fetch_one(&mut admin).await;
-        if autovacuum.is_ok_and(|setting| setting == "off") {
-            println!(
-                "note: autovacuum is off on this server: nothing analyzes {name}'s tables during the run"
-            );
-        }
-        let _ = admin.close().await;
-        let mut url = reqwest::Url::parse(admin_url).unwrap_or_else(|e| {
-            panic!("{POSTGRES_ENV} is not a URL ({e}): {}", meterd::store::redact_url(admin_url))
-        });
-        url.set_path(&name);
-        Self { url: url.to_string(), admin_url: admin_url.to_owned(), name }
-    }
-
     /// Transactions committed and rolled back in this database so far, from
     /// `pg_stat_database` (complete once the gateways have stopped: a
     /// backend reports its counts at the latest when it exits).
@@ -223,37 +185,6 @@ impl PgDatabase {
                 .await?;
         let _ = admin.close().await;
         Ok(Transactions { committed, rolled_back })
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // A runtime of our own on a thread of our own: drop may run while
-        // the bench's client runtime is busy (a panic during a run).
-        let dropped = std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await.map_err(|e| e.to_string())?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = admin.close().await;
-                Ok(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop the benchmark database {}: {e}", self.name),
-            Err(_) => {
-                eprintln!("could not drop the benchmark database {}: the dropping thread panicked", self.name)
-            }
-        }
     }
 }
 

@@ -39,8 +39,10 @@ CREATE TABLE rollup_months (
     PRIMARY KEY (org_id, metric, month_ms)
 );
 
--- A subject's records around an instant: what a late level changes.
-CREATE INDEX usage_records_by_subject ON usage_records (org_id, metric, subject, at_ms);
+-- A subject's records around an instant: what a late level changes. Kind
+-- and quantity are in the index, so the neighbourhood read of a commit
+-- never visits the table.
+CREATE INDEX usage_records_by_subject ON usage_records (org_id, metric, subject, at_ms) INCLUDE (kind, quantity);
 
 -- Facts about the database itself (e.g. that the rollups were back-filled).
 CREATE TABLE meterd_state (

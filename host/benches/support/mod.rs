@@ -192,6 +192,29 @@ pub fn spawn_meterd(config: &Path, dir: &Path) -> Child {
         .expect("starting meterd")
 }
 
+/// SIGTERM, then wait up to `within`; a gateway still running then is left
+/// for the caller's drop to kill.
+pub fn stop_gracefully(child: &mut Child, within: Duration) {
+    let pid = child.id();
+    signal(pid, "TERM");
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                if !status.success() {
+                    eprintln!("meterd (pid {pid}) exited with {status} after SIGTERM");
+                }
+                return;
+            }
+            _ if std::time::Instant::now() >= deadline => {
+                eprintln!("meterd (pid {pid}) did not stop within {within:?} of SIGTERM; killing it");
+                return;
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// Reads the child's stdout until `meterd listening on http://ADDR`, and keeps
 /// draining it afterwards so the child never blocks on a full pipe.
 pub fn wait_for_listening(child: &mut Child) -> SocketAddr {
@@ -302,17 +325,30 @@ pub struct Prepared {
 
 /// A `killed` event shaped like tests/fixtures/e2b/webhook-killed (same
 /// fields, similar size), with a unique `id` so no delivery is a duplicate.
-pub fn webhook_body(id: &str, org: &str, sandbox: &str) -> String {
+pub fn webhook_body(id: &str, org: &str, sandbox: &str, timestamp: &str) -> String {
     format!(
-        r#"{{"id":"{id}","version":"v2","type":"sandbox.lifecycle.killed","timestamp":"2025-08-06T20:59:36.123456789Z","event_category":"lifecycle","event_label":"kill","event_data":{{"execution":{{"execution_time":1500,"memory_mb":512,"started_at":"2025-08-06T20:59:34Z","vcpu_count":2}},"kill_reason":"unknown","sandbox_metadata":{{"tenant":"{org}"}}}},"sandbox_id":"{sandbox}","sandbox_execution_id":"1dae9e1c-9957-4ce7-a236-a99d5779aadf","sandbox_template_id":"rki5dems9wqfm4r03t7g","sandbox_build_id":"a979a14b-bdcc-49e6-bc04-1189fc9fe7c2","sandbox_team_id":"460355b3-4f64-48f9-9a16-4442817f79f5"}}"#
+        r#"{{"id":"{id}","version":"v2","type":"sandbox.lifecycle.killed","timestamp":"{timestamp}","event_category":"lifecycle","event_label":"kill","event_data":{{"execution":{{"execution_time":1500,"memory_mb":512,"started_at":"2025-08-06T20:59:34Z","vcpu_count":2}},"kill_reason":"unknown","sandbox_metadata":{{"tenant":"{org}"}}}},"sandbox_id":"{sandbox}","sandbox_execution_id":"1dae9e1c-9957-4ce7-a236-a99d5779aadf","sandbox_template_id":"rki5dems9wqfm4r03t7g","sandbox_build_id":"a979a14b-bdcc-49e6-bc04-1189fc9fe7c2","sandbox_team_id":"460355b3-4f64-48f9-9a16-4442817f79f5"}}"#
     )
 }
 
-/// `count` signed webhooks for organization `org`, ids prefixed with `run`.
+/// `count` signed webhooks for organization `org`, ids prefixed with `run`,
+/// for 1,000 sandboxes in turn. All at one instant by default (so each
+/// sandbox piles up records at one time); `METERD_BENCH_TIMESTAMPS=distinct`
+/// stamps webhook i at 2025-08-06T20:59:36Z + i ms, as a live stream is.
 pub fn prepare(run: &str, org: &str, count: usize) -> Arc<Vec<Prepared>> {
+    let distinct = std::env::var("METERD_BENCH_TIMESTAMPS").is_ok_and(|v| v == "distinct");
+    // 2025-08-06T20:59:36Z
+    const START_MS: i64 = 1_754_513_976_000;
     let webhooks = (0..count)
         .map(|i| {
-            let body = webhook_body(&format!("bench-{run}-{i:010}"), org, &format!("sbx-{:04}", i % 1_000));
+            let timestamp = if distinct {
+                let t = chrono::DateTime::from_timestamp_millis(START_MS + i as i64).expect("a 2025 time");
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            } else {
+                "2025-08-06T20:59:36.123456789Z".to_owned()
+            };
+            let sandbox = format!("sbx-{:04}", i % 1_000);
+            let body = webhook_body(&format!("bench-{run}-{i:010}"), org, &sandbox, &timestamp);
             let signature = e2b_signature(E2B_SECRET, body.as_bytes());
             Prepared {
                 body: Bytes::from(body),
@@ -392,4 +428,78 @@ pub async fn usage_total(addr: SocketAddr, org: &str) -> Decimal {
     assert_eq!(status, StatusCode::OK, "usage query failed: {}", String::from_utf8_lossy(&body));
     let json: serde_json::Value = serde_json::from_slice(&body).expect("usage answer is JSON");
     json["total"].as_str().and_then(|t| t.parse().ok()).expect("usage answer has a decimal `total`")
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------
+
+use sqlx::Connection as _;
+
+/// A PostgreSQL database made for one run, dropped (`WITH (FORCE)`) with
+/// the value (as in `replicas.rs`).
+pub struct PgDatabase {
+    pub url: String,
+    pub admin_url: String,
+    pub name: String,
+}
+
+impl PgDatabase {
+    pub async fn create(admin_url: &str, name: String) -> Self {
+        let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {} ({e}). Start it with `bash tests/postgres/ensure.sh`, \
+                 or point METERD_BENCH_POSTGRES at a server where this user may create databases \
+                 (or run only the SQLite cases).",
+                meterd::store::redact_url(admin_url)
+            )
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        let autovacuum: Result<String, _> = sqlx::query_scalar("SHOW autovacuum").fetch_one(&mut admin).await;
+        if autovacuum.is_ok_and(|setting| setting == "off") {
+            println!(
+                "note: autovacuum is off on this server: nothing analyzes {name}'s tables during the run"
+            );
+        }
+        let _ = admin.close().await;
+        let mut url = reqwest::Url::parse(admin_url).unwrap_or_else(|e| {
+            panic!("the PostgreSQL admin URL is not a URL ({e}): {}", meterd::store::redact_url(admin_url))
+        });
+        url.set_path(&name);
+        Self { url: url.to_string(), admin_url: admin_url.to_owned(), name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // A runtime of our own on a thread of our own: drop may run while
+        // the bench's client runtime is busy (a panic during a run).
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await.map_err(|e| e.to_string())?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = admin.close().await;
+                Ok(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop the benchmark database {}: {e}", self.name),
+            Err(_) => {
+                eprintln!("could not drop the benchmark database {}: the dropping thread panicked", self.name)
+            }
+        }
+    }
 }

@@ -97,6 +97,9 @@ pub(super) async fn read_input(
     for range in &plan.hours {
         input.hours.extend(tx.hours_in(series, *range).await?);
     }
+    if let Some(range) = plan.ahead {
+        input.ahead = tx.steps_in(series, range).await?;
+    }
     for range in &plan.raw {
         if level {
             input.steps.extend(tx.steps_in(series, *range).await?);

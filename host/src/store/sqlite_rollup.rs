@@ -142,13 +142,11 @@ async fn add_values(
     if rows.is_empty() {
         return Ok(());
     }
-    let stored = sqlx::query(&format!(
-        "SELECT t.org_id, t.metric, t.{time}, t.{value} {}",
-        by_keys(table, time)
-    ))
-    .bind(series_keys(rows.iter().map(|(k, _)| k)))
-    .fetch_all(&mut *conn)
-    .await?;
+    let stored =
+        sqlx::query(&format!("SELECT t.org_id, t.metric, t.{time}, t.{value} {}", by_keys(table, time)))
+            .bind(series_keys(rows.iter().map(|(k, _)| k)))
+            .fetch_all(&mut *conn)
+            .await?;
     let mut sums: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
     for row in &stored {
         sums.insert(key_from_row(row, time)?, quantity(&row.try_get::<String, _>(value)?)?);
@@ -239,9 +237,9 @@ impl RollupTx for SqliteConnection {
         keys: &[(SeriesKey, i64)],
     ) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError> {
         let rows = sqlx::query(&format!("SELECT t.* {}", by_keys(LIVE.hours, "hour_ms")))
-        .bind(series_keys(keys.iter()))
-        .fetch_all(&mut *self)
-        .await?;
+            .bind(series_keys(keys.iter()))
+            .fetch_all(&mut *self)
+            .await?;
         rows.iter().map(|row| Ok((key_from_row(row, "hour_ms")?, hour_from_row(row)?))).collect()
     }
 

@@ -1,6 +1,7 @@
 //! A usage query answered from rollups: whole hours from their summaries,
-//! the rest (the range's ragged ends, and for integrals the hour holding
-//! `now`, which is integrated only up to `now`) from raw rows.
+//! the range's ragged ends from raw rows. An integral stops at `now`: the
+//! hour holding it is its summary less the steps stamped after `now`
+//! (read raw; usually none).
 //!
 //! The answer equals `meter::aggregate` over the raw records (the tests
 //! check it on random histories); it is computed per window in time order
@@ -21,6 +22,10 @@ pub struct ReadPlan {
     pub hours: Vec<Range>,
     /// Ranges read raw: records for sums and counts, steps for levels.
     pub raw: Vec<Range>,
+    /// For an integral whose range holds `now`: from `now` to the end of
+    /// its hour, whose steps (rare: stamped ahead of the clock) the hour's
+    /// summary must not integrate.
+    pub ahead: Option<Range>,
 }
 
 /// Whether `aggregation` reads the level step function (not sums or counts).
@@ -34,7 +39,7 @@ pub fn plan(range: Range, aggregation: Aggregation, now_ms: i64) -> ReadPlan {
     let first = if first == range.from_ms { first } else { first.saturating_add(HOUR_MS) };
     let last = hour_of(range.to_ms);
     if first >= last {
-        return ReadPlan { hours: Vec::new(), raw: vec![range] };
+        return ReadPlan { hours: Vec::new(), raw: vec![range], ahead: None };
     }
     let mut raw = Vec::new();
     if range.from_ms < first {
@@ -44,18 +49,9 @@ pub fn plan(range: Range, aggregation: Aggregation, now_ms: i64) -> ReadPlan {
         raw.push(Range { from_ms: last, to_ms: range.to_ms });
     }
     let now_hour = hour_of(now_ms);
-    let hours = if aggregation == Aggregation::Integral && (first..last).contains(&now_hour) {
-        // Integrals stop at `now`: that hour is summed step by step.
-        raw.push(Range { from_ms: now_hour, to_ms: now_hour + HOUR_MS });
-        [Range { from_ms: first, to_ms: now_hour }, Range { from_ms: now_hour + HOUR_MS, to_ms: last }]
-            .into_iter()
-            .filter(|r| r.from_ms < r.to_ms)
-            .collect()
-    } else {
-        vec![Range { from_ms: first, to_ms: last }]
-    };
-    raw.sort_by_key(|r| r.from_ms);
-    ReadPlan { hours, raw }
+    let ahead = (aggregation == Aggregation::Integral && (first..last).contains(&now_hour))
+        .then(|| Range { from_ms: now_ms, to_ms: now_hour + HOUR_MS });
+    ReadPlan { hours: vec![Range { from_ms: first, to_ms: last }], raw, ahead }
 }
 
 /// What the store read for a [`ReadPlan`].
@@ -69,6 +65,8 @@ pub struct RollupInput {
     pub steps: Vec<(i64, Decimal)>,
     /// Records of the meter's metric in the raw ranges (sums and counts).
     pub points: Vec<Point>,
+    /// Net steps in the plan's `ahead` range.
+    pub ahead: Vec<(i64, Decimal)>,
 }
 
 fn add(a: Decimal, b: Decimal) -> Result<Decimal, QuantityError> {
@@ -116,7 +114,7 @@ pub fn evaluate(
             }
             Ok(report(&windows, cells, total))
         }
-        aggregation => levels(aggregation, &windows, query.now_ms, input.before, &hours, &input.steps),
+        aggregation => levels(aggregation, &windows, query.now_ms, input, &hours),
     }
 }
 
@@ -155,10 +153,10 @@ fn levels(
     aggregation: Aggregation,
     windows: &[Range],
     now_ms: i64,
-    before: Decimal,
+    input: &RollupInput,
     hours: &[&(i64, Hour)],
-    steps: &[(i64, Decimal)],
 ) -> Result<UsageReport, EngineError> {
+    let (before, steps) = (input.before, &input.steps);
     let range = Range { from_ms: windows[0].from_ms, to_ms: windows[windows.len() - 1].to_ms };
     let mut pieces: Vec<Piece> = hours.iter().map(|(h, hour)| Piece::Hour(*h, hour)).collect();
     pieces.extend(steps.iter().filter(|(t, _)| range.contains(*t)).map(|&(t, s)| Piece::Step(t, s)));
@@ -202,15 +200,23 @@ fn levels(
                     let end = start + HOUR_MS;
                     if aggregation == Aggregation::Integral && clip > *start {
                         let upto = clip.min(end);
-                        if hour.level_last_at.is_some_and(|l| l > upto) {
-                            // The plan reads the hour holding `now` raw.
-                            return Err(EngineError::Plan("an hour summary cut inside its steps"));
-                        }
-                        // ∫ = L(start−)·d + Σ Δᵢ·(upto − tᵢ) = (L + step)·d − moment
+                        // ∫ = L(start−)·d + Σ Δᵢ·(upto − tᵢ) over steps before
+                        // `upto` = (L + step)·d − moment + Σ Δⱼ·(tⱼ − upto)
+                        // over the steps at or after it (the plan reads them).
                         let d = Decimal::from(upto - start);
-                        let part = mul(add(level, hour.level_step)?, d)?
+                        let mut part = mul(add(level, hour.level_step)?, d)?
                             .checked_sub(hour.level_moment)
                             .ok_or(QuantityError::Overflow("rollup query"))?;
+                        if hour.level_last_at.is_some_and(|l| l >= upto) && upto < end {
+                            let later: Vec<&(i64, Decimal)> =
+                                input.ahead.iter().filter(|(t, _)| (upto..end).contains(t)).collect();
+                            if later.is_empty() && hour.level_last_at.is_some_and(|l| l > upto) {
+                                return Err(EngineError::Plan("an hour summary cut before steps not read"));
+                            }
+                            for (t, step) in later {
+                                part = add(part, mul(*step, Decimal::from(t - upto))?)?;
+                            }
+                        }
                         acc = add(acc, part)?;
                         pos = upto;
                     }

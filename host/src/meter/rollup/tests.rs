@@ -114,6 +114,12 @@ fn from_rollups(
             .collect(),
         steps: out.steps.iter().filter(|(_, t, _)| within(*t, &plan.raw)).map(|(_, t, s)| (*t, *s)).collect(),
         points: records.iter().filter(|r| within(r.at_ms, &plan.raw)).map(point).collect(),
+        ahead: out
+            .steps
+            .iter()
+            .filter(|(_, t, _)| plan.ahead.is_some_and(|a| a.contains(*t)))
+            .map(|(_, t, s)| (*t, *s))
+            .collect(),
     };
     query::evaluate(meter, query, &input).expect("rollup query")
 }
