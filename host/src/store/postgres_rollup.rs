@@ -210,7 +210,16 @@ impl RollupTx for PgConnection {
     }
 
     async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
-        hours(self, series, range).await
+        let rows = sqlx::query(
+            "SELECT * FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4 ORDER BY hour_ms",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("hour_ms")?, hour_from_row(row)?))).collect()
     }
 
     async fn steps_in(
@@ -218,11 +227,32 @@ impl RollupTx for PgConnection {
         series: &SeriesKey,
         range: Range,
     ) -> Result<Vec<(i64, Decimal)>, StoreError> {
-        steps(self, series, range).await
+        let rows = sqlx::query(
+            "SELECT at_ms, step FROM rollup_steps WHERE org_id = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4 ORDER BY at_ms",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("at_ms")?, row.try_get("step")?))).collect()
     }
 
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError> {
-        level_before(self, series, at_ms).await
+        let level: Option<Decimal> = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT SUM(level_step) FROM rollup_months WHERE org_id = $1 AND metric = $2 AND month_ms < $3), 0)
+                  + COALESCE((SELECT SUM(level_step) FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4), 0)
+                  + COALESCE((SELECT SUM(step) FROM rollup_steps WHERE org_id = $1 AND metric = $2 AND at_ms >= $4 AND at_ms < $5), 0)",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(month_containing(at_ms).from_ms)
+        .bind(hour_of(at_ms))
+        .bind(at_ms)
+        .fetch_one(&mut *self)
+        .await?;
+        Ok(level.unwrap_or(Decimal::ZERO))
     }
 
     async fn points_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<Point>, StoreError> {
@@ -288,61 +318,6 @@ async fn write_values(
         insert.build().execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-async fn hours(
-    conn: &mut PgConnection,
-    series: &SeriesKey,
-    range: Range,
-) -> Result<Vec<(i64, Hour)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT * FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4 ORDER BY hour_ms",
-    )
-    .bind(&series.org_id)
-    .bind(&series.metric)
-    .bind(range.from_ms)
-    .bind(range.to_ms)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(|row| Ok((row.try_get("hour_ms")?, hour_from_row(row)?))).collect()
-}
-
-async fn steps(
-    conn: &mut PgConnection,
-    series: &SeriesKey,
-    range: Range,
-) -> Result<Vec<(i64, Decimal)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT at_ms, step FROM rollup_steps WHERE org_id = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4 ORDER BY at_ms",
-    )
-    .bind(&series.org_id)
-    .bind(&series.metric)
-    .bind(range.from_ms)
-    .bind(range.to_ms)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(|row| Ok((row.try_get("at_ms")?, row.try_get("step")?))).collect()
-}
-
-/// The org level just before `at_ms` (see the SQLite engine's).
-async fn level_before(
-    conn: &mut PgConnection,
-    series: &SeriesKey,
-    at_ms: i64,
-) -> Result<Decimal, StoreError> {
-    let level: Option<Decimal> = sqlx::query_scalar(
-        "SELECT COALESCE((SELECT SUM(level_step) FROM rollup_months WHERE org_id = $1 AND metric = $2 AND month_ms < $3), 0)
-              + COALESCE((SELECT SUM(level_step) FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4), 0)
-              + COALESCE((SELECT SUM(step) FROM rollup_steps WHERE org_id = $1 AND metric = $2 AND at_ms >= $4 AND at_ms < $5), 0)",
-    )
-    .bind(&series.org_id)
-    .bind(&series.metric)
-    .bind(month_containing(at_ms).from_ms)
-    .bind(hour_of(at_ms))
-    .bind(at_ms)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(level.unwrap_or(Decimal::ZERO))
 }
 
 async fn write_output(conn: &mut PgConnection, prefix: &str, out: FoldOutput) -> Result<(), StoreError> {

@@ -252,7 +252,16 @@ impl RollupTx for SqliteConnection {
     }
 
     async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
-        hours(self, series, range).await
+        let rows = sqlx::query(
+            "SELECT * FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4 ORDER BY hour_ms",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("hour_ms")?, hour_from_row(row)?))).collect()
     }
 
     async fn steps_in(
@@ -260,11 +269,44 @@ impl RollupTx for SqliteConnection {
         series: &SeriesKey,
         range: Range,
     ) -> Result<Vec<(i64, Decimal)>, StoreError> {
-        steps_in(self, series, range).await
+        let rows = sqlx::query(
+            "SELECT at_ms, step FROM rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4 ORDER BY at_ms",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("at_ms")?, quantity(&row.try_get::<String, _>("step")?)?)))
+            .collect()
     }
 
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError> {
-        level_before(self, series, at_ms).await
+        let month = month_containing(at_ms).from_ms;
+        let hour = hour_of(at_ms);
+        let rows = sqlx::query(
+            "SELECT level_step AS v FROM rollup_months WHERE org_id = ?1 AND metric = ?2 AND month_ms < ?3
+             UNION ALL
+             SELECT level_step FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4
+             UNION ALL
+             SELECT step FROM rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?4 AND at_ms < ?5",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(month)
+        .bind(hour)
+        .bind(at_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        let mut level = Decimal::ZERO;
+        for row in &rows {
+            level = level
+                .checked_add(quantity(&row.try_get::<String, _>("v")?)?)
+                .ok_or_else(|| StoreError::Corrupt("level overflows".to_owned()))?;
+        }
+        Ok(level)
     }
 
     async fn points_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<Point>, StoreError> {
@@ -280,72 +322,6 @@ impl RollupTx for SqliteConnection {
         .await?;
         rows.iter().map(super::sqlite::point_from_row).collect()
     }
-}
-
-async fn steps_in(
-    conn: &mut SqliteConnection,
-    series: &SeriesKey,
-    range: Range,
-) -> Result<Vec<(i64, Decimal)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT at_ms, step FROM rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4 ORDER BY at_ms",
-    )
-    .bind(&series.org_id)
-    .bind(&series.metric)
-    .bind(range.from_ms)
-    .bind(range.to_ms)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("at_ms")?, quantity(&row.try_get::<String, _>("step")?)?)))
-        .collect()
-}
-
-async fn hours(
-    conn: &mut SqliteConnection,
-    series: &SeriesKey,
-    range: Range,
-) -> Result<Vec<(i64, Hour)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT * FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4 ORDER BY hour_ms",
-    )
-    .bind(&series.org_id)
-    .bind(&series.metric)
-    .bind(range.from_ms)
-    .bind(range.to_ms)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(|row| Ok((row.try_get("hour_ms")?, hour_from_row(row)?))).collect()
-}
-
-async fn level_before(
-    conn: &mut SqliteConnection,
-    series: &SeriesKey,
-    at_ms: i64,
-) -> Result<Decimal, StoreError> {
-    let month = month_containing(at_ms).from_ms;
-    let hour = hour_of(at_ms);
-    let rows = sqlx::query(
-        "SELECT level_step AS v FROM rollup_months WHERE org_id = ?1 AND metric = ?2 AND month_ms < ?3
-         UNION ALL
-         SELECT level_step FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4
-         UNION ALL
-         SELECT step FROM rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?4 AND at_ms < ?5",
-    )
-    .bind(&series.org_id)
-    .bind(&series.metric)
-    .bind(month)
-    .bind(hour)
-    .bind(at_ms)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut level = Decimal::ZERO;
-    for row in &rows {
-        level = level
-            .checked_add(quantity(&row.try_get::<String, _>("v")?)?)
-            .ok_or_else(|| StoreError::Corrupt("level overflows".to_owned()))?;
-    }
-    Ok(level)
 }
 
 async fn write_output(

@@ -17,7 +17,7 @@
 //! A subject's level in force after an instant is the greatest quantity
 //! recorded at it (the engine's tie rule), and 0 before its first record. A
 //! late, out-of-order or corrected level changes the step at its own instant
-//! and at the subject's next instant, nowhere else ([`write::step_changes`]);
+//! and at the subject's next instant, nowhere else ([`write::Neighbourhood::step_changes`]);
 //! so maintaining the rollups costs O(records written), and an hour whose
 //! steps did not arrive in order is re-summarized from its steps.
 //!
@@ -125,11 +125,6 @@ impl Hour {
         self.level_peak = None;
         self.level_last_at = None;
         self.append_steps(start, steps)
-    }
-
-    /// Whether the hour holds nothing (as if it had no row).
-    pub fn is_empty(&self) -> bool {
-        *self == Hour::default()
     }
 }
 
