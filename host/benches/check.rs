@@ -80,9 +80,9 @@ use meterd::meter::Kind;
 use meterd::meter::period::{Range, month_containing};
 use meterd::orgs::Orgs;
 use meterd::plans::check::Action;
-use meterd::plans::standing::Change;
+use meterd::plans::standing::{Effect, Run};
 use meterd::record::UsageRecord;
-use meterd::store::{CommitHook, Delivery, OrgChange, SqliteStore, Store};
+use meterd::store::{CommitHook, Delivery, OrgEffect, SqliteStore, Store};
 
 use support::{E2B_SECRET, format_ns, percentile, signal, wait_for_listening};
 
@@ -1338,21 +1338,42 @@ fn delivery(id: &str, org: &str, sandbox: &str, killed: bool, at_ms: i64) -> Del
 }
 
 /// The changes one delivery makes, as the store hands them to the hook.
-fn changes(d: &Delivery) -> Vec<OrgChange> {
-    d.records
-        .iter()
-        .map(|r| OrgChange {
-            org_id: r.org_id.clone(),
-            change: Change {
-                subject: r.subject.clone(),
-                metric: r.metric.clone(),
-                kind: r.kind,
-                at_ms: r.at_ms,
-                quantity: r.quantity,
-                previous: None,
-            },
-        })
-        .collect()
+/// What committing `d` changes, as the store's rollup maintenance reports
+/// it for a sandbox seen only through these deliveries: its records per
+/// hour, and for `sandbox_active` the level step and the run (`started_ms`:
+/// when the sandbox a `killed` delivery ends was created, if it was).
+fn effects(d: &Delivery, started_ms: Option<i64>) -> Vec<OrgEffect> {
+    let mut out = Vec::new();
+    let effect =
+        |r: &UsageRecord, effect| OrgEffect { org_id: r.org_id.clone(), metric: r.metric.clone(), effect };
+    for r in &d.records {
+        let delta = if r.kind == Kind::Delta { r.quantity } else { Decimal::ZERO };
+        out.push(effect(
+            r,
+            Effect::Records { at_ms: r.at_ms - r.at_ms.rem_euclid(3_600_000), added: 1, delta },
+        ));
+        if r.metric != "sandbox_active" {
+            continue;
+        }
+        let run = |ended_ms| Run {
+            subject: r.subject.clone(),
+            started_ms: started_ms.unwrap_or(r.at_ms),
+            ended_ms,
+        };
+        match (r.quantity.is_zero(), started_ms) {
+            (false, _) => {
+                out.push(effect(r, Effect::Step { at_ms: r.at_ms, change: r.quantity }));
+                out.push(effect(r, Effect::Run { run: run(None), added: true }));
+            }
+            (true, Some(_)) => {
+                out.push(effect(r, Effect::Step { at_ms: r.at_ms, change: -Decimal::ONE }));
+                out.push(effect(r, Effect::Run { run: run(None), added: false }));
+                out.push(effect(r, Effect::Run { run: run(Some(r.at_ms)), added: true }));
+            }
+            (true, None) => {}
+        }
+    }
+    out
 }
 
 /// Median ns per call over `samples` time-boxed samples, and (min, max) of
@@ -1418,7 +1439,8 @@ fn in_process(settings: &Settings) {
     let picks: Vec<usize> = (0..4096).map(|_| rng.below(orgs_count)).collect();
     let names: Vec<String> = (0..orgs_count).map(org_name).collect();
     let check = |org: usize, action: &Action| {
-        let decision = orgs.check(&names[org], action, meterd::clock::now_ms()).expect("a check");
+        let decision =
+            runtime.block_on(orgs.check(&names[org], action, meterd::clock::now_ms())).expect("a check");
         assert_eq!(decision.allow, !(matches!(action, Action::SandboxStart { .. }) && is_full(org)));
     };
     println!();
@@ -1460,12 +1482,15 @@ fn in_process(settings: &Settings) {
     for (step, sandboxes) in [1_000usize, 10_000, 100_000].into_iter().enumerate() {
         let org = format!("big-{sandboxes}");
         runtime.block_on(orgs.assign(&org, PLAN, now)).expect("assigning the plan");
-        let seed: Vec<OrgChange> = (0..sandboxes)
+        let seed: Vec<OrgEffect> = (0..sandboxes)
             .flat_map(|k| {
                 let name = format!("big{step}-{k:07}");
                 let at = base_ms + (k as i64 * 7) % 600_000;
-                let mut all = changes(&delivery(&format!("{name}-c"), &org, &name, false, at));
-                all.extend(changes(&delivery(&format!("{name}-k"), &org, &name, true, at + EXECUTION_MS)));
+                let mut all = effects(&delivery(&format!("{name}-c"), &org, &name, false, at), None);
+                all.extend(effects(
+                    &delivery(&format!("{name}-k"), &org, &name, true, at + EXECUTION_MS),
+                    Some(at),
+                ));
                 all
             })
             .collect();
@@ -1478,7 +1503,7 @@ fn in_process(settings: &Settings) {
         {
             let name = format!("new{step}-{:07}", per_call.len());
             let d = delivery(&format!("{name}-k"), &org, &name, true, base_ms + per_call.len() as i64);
-            let changes = changes(&d);
+            let changes = effects(&d, None);
             let started = Instant::now();
             let notices = orgs.records_written(None, &changes, meterd::clock::now_ms());
             per_call.push(nanos(started.elapsed()) as f64);
@@ -1486,13 +1511,15 @@ fn in_process(settings: &Settings) {
         }
         let hook = support::median(&mut per_call);
         let (check_ns, _, _) = time_per_call(5, Duration::from_millis(50), |_| {
-            let decision = orgs.check(&org, &start, meterd::clock::now_ms()).expect("a check");
+            let decision =
+                runtime.block_on(orgs.check(&org, &start, meterd::clock::now_ms())).expect("a check");
             assert!(decision.allow);
         });
         let mut entitlements: Vec<f64> = (0..3)
             .map(|_| {
                 let started = Instant::now();
-                let (_, e) = orgs.entitlements(&org, meterd::clock::now_ms()).expect("entitlements");
+                let (_, e) =
+                    runtime.block_on(orgs.entitlements(&org, meterd::clock::now_ms())).expect("entitlements");
                 assert_eq!(e.concurrency.running, 0);
                 nanos(started.elapsed()) as f64
             })

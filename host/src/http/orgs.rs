@@ -134,7 +134,7 @@ pub async fn entitlements(
     Path(org): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let now = crate::clock::now_ms();
-    let (view, e) = state.orgs.entitlements(&org, now)?;
+    let (view, e) = state.orgs.entitlements(&org, now).await?;
     let credits = state.orgs.credits(&org, now).await?;
     let q = meterd_units::format_quantity;
     let meters: Vec<Value> = e
@@ -236,7 +236,7 @@ pub async fn check(
     payload: Result<Json<CheckRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let action = body(payload)?.action()?;
-    let decision = state.orgs.check(&org, &action, crate::clock::now_ms())?;
+    let decision = state.orgs.check(&org, &action, crate::clock::now_ms()).await?;
     Ok(Json(json!(decision)))
 }
 

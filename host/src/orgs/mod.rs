@@ -18,16 +18,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use rust_decimal::Decimal;
 use serde_json::json;
 
+use crate::meter::Aggregation;
 use crate::meter::MeterDef;
 use crate::meter::period::{Range, month_containing};
 use crate::plans::check::{self, Action, CheckError, Decision, Entitlements};
 use crate::plans::credits::{self, CreditReport, Grant};
 use crate::plans::rules::{self, Crossing, Rules};
-use crate::plans::standing::OrgStanding;
-use crate::plans::{Plan, PlanBook, SANDBOX_ACTIVE_METRIC};
+use crate::plans::standing::{Effect, OrgStanding, StoreFacts, Usage};
+use crate::plans::{Plan, PlanBook};
 use crate::record::MAX_ID_LEN;
 use crate::store::{
-    CommitHook, NewGrant, Notice, OrgChange, OrgPlan, StandingSnapshot, Store, StoreError, TxId,
+    CommitHook, NewGrant, Notice, OrgEffect, OrgPlan, StandingSnapshot, Store, StoreError, TxId,
 };
 use crate::usage::{UsageError, UsageRequest, UsageService};
 
@@ -132,8 +133,7 @@ impl Orgs {
     /// from the store, and the assignments and fired notices.
     pub async fn load(store: Arc<dyn Store>, policy: Policy, now_ms: i64) -> Result<Arc<Self>, StoreError> {
         let period = month_containing(now_ms);
-        let built =
-            Built::new(store.standing_snapshot(period.from_ms, SANDBOX_ACTIVE_METRIC).await?, now_ms)?;
+        let built = Built::new(store.standing_snapshot(now_ms).await?, now_ms)?;
         // Credit rules are evaluated after commits; a crash may have come
         // between a commit and its evaluation, so the first sweep looks at
         // every org.
@@ -197,6 +197,38 @@ impl Orgs {
 
     fn plan_of<'a>(&self, policy: &'a Policy, org_id: &str) -> &'a Plan {
         policy.book.plan_for(self.plan_name(org_id).as_deref())
+    }
+
+    /// What a check of `org_id` reads beyond memory: the period's value of
+    /// each of `max_meters` (rollups, O(hours)) and, if `sessions`, the
+    /// closed sessions in the period over the plan's limit (an index seek).
+    async fn facts<'a>(
+        &self,
+        policy: &Policy,
+        plan: &Plan,
+        org_id: &str,
+        max_meters: impl Iterator<Item = &'a MeterDef>,
+        sessions: bool,
+        now_ms: i64,
+    ) -> Result<StoreFacts, OrgError> {
+        let period = month_containing(now_ms);
+        let mut facts = StoreFacts::default();
+        let usage = UsageService::new(self.store.clone(), policy.meters.clone());
+        for meter in max_meters.filter(|m| m.aggregation == Aggregation::Max) {
+            let request = UsageRequest {
+                org_id: org_id.to_owned(),
+                meter: meter.name.clone(),
+                range: period,
+                window: None,
+                group_by: None,
+            };
+            facts.max.insert(meter.name.clone(), usage.usage(&request, now_ms).await?.total);
+        }
+        if sessions && let Some(limit_s) = plan.max_session_seconds {
+            let limit_ms = i64::try_from(limit_s.saturating_mul(1_000)).unwrap_or(i64::MAX);
+            facts.closed_over_limit = self.store.long_runs(org_id, period.from_ms, limit_ms).await?;
+        }
+        Ok(facts)
     }
 
     pub fn view(&self, org_id: &str, now_ms: i64) -> Result<OrgView, OrgError> {
@@ -324,34 +356,41 @@ impl Orgs {
             spend.push((segment, amount));
         }
         let report = credits::burn(&grants, &spend, now_ms);
+        let priced: Vec<&MeterDef> =
+            plan.prices.keys().filter_map(|name| policy.meters.iter().find(|m| &m.name == name)).collect();
+        let facts = self.facts(&policy, plan, org_id, priced.iter().copied(), false, now_ms).await?;
         let spend_this_period = self.with_standing(org_id, now_ms, |org| -> Result<Decimal, OrgError> {
+            let org = Usage { org, facts: &facts };
             let mut total = Decimal::ZERO;
-            for (meter, price) in &plan.prices {
-                if let Some(def) = policy.meters.iter().find(|m| &m.name == meter) {
-                    let used = org.value(def, now_ms).map_err(CheckError::from)?;
-                    total = checked_money(total, meterd_units::price(used, *price))?;
-                }
+            for def in &priced {
+                let used = org.value(def, now_ms).map_err(CheckError::from)?.unwrap_or_default();
+                total = checked_money(total, meterd_units::price(used, plan.prices[&def.name]))?;
             }
             Ok(total)
         })?;
         Ok(Credits { currency: policy.book.currency().to_owned(), report, spend_this_period })
     }
 
-    pub fn entitlements(&self, org_id: &str, now_ms: i64) -> Result<(OrgView, Entitlements), OrgError> {
+    pub async fn entitlements(&self, org_id: &str, now_ms: i64) -> Result<(OrgView, Entitlements), OrgError> {
         let view = self.view(org_id, now_ms)?;
         let policy = self.policy();
         let plan = self.plan_of(&policy, org_id);
-        let entitlements =
-            self.with_standing(org_id, now_ms, |org| check::entitlements(plan, &policy.meters, org, now_ms))?;
+        let facts = self.facts(&policy, plan, org_id, policy.meters.iter(), true, now_ms).await?;
+        let entitlements = self.with_standing(org_id, now_ms, |org| {
+            check::entitlements(plan, &policy.meters, &Usage { org, facts: &facts }, now_ms)
+        })?;
         Ok((view, entitlements))
     }
 
-    pub fn check(&self, org_id: &str, action: &Action, now_ms: i64) -> Result<Decision, OrgError> {
+    pub async fn check(&self, org_id: &str, action: &Action, now_ms: i64) -> Result<Decision, OrgError> {
         check_org(org_id)?;
         let policy = self.policy();
         let plan = self.plan_of(&policy, org_id);
-        Ok(self
-            .with_standing(org_id, now_ms, |org| check::check(plan, &policy.meters, org, action, now_ms))?)
+        let quoted = policy.meters.iter().filter(|m| plan.quotas.contains_key(&m.name));
+        let facts = self.facts(&policy, plan, org_id, quoted, false, now_ms).await?;
+        Ok(self.with_standing(org_id, now_ms, |org| {
+            check::check(plan, &policy.meters, &Usage { org, facts: &facts }, action, now_ms)
+        })?)
     }
 
     /// Notices for crossings not yet fired this period; marks them fired.
@@ -382,13 +421,14 @@ impl Orgs {
         }
     }
 
-    /// Applies committed (or committing) record changes to the standings;
-    /// returns the notices of thresholds they cross.
-    fn apply_changes(&self, changes: &[OrgChange], now_ms: i64) -> Vec<Notice> {
+    /// Applies what committed (or committing) records changed to the
+    /// standings; returns the notices of thresholds that crosses (closed
+    /// sessions over the limit among them: a session closes in a commit).
+    fn apply_changes(&self, effects: &[OrgEffect], now_ms: i64) -> Vec<Notice> {
         let policy = self.policy();
-        let mut by_org: BTreeMap<&str, Vec<&OrgChange>> = BTreeMap::new();
-        for c in changes {
-            by_org.entry(c.org_id.as_str()).or_default().push(c);
+        let mut by_org: BTreeMap<&str, Vec<&OrgEffect>> = BTreeMap::new();
+        for e in effects {
+            by_org.entry(e.org_id.as_str()).or_default().push(e);
         }
         let mut notices = Vec::new();
         for (org_id, org_changes) in by_org {
@@ -398,13 +438,23 @@ impl Orgs {
                 if let Err(e) = org.roll_to(now_ms) {
                     tracing::error!(org = org_id, error = %e, "rolling the period over failed");
                 }
-                for c in org_changes {
-                    if let Err(e) = org.apply(&c.change) {
-                        tracing::error!(org = org_id, error = %e, "applying a record to the standing failed");
+                let mut facts = StoreFacts::default();
+                for e in org_changes {
+                    if let Err(error) = org.apply(&e.metric, &e.effect) {
+                        tracing::error!(org = org_id, %error, "applying a commit to the standing failed");
+                    }
+                    if let Effect::Run { run, added: true } = &e.effect
+                        && run.ended_ms.is_some()
+                    {
+                        facts.closed_over_limit.push(run.clone());
                     }
                 }
                 let plan = self.plan_of(&policy, org_id);
-                (org.period(), rules::commit_crossings(&policy.rules, plan, &policy.meters, &org, now_ms))
+                let usage = Usage { org: &org, facts: &facts };
+                let mut crossings =
+                    rules::commit_crossings(&policy.rules, plan, &policy.meters, &usage, now_ms);
+                crossings.extend(rules::session_crossings(&policy.rules, plan, &usage, now_ms));
+                (org.period(), crossings)
             };
             notices.extend(self.new_notices(&policy, org_id, period, crossings, now_ms));
             lock(&self.credit_dirty).insert(org_id.to_owned());
@@ -412,8 +462,9 @@ impl Orgs {
         notices
     }
 
-    /// Time-driven rules (sessions, integrals) for every org, and credit
-    /// rules for orgs whose usage or grants changed. Returns new outbox rows.
+    /// Time-driven rules (open sessions, integrals) for every org, and
+    /// credit rules for orgs whose usage or grants changed. `Max` meters
+    /// with a quota are read from the store. Returns new outbox rows.
     pub async fn sweep(&self, now_ms: i64) -> Result<usize, OrgError> {
         let policy = self.policy();
         let orgs: Vec<(String, Shared)> =
@@ -425,13 +476,23 @@ impl Orgs {
             if i % 64 == 63 {
                 tokio::task::yield_now().await;
             }
+            let plan = self.plan_of(&policy, &org_id);
+            let quoted_max = policy
+                .meters
+                .iter()
+                .filter(|m| m.aggregation == Aggregation::Max && plan.quotas.contains_key(&m.name));
+            let facts = if policy.rules.quota_percent.is_empty() {
+                StoreFacts::default()
+            } else {
+                self.facts(&policy, plan, &org_id, quoted_max, false, now_ms).await?
+            };
             let (period, crossings) = {
                 let mut org = lock(&shared);
                 if let Err(e) = org.roll_to(now_ms) {
                     tracing::error!(org = %org_id, error = %e, "rolling the period over failed");
                 }
-                let plan = self.plan_of(&policy, &org_id);
-                (org.period(), rules::usage_crossings(&policy.rules, plan, &policy.meters, &org, now_ms))
+                let usage = Usage { org: &org, facts: &facts };
+                (org.period(), rules::usage_crossings(&policy.rules, plan, &policy.meters, &usage, now_ms))
             };
             notices.extend(self.new_notices(&policy, &org_id, period, crossings, now_ms));
         }
@@ -526,27 +587,27 @@ fn notice(
 }
 
 impl CommitHook for Orgs {
-    fn records_written(&self, tx: Option<TxId>, changes: &[OrgChange], now_ms: i64) -> Vec<Notice> {
+    fn records_written(&self, tx: Option<TxId>, effects: &[OrgEffect], now_ms: i64) -> Vec<Notice> {
         let _gate = read(&self.gate);
-        let notices = self.apply_changes(changes, now_ms);
+        let notices = self.apply_changes(effects, now_ms);
         if let Some(tx) = tx {
-            lock(&self.replication).applied_locally(tx, changes);
+            lock(&self.replication).applied_locally(tx, effects);
         }
         notices
     }
 
-    fn rolled_back(&self, tx: Option<TxId>, changes: &[OrgChange], notices: &[Notice]) {
+    fn rolled_back(&self, tx: Option<TxId>, effects: &[OrgEffect], notices: &[Notice]) {
         let _gate = read(&self.gate);
         // A commit that failed on our side may still have committed (the
         // connection died during COMMIT): then the feed has confirmed it,
         // and it stays.
         let applied = tx.is_none_or(|tx| lock(&self.replication).forget(tx));
         if applied {
-            for c in changes.iter().rev() {
-                if let Some(shared) = self.standing(&c.org_id)
-                    && let Err(e) = lock(&shared).revert(&c.change)
+            for e in effects.iter().rev() {
+                if let Some(shared) = self.standing(&e.org_id)
+                    && let Err(error) = lock(&shared).revert(&e.metric, &e.effect)
                 {
-                    tracing::error!(org = %c.org_id, error = %e, "undoing a record in the standing failed");
+                    tracing::error!(org = %e.org_id, %error, "undoing a commit in the standing failed");
                 }
             }
         }
@@ -571,15 +632,25 @@ struct Built {
 
 impl Built {
     fn new(snapshot: StandingSnapshot, now_ms: i64) -> Result<Self, StoreError> {
+        let corrupt =
+            |e: meterd_units::QuantityError| StoreError::Corrupt(format!("building standings: {e}"));
         let mut standings: HashMap<String, OrgStanding> = HashMap::new();
-        for OrgChange { org_id, change } in snapshot.records {
-            let org = standings.entry(org_id).or_insert_with(|| OrgStanding::new(now_ms));
-            org.apply(&change).map_err(|e| StoreError::Corrupt(format!("building standings: {e}")))?;
+        // Settled to `now_ms`: the snapshot's steps after it are kept one
+        // by one.
+        let mut fresh = OrgStanding::new(now_ms);
+        fresh.roll_to(now_ms).map_err(corrupt)?;
+        for seed in &snapshot.series {
+            standings
+                .entry(seed.org_id.clone())
+                .or_insert_with(|| fresh.clone())
+                .seed(&seed.metric, seed.carry, &seed.hours, &seed.steps_after)
+                .map_err(corrupt)?;
         }
-        for (org_id, subject, start) in snapshot.run_starts {
-            if let Some(org) = standings.get_mut(&org_id) {
-                org.set_run_start(SANDBOX_ACTIVE_METRIC, &subject, start);
-            }
+        for (org_id, run) in &snapshot.open_runs {
+            standings
+                .entry(org_id.clone())
+                .or_insert_with(|| fresh.clone())
+                .seed_open_run(&run.subject, run.started_ms);
         }
         Ok(Self {
             period_start_ms: month_containing(now_ms).from_ms,

@@ -24,16 +24,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{Built, Orgs, lock, read, write};
-use crate::meter::period::month_containing;
-use crate::plans::SANDBOX_ACTIVE_METRIC;
 use crate::plans::standing::OrgStanding;
-use crate::store::{FeedEvent, FeedMessage, OrgChange, StoreError, TxId, Visibility};
+use crate::store::{FeedEvent, FeedMessage, OrgEffect, StoreError, TxId, Visibility};
 
 /// What a replica knows about its place in the feed.
 pub(super) struct Replication {
     /// Our transactions applied to the standings that the feed has not
     /// reported committed yet, in the order they were applied.
-    unconfirmed: Vec<(TxId, Vec<OrgChange>)>,
+    unconfirmed: Vec<(TxId, Vec<OrgEffect>)>,
     /// Which transactions the standings' snapshot includes.
     visibility: Option<Visibility>,
     /// Rebuilds after gaps, for status pages.
@@ -45,8 +43,8 @@ impl Replication {
         Self { unconfirmed: Vec::new(), visibility, rebuilds: 0 }
     }
 
-    pub(super) fn applied_locally(&mut self, tx: TxId, changes: &[OrgChange]) {
-        self.unconfirmed.push((tx, changes.to_vec()));
+    pub(super) fn applied_locally(&mut self, tx: TxId, effects: &[OrgEffect]) {
+        self.unconfirmed.push((tx, effects.to_vec()));
     }
 
     /// Drops `tx` from the unconfirmed; whether it was there.
@@ -148,7 +146,7 @@ impl Orgs {
                     message.fired.into_iter().filter(|f| f.2 == period).map(|(org, rule, _)| (org, rule)),
                 );
             }
-            self.apply_changes(&message.changes, now_ms)
+            self.apply_changes(&message.effects, now_ms)
         };
         if notices.is_empty() {
             return;
@@ -167,17 +165,16 @@ impl Orgs {
     /// Replaces the standings, assignments and fired marks with a new
     /// snapshot plus our commits it does not include.
     pub async fn rebuild(&self, now_ms: i64) -> Result<(), StoreError> {
-        let period = month_containing(now_ms);
-        let snapshot = self.store.standing_snapshot(period.from_ms, SANDBOX_ACTIVE_METRIC).await?;
+        let snapshot = self.store.standing_snapshot(now_ms).await?;
         let mut built = Built::new(snapshot, now_ms)?;
         let _gate = write(&self.gate);
         let mut replication = lock(&self.replication);
         if let Some(visibility) = &built.visibility {
             replication.unconfirmed.retain(|(tx, _)| !visibility.sees(*tx));
         }
-        for OrgChange { org_id, change } in replication.unconfirmed.iter().flat_map(|(_, c)| c) {
+        for OrgEffect { org_id, metric, effect } in replication.unconfirmed.iter().flat_map(|(_, c)| c) {
             let org = built.standings.entry(org_id.clone()).or_insert_with(|| OrgStanding::new(now_ms));
-            if let Err(e) = org.apply(change) {
+            if let Err(e) = org.roll_to(now_ms).and_then(|()| org.apply(metric, effect)) {
                 tracing::error!(org = %org_id, error = %e, "applying an unconfirmed record after a rebuild failed");
             }
         }

@@ -97,13 +97,20 @@ const ORGS: [&str; 5] = ["org-0", "org-1", "org-2", "org-3", "org-poll"];
 async fn assert_converges(replicas: &[Replica]) {
     let now = crate::clock::now_ms();
     let truth = Orgs::load(replicas[0].store.clone(), policy(), now).await.expect("load");
-    let expected: Vec<_> = ORGS.iter().map(|o| truth.entitlements(o, now).expect("entitlements")).collect();
+    let mut expected = Vec::new();
+    for o in ORGS {
+        expected.push(truth.entitlements(o, now).await.expect("entitlements"));
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let seen: Vec<Vec<_>> = replicas
-            .iter()
-            .map(|r| ORGS.iter().map(|o| r.orgs.entitlements(o, now).expect("entitlements")).collect())
-            .collect();
+        let mut seen: Vec<Vec<_>> = Vec::new();
+        for r in replicas {
+            let mut of_replica = Vec::new();
+            for o in ORGS {
+                of_replica.push(r.orgs.entitlements(o, now).await.expect("entitlements"));
+            }
+            seen.push(of_replica);
+        }
         let unconfirmed: Vec<usize> =
             replicas.iter().map(|r| r.orgs.replication_status().unconfirmed).collect();
         if seen.iter().all(|s| *s == expected) && unconfirmed.iter().all(|u| *u == 0) {
@@ -177,13 +184,13 @@ async fn every_replica_sees_every_commit_once_corrections_and_plans_included() {
     assert_converges(&replicas).await;
     for r in &replicas {
         assert_eq!(r.orgs.view("org-1", now).expect("view").plan, "pro");
-        let (_, e) = r.orgs.entitlements("org-poll", now).expect("entitlements");
+        let (_, e) = r.orgs.entitlements("org-poll", now).await.expect("entitlements");
         let cpu = e.meters.iter().find(|m| m.meter == "sandbox_cpu_core_seconds").expect("cpu meter");
         assert_eq!(cpu.used, Decimal::from(14), "the revision replaced the window's 10");
     }
     // 120 events: 60 sandboxes started and stopped, none running.
     for org in ["org-0", "org-1", "org-2", "org-3"] {
-        let (_, e) = replicas[1].orgs.entitlements(org, crate::clock::now_ms()).expect("entitlements");
+        let (_, e) = replicas[1].orgs.entitlements(org, crate::clock::now_ms()).await.expect("entitlements");
         assert_eq!(e.concurrency.running, 0, "{org}");
     }
 }

@@ -10,8 +10,8 @@
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::standing::{OrgStanding, Session};
-use super::{Enforcement, Plan, SANDBOX_ACTIVE_METRIC, SANDBOX_METRIC_PREFIX};
+use super::standing::{Session, Usage};
+use super::{Enforcement, Plan, SANDBOX_METRIC_PREFIX};
 use crate::meter::MeterDef;
 use meterd_units::QuantityError;
 
@@ -48,6 +48,14 @@ pub enum CheckError {
     NegativeQuantity,
     #[error("{0}")]
     Quantity(#[from] QuantityError),
+    /// A `Max` meter's value was not fetched from the store (a caller bug).
+    #[error("the value of meter {0:?} was not read from the store")]
+    NotRead(String),
+}
+
+/// A meter's value, which must be known (see [`Usage::value`]).
+fn value_of(org: &Usage<'_>, meter: &MeterDef, now_ms: i64) -> Result<Decimal, CheckError> {
+    org.value(meter, now_ms)?.ok_or_else(|| CheckError::NotRead(meter.name.clone()))
 }
 
 /// One meter against the plan.
@@ -93,12 +101,12 @@ fn find<'a>(meters: &'a [MeterDef], name: &str) -> Result<&'a MeterDef, CheckErr
 pub fn entitlements(
     plan: &Plan,
     meters: &[MeterDef],
-    org: &OrgStanding,
+    org: &Usage<'_>,
     now_ms: i64,
 ) -> Result<Entitlements, CheckError> {
     let mut out = Vec::with_capacity(meters.len());
     for meter in meters {
-        let used = org.value(meter, now_ms)?;
+        let used = value_of(org, meter, now_ms)?;
         let quota = plan.quotas.get(&meter.name);
         out.push(MeterEntitlement {
             meter: meter.name.clone(),
@@ -110,7 +118,7 @@ pub fn entitlements(
             has_access: quota.is_none_or(|q| q.enforcement == Enforcement::Soft || used < q.limit),
         });
     }
-    let running = org.running(SANDBOX_ACTIVE_METRIC) as u64;
+    let running = org.running();
     let limit_ms =
         plan.max_session_seconds.map(|s| i64::try_from(s.saturating_mul(1_000)).unwrap_or(i64::MAX));
     Ok(Entitlements {
@@ -122,9 +130,7 @@ pub fn entitlements(
         },
         sessions: Sessions {
             limit_seconds: plan.max_session_seconds,
-            over_limit: limit_ms
-                .map(|l| org.sessions_over(SANDBOX_ACTIVE_METRIC, l, now_ms))
-                .unwrap_or_default(),
+            over_limit: limit_ms.map(|l| org.sessions_over(l, now_ms)).unwrap_or_default(),
         },
     })
 }
@@ -133,7 +139,7 @@ pub fn entitlements(
 pub fn check(
     plan: &Plan,
     meters: &[MeterDef],
-    org: &OrgStanding,
+    org: &Usage<'_>,
     action: &Action,
     now_ms: i64,
 ) -> Result<Decision, CheckError> {
@@ -147,7 +153,7 @@ pub fn check(
             }
             let def = find(meters, meter)?;
             if let Some(quota) = plan.quotas.get(meter) {
-                let used = org.value(def, now_ms)?;
+                let used = value_of(org, def, now_ms)?;
                 let after = used.checked_add(*quantity).ok_or(QuantityError::Overflow("used + quantity"))?;
                 let over = |code, message: String| Reason { code, limit: meter.clone(), message };
                 match quota.enforcement {
@@ -175,7 +181,7 @@ pub fn check(
         }
         Action::SandboxStart { vcpu, memory_mb } => {
             if let Some(limit) = plan.max_concurrent_sandboxes {
-                let running = org.running(SANDBOX_ACTIVE_METRIC) as u64;
+                let running = org.running();
                 if running >= limit {
                     reasons.push(Reason {
                         code: "concurrency_limit",
@@ -212,7 +218,7 @@ pub fn check(
                 if !def.metric.starts_with(SANDBOX_METRIC_PREFIX) {
                     continue;
                 }
-                let used = org.value(def, now_ms)?;
+                let used = value_of(org, def, now_ms)?;
                 if used >= quota.limit {
                     let message =
                         format!("{meter_name}: {} of {} {} used", q(used), q(quota.limit), def.unit);

@@ -7,8 +7,8 @@
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use super::standing::OrgStanding;
-use super::{Plan, SANDBOX_ACTIVE_METRIC};
+use super::Plan;
+use super::standing::Usage;
 use crate::meter::MeterDef;
 
 /// What the config asks to be told about.
@@ -43,7 +43,7 @@ pub fn usage_crossings(
     rules: &Rules,
     plan: &Plan,
     meters: &[MeterDef],
-    org: &OrgStanding,
+    org: &Usage<'_>,
     now_ms: i64,
 ) -> Vec<Crossing> {
     let mut out = commit_crossings(rules, plan, meters, org, now_ms);
@@ -57,13 +57,14 @@ pub fn commit_crossings(
     rules: &Rules,
     plan: &Plan,
     meters: &[MeterDef],
-    org: &OrgStanding,
+    org: &Usage<'_>,
     now_ms: i64,
 ) -> Vec<Crossing> {
     let mut out = Vec::new();
     for (meter_name, quota) in &plan.quotas {
         let Some(meter) = meters.iter().find(|m| &m.name == meter_name) else { continue };
-        let Ok(used) = org.value(meter, now_ms) else { continue };
+        // A `Max` meter without a value read from the store waits for the sweep.
+        let Ok(Some(used)) = org.value(meter, now_ms) else { continue };
         if used <= Decimal::ZERO {
             continue;
         }
@@ -94,7 +95,7 @@ pub fn commit_crossings(
     if rules.concurrency_limit
         && let Some(limit) = plan.max_concurrent_sandboxes
     {
-        let running = org.running(SANDBOX_ACTIVE_METRIC) as u64;
+        let running = org.running();
         if running >= limit {
             out.push(Crossing {
                 rule: format!("concurrency:{limit}"),
@@ -106,14 +107,15 @@ pub fn commit_crossings(
     out
 }
 
-/// Sandbox sessions over the plan's limit (O(steps of the org's sandboxes)).
-pub fn session_crossings(rules: &Rules, plan: &Plan, org: &OrgStanding, now_ms: i64) -> Vec<Crossing> {
+/// Sandbox sessions over the plan's limit (open ones from memory, closed
+/// ones from the store's facts).
+pub fn session_crossings(rules: &Rules, plan: &Plan, org: &Usage<'_>, now_ms: i64) -> Vec<Crossing> {
     let mut out = Vec::new();
     if rules.session_over_limit
         && let Some(limit_s) = plan.max_session_seconds
     {
         let limit_ms = i64::try_from(limit_s.saturating_mul(1_000)).unwrap_or(i64::MAX);
-        for session in org.sessions_over(SANDBOX_ACTIVE_METRIC, limit_ms, now_ms) {
+        for session in org.sessions_over(limit_ms, now_ms) {
             out.push(Crossing {
                 // One per sandbox session: each violation is news.
                 rule: format!("session:{}:{}", session.subject, session.started_ms),

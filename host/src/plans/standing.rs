@@ -1,21 +1,25 @@
-//! One org's usage in the current billing period, kept current record by
-//! record, so entitlement checks never scan stored records.
+//! One org's usage in the current billing period, kept current commit by
+//! commit from what each commit changed in the rollups ([`Effect`]), so an
+//! entitlement check never scans stored records and memory does not grow
+//! with them.
 //!
-//! Per metric it keeps what every aggregation needs: the sum and count of
-//! the period's records, and each subject's level steps (with the last level
-//! before the period as carry-in). Derived values are maintained
-//! incrementally: a subject's integral up to its last step, the sum of last
-//! levels, `Σ last × since`, and the number of subjects running. So the
-//! meter values and the concurrency a check reads cost O(1); an integral is
-//! `closed + Σlast × now − Σ(last × since)`.
+//! Per metric it keeps:
+//! - the period's record count and sum of deltas;
+//! - the org level (Σ over subjects) as `carry` (the level at the period
+//!   start), the sum `Σδ` and moment `Σδ·(t − P)` of the period's steps up
+//!   to the settled instant, and the few steps after it (a provider clock
+//!   ahead of ours) one by one. The integral to `now` is then
+//!   `(carry + Σδ)·(now − P) − Σδ·(t − P)` plus the pending steps' share:
+//!   O(1), whatever the number of records.
 //!
-//! The values equal `meter::aggregate` over the same records for the month
-//! (tests check it on random histories): ties at one instant go to the
-//! greatest quantity, levels are 0 before a subject's first step,
-//! integrals stop at `now`, and Latest/Max see every step in the period.
+//! Per org it keeps the open sandbox runs (`sandbox_active` above zero),
+//! which give the concurrency and the sessions still running. What memory
+//! does not hold — the peak level (`Max` meters) and closed sessions — the
+//! store answers ([`StoreFacts`]).
 //!
-//! Records stamped after the period are held aside and applied when the
-//! period rolls over; records before it count only as carry-in levels.
+//! The values equal `meter::aggregate` over the same records (tests check
+//! it on random histories). Effects stamped after the period are held
+//! aside and applied when it rolls over; steps before it move the carry.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,6 +27,7 @@ use meterd_units::QuantityError;
 use rust_decimal::Decimal;
 
 use crate::meter::period::{Range, month_containing};
+use crate::meter::rollup::Hour;
 use crate::meter::{Aggregation, Kind, MeterDef};
 
 /// A record as it changed the store: inserted (`previous` is `None`) or
@@ -37,24 +42,52 @@ pub struct Change {
     pub previous: Option<Decimal>,
 }
 
-impl Change {
-    /// The change that undoes this one.
-    fn inverse(&self) -> Undo<'_> {
-        match self.previous {
-            None => Undo::Remove(self),
-            Some(previous) => {
-                Undo::Correct(Change { quantity: previous, previous: Some(self.quantity), ..self.clone() })
+/// A run of a subject's level above zero: a sandbox session as the store
+/// keeps it. `ended_ms` is `None` while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Run {
+    pub subject: String,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+}
+
+/// What one commit changed in one metric's rollups: the effects a standing
+/// is kept current by. Each has an exact inverse ([`Effect::inverse`]), so
+/// a standing changed inside a transaction that then fails is restored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Records stamped in the hour starting `at_ms`: how many were added
+    /// and what they add to the sum of deltas.
+    Records { at_ms: i64, added: i64, delta: Decimal },
+    /// The org level's step at `at_ms` changed by `change`.
+    Step { at_ms: i64, change: Decimal },
+    /// A sandbox run (of `sandbox_active`) was added or removed.
+    Run { run: Run, added: bool },
+}
+
+impl Effect {
+    /// The effect that undoes this one.
+    pub fn inverse(&self) -> Effect {
+        match self {
+            Effect::Records { at_ms, added, delta } => {
+                Effect::Records { at_ms: *at_ms, added: -added, delta: -delta }
             }
+            Effect::Step { at_ms, change } => Effect::Step { at_ms: *at_ms, change: -change },
+            Effect::Run { run, added } => Effect::Run { run: run.clone(), added: !added },
+        }
+    }
+
+    /// The instant the effect belongs to (a run has none: runs do not
+    /// depend on the period).
+    fn at_ms(&self) -> Option<i64> {
+        match self {
+            Effect::Records { at_ms, .. } | Effect::Step { at_ms, .. } => Some(*at_ms),
+            Effect::Run { .. } => None,
         }
     }
 }
 
-enum Undo<'a> {
-    Remove(&'a Change),
-    Correct(Change),
-}
-
-/// A run of a subject's level above zero: a sandbox session.
+/// A sandbox session as entitlements and notices show it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Session {
     pub subject: String,
@@ -63,6 +96,57 @@ pub struct Session {
     pub ended_ms: Option<i64>,
     /// Length so far (to `now` while running), in milliseconds.
     pub length_ms: i64,
+}
+
+impl Session {
+    pub fn of(run: &Run, now_ms: i64) -> Self {
+        Session {
+            subject: run.subject.clone(),
+            started_ms: run.started_ms,
+            ended_ms: run.ended_ms,
+            length_ms: run.ended_ms.unwrap_or(now_ms).saturating_sub(run.started_ms),
+        }
+    }
+}
+
+/// The runs above zero of one subject's level records, `(at, quantity)` in
+/// any order: the level after an instant is its greatest quantity (the
+/// engine's tie rule), 0 before the first. A run starts at an instant whose
+/// level is above zero after one that is not, and ends at the next instant
+/// whose level is not.
+pub fn runs_of(subject: &str, records: &[(i64, Decimal)]) -> Vec<Run> {
+    let mut levels: BTreeMap<i64, Decimal> = BTreeMap::new();
+    for &(at, q) in records {
+        let level = levels.entry(at).or_insert(q);
+        *level = (*level).max(q);
+    }
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (at, level) in levels {
+        match (start, level > Decimal::ZERO) {
+            (None, true) => start = Some(at),
+            (Some(s), false) => {
+                runs.push(Run { subject: subject.to_owned(), started_ms: s, ended_ms: Some(at) });
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        runs.push(Run { subject: subject.to_owned(), started_ms: s, ended_ms: None });
+    }
+    runs
+}
+
+/// The run effects that turn `before` into `after` (one subject's runs):
+/// removals first, so a subject never holds two open runs.
+pub fn run_effects(before: &[Run], after: &[Run]) -> Vec<Effect> {
+    let removed = before.iter().filter(|r| !after.contains(r));
+    let added = after.iter().filter(|r| !before.contains(r));
+    removed
+        .map(|r| Effect::Run { run: r.clone(), added: false })
+        .chain(added.map(|r| Effect::Run { run: r.clone(), added: true }))
+        .collect()
 }
 
 const WHAT: &str = "standing";
@@ -79,233 +163,66 @@ fn ms(t: i64) -> Decimal {
     Decimal::from(t)
 }
 
-/// One subject's level steps and what is derived from them.
-#[derive(Debug, Clone, Default)]
-struct Steps {
-    /// Instant → the quantities recorded at it; the greatest is in force.
-    at: BTreeMap<i64, Vec<Decimal>>,
-    /// ∫ level × ms from the period start to `since` (derived).
-    closed_ms: Decimal,
-    /// The level in force after the last step (derived).
-    last: Decimal,
-    /// `max(last step, period start)`: where the open-ended part begins.
-    since: i64,
-    /// `(instant of a kept step, when the run above zero it continues
-    /// began)`, for runs whose earlier steps were pruned or never loaded.
-    carried_run: Option<(i64, i64)>,
-}
-
-impl Steps {
-    fn in_force(quantities: &[Decimal]) -> Decimal {
-        quantities.iter().copied().max().unwrap_or(Decimal::ZERO)
-    }
-
-    /// Recomputes the derived fields for `period`.
-    fn derive(&mut self, period: Range) -> Result<(), QuantityError> {
-        let mut level = Decimal::ZERO;
-        let mut since = period.from_ms;
-        let mut closed = Decimal::ZERO;
-        for (&t, quantities) in &self.at {
-            if t > since {
-                closed = add(closed, mul(level, ms(t - since))?)?;
-                since = t;
-            }
-            level = Self::in_force(quantities);
-        }
-        self.closed_ms = closed;
-        self.last = level;
-        self.since = since;
-        Ok(())
-    }
-
-    /// ∫ level × ms from the period start to `clip` (slow path, O(steps)).
-    fn integral_ms_to(&self, period: Range, clip: i64) -> Result<Decimal, QuantityError> {
-        let mut level = Decimal::ZERO;
-        let mut since = period.from_ms;
-        let mut total = Decimal::ZERO;
-        for (&t, quantities) in &self.at {
-            if t >= clip {
-                break;
-            }
-            if t > since {
-                total = add(total, mul(level, ms(t - since))?)?;
-                since = t;
-            }
-            level = Self::in_force(quantities);
-        }
-        if clip > since {
-            total = add(total, mul(level, ms(clip - since))?)?;
-        }
-        Ok(total)
-    }
-
-    /// Where a run above zero that turns positive at step `t` began: at
-    /// `t`, unless `t` is the carried step of a run that began earlier and
-    /// no known step lies between that start and `t`.
-    fn run_start_at(&self, t: i64, previous_step: Option<i64>) -> i64 {
-        match self.carried_run {
-            // The step lies within the carried run's span and no known step
-            // comes between the run's start and it: the run began earlier.
-            Some((at, start)) if (start..=at).contains(&t) && previous_step.is_none_or(|p| p < start) => {
-                start
-            }
-            _ => t,
-        }
-    }
-
-    /// Runs above zero, as (start, end) with `None` for the running one.
-    fn runs(&self) -> Vec<(i64, Option<i64>)> {
-        let mut runs = Vec::new();
-        let mut start = None;
-        let mut previous_step = None;
-        for (&t, quantities) in &self.at {
-            let positive = Self::in_force(quantities) > Decimal::ZERO;
-            let run_start = self.run_start_at(t, previous_step);
-            previous_step = Some(t);
-            match (start, positive) {
-                (None, true) => start = Some(run_start),
-                (Some(s), false) => {
-                    runs.push((s, Some(t)));
-                    start = None;
-                }
-                _ => {}
-            }
-        }
-        if let Some(s) = start {
-            runs.push((s, None));
-        }
-        runs
-    }
-
-    /// Keeps only the last step at or before `from` among the steps before
-    /// it (the carry-in of a new period), remembering when the run it
-    /// continues began.
-    fn prune_before(&mut self, from: i64) {
-        let Some((&keep, _)) = self.at.range(..=from).next_back() else { return };
-        // The run the kept step continues — or, if the kept step stops a
-        // run, the run it stops (a correction of that step to running
-        // would continue it).
-        let mut start = None;
-        let mut continued = None;
-        let mut previous_step = None;
-        for (&t, quantities) in self.at.range(..=from) {
-            if Self::in_force(quantities) <= Decimal::ZERO {
-                continued = if t == keep { start } else { None };
-                start = None;
-            } else if start.is_none() {
-                start = Some(self.run_start_at(t, previous_step));
-            }
-            previous_step = Some(t);
-        }
-        self.carried_run = start.or(continued).map(|s| (keep, s));
-        self.at = self.at.split_off(&keep);
-    }
-}
-
-/// One metric's records in the period.
+/// One metric in the period.
 #[derive(Debug, Clone, Default)]
 struct MetricStanding {
     delta_sum: Decimal,
-    count: u64,
-    subjects: HashMap<String, Steps>,
-    // Aggregates over subjects, maintained on every change:
-    closed_ms: Decimal,
-    last_sum: Decimal,
-    last_since_sum: Decimal,
-    running: usize,
-    latest_since: i64,
+    count: i64,
+    /// The org level at the period start.
+    carry: Decimal,
+    /// Σδ and Σδ·(t − P) of the period's steps at or before `settled_to`.
+    step_sum: Decimal,
+    moment: Decimal,
+    /// The period's steps after `settled_to`, by instant.
+    pending: BTreeMap<i64, Decimal>,
 }
 
 impl MetricStanding {
-    /// Applies `edit` to one subject's steps, keeping the aggregates.
-    fn edit_subject(
+    fn add_step(
         &mut self,
         period: Range,
-        subject: &str,
-        edit: impl FnOnce(&mut Steps),
+        settled_to: i64,
+        at_ms: i64,
+        change: Decimal,
     ) -> Result<(), QuantityError> {
-        let steps = self.subjects.entry(subject.to_owned()).or_default();
-        let (old_closed, old_last, old_since) = (steps.closed_ms, steps.last, steps.since);
-        edit(steps);
-        steps.derive(period)?;
-        let (closed, last, since) = (steps.closed_ms, steps.last, steps.since);
-        if steps.at.is_empty() {
-            self.subjects.remove(subject);
-        }
-        self.closed_ms = add(self.closed_ms - old_closed, closed)?;
-        self.last_sum = add(self.last_sum - old_last, last)?;
-        self.last_since_sum =
-            add(self.last_since_sum - mul(old_last, ms(old_since))?, mul(last, ms(since))?)?;
-        let was = old_last > Decimal::ZERO;
-        let is = last > Decimal::ZERO;
-        if was != is {
-            if is {
-                self.running += 1;
-            } else {
-                self.running -= 1;
+        if at_ms < period.from_ms {
+            self.carry = add(self.carry, change)?;
+        } else if at_ms <= settled_to {
+            self.step_sum = add(self.step_sum, change)?;
+            self.moment = add(self.moment, mul(change, ms(at_ms - period.from_ms))?)?;
+        } else {
+            let step = self.pending.entry(at_ms).or_default();
+            *step = add(*step, change)?;
+            if step.is_zero() {
+                self.pending.remove(&at_ms);
             }
-        }
-        self.latest_since = self.latest_since.max(since);
-        Ok(())
-    }
-
-    /// Recomputes every aggregate (after a period roll).
-    fn rederive(&mut self, period: Range) -> Result<(), QuantityError> {
-        let subjects: Vec<String> = self.subjects.keys().cloned().collect();
-        *self = MetricStanding { subjects: std::mem::take(&mut self.subjects), ..Default::default() };
-        for subject in subjects {
-            if let Some(steps) = self.subjects.get_mut(&subject) {
-                steps.prune_before(period.from_ms);
-                // Reset the derived fields so edit_subject adds them afresh.
-                *steps = Steps {
-                    at: std::mem::take(&mut steps.at),
-                    carried_run: steps.carried_run,
-                    ..Steps::default()
-                };
-                steps.since = period.from_ms;
-            }
-            self.edit_subject(period, &subject, |_| {})?;
         }
         Ok(())
     }
 
-    fn integral_ms(&self, period: Range, now_ms: i64) -> Result<Decimal, QuantityError> {
-        let clip = now_ms.min(period.to_ms).max(period.from_ms);
-        if self.latest_since <= clip {
-            // closed + Σ last × (clip − since)
-            let open = mul(self.last_sum, ms(clip))? - self.last_since_sum;
-            return add(self.closed_ms, open);
+    /// Folds the pending steps at or before `to` into the sums.
+    fn settle(&mut self, period: Range, to: i64) -> Result<(), QuantityError> {
+        let later = self.pending.split_off(&to.saturating_add(1));
+        for (at, change) in std::mem::replace(&mut self.pending, later) {
+            self.step_sum = add(self.step_sum, change)?;
+            self.moment = add(self.moment, mul(change, ms(at - period.from_ms))?)?;
         }
-        // A step after `now` (a clock ahead of ours): integrate each subject.
-        let mut total = Decimal::ZERO;
-        for steps in self.subjects.values() {
-            total = add(total, steps.integral_ms_to(period, clip)?)?;
+        Ok(())
+    }
+
+    /// ∫ level × ms from the period start to `clip` (≥ the settled instant).
+    fn integral_ms(&self, period: Range, clip: i64) -> Result<Decimal, QuantityError> {
+        let settled = add(self.carry, self.step_sum)?;
+        let mut total = mul(settled, ms(clip - period.from_ms))? - self.moment;
+        for (&at, &change) in self.pending.range(..clip) {
+            total = add(total, mul(change, ms(clip - at))?)?;
         }
         Ok(total)
     }
 
-    /// The org's highest total level in the period (sweep over all steps).
-    fn max(&self, period: Range) -> Result<Decimal, QuantityError> {
-        let mut changes: BTreeMap<i64, Decimal> = BTreeMap::new();
-        for steps in self.subjects.values() {
-            let mut level = Decimal::ZERO;
-            for (&t, quantities) in &steps.at {
-                let next = Steps::in_force(quantities);
-                let entry = changes.entry(t.max(period.from_ms)).or_default();
-                *entry = add(*entry, next - level)?;
-                level = next;
-            }
-        }
-        // Before the first step the org's level is 0, unless steps at or
-        // before the period start set it.
-        let mut level = Decimal::ZERO;
-        let starts_set = changes.keys().next().is_some_and(|&t| t == period.from_ms);
-        let mut highest = if starts_set { None } else { Some(Decimal::ZERO) };
-        for delta in changes.values() {
-            level = add(level, *delta)?;
-            highest = Some(highest.map_or(level, |h| h.max(level)));
-        }
-        Ok(highest.unwrap_or(Decimal::ZERO))
+    /// The level after every step of the period.
+    fn latest(&self) -> Result<Decimal, QuantityError> {
+        self.pending.values().try_fold(add(self.carry, self.step_sum)?, |sum, s| add(sum, *s))
     }
 }
 
@@ -313,182 +230,240 @@ impl MetricStanding {
 #[derive(Debug, Clone)]
 pub struct OrgStanding {
     period: Range,
+    /// Steps at or before this instant are in the sums; time only moves
+    /// forward here (see [`OrgStanding::roll_to`]).
+    settled_to: i64,
     metrics: HashMap<String, MetricStanding>,
-    /// Records stamped after the period, applied when it rolls over.
-    ahead: Vec<Change>,
+    /// Effects stamped after the period, applied when it rolls over.
+    ahead: Vec<(String, Effect)>,
+    /// Open sandbox runs: subject → start.
+    open_runs: HashMap<String, i64>,
 }
 
 impl OrgStanding {
     /// An empty standing for the month containing `now_ms`.
     pub fn new(now_ms: i64) -> Self {
-        Self { period: month_containing(now_ms), metrics: HashMap::new(), ahead: Vec::new() }
+        let period = month_containing(now_ms);
+        Self {
+            period,
+            settled_to: period.from_ms,
+            metrics: HashMap::new(),
+            ahead: Vec::new(),
+            open_runs: HashMap::new(),
+        }
     }
 
     pub fn period(&self) -> Range {
         self.period
     }
 
-    /// Moves to the month containing `now_ms` if that is later: sums start
-    /// again from zero, levels carry over, held-aside records apply.
+    /// Brings the standing to `now_ms`: moves to its month if that is later
+    /// (sums start again from zero, levels carry over, held-aside effects
+    /// apply) and settles the steps up to it. An earlier `now_ms` changes
+    /// nothing: answers are for the latest instant seen.
     pub fn roll_to(&mut self, now_ms: i64) -> Result<(), QuantityError> {
         let target = month_containing(now_ms);
-        if target.from_ms <= self.period.from_ms {
-            return Ok(());
+        if target.from_ms > self.period.from_ms {
+            for metric in self.metrics.values_mut() {
+                let carry = metric.latest()?;
+                *metric = MetricStanding { carry, ..MetricStanding::default() };
+            }
+            self.period = target;
+            self.settled_to = target.from_ms;
+            let ahead = std::mem::take(&mut self.ahead);
+            for (metric, effect) in ahead {
+                self.apply(&metric, &effect)?;
+            }
         }
-        self.period = target;
-        for metric in self.metrics.values_mut() {
-            metric.delta_sum = Decimal::ZERO;
-            metric.count = 0;
-            metric.rederive(target)?;
-        }
-        let ahead = std::mem::take(&mut self.ahead);
-        for change in ahead {
-            self.apply(&change)?;
+        if now_ms > self.settled_to {
+            self.settled_to = now_ms.min(self.period.to_ms);
+            for metric in self.metrics.values_mut() {
+                metric.settle(self.period, self.settled_to)?;
+            }
         }
         Ok(())
     }
 
-    /// Applies one committed change.
-    pub fn apply(&mut self, change: &Change) -> Result<(), QuantityError> {
+    /// Applies one effect of a commit to `metric`.
+    pub fn apply(&mut self, metric: &str, effect: &Effect) -> Result<(), QuantityError> {
         let period = self.period;
-        if change.at_ms >= period.to_ms {
-            match change.previous {
-                None => self.ahead.push(change.clone()),
-                Some(previous) => {
-                    if let Some(held) = self.ahead.iter_mut().find(|c| same_record(c, change, previous)) {
-                        held.quantity = change.quantity;
-                    }
-                }
-            }
+        if effect.at_ms().is_some_and(|at| at >= period.to_ms) {
+            self.ahead.push((metric.to_owned(), effect.clone()));
             return Ok(());
         }
-        let in_period = change.at_ms >= period.from_ms;
-        let metric = self.metrics.entry(change.metric.clone()).or_default();
-        if in_period {
-            if change.previous.is_none() {
-                metric.count += 1;
+        match effect {
+            Effect::Records { at_ms, added, delta } => {
+                if *at_ms >= period.from_ms {
+                    let m = self.metrics.entry(metric.to_owned()).or_default();
+                    m.count += added;
+                    m.delta_sum = add(m.delta_sum, *delta)?;
+                }
             }
-            if change.kind == Kind::Delta {
-                let before = change.previous.unwrap_or(Decimal::ZERO);
-                metric.delta_sum = add(metric.delta_sum, change.quantity - before)?;
+            Effect::Step { at_ms, change } => {
+                let settled_to = self.settled_to;
+                self.metrics
+                    .entry(metric.to_owned())
+                    .or_default()
+                    .add_step(period, settled_to, *at_ms, *change)?;
             }
-        }
-        if change.kind == Kind::Level {
-            metric.edit_subject(period, &change.subject, |steps| match change.previous {
-                None => steps.at.entry(change.at_ms).or_default().push(change.quantity),
-                Some(previous) => {
-                    let held = steps
-                        .at
-                        .get_mut(&change.at_ms)
-                        .and_then(|at| at.iter_mut().find(|q| **q == previous));
-                    if let Some(q) = held {
-                        *q = change.quantity;
+            Effect::Run { run, added } => {
+                if run.ended_ms.is_none() {
+                    if *added {
+                        self.open_runs.insert(run.subject.clone(), run.started_ms);
+                    } else if self.open_runs.get(&run.subject) == Some(&run.started_ms) {
+                        self.open_runs.remove(&run.subject);
                     }
                 }
-            })?;
+            }
         }
         Ok(())
     }
 
-    /// Undoes a change applied by [`OrgStanding::apply`] (its transaction
-    /// did not commit).
-    pub fn revert(&mut self, change: &Change) -> Result<(), QuantityError> {
-        match change.inverse() {
-            Undo::Correct(inverse) => self.apply(&inverse),
-            Undo::Remove(change) => self.remove(change),
+    /// Undoes [`OrgStanding::apply`] of `effect` (its transaction did not
+    /// commit).
+    pub fn revert(&mut self, metric: &str, effect: &Effect) -> Result<(), QuantityError> {
+        let inverse = effect.inverse();
+        if let Some(i) = self.ahead.iter().position(|(m, e)| m == metric && *e == *effect) {
+            self.ahead.swap_remove(i);
+            return Ok(());
         }
+        self.apply(metric, &inverse)
     }
 
-    fn remove(&mut self, change: &Change) -> Result<(), QuantityError> {
+    /// Seeds one metric from the store (start-up): `carry` is the level at
+    /// the period start, `hours` every stored hour from the period start on,
+    /// `after_settled` every stored step after `settled_to` (one per
+    /// instant). The standing must be fresh and rolled to the same instant.
+    pub fn seed(
+        &mut self,
+        metric: &str,
+        carry: Decimal,
+        hours: &[(i64, Hour)],
+        after_settled: &[(i64, Decimal)],
+    ) -> Result<(), QuantityError> {
         let period = self.period;
-        if change.at_ms >= period.to_ms {
-            if let Some(i) = self.ahead.iter().position(|c| same_record(c, change, change.quantity)) {
-                self.ahead.swap_remove(i);
+        let m = self.metrics.entry(metric.to_owned()).or_default();
+        m.carry = add(m.carry, carry)?;
+        for (start, hour) in hours {
+            if *start >= period.to_ms {
+                let effect = Effect::Records { at_ms: *start, added: hour.records, delta: hour.delta_sum };
+                self.ahead.push((metric.to_owned(), effect));
+                continue;
             }
-            return Ok(());
+            m.count += hour.records;
+            m.delta_sum = add(m.delta_sum, hour.delta_sum)?;
+            m.step_sum = add(m.step_sum, hour.level_step)?;
+            let offset = mul(hour.level_step, ms(start - period.from_ms))?;
+            m.moment = add(m.moment, add(hour.level_moment, offset)?)?;
         }
-        let Some(metric) = self.metrics.get_mut(&change.metric) else { return Ok(()) };
-        if change.at_ms >= period.from_ms {
-            metric.count = metric.count.saturating_sub(1);
-            if change.kind == Kind::Delta {
-                metric.delta_sum = add(metric.delta_sum, -change.quantity)?;
+        // The steps after the settled instant were counted in their hours:
+        // take them out again and keep them one by one.
+        for &(at, change) in after_settled {
+            if at >= period.to_ms {
+                self.ahead.push((metric.to_owned(), Effect::Step { at_ms: at, change }));
+                continue;
             }
-        }
-        if change.kind == Kind::Level && metric.subjects.contains_key(&change.subject) {
-            metric.edit_subject(period, &change.subject, |steps| {
-                if let Some(at) = steps.at.get_mut(&change.at_ms) {
-                    if let Some(i) = at.iter().position(|q| *q == change.quantity) {
-                        at.swap_remove(i);
-                    }
-                    if at.is_empty() {
-                        steps.at.remove(&change.at_ms);
-                    }
-                }
-            })?;
+            m.step_sum = add(m.step_sum, -change)?;
+            m.moment = add(m.moment, -mul(change, ms(at - period.from_ms))?)?;
+            m.pending.insert(at, change);
         }
         Ok(())
     }
 
-    /// A meter's value in the period so far (integrals up to `now_ms`).
-    pub fn value(&self, meter: &MeterDef, now_ms: i64) -> Result<Decimal, QuantityError> {
-        let Some(metric) = self.metrics.get(&meter.metric) else { return Ok(Decimal::ZERO) };
-        match meter.aggregation {
-            Aggregation::Sum => Ok(metric.delta_sum),
-            Aggregation::Count => Ok(Decimal::from(metric.count)),
-            Aggregation::Latest => Ok(metric.last_sum),
+    /// Seeds an open run (start-up).
+    pub fn seed_open_run(&mut self, subject: &str, started_ms: i64) {
+        self.open_runs.insert(subject.to_owned(), started_ms);
+    }
+
+    /// The instant steps are settled to (what a start-up seed must read
+    /// after).
+    pub fn settled_to(&self) -> i64 {
+        self.settled_to
+    }
+
+    /// A meter's value in the period so far (integrals up to `now_ms`, or
+    /// the settled instant if that is later); `None` for a `Max` meter,
+    /// which memory does not keep (the store answers it).
+    pub fn value(&self, meter: &MeterDef, now_ms: i64) -> Result<Option<Decimal>, QuantityError> {
+        let Some(metric) = self.metrics.get(&meter.metric) else {
+            return Ok((meter.aggregation != Aggregation::Max).then_some(Decimal::ZERO));
+        };
+        let clip = now_ms.max(self.settled_to).min(self.period.to_ms).max(self.period.from_ms);
+        Ok(Some(match meter.aggregation {
+            Aggregation::Sum => metric.delta_sum,
+            Aggregation::Count => Decimal::from(metric.count),
+            Aggregation::Latest => metric.latest()?,
             Aggregation::Integral => {
-                meterd_units::ms_product_to_seconds(metric.integral_ms(self.period, now_ms)?)
+                meterd_units::ms_product_to_seconds(metric.integral_ms(self.period, clip)?)?
             }
-            Aggregation::Max => metric.max(self.period),
-        }
+            Aggregation::Max => return Ok(None),
+        }))
     }
 
-    /// Notes that `subject`'s run above zero, continued by its first step,
-    /// began at `start_ms` (history the store did not load: only the last
-    /// level before the period is loaded).
-    pub fn set_run_start(&mut self, metric: &str, subject: &str, start_ms: i64) {
-        let from = self.period.from_ms;
-        if let Some(steps) = self.metrics.get_mut(metric).and_then(|m| m.subjects.get_mut(subject))
-            && let Some((&carried, _)) = steps.at.range(..from).next_back()
-        {
-            steps.carried_run = Some((carried, start_ms));
-        }
+    /// Sandboxes running now (open runs).
+    pub fn running(&self) -> usize {
+        self.open_runs.len()
     }
 
-    /// Subjects of `metric` whose level is above zero now.
-    pub fn running(&self, metric: &str) -> usize {
-        self.metrics.get(metric).map_or(0, |m| m.running)
+    /// Runs still open that have lasted longer than `limit_ms` by `now_ms`.
+    pub fn open_sessions_over(&self, limit_ms: i64, now_ms: i64) -> Vec<Session> {
+        self.open_runs
+            .iter()
+            .map(|(subject, &started_ms)| {
+                Session::of(&Run { subject: subject.clone(), started_ms, ended_ms: None }, now_ms)
+            })
+            .filter(|s| s.length_ms > limit_ms)
+            .collect()
+    }
+}
+
+/// What a check reads beyond memory, fetched from the store first: the
+/// period's value of each `Max` meter, and the closed sessions in the
+/// period longer than the plan's limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreFacts {
+    pub max: BTreeMap<String, Decimal>,
+    pub closed_over_limit: Vec<Run>,
+}
+
+/// An org's standing as checks, entitlements and rules read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage<'a> {
+    pub org: &'a OrgStanding,
+    pub facts: &'a StoreFacts,
+}
+
+impl Usage<'_> {
+    /// A meter's value in the period; `None` only for a `Max` meter the
+    /// facts lack.
+    pub fn value(&self, meter: &MeterDef, now_ms: i64) -> Result<Option<Decimal>, QuantityError> {
+        Ok(match self.org.value(meter, now_ms)? {
+            Some(v) => Some(v),
+            None => self.facts.max.get(&meter.name).copied(),
+        })
     }
 
-    /// Every run above zero of `metric` that reaches into the period and
-    /// lasted (or has lasted so far) longer than `limit_ms`.
-    pub fn sessions_over(&self, metric: &str, limit_ms: i64, now_ms: i64) -> Vec<Session> {
-        let Some(m) = self.metrics.get(metric) else { return Vec::new() };
-        let mut out = Vec::new();
-        for (subject, steps) in &m.subjects {
-            for (start, end) in steps.runs() {
-                let length_ms = end.unwrap_or(now_ms).saturating_sub(start);
-                let reaches_period = end.is_none_or(|e| e > self.period.from_ms);
-                if reaches_period && length_ms > limit_ms {
-                    out.push(Session {
-                        subject: subject.clone(),
-                        started_ms: start,
-                        ended_ms: end,
-                        length_ms,
-                    });
-                }
-            }
-        }
+    pub fn running(&self) -> u64 {
+        self.org.running() as u64
+    }
+
+    /// Every session that reaches into the period and lasted (or has lasted
+    /// so far) longer than `limit_ms`, by start then sandbox.
+    pub fn sessions_over(&self, limit_ms: i64, now_ms: i64) -> Vec<Session> {
+        let period = self.org.period();
+        let mut out = self.org.open_sessions_over(limit_ms, now_ms);
+        out.extend(
+            self.facts
+                .closed_over_limit
+                .iter()
+                .filter(|r| r.ended_ms.is_some_and(|e| e > period.from_ms))
+                .map(|r| Session::of(r, now_ms))
+                .filter(|s| s.length_ms > limit_ms),
+        );
         out.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then_with(|| a.subject.cmp(&b.subject)));
         out
     }
 }
 
-/// Whether `held` is the record `change` corrects (held with `quantity`).
-fn same_record(held: &Change, change: &Change, quantity: Decimal) -> bool {
-    held.subject == change.subject
-        && held.metric == change.metric
-        && held.kind == change.kind
-        && held.at_ms == change.at_ms
-        && held.quantity == quantity
-}
+#[cfg(test)]
+pub(crate) mod ledger;

@@ -12,7 +12,8 @@ use rust_decimal::Decimal;
 use super::check::{self, Action, CheckError, Decision, MeterEntitlement};
 use super::credits::{self, Grant, GrantStatus};
 use super::rules::{self, Rules};
-use super::standing::{Change, OrgStanding, Session};
+use super::standing::ledger::Ledger;
+use super::standing::{Change, Effect, OrgStanding, Session, StoreFacts, Usage};
 use super::{Enforcement, Plan, Quota, SANDBOX_ACTIVE_METRIC};
 use crate::meter::period::{Range, month_containing};
 use crate::meter::{Aggregation, Kind, MeterDef, Point, UsageQuery, default_meters};
@@ -71,13 +72,104 @@ fn correct(change: &Change, quantity: &str) -> Change {
     Change { quantity: d(quantity), previous: Some(change.quantity), ..change.clone() }
 }
 
-fn apply_all(org: &mut OrgStanding, changes: &[Change]) {
+/// A standing kept current by effects, with the ledger that computes them
+/// in the store's place and answers what the store answers (Max, closed
+/// runs).
+#[derive(Debug, Clone)]
+struct Org {
+    standing: OrgStanding,
+    ledger: Ledger,
+    /// Each applied change with the effects it had, newest last.
+    applied: Vec<(Change, Vec<(String, Effect)>)>,
+    facts: StoreFacts,
+}
+
+impl Org {
+    fn new(now_ms: i64) -> Self {
+        let mut org = Org {
+            standing: OrgStanding::new(now_ms),
+            ledger: Ledger::default(),
+            applied: Vec::new(),
+            facts: StoreFacts::default(),
+        };
+        org.refresh();
+        org
+    }
+
+    fn period(&self) -> Range {
+        self.standing.period()
+    }
+
+    /// The store's answers for the current period.
+    fn refresh(&mut self) {
+        let period = self.period();
+        let max = default_meters()
+            .into_iter()
+            .filter(|m| m.aggregation == Aggregation::Max)
+            .map(|m| (m.name.clone(), self.ledger.max(&m.metric, period)))
+            .collect();
+        self.facts = StoreFacts { max, closed_over_limit: self.ledger.closed_runs() };
+    }
+
+    fn apply(&mut self, change: &Change) -> Result<(), meterd_units::QuantityError> {
+        let effects = self.ledger.effects(change);
+        for (metric, effect) in &effects {
+            self.standing.apply(metric, effect)?;
+        }
+        self.applied.push((change.clone(), effects));
+        self.refresh();
+        Ok(())
+    }
+
+    /// Undoes the latest application of `change` (its transaction failed).
+    fn revert(&mut self, change: &Change) -> Result<(), meterd_units::QuantityError> {
+        let i = self.applied.iter().rposition(|(c, _)| c == change).expect("reverting an applied change");
+        let (change, effects) = self.applied.remove(i);
+        for (metric, effect) in effects.iter().rev() {
+            self.standing.revert(metric, effect)?;
+        }
+        self.ledger.undo(&change);
+        self.refresh();
+        Ok(())
+    }
+
+    fn roll_to(&mut self, now_ms: i64) -> Result<(), meterd_units::QuantityError> {
+        self.standing.roll_to(now_ms)?;
+        self.refresh();
+        Ok(())
+    }
+
+    fn usage(&self) -> Usage<'_> {
+        Usage { org: &self.standing, facts: &self.facts }
+    }
+
+    fn value(&self, meter: &MeterDef, now_ms: i64) -> Result<Decimal, meterd_units::QuantityError> {
+        match self.standing.value(meter, now_ms)? {
+            Some(v) => Ok(v),
+            None => Ok(self.ledger.max(&meter.metric, self.period())),
+        }
+    }
+
+    fn running(&self, metric: &str) -> usize {
+        if metric == SANDBOX_ACTIVE_METRIC { self.standing.running() } else { 0 }
+    }
+
+    fn sessions_over(&self, metric: &str, limit_ms: i64, now_ms: i64) -> Vec<Session> {
+        if metric == SANDBOX_ACTIVE_METRIC {
+            self.usage().sessions_over(limit_ms, now_ms)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+fn apply_all(org: &mut Org, changes: &[Change]) {
     for change in changes {
         org.apply(change).expect("change applies");
     }
 }
 
-fn value(org: &OrgStanding, metric: &str, aggregation: Aggregation, now_ms: i64) -> Decimal {
+fn value(org: &Org, metric: &str, aggregation: Aggregation, now_ms: i64) -> Decimal {
     org.value(&meter_def("m", metric, aggregation), now_ms).expect("value computes")
 }
 
@@ -94,7 +186,9 @@ fn time_constants_are_the_months_they_name() {
 
 // ------------------------------------------------------- random histories
 
-const LEVEL: &str = "lvl";
+/// The level metric of random histories: the sandbox metric, so its runs
+/// are kept too.
+const LEVEL: &str = SANDBOX_ACTIVE_METRIC;
 const DELTA: &str = "dlt";
 const SUBJECTS: [&str; 4] = ["sb-a", "sb-b", "sb-c", "sb-d"];
 
@@ -273,11 +367,14 @@ fn nows(rng: &mut Rng, now_ms: i64, period: Range, pool: &[i64]) -> Vec<i64> {
 }
 
 /// Asserts the standing equals the engine for every meter at every instant.
-fn assert_matches_engine(org: &OrgStanding, records: &[Record], at: &[i64], context: &str) {
+fn assert_matches_engine(org: &Org, records: &[Record], at: &[i64], context: &str) {
     let period = org.period();
+    let settled = org.standing.settled_to();
     for meter in meters() {
         for &now_ms in at {
-            let expected = reference(&meter, records, period, now_ms);
+            // Time only moves forward in a standing: before its settled
+            // instant it answers for that instant.
+            let expected = reference(&meter, records, period, now_ms.max(settled));
             let actual = org.value(&meter, now_ms).expect("standing value computes");
             assert_eq!(
                 actual, expected,
@@ -294,8 +391,8 @@ fn assert_matches_engine(org: &OrgStanding, records: &[Record], at: &[i64], cont
 /// period and lasted longer than `limit_ms` (running ones: up to `now_ms`).
 fn reference_sessions(records: &[Record], period: Range, limit_ms: i64, now_ms: i64) -> Vec<Session> {
     let mut steps: BTreeMap<&str, BTreeMap<i64, Decimal>> = BTreeMap::new();
-    // Records stamped after the period are held aside, not yet steps.
-    for r in records.iter().filter(|r| r.metric == LEVEL && r.kind == Kind::Level && r.at_ms < period.to_ms) {
+    // Runs are kept from every stored record, after the period too.
+    for r in records.iter().filter(|r| r.metric == LEVEL && r.kind == Kind::Level) {
         let level = steps.entry(r.subject).or_default().entry(r.at_ms).or_insert(r.current());
         *level = (*level).max(r.current());
     }
@@ -327,7 +424,7 @@ fn reference_sessions(records: &[Record], period: Range, limit_ms: i64, now_ms: 
 
 /// Asserts the standing's sessions of the level metric are the ones the
 /// records describe, for a few limits at every instant.
-fn assert_sessions_match(org: &OrgStanding, records: &[Record], at: &[i64], context: &str) {
+fn assert_sessions_match(org: &Org, records: &[Record], at: &[i64], context: &str) {
     let period = org.period();
     for limit_ms in [0, H, 10 * DAY] {
         for &now_ms in at {
@@ -350,7 +447,7 @@ fn standing_equals_the_engine_on_random_histories() {
     for seed in 0..300 {
         let mut rng = Rng::new(seed);
         let (_, pool, records) = history(&mut rng, &IN_NOV);
-        let mut org = OrgStanding::new(NOW);
+        let mut org = Org::new(NOW);
         apply_all(&mut org, &schedule(&mut rng, &records));
         assert_eq!(org.period(), range(NOV, DEC));
         let at = nows(&mut rng, NOW, org.period(), &pool);
@@ -363,7 +460,7 @@ fn standing_equals_the_engine_on_random_histories() {
 /// the rules by standing and engine would still be caught.
 #[test]
 fn standing_values_worked_by_hand() {
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     let a0 = insert(LEVEL, Kind::Level, "a", OCT + DAY, "5"); // carry-in 5 … replaced below
     let a1 = insert(LEVEL, Kind::Level, "a", NOV - H, "2"); // carry-in: 2 from NOV
     let a2 = insert(LEVEL, Kind::Level, "a", NOV + 10 * H, "4");
@@ -404,13 +501,13 @@ fn standing_values_worked_by_hand() {
 /// step is lower, and is 0-based when the first step comes later.
 #[test]
 fn max_counts_the_carried_in_level_and_zero_before_the_first_step() {
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     apply_all(
         &mut org,
         &[insert(LEVEL, Kind::Level, "a", OCT, "8"), insert(LEVEL, Kind::Level, "a", NOV + H, "1")],
     );
     assert_eq!(value(&org, LEVEL, Aggregation::Max, NOW), d("8"));
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     apply_all(&mut org, &[insert(LEVEL, Kind::Level, "a", NOV + H, "0")]);
     assert_eq!(value(&org, LEVEL, Aggregation::Max, NOW), Decimal::ZERO);
 }
@@ -418,7 +515,7 @@ fn max_counts_the_carried_in_level_and_zero_before_the_first_step() {
 // ------------------------------------------------------------------ revert
 
 /// A snapshot of everything the standing answers.
-fn snapshot(org: &OrgStanding, at: &[i64]) -> (Vec<Decimal>, usize, usize, Vec<Session>) {
+fn snapshot(org: &Org, at: &[i64]) -> (Vec<Decimal>, usize, usize, Vec<Session>) {
     let mut values = Vec::new();
     for meter in meters() {
         for &now_ms in at {
@@ -437,7 +534,7 @@ fn revert_undoes_apply() {
     for seed in 0..200 {
         let mut rng = Rng::new(1_000 + seed);
         let (subjects, pool, mut records) = history(&mut rng, &IN_NOV);
-        let mut org = OrgStanding::new(NOW);
+        let mut org = Org::new(NOW);
         apply_all(&mut org, &schedule(&mut rng, &records));
         let at = nows(&mut rng, NOW, org.period(), &pool);
         let before = snapshot(&org, &at);
@@ -474,7 +571,7 @@ fn reverting_every_insert_leaves_an_empty_standing() {
         insert(DELTA, Kind::Delta, "sb-1", NOW - H, "3"),
         insert(DELTA, Kind::Delta, "sb-1", DEC + H, "3"),
     ];
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     apply_all(&mut org, &changes);
     assert_eq!(org.running(SANDBOX_ACTIVE_METRIC), 2);
     for change in changes.iter().rev() {
@@ -499,7 +596,7 @@ fn reverting_every_insert_leaves_an_empty_standing() {
 /// are applied.
 #[test]
 fn roll_to_restarts_sums_carries_levels_and_applies_held_records() {
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     let held_level = insert(LEVEL, Kind::Level, "b", DEC + 2 * DAY, "1");
     let held_delta = insert(DELTA, Kind::Delta, "a", DEC + DAY, "7");
     apply_all(
@@ -537,7 +634,9 @@ fn roll_to_restarts_sums_carries_levels_and_applies_held_records() {
     // Integral from DEC to DEC_NOW (14.5 days = 348 h): a: 3 × 348 h;
     // b: 1 × 300 h (from DEC + 2 days) → 1344 h = 4,838,400 s.
     assert_eq!(value(&org, LEVEL, Aggregation::Integral, DEC_NOW), d("4838400"));
-    assert_eq!(value(&org, LEVEL, Aggregation::Integral, DEC), Decimal::ZERO);
+    // Rolled (and settled) to DEC_NOW, the standing never answers for an
+    // earlier instant: time only moves forward.
+    assert_eq!(value(&org, LEVEL, Aggregation::Integral, DEC), d("4838400"));
 
     org.roll_to(JAN_NOW).unwrap();
     assert_eq!(value(&org, DELTA, Aggregation::Sum, JAN_NOW), d("1000"));
@@ -551,7 +650,7 @@ fn roll_to_equals_the_engine_on_random_histories() {
     for seed in 0..300 {
         let mut rng = Rng::new(5_000 + seed);
         let (subjects, pool, mut records) = history(&mut rng, &OVER_THREE_MONTHS);
-        let mut org = OrgStanding::new(NOW);
+        let mut org = Org::new(NOW);
         apply_all(&mut org, &schedule(&mut rng, &records));
 
         org.roll_to(DEC_NOW).unwrap();
@@ -601,7 +700,7 @@ fn active(subject: &str, at_ms: i64, quantity: &str) -> Change {
 /// above zero (a tie at one instant: the greatest quantity).
 #[test]
 fn running_counts_subjects_whose_last_level_is_positive() {
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     apply_all(
         &mut org,
         &[
@@ -626,7 +725,7 @@ fn running_counts_subjects_whose_last_level_is_positive() {
 /// exactly-as-long ones, nor runs that ended before (or at) the period start.
 #[test]
 fn sessions_over_finds_long_runs_in_the_period() {
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     apply_all(
         &mut org,
         &[
@@ -689,12 +788,12 @@ fn a_session_spanning_the_roll_over_keeps_its_start() {
         vec![Session { subject: "sb".to_owned(), started_ms: started, ended_ms: None, length_ms: 5 * H / 2 }];
 
     // Built in November from the same records: the run starts at 22:00.
-    let mut fresh = OrgStanding::new(now);
+    let mut fresh = Org::new(now);
     apply_all(&mut fresh, &history);
     assert_eq!(fresh.sessions_over(SANDBOX_ACTIVE_METRIC, 2 * H, now), expected);
 
     // Built in October and rolled over: it should say the same.
-    let mut rolled = OrgStanding::new(NOV - H);
+    let mut rolled = Org::new(NOV - H);
     apply_all(&mut rolled, &history);
     rolled.roll_to(now).unwrap();
     assert_eq!(rolled.sessions_over(SANDBOX_ACTIVE_METRIC, 2 * H, now), expected);
@@ -702,9 +801,9 @@ fn a_session_spanning_the_roll_over_keeps_its_start() {
 
 /// A session that ran from Nov 21 to Dec 1 and on (re-reported on Nov 30),
 /// seen in December after the roll-over: the run and its real start.
-fn rolled_session(history: &[Change]) -> (OrgStanding, i64) {
+fn rolled_session(history: &[Change]) -> (Org, i64) {
     let now = DEC + 12 * H;
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     apply_all(&mut org, history);
     org.roll_to(now).unwrap();
     (org, now)
@@ -791,8 +890,8 @@ fn plan(quotas: &[(&str, &str, Enforcement)]) -> Plan {
 }
 
 /// A standing in November with `used` of `meter`'s metric as one delta.
-fn used(metric: &str, quantity: &str) -> OrgStanding {
-    let mut org = OrgStanding::new(NOW);
+fn used(metric: &str, quantity: &str) -> Org {
+    let mut org = Org::new(NOW);
     org.apply(&insert(metric, Kind::Delta, "sb-1", NOW - H, quantity)).unwrap();
     org
 }
@@ -801,8 +900,8 @@ fn consume(meter: &str, quantity: &str) -> Action {
     Action::Consume { meter: meter.to_owned(), quantity: d(quantity) }
 }
 
-fn decide(plan: &Plan, org: &OrgStanding, action: &Action) -> Decision {
-    check::check(plan, &default_meters(), org, action, NOW).expect("check succeeds")
+fn decide(plan: &Plan, org: &Org, action: &Action) -> Decision {
+    check::check(plan, &default_meters(), &org.usage(), action, NOW).expect("check succeeds")
 }
 
 fn codes(reasons: &[check::Reason]) -> Vec<&'static str> {
@@ -855,8 +954,8 @@ fn soft_quota_warns_but_never_denies() {
     assert_eq!(codes(&start.warnings), ["soft_quota_exceeded"]);
 }
 
-fn running_sandboxes(n: usize) -> OrgStanding {
-    let mut org = OrgStanding::new(NOW);
+fn running_sandboxes(n: usize) -> Org {
+    let mut org = Org::new(NOW);
     for i in 0..n {
         org.apply(&active(&format!("sb-{i}"), NOW - H, "1")).unwrap();
     }
@@ -926,7 +1025,7 @@ fn sandbox_start_lists_every_denying_limit() {
 fn check_refuses_unknown_meters_and_negative_quantities() {
     let plan = plan(&[(CPU, "100", Enforcement::Hard)]);
     let org = used(CPU, "1");
-    match check::check(&plan, &default_meters(), &org, &consume("nope", "1"), NOW) {
+    match check::check(&plan, &default_meters(), &org.usage(), &consume("nope", "1"), NOW) {
         Err(CheckError::UnknownMeter { meter, known }) => {
             assert_eq!(meter, "nope");
             assert!(known.contains(CPU), "{known}");
@@ -934,7 +1033,7 @@ fn check_refuses_unknown_meters_and_negative_quantities() {
         other => panic!("expected an unknown meter error, got {other:?}"),
     }
     assert_eq!(
-        check::check(&plan, &default_meters(), &org, &consume(CPU, "-0.001"), NOW),
+        check::check(&plan, &default_meters(), &org.usage(), &consume(CPU, "-0.001"), NOW),
         Err(CheckError::NegativeQuantity)
     );
 }
@@ -954,7 +1053,7 @@ fn entitlements_report_usage_against_the_plan() {
     ]);
     plan.max_concurrent_sandboxes = Some(2);
     plan.max_session_seconds = Some(3_600);
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     apply_all(
         &mut org,
         &[
@@ -966,7 +1065,7 @@ fn entitlements_report_usage_against_the_plan() {
         ],
     );
     let meters = default_meters();
-    let e = check::entitlements(&plan, &meters, &org, NOW).unwrap();
+    let e = check::entitlements(&plan, &meters, &org.usage(), NOW).unwrap();
     assert_eq!(e.meters.len(), meters.len());
     let get = |name: &str| entitlement(&e, name);
     let row = |m: &MeterEntitlement| (m.used, m.quota, m.remaining, m.enforcement, m.has_access);
@@ -997,7 +1096,7 @@ fn entitlements_report_usage_against_the_plan() {
     // At the limit: used == quota means no access; concurrency too.
     let mut org = running_sandboxes(2);
     org.apply(&insert(CPU, Kind::Delta, "sb-1", NOW - H, "100")).unwrap();
-    let e = check::entitlements(&plan, &meters, &org, NOW).unwrap();
+    let e = check::entitlements(&plan, &meters, &org.usage(), NOW).unwrap();
     assert_eq!(
         (entitlement(&e, CPU).remaining, entitlement(&e, CPU).has_access),
         (Some(Decimal::ZERO), false)
@@ -1165,7 +1264,7 @@ fn quota_percent_crossings() {
     let r = rules(&[80, 100], &[]);
     let plan = plan(&[(CPU, "100", Enforcement::Hard)]);
     let meters = default_meters();
-    let at = |quantity: &str| rules::usage_crossings(&r, &plan, &meters, &used(CPU, quantity), NOW);
+    let at = |quantity: &str| rules::usage_crossings(&r, &plan, &meters, &used(CPU, quantity).usage(), NOW);
     assert!(at("0").is_empty());
     assert!(at("79.999").is_empty());
     let eighty = at("80");
@@ -1189,7 +1288,7 @@ fn quota_percent_crossings() {
     assert_eq!(rule_keys(&at("250")).len(), 2);
 
     let zero_quota = self::plan(&[(CPU, "0", Enforcement::Soft)]);
-    assert!(rules::usage_crossings(&r, &zero_quota, &meters, &OrgStanding::new(NOW), NOW).is_empty());
+    assert!(rules::usage_crossings(&r, &zero_quota, &meters, &Org::new(NOW).usage(), NOW).is_empty());
 }
 
 /// Concurrency crosses at running == limit (and only if the rule is on).
@@ -1199,13 +1298,13 @@ fn concurrency_crossing_at_the_limit() {
     plan.max_concurrent_sandboxes = Some(2);
     let meters = default_meters();
     let mut r = rules(&[], &[]);
-    assert!(rules::usage_crossings(&r, &plan, &meters, &running_sandboxes(1), NOW).is_empty());
-    let at_limit = rules::usage_crossings(&r, &plan, &meters, &running_sandboxes(2), NOW);
+    assert!(rules::usage_crossings(&r, &plan, &meters, &running_sandboxes(1).usage(), NOW).is_empty());
+    let at_limit = rules::usage_crossings(&r, &plan, &meters, &running_sandboxes(2).usage(), NOW);
     assert_eq!(rule_keys(&at_limit), ["concurrency:2"]);
     assert_eq!(at_limit[0].event_type, rules::CONCURRENCY_LIMIT);
     assert_eq!(at_limit[0].data, serde_json::json!({ "running": 2, "limit": 2 }));
     r.concurrency_limit = false;
-    assert!(rules::usage_crossings(&r, &plan, &meters, &running_sandboxes(2), NOW).is_empty());
+    assert!(rules::usage_crossings(&r, &plan, &meters, &running_sandboxes(2).usage(), NOW).is_empty());
 }
 
 /// A session over the limit crosses once per session: the key names the
@@ -1214,10 +1313,10 @@ fn concurrency_crossing_at_the_limit() {
 fn session_crossing_names_the_sandbox() {
     let mut plan = plan(&[]);
     plan.max_session_seconds = Some(3_600);
-    let mut org = OrgStanding::new(NOW);
+    let mut org = Org::new(NOW);
     apply_all(&mut org, &[active("sb-7", NOW - 2 * H, "1"), active("sb-8", NOW - 30 * MINUTE, "1")]);
     let mut r = rules(&[], &[]);
-    let crossings = rules::usage_crossings(&r, &plan, &default_meters(), &org, NOW);
+    let crossings = rules::usage_crossings(&r, &plan, &default_meters(), &org.usage(), NOW);
     assert_eq!(rule_keys(&crossings), [format!("session:sb-7:{}", NOW - 2 * H).as_str()]);
     assert_eq!(crossings[0].event_type, rules::SESSION_OVER_LIMIT);
     assert_eq!(
@@ -1230,7 +1329,7 @@ fn session_crossing_names_the_sandbox() {
         })
     );
     r.session_over_limit = false;
-    assert!(rules::usage_crossings(&r, &plan, &default_meters(), &org, NOW).is_empty());
+    assert!(rules::usage_crossings(&r, &plan, &default_meters(), &org.usage(), NOW).is_empty());
 }
 
 /// Credit crossings hold for a balance strictly below each threshold.

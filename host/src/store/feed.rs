@@ -22,9 +22,8 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::{OrgChange, OrgPlan};
-use crate::meter::Kind;
-use crate::plans::standing::Change;
+use super::{OrgEffect, OrgPlan};
+use crate::plans::standing::{Effect, Run};
 
 /// The PostgreSQL channel every replica listens on.
 pub const CHANNEL: &str = "meterd_changes";
@@ -40,7 +39,8 @@ const MAX_JSON_BYTES: usize = 7_900;
 /// transaction sends several notifications with the same id).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FeedMessage {
-    pub changes: Vec<OrgChange>,
+    /// What the transaction's records changed (see `OrgEffect`).
+    pub effects: Vec<OrgEffect>,
     pub plans: Vec<OrgPlan>,
     /// Orgs that were granted credit.
     pub grants: Vec<String>,
@@ -50,7 +50,7 @@ pub struct FeedMessage {
 
 impl FeedMessage {
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.plans.is_empty() && self.grants.is_empty() && self.fired.is_empty()
+        self.effects.is_empty() && self.plans.is_empty() && self.grants.is_empty() && self.fired.is_empty()
     }
 }
 
@@ -101,22 +101,19 @@ impl Visibility {
 
 /// The notification payloads of one transaction's message:
 /// `"<tx> <part>/<parts> <json>"`, each under PostgreSQL's limit. The JSON is an array of tagged items:
-/// `["c", org, subject, metric, kind, at, quantity, previous]` per record
-/// change, `["p", org, plan, assigned_at]`, `["g", org]`,
+/// `["r", org, metric, hour, added, delta]`, `["s", org, metric, at,
+/// change]` and `["u", org, metric, subject, started, ended, added]` per
+/// effect, `["p", org, plan, assigned_at]`, `["g", org]`,
 /// `["f", org, rule, period_start]`. Quantities are decimal strings (exact).
 pub fn encode(tx: TxId, message: &FeedMessage) -> Vec<String> {
-    let changes = message.changes.iter().map(|c| {
-        let ch = &c.change;
-        json!([
-            "c",
-            c.org_id,
-            ch.subject,
-            ch.metric,
-            ch.kind.as_str(),
-            ch.at_ms,
-            ch.quantity.to_string(),
-            ch.previous.map(|p| p.to_string())
-        ])
+    let changes = message.effects.iter().map(|e| match &e.effect {
+        Effect::Records { at_ms, added, delta } => {
+            json!(["r", e.org_id, e.metric, at_ms, added, delta.to_string()])
+        }
+        Effect::Step { at_ms, change } => json!(["s", e.org_id, e.metric, at_ms, change.to_string()]),
+        Effect::Run { run, added } => {
+            json!(["u", e.org_id, e.metric, run.subject, run.started_ms, run.ended_ms, added])
+        }
     });
     let plans = message.plans.iter().map(|p| json!(["p", p.org_id, p.plan, p.assigned_at_ms]));
     let grants = message.grants.iter().map(|org| json!(["g", org]));
@@ -161,21 +158,28 @@ pub fn decode(payload: &str) -> Result<(TxId, bool, FeedMessage), String> {
         let int = |i: usize| item.get(i).and_then(Value::as_i64).ok_or_else(|| format!("item {item:?}"));
         let decimal = |s: String| Decimal::from_str(&s).map_err(|e| format!("quantity {s:?}: {e}"));
         match text(0)?.as_str() {
-            "c" => {
-                let kind = text(4)?;
-                let previous = match item.get(7) {
-                    Some(Value::Null) | None => None,
-                    Some(_) => Some(decimal(text(7)?)?),
+            "r" => message.effects.push(OrgEffect {
+                org_id: text(1)?,
+                metric: text(2)?,
+                effect: Effect::Records { at_ms: int(3)?, added: int(4)?, delta: decimal(text(5)?)? },
+            }),
+            "s" => message.effects.push(OrgEffect {
+                org_id: text(1)?,
+                metric: text(2)?,
+                effect: Effect::Step { at_ms: int(3)?, change: decimal(text(4)?)? },
+            }),
+            "u" => {
+                let ended_ms = match item.get(5) {
+                    Some(Value::Null) => None,
+                    _ => Some(int(5)?),
                 };
-                message.changes.push(OrgChange {
+                let added = item.get(6).and_then(Value::as_bool).ok_or_else(|| format!("item {item:?}"))?;
+                message.effects.push(OrgEffect {
                     org_id: text(1)?,
-                    change: Change {
-                        subject: text(2)?,
-                        metric: text(3)?,
-                        kind: Kind::parse(&kind).ok_or_else(|| format!("record kind {kind:?}"))?,
-                        at_ms: int(5)?,
-                        quantity: decimal(text(6)?)?,
-                        previous,
+                    metric: text(2)?,
+                    effect: Effect::Run {
+                        run: Run { subject: text(3)?, started_ms: int(4)?, ended_ms },
+                        added,
                     },
                 });
             }
@@ -192,38 +196,44 @@ pub fn decode(payload: &str) -> Result<(TxId, bool, FeedMessage), String> {
 mod tests {
     use super::*;
 
-    fn change(org: &str, n: usize, previous: Option<&str>) -> OrgChange {
-        OrgChange {
-            org_id: org.to_owned(),
-            change: Change {
-                subject: format!("sbx-{n}-\"quoted\"-ünïcode"),
-                metric: "sandbox_cpu_core_seconds".to_owned(),
-                kind: if n.is_multiple_of(2) { Kind::Delta } else { Kind::Level },
-                at_ms: 1_754_000_000_000 + n as i64,
-                quantity: Decimal::from_str("1234567890.123456789012345678").unwrap(),
-                previous: previous.map(|p| Decimal::from_str(p).unwrap()),
+    fn effect(org: &str, n: usize) -> OrgEffect {
+        let at_ms = 1_754_000_000_000 + n as i64;
+        let q = Decimal::from_str("-1234567890.123456789012345678").unwrap();
+        let effect = match n % 4 {
+            0 => Effect::Records { at_ms, added: (n % 3) as i64, delta: q },
+            1 => Effect::Step { at_ms, change: q },
+            2 => Effect::Run {
+                run: Run {
+                    subject: format!("sbx-{n}-\"quoted\"-ünïcode"),
+                    started_ms: at_ms,
+                    ended_ms: None,
+                },
+                added: true,
             },
-        }
+            _ => Effect::Run {
+                run: Run { subject: format!("sbx-{n}"), started_ms: at_ms - 5, ended_ms: Some(at_ms) },
+                added: false,
+            },
+        };
+        OrgEffect { org_id: org.to_owned(), metric: "sandbox_active".to_owned(), effect }
     }
 
     #[test]
     fn a_message_survives_encoding_exactly_and_large_ones_are_split_under_the_limit() {
         let message = FeedMessage {
-            changes: (0..500)
-                .map(|n| change(&format!("org-{}", n % 7), n, (n % 3 == 0).then_some("0.5")))
-                .collect(),
+            effects: (0..500).map(|n| effect(&format!("org-{}", n % 7), n)).collect(),
             plans: vec![OrgPlan { org_id: "org-1".into(), plan: "pro".into(), assigned_at_ms: 7 }],
             grants: vec!["org-2".into()],
             fired: vec![("org-3".into(), "quota:cpu:100".into(), 1_754_000_000_000)],
         };
         let payloads = encode(u64::MAX - 1, &message);
-        assert!(payloads.len() > 1, "500 changes do not fit one notification");
+        assert!(payloads.len() > 1, "500 effects do not fit one notification");
         let mut joined = FeedMessage::default();
         for (i, payload) in payloads.iter().enumerate() {
             assert!(payload.len() < 8_000, "{} bytes", payload.len());
             let (tx, last, part) = decode(payload).unwrap();
             assert_eq!((tx, last), (u64::MAX - 1, i + 1 == payloads.len()));
-            joined.changes.extend(part.changes);
+            joined.effects.extend(part.effects);
             joined.plans.extend(part.plans);
             joined.grants.extend(part.grants);
             joined.fired.extend(part.fired);
@@ -242,7 +252,8 @@ mod tests {
             "1 0/1 []",
             "1 2/1 []",
             "1 1/1 {}",
-            "1 1/1 [[\"c\", \"org\"]]",
+            "1 1/1 [[\"r\", \"org\"]]",
+            "1 1/1 [[\"u\", \"o\", \"m\", \"s\", 1, null, \"yes\"]]",
             "1 1/1 [[\"z\"]]",
             "1 1/1 [[\"p\", \"o\", \"p\", \"t\"]]",
         ];

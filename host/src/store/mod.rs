@@ -16,15 +16,16 @@ mod sqlite_rollup;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use crate::keys::{ApiKey, Scope};
 use crate::meter::period::Range;
-use crate::meter::rollup::SeriesKey;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
+use crate::meter::rollup::{Hour, SeriesKey};
 use crate::meter::{Aggregation, Point};
 use crate::plans::credits::Grant;
-use crate::plans::standing::Change;
+use crate::plans::standing::{Change, Effect, Run};
 use crate::record::UsageRecord;
 
 pub use feed::{FeedEvent, FeedMessage, TxId, Visibility};
@@ -267,6 +268,15 @@ pub struct OrgChange {
     pub change: Change,
 }
 
+/// What a commit changed in one org's metric (see [`Effect`]): what
+/// standings are kept current by, here and on other replicas.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrgEffect {
+    pub org_id: String,
+    pub metric: String,
+    pub effect: Effect,
+}
+
 /// A crossed threshold to store: a fired mark for (org, rule, period) and,
 /// if that mark is new, one outbox row per endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,11 +311,11 @@ impl Notice {
 /// (PostgreSQL): the feed later reports the same id back once committed.
 pub trait CommitHook: Send + Sync {
     /// The records were written (the transaction has not committed yet):
-    /// apply them and return the notices they cause.
-    fn records_written(&self, tx: Option<TxId>, changes: &[OrgChange], now_ms: i64) -> Vec<Notice>;
+    /// apply what they changed and return the notices that causes.
+    fn records_written(&self, tx: Option<TxId>, effects: &[OrgEffect], now_ms: i64) -> Vec<Notice>;
     /// The commit failed: undo what `records_written` did (unless the feed
     /// has meanwhile reported `tx` committed after all).
-    fn rolled_back(&self, tx: Option<TxId>, changes: &[OrgChange], notices: &[Notice]);
+    fn rolled_back(&self, tx: Option<TxId>, effects: &[OrgEffect], notices: &[Notice]);
     /// The transaction committed, with `outbox_rows` new outbox rows.
     fn committed(&self, outbox_rows: usize);
 }
@@ -318,18 +328,33 @@ pub struct OrgPlan {
     pub assigned_at_ms: i64,
 }
 
-/// Everything in-memory org state is built from, read at one instant.
+/// Everything in-memory org state is built from, read at one instant:
+/// O(series × hours of the period + open sandboxes), never the records.
 #[derive(Debug, Clone, Default)]
 pub struct StandingSnapshot {
-    /// See [`Store::standing_records`].
-    pub records: Vec<OrgChange>,
-    /// See [`Store::run_starts`].
-    pub run_starts: Vec<(String, String, i64)>,
+    /// One per (org, metric) with rollups in the period or a level carried
+    /// into it.
+    pub series: Vec<SeriesSeed>,
+    /// Every open sandbox run, by org.
+    pub open_runs: Vec<(String, Run)>,
     pub plans: Vec<OrgPlan>,
     /// (org, rule) fired for the period.
     pub fired: Vec<(String, String)>,
     /// Which transactions the snapshot includes (engines with a feed).
     pub visibility: Option<Visibility>,
+}
+
+/// One series as a standing is seeded from (see `OrgStanding::seed`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesSeed {
+    pub org_id: String,
+    pub metric: String,
+    /// The org level at the period start (Σ month steps before it).
+    pub carry: Decimal,
+    /// Every stored hour from the period start on.
+    pub hours: Vec<(i64, Hour)>,
+    /// Every stored step after the snapshot's `now`.
+    pub steps_after: Vec<(i64, Decimal)>,
 }
 
 /// A grant to store. `plan` is set for a plan's one-time credit, which is
@@ -481,39 +506,20 @@ pub trait Polls: Send + Sync {
 /// What in-memory org standings are built from, and the change feed.
 #[async_trait]
 pub trait Standings: Plans + Send + Sync {
-    /// What in-memory standing is built from: every record at or after
-    /// `from_ms`, and for each (org, metric, subject) its last level before
-    /// (all tied at that instant), as inserts.
-    async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError>;
+    /// What in-memory state for the period containing `now_ms` is built
+    /// from (see [`StandingSnapshot`]), read in one snapshot; engines with a
+    /// feed say which transactions it includes.
+    async fn standing_snapshot(&self, now_ms: i64) -> Result<StandingSnapshot, StoreError>;
 
-    /// For each (org, subject) of `metric` whose last level before
-    /// `before_ms` is above zero: when that run above zero began, as
-    /// (org, subject, start). Sessions that span a period start keep their
-    /// real start.
-    async fn run_starts(
+    /// The closed sandbox runs of `org_id` that ended after `ended_after_ms`
+    /// and lasted longer than `longer_than_ms` (index seek: only such runs
+    /// are read).
+    async fn long_runs(
         &self,
-        metric: &str,
-        before_ms: i64,
-    ) -> Result<Vec<(String, String, i64)>, StoreError>;
-
-    /// What in-memory state for the period starting at `period_start_ms` is
-    /// built from: [`Store::standing_records`], [`Store::run_starts`] of
-    /// `session_metric`, [`Store::org_plans`] and [`Store::fired`]. Engines
-    /// with a feed read them in one snapshot and say which transactions it
-    /// includes.
-    async fn standing_snapshot(
-        &self,
-        period_start_ms: i64,
-        session_metric: &str,
-    ) -> Result<StandingSnapshot, StoreError> {
-        Ok(StandingSnapshot {
-            records: self.standing_records(period_start_ms).await?,
-            run_starts: self.run_starts(session_metric, period_start_ms).await?,
-            plans: self.org_plans().await?,
-            fired: self.fired(period_start_ms).await?,
-            visibility: None,
-        })
-    }
+        org_id: &str,
+        ended_after_ms: i64,
+        longer_than_ms: i64,
+    ) -> Result<Vec<Run>, StoreError>;
 
     /// Starts following what other processes commit (see [`feed`]): `None`
     /// for an engine that has one writer process. Listening has begun when

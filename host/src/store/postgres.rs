@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::postgres_rollup;
+use super::rollup::RollupTx;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
     OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointQuery,
@@ -31,12 +32,12 @@ use super::{
     key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
-use crate::meter::period::Range;
+use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::SeriesKey;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::{Aggregation, Kind, Point};
 use crate::plans::credits::Grant;
-use crate::plans::standing::Change;
+use crate::plans::standing::Run;
 use crate::record::UsageRecord;
 
 /// PostgreSQL allows 65,535 bound parameters per statement; stay well under.
@@ -89,13 +90,13 @@ impl PostgresStore {
             tx.commit().await?;
             return Ok(());
         }
-        super::rollup::maintain(&mut *tx, &changes).await?;
+        let effects = super::rollup::maintain(&mut *tx, &changes).await?;
         let id = current_tx(&mut tx).await?;
         let hook = self.hook.get();
-        let notices = hook.map(|h| h.records_written(Some(id), &changes, now_ms)).unwrap_or_default();
+        let notices = hook.map(|h| h.records_written(Some(id), &effects, now_ms)).unwrap_or_default();
         let result = async {
             let (rows, fired) = insert_notices(&mut tx, &notices, now_ms).await?;
-            notify(&mut tx, id, &FeedMessage { changes: changes.clone(), fired, ..FeedMessage::default() })
+            notify(&mut tx, id, &FeedMessage { effects: effects.clone(), fired, ..FeedMessage::default() })
                 .await?;
             tx.commit().await?;
             Ok::<_, StoreError>(rows)
@@ -107,7 +108,7 @@ impl PostgresStore {
                 Ok(())
             }
             (Err(e), Some(hook)) => {
-                hook.rolled_back(Some(id), &changes, &notices);
+                hook.rolled_back(Some(id), &effects, &notices);
                 Err(e)
             }
             (result, None) => result.map(|_| ()),
@@ -416,69 +417,6 @@ fn stored_record_from_row(row: &PgRow) -> Result<StoredRecord, StoreError> {
                 .map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))?,
         },
     })
-}
-
-/// See [`Store::standing_records`].
-async fn standing_records(conn: &mut PgConnection, from_ms: i64) -> Result<Vec<OrgChange>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT org_id, subject, metric, kind, quantity, at_ms FROM usage_records WHERE at_ms >= $1
-         UNION ALL
-         SELECT org_id, subject, metric, kind, quantity, at_ms FROM (
-             SELECT org_id, subject, metric, kind, quantity, at_ms,
-                    RANK() OVER (PARTITION BY org_id, metric, subject ORDER BY at_ms DESC) AS latest
-             FROM usage_records WHERE kind = 'level' AND at_ms < $1
-         ) last WHERE latest = 1",
-    )
-    .bind(from_ms)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let kind: String = row.try_get("kind")?;
-            Ok(OrgChange {
-                org_id: row.try_get("org_id")?,
-                change: Change {
-                    subject: row.try_get("subject")?,
-                    metric: row.try_get("metric")?,
-                    kind: Kind::parse(&kind)
-                        .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
-                    at_ms: row.try_get("at_ms")?,
-                    quantity: row.try_get("quantity")?,
-                    previous: None,
-                },
-            })
-        })
-        .collect()
-}
-
-/// See [`Store::run_starts`].
-async fn run_starts(
-    conn: &mut PgConnection,
-    metric: &str,
-    before_ms: i64,
-) -> Result<Vec<(String, String, i64)>, StoreError> {
-    let rows = sqlx::query(
-        "WITH levels AS (
-             SELECT org_id, subject, at_ms, BOOL_OR(quantity > 0) AS positive
-             FROM usage_records
-             WHERE metric = $1 AND kind = 'level' AND at_ms < $2
-             GROUP BY org_id, subject, at_ms
-         ),
-         stops AS (
-             SELECT org_id, subject, MAX(at_ms) AS stop_ms FROM levels WHERE NOT positive GROUP BY org_id, subject
-         )
-         SELECT l.org_id, l.subject, MIN(l.at_ms) AS start_ms
-         FROM levels l LEFT JOIN stops s ON s.org_id = l.org_id AND s.subject = l.subject
-         WHERE l.at_ms > COALESCE(s.stop_ms, -9223372036854775808)
-         GROUP BY l.org_id, l.subject",
-    )
-    .bind(metric)
-    .bind(before_ms)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("org_id")?, row.try_get("subject")?, row.try_get("start_ms")?)))
-        .collect()
 }
 
 async fn org_plans(conn: &mut PgConnection) -> Result<Vec<OrgPlan>, StoreError> {
@@ -821,23 +759,7 @@ impl Polls for PostgresStore {
 
 #[async_trait]
 impl Standings for PostgresStore {
-    async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError> {
-        standing_records(&mut *self.pool.acquire().await?, from_ms).await
-    }
-
-    async fn run_starts(
-        &self,
-        metric: &str,
-        before_ms: i64,
-    ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        run_starts(&mut *self.pool.acquire().await?, metric, before_ms).await
-    }
-
-    async fn standing_snapshot(
-        &self,
-        period_start_ms: i64,
-        session_metric: &str,
-    ) -> Result<StandingSnapshot, StoreError> {
+    async fn standing_snapshot(&self, now_ms: i64) -> Result<StandingSnapshot, StoreError> {
         // One REPEATABLE READ transaction: every query reads the snapshot
         // its first statement took, and that statement says which
         // transactions the snapshot includes.
@@ -847,14 +769,23 @@ impl Standings for PostgresStore {
             sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut *tx).await?;
         let visibility = Visibility::parse(&taken).map_err(StoreError::Corrupt)?;
         let snapshot = StandingSnapshot {
-            records: standing_records(&mut tx, period_start_ms).await?,
-            run_starts: run_starts(&mut tx, session_metric, period_start_ms).await?,
+            series: super::rollup::series_seeds(&mut *tx, now_ms).await?,
+            open_runs: RollupTx::open_runs(&mut *tx).await?,
             plans: org_plans(&mut tx).await?,
-            fired: fired(&mut tx, period_start_ms).await?,
+            fired: fired(&mut tx, month_containing(now_ms).from_ms).await?,
             visibility: Some(visibility),
         };
         tx.commit().await?;
         Ok(snapshot)
+    }
+
+    async fn long_runs(
+        &self,
+        org_id: &str,
+        ended_after_ms: i64,
+        longer_than_ms: i64,
+    ) -> Result<Vec<Run>, StoreError> {
+        RollupTx::long_runs(&mut *self.pool.acquire().await?, org_id, ended_after_ms, longer_than_ms).await
     }
 
     async fn listen(&self) -> Result<Option<mpsc::UnboundedReceiver<FeedEvent>>, StoreError> {

@@ -19,6 +19,7 @@ use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
 use crate::meter::rollup::{Hour, SeriesKey, hour_of};
+use crate::plans::standing::Run;
 
 const ROWS_PER_WRITE: usize = 2_000;
 const STATE_KEY: &str = "rollups";
@@ -86,6 +87,38 @@ async fn add_values(
     .bind(&times)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+fn run_from_row(row: &PgRow) -> Result<(String, Run), StoreError> {
+    Ok((
+        row.try_get("org_id")?,
+        Run {
+            subject: row.try_get("subject")?,
+            started_ms: row.try_get("started_ms")?,
+            ended_ms: row.try_get("ended_ms")?,
+        },
+    ))
+}
+
+fn series_from_row(row: &PgRow) -> Result<SeriesKey, StoreError> {
+    Ok(SeriesKey { org_id: row.try_get("org_id")?, metric: row.try_get("metric")? })
+}
+
+async fn write_runs(conn: &mut PgConnection, table: &str, rows: &[(String, Run)]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_WRITE) {
+        let mut insert = QueryBuilder::<Postgres>::new(format!(
+            "INSERT INTO {table} (org_id, subject, started_ms, ended_ms, length_ms) "
+        ));
+        insert.push_values(chunk, |mut b, (org, run)| {
+            b.push_bind(org)
+                .push_bind(&run.subject)
+                .push_bind(run.started_ms)
+                .push_bind(run.ended_ms)
+                .push_bind(run.ended_ms.map(|e| e - run.started_ms));
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -209,6 +242,143 @@ impl RollupTx for PgConnection {
         add_values(self, "rollup_months", "month_ms", "level_step", rows).await
     }
 
+    async fn subject_levels(
+        &mut self,
+        subjects: &[SubjectKey],
+    ) -> Result<Vec<(SubjectKey, i64, Decimal)>, StoreError> {
+        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+        for (s, subject) in subjects {
+            cols.0.push(&s.org_id);
+            cols.1.push(&s.metric);
+            cols.2.push(subject);
+        }
+        let rows = sqlx::query(
+            "SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS k(org_id, metric, subject)
+             CROSS JOIN LATERAL (
+                 SELECT * FROM usage_records r
+                 WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject AND r.kind = 'level'
+                 OFFSET 0
+             ) r",
+        )
+        .bind(&cols.0)
+        .bind(&cols.1)
+        .bind(&cols.2)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    (series_from_row(row)?, row.try_get("subject")?),
+                    row.try_get("at_ms")?,
+                    row.try_get("quantity")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn stored_runs(&mut self, subjects: &[(String, String)]) -> Result<Vec<(String, Run)>, StoreError> {
+        let (orgs, names): (Vec<&str>, Vec<&str>) =
+            subjects.iter().map(|(o, s)| (o.as_str(), s.as_str())).unzip();
+        let rows = sqlx::query(
+            "SELECT r.* FROM unnest($1::text[], $2::text[]) AS k(org_id, subject)
+             JOIN rollup_runs r ON r.org_id = k.org_id AND r.subject = k.subject",
+        )
+        .bind(&orgs)
+        .bind(&names)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn change_runs(
+        &mut self,
+        removed: &[(String, Run)],
+        added: &[(String, Run)],
+    ) -> Result<(), StoreError> {
+        if !removed.is_empty() {
+            let orgs: Vec<&str> = removed.iter().map(|(o, _)| o.as_str()).collect();
+            let subjects: Vec<&str> = removed.iter().map(|(_, r)| r.subject.as_str()).collect();
+            let starts: Vec<i64> = removed.iter().map(|(_, r)| r.started_ms).collect();
+            sqlx::query(
+                "DELETE FROM rollup_runs r USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, subject, started_ms)
+                 WHERE r.org_id = k.org_id AND r.subject = k.subject AND r.started_ms = k.started_ms",
+            )
+            .bind(&orgs)
+            .bind(&subjects)
+            .bind(&starts)
+            .execute(&mut *self)
+            .await?;
+        }
+        write_runs(self, "rollup_runs", added).await
+    }
+
+    async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError> {
+        let rows = sqlx::query("SELECT org_id, metric, level_step FROM rollup_months WHERE month_ms < $1")
+            .bind(month_ms)
+            .fetch_all(&mut *self)
+            .await?;
+        rows.iter().map(|row| Ok((series_from_row(row)?, row.try_get("level_step")?))).collect()
+    }
+
+    async fn hours_from(&mut self, from_ms: i64) -> Result<Vec<(SeriesKey, i64, Hour)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM rollup_hours WHERE hour_ms >= $1 ORDER BY org_id, metric, hour_ms")
+                .bind(from_ms)
+                .fetch_all(&mut *self)
+                .await?;
+        rows.iter()
+            .map(|row| Ok((series_from_row(row)?, row.try_get("hour_ms")?, hour_from_row(row)?)))
+            .collect()
+    }
+
+    async fn steps_after(
+        &mut self,
+        hours_from_ms: i64,
+        after_ms: i64,
+    ) -> Result<Vec<(SeriesKey, i64, Decimal)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.org_id, s.metric, s.at_ms, s.step
+             FROM (SELECT DISTINCT org_id, metric FROM rollup_hours WHERE hour_ms >= $1) AS k
+             CROSS JOIN LATERAL (
+                 SELECT * FROM rollup_steps s WHERE s.org_id = k.org_id AND s.metric = k.metric AND s.at_ms > $2
+                 OFFSET 0
+             ) s
+             ORDER BY s.org_id, s.metric, s.at_ms",
+        )
+        .bind(hours_from_ms)
+        .bind(after_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((series_from_row(row)?, row.try_get("at_ms")?, row.try_get("step")?)))
+            .collect()
+    }
+
+    async fn open_runs(&mut self) -> Result<Vec<(String, Run)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM rollup_runs WHERE ended_ms IS NULL").fetch_all(&mut *self).await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn long_runs(
+        &mut self,
+        org_id: &str,
+        ended_after_ms: i64,
+        longer_than_ms: i64,
+    ) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM rollup_runs WHERE org_id = $1 AND length_ms > $2 AND ended_ms > $3
+             ORDER BY started_ms, subject",
+        )
+        .bind(org_id)
+        .bind(longer_than_ms)
+        .bind(ended_after_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(|row| Ok(run_from_row(row)?.1)).collect()
+    }
+
     async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4 ORDER BY hour_ms",
@@ -328,7 +498,8 @@ async fn write_output(conn: &mut PgConnection, prefix: &str, out: FoldOutput) ->
     write_values(conn, &format!("{prefix}_steps"), "at_ms", "step", &steps).await?;
     let months: Vec<((SeriesKey, i64), Decimal)> =
         out.months.into_iter().map(|(s, m, v)| ((s, m), v)).collect();
-    write_values(conn, &format!("{prefix}_months"), "month_ms", "level_step", &months).await
+    write_values(conn, &format!("{prefix}_months"), "month_ms", "level_step", &months).await?;
+    write_runs(conn, &format!("{prefix}_runs"), &out.runs).await
 }
 
 /// Records read through a cursor into the `{prefix}_…` tables.
@@ -392,12 +563,12 @@ pub(super) async fn rebuild(tx: &mut PgConnection) -> Result<u64, StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REBUILD_LOCK).execute(&mut *tx).await?;
     // Writers of records lock the rollup rows they change; this lock keeps
     // them out for the rebuild's length.
-    sqlx::query("LOCK TABLE rollup_hours, rollup_steps, rollup_months IN EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE rollup_hours, rollup_steps, rollup_months, rollup_runs IN EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM rollup_hours").execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM rollup_steps").execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM rollup_months").execute(&mut *tx).await?;
+    for table in ["hours", "steps", "months", "runs"] {
+        sqlx::query(&format!("DELETE FROM rollup_{table}")).execute(&mut *tx).await?;
+    }
     let records = fold_into(tx, "rollup").await?;
     sqlx::query(
         "INSERT INTO meterd_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -413,7 +584,7 @@ pub(super) async fn rebuild(tx: &mut PgConnection) -> Result<u64, StoreError> {
 /// transaction the caller rolls back) and compares them with the stored
 /// ones.
 pub(super) async fn check(tx: &mut PgConnection, examples: usize) -> Result<RollupCheck, StoreError> {
-    for table in ["hours", "steps", "months"] {
+    for table in ["hours", "steps", "months", "runs"] {
         sqlx::query(&format!(
             "CREATE TEMP TABLE check_{table} (LIKE rollup_{table} INCLUDING ALL) ON COMMIT DROP"
         ))
@@ -422,14 +593,19 @@ pub(super) async fn check(tx: &mut PgConnection, examples: usize) -> Result<Roll
     }
     let records = fold_into(tx, "check").await?;
     let mut report = RollupCheck { records, ..RollupCheck::default() };
-    for (name, time) in [("hours", "hour_ms"), ("steps", "at_ms"), ("months", "month_ms")] {
+    for (name, second, time) in [
+        ("hours", "metric", "hour_ms"),
+        ("steps", "metric", "at_ms"),
+        ("months", "metric", "month_ms"),
+        ("runs", "subject", "started_ms"),
+    ] {
         let stored: i64 =
             sqlx::query_scalar(&format!("SELECT COUNT(*) FROM rollup_{name}")).fetch_one(&mut *tx).await?;
         let diff: Vec<DiffRow> = sqlx::query_as(&format!(
-            "SELECT d.org_id, d.metric, d.{time} AS t, d::text AS v, 'stored' AS side
+            "SELECT d.org_id, d.{second}, d.{time} AS t, d::text AS v, 'stored' AS side
              FROM (SELECT * FROM rollup_{name} EXCEPT SELECT * FROM check_{name}) d
              UNION ALL
-             SELECT d.org_id, d.metric, d.{time}, d::text, 'computed'
+             SELECT d.org_id, d.{second}, d.{time}, d::text, 'computed'
              FROM (SELECT * FROM check_{name} EXCEPT SELECT * FROM rollup_{name}) d
              ORDER BY 1, 2, 3, 5 DESC"
         ))

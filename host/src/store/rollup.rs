@@ -15,13 +15,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 
-use super::{OrgChange, StoreError};
+use super::{OrgChange, OrgEffect, SeriesSeed, StoreError};
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::{Fold, FoldError, FoldOutput, FoldRecord};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::write::Neighbourhood;
 use crate::meter::rollup::{HOUR_MS, Hour, SeriesKey, hour_of};
 use crate::meter::{Aggregation, Kind, Point};
+use crate::plans::SANDBOX_ACTIVE_METRIC;
+use crate::plans::standing::{Effect, Run, run_effects, runs_of};
 
 /// A subject of one series.
 pub(super) type SubjectKey = (SeriesKey, String);
@@ -65,6 +67,43 @@ pub(super) trait RollupTx: Send {
     async fn save_hours(&mut self, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError>;
     /// Adds to each month's net step.
     async fn add_months(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError>;
+    /// Every level record of these subjects, as (subject, instant,
+    /// quantity): a sandbox's whole history, to find its runs.
+    async fn subject_levels(
+        &mut self,
+        subjects: &[SubjectKey],
+    ) -> Result<Vec<(SubjectKey, i64, Decimal)>, StoreError>;
+    /// The stored runs of these (org, subject)s.
+    async fn stored_runs(&mut self, subjects: &[(String, String)]) -> Result<Vec<(String, Run)>, StoreError>;
+    /// Deletes `removed` and inserts `added` (org, run)s.
+    async fn change_runs(
+        &mut self,
+        removed: &[(String, Run)],
+        added: &[(String, Run)],
+    ) -> Result<(), StoreError>;
+
+    // Reads for standings.
+
+    /// Every month's net step before `month_ms`.
+    async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError>;
+    /// Every hour from `from_ms` on, by series then time.
+    async fn hours_from(&mut self, from_ms: i64) -> Result<Vec<(SeriesKey, i64, Hour)>, StoreError>;
+    /// The steps after `after_ms` of every series with an hour from
+    /// `hours_from_ms` on (one seek per series).
+    async fn steps_after(
+        &mut self,
+        hours_from_ms: i64,
+        after_ms: i64,
+    ) -> Result<Vec<(SeriesKey, i64, Decimal)>, StoreError>;
+    /// Every open sandbox run, by org.
+    async fn open_runs(&mut self) -> Result<Vec<(String, Run)>, StoreError>;
+    /// See `Standings::long_runs`.
+    async fn long_runs(
+        &mut self,
+        org_id: &str,
+        ended_after_ms: i64,
+        longer_than_ms: i64,
+    ) -> Result<Vec<Run>, StoreError>;
 
     // Reads for usage queries.
 
@@ -110,6 +149,33 @@ pub(super) async fn read_input(
     Ok(input)
 }
 
+/// What standings for the period containing `now_ms` are seeded from: per
+/// series the carry (months before the period), the hours from the period
+/// start on and the steps after `now_ms`; read by one transaction.
+pub(super) async fn series_seeds(tx: &mut impl RollupTx, now_ms: i64) -> Result<Vec<SeriesSeed>, StoreError> {
+    let period = month_containing(now_ms);
+    let mut out: BTreeMap<SeriesKey, SeriesSeed> = BTreeMap::new();
+    for (key, step) in tx.months_before(period.from_ms).await? {
+        let s = seed_of(&mut out, key);
+        s.carry = plus(s.carry, step)?;
+    }
+    for (key, start, hour) in tx.hours_from(period.from_ms).await? {
+        seed_of(&mut out, key).hours.push((start, hour));
+    }
+    for (key, at, step) in tx.steps_after(period.from_ms, now_ms).await? {
+        seed_of(&mut out, key).steps_after.push((at, step));
+    }
+    Ok(out.into_values().filter(|s| !s.carry.is_zero() || !s.hours.is_empty()).collect())
+}
+
+fn seed_of(seeds: &mut BTreeMap<SeriesKey, SeriesSeed>, key: SeriesKey) -> &mut SeriesSeed {
+    seeds.entry(key.clone()).or_insert_with(|| SeriesSeed {
+        org_id: key.org_id,
+        metric: key.metric,
+        ..SeriesSeed::default()
+    })
+}
+
 fn series(change: &OrgChange) -> SeriesKey {
     SeriesKey { org_id: change.org_id.clone(), metric: change.change.metric.clone() }
 }
@@ -123,8 +189,11 @@ fn plus(a: Decimal, b: Decimal) -> Result<Decimal, StoreError> {
 }
 
 /// Brings the rollups up to date with `changes`, in the transaction that
-/// made them.
-pub(super) async fn maintain(tx: &mut impl RollupTx, changes: &[OrgChange]) -> Result<(), StoreError> {
+/// made them; returns what they changed, for the standings.
+pub(super) async fn maintain(
+    tx: &mut impl RollupTx,
+    changes: &[OrgChange],
+) -> Result<Vec<OrgEffect>, StoreError> {
     // What each record adds to its hour's sum and count.
     let mut records: BTreeMap<(SeriesKey, i64), (Decimal, i64)> = BTreeMap::new();
     // Level writes by subject and instant.
@@ -151,7 +220,10 @@ pub(super) async fn maintain(tx: &mut impl RollupTx, changes: &[OrgChange]) -> R
                 .push((c.change.quantity, c.change.previous));
         }
     }
+    let sandboxes: Vec<SubjectKey> =
+        levels.keys().filter(|(s, _)| s.metric == SANDBOX_ACTIVE_METRIC).cloned().collect();
     let steps = step_changes(tx, levels).await?;
+    let run_effects = runs(tx, &sandboxes).await?;
 
     let step_rows: Vec<((SeriesKey, i64), Decimal)> = steps.iter().map(|(k, s)| (k.clone(), *s)).collect();
     tx.add_steps(&step_rows).await?;
@@ -191,7 +263,61 @@ pub(super) async fn maintain(tx: &mut impl RollupTx, changes: &[OrgChange]) -> R
     }
     let months: Vec<((SeriesKey, i64), Decimal)> = months.into_iter().filter(|(_, s)| !s.is_zero()).collect();
     tx.add_months(&months).await?;
-    Ok(())
+
+    let effect =
+        |s: &SeriesKey, effect| OrgEffect { org_id: s.org_id.clone(), metric: s.metric.clone(), effect };
+    let mut effects: Vec<OrgEffect> = records
+        .iter()
+        .map(|((s, hour), (delta, added))| {
+            effect(s, Effect::Records { at_ms: *hour, added: *added, delta: *delta })
+        })
+        .collect();
+    effects.extend(
+        steps.iter().map(|((s, at), change)| effect(s, Effect::Step { at_ms: *at, change: *change })),
+    );
+    effects.extend(run_effects);
+    Ok(effects)
+}
+
+/// Recomputes the runs of the sandboxes written from their whole level
+/// history and stores the difference; returns it as effects (removals
+/// before additions, per subject).
+async fn runs(tx: &mut impl RollupTx, sandboxes: &[SubjectKey]) -> Result<Vec<OrgEffect>, StoreError> {
+    if sandboxes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut history: BTreeMap<&SubjectKey, Vec<(i64, Decimal)>> =
+        sandboxes.iter().map(|k| (k, Vec::new())).collect();
+    let levels = tx.subject_levels(sandboxes).await?;
+    for (key, at, quantity) in &levels {
+        if let Some(h) = history.get_mut(key) {
+            h.push((*at, *quantity));
+        }
+    }
+    let subjects: Vec<(String, String)> =
+        sandboxes.iter().map(|(s, subject)| (s.org_id.clone(), subject.clone())).collect();
+    let mut stored: BTreeMap<(String, String), Vec<Run>> = BTreeMap::new();
+    for (org, run) in tx.stored_runs(&subjects).await? {
+        stored.entry((org, run.subject.clone())).or_default().push(run);
+    }
+    let (mut removed, mut added, mut effects) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, records) in history {
+        let org = &key.0.org_id;
+        let before = stored.remove(&(org.clone(), key.1.clone())).unwrap_or_default();
+        let after = runs_of(&key.1, &records);
+        for e in run_effects(&before, &after) {
+            if let Effect::Run { run, added: is_added } = &e {
+                if *is_added {
+                    added.push((org.clone(), run.clone()))
+                } else {
+                    removed.push((org.clone(), run.clone()))
+                }
+            }
+            effects.push(OrgEffect { org_id: org.clone(), metric: key.0.metric.clone(), effect: e });
+        }
+    }
+    tx.change_runs(&removed, &added).await?;
+    Ok(effects)
 }
 
 /// The org level's step changes (summed over subjects) that the level
@@ -298,6 +424,7 @@ impl RollupCheck {
         match table {
             "hours" => self.hours = stored,
             "steps" => self.steps = stored,
+            "runs" => self.runs = stored,
             _ => self.months = stored,
         }
         self.differences += diff.len() as u64;
@@ -314,6 +441,7 @@ pub struct RollupCheck {
     pub hours: u64,
     pub steps: u64,
     pub months: u64,
+    pub runs: u64,
     /// Rows that differ from a recomputation from the raw records.
     pub differences: u64,
     /// The first differences, e.g. `hours acme/sandbox_active@1754...: stored … computed …`.

@@ -12,21 +12,22 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
+use super::rollup::RollupTx;
 use super::sqlite_rollup;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
     OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointQuery,
     PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, RollupCheck, Rollups,
-    Standings, Store, StoreError, StoredDelivery, StoredRecord, fix_change, key_from_columns,
-    key_scope_columns, org_change, payload_from_columns, with_seqs,
+    StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, fix_change,
+    key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
-use crate::meter::period::Range;
+use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::SeriesKey;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::{Aggregation, Kind, Point};
 use crate::plans::credits::Grant;
-use crate::plans::standing::Change;
+use crate::plans::standing::Run;
 use crate::record::UsageRecord;
 
 /// SQLite allows 32,766 bound parameters per statement; stay well under.
@@ -72,14 +73,13 @@ impl SqliteStore {
         changes: Vec<OrgChange>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        if !changes.is_empty() {
-            super::rollup::maintain(&mut *tx, &changes).await?;
-        }
-        let Some(hook) = self.hook.get().filter(|_| !changes.is_empty()) else {
+        let effects =
+            if changes.is_empty() { Vec::new() } else { super::rollup::maintain(&mut *tx, &changes).await? };
+        let Some(hook) = self.hook.get().filter(|_| !effects.is_empty()) else {
             tx.commit().await?;
             return Ok(());
         };
-        let notices = hook.records_written(None, &changes, now_ms);
+        let notices = hook.records_written(None, &effects, now_ms);
         let result = async {
             let rows = insert_notices(&mut tx, &notices, now_ms).await?;
             tx.commit().await?;
@@ -92,7 +92,7 @@ impl SqliteStore {
                 Ok(())
             }
             Err(e) => {
-                hook.rolled_back(None, &changes, &notices);
+                hook.rolled_back(None, &effects, &notices);
                 Err(e)
             }
         }
@@ -626,70 +626,29 @@ impl Polls for SqliteStore {
 
 #[async_trait]
 impl Standings for SqliteStore {
-    async fn standing_records(&self, from_ms: i64) -> Result<Vec<OrgChange>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT org_id, subject, metric, kind, quantity, at_ms FROM usage_records WHERE at_ms >= ?1
-             UNION ALL
-             SELECT org_id, subject, metric, kind, quantity, at_ms FROM (
-                 SELECT org_id, subject, metric, kind, quantity, at_ms,
-                        RANK() OVER (PARTITION BY org_id, metric, subject ORDER BY at_ms DESC) AS latest
-                 FROM usage_records WHERE kind = 'level' AND at_ms < ?1
-             ) WHERE latest = 1",
-        )
-        .bind(from_ms)
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                let quantity: String = row.try_get("quantity")?;
-                Ok(OrgChange {
-                    org_id: row.try_get("org_id")?,
-                    change: Change {
-                        subject: row.try_get("subject")?,
-                        metric: row.try_get("metric")?,
-                        kind: Kind::parse(&kind)
-                            .ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
-                        at_ms: row.try_get("at_ms")?,
-                        quantity: meterd_units::parse_quantity(&quantity)
-                            .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))?,
-                        previous: None,
-                    },
-                })
-            })
-            .collect()
+    async fn standing_snapshot(&self, now_ms: i64) -> Result<StandingSnapshot, StoreError> {
+        // One read transaction: the rollups read are one snapshot.
+        let mut tx = self.readers.begin().await?;
+        let series = super::rollup::series_seeds(&mut *tx, now_ms).await?;
+        let open_runs = RollupTx::open_runs(&mut *tx).await?;
+        tx.rollback().await?;
+        Ok(StandingSnapshot {
+            series,
+            open_runs,
+            plans: self.org_plans().await?,
+            fired: self.fired(month_containing(now_ms).from_ms).await?,
+            visibility: None,
+        })
     }
 
-    async fn run_starts(
+    async fn long_runs(
         &self,
-        metric: &str,
-        before_ms: i64,
-    ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        // Quantities are canonical text, so "not above zero" is '0' or a
-        // leading '-'. An instant stops a run when no record at it is above
-        // zero (the greatest quantity at an instant is in force).
-        let rows = sqlx::query(
-            "WITH levels AS (
-                 SELECT org_id, subject, at_ms, MAX(quantity <> '0' AND quantity NOT LIKE '-%') AS positive
-                 FROM usage_records
-                 WHERE metric = ?1 AND kind = 'level' AND at_ms < ?2
-                 GROUP BY org_id, subject, at_ms
-             ),
-             stops AS (
-                 SELECT org_id, subject, MAX(at_ms) AS stop_ms FROM levels WHERE NOT positive GROUP BY org_id, subject
-             )
-             SELECT l.org_id, l.subject, MIN(l.at_ms) AS start_ms
-             FROM levels l LEFT JOIN stops s ON s.org_id = l.org_id AND s.subject = l.subject
-             WHERE l.at_ms > COALESCE(s.stop_ms, -9223372036854775808)
-             GROUP BY l.org_id, l.subject",
-        )
-        .bind(metric)
-        .bind(before_ms)
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("org_id")?, row.try_get("subject")?, row.try_get("start_ms")?)))
-            .collect()
+        org_id: &str,
+        ended_after_ms: i64,
+        longer_than_ms: i64,
+    ) -> Result<Vec<Run>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        RollupTx::long_runs(&mut *conn, org_id, ended_after_ms, longer_than_ms).await
     }
 }
 

@@ -17,6 +17,7 @@ use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
 use crate::meter::rollup::{Hour, SeriesKey, hour_of};
+use crate::plans::standing::Run;
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const ROWS_PER_WRITE: usize = 2_000;
@@ -73,10 +74,49 @@ struct Tables {
     hours: &'static str,
     steps: &'static str,
     months: &'static str,
+    runs: &'static str,
 }
 
-const LIVE: Tables = Tables { hours: "rollup_hours", steps: "rollup_steps", months: "rollup_months" };
-const CHECK: Tables = Tables { hours: "check_hours", steps: "check_steps", months: "check_months" };
+const LIVE: Tables =
+    Tables { hours: "rollup_hours", steps: "rollup_steps", months: "rollup_months", runs: "rollup_runs" };
+const CHECK: Tables =
+    Tables { hours: "check_hours", steps: "check_steps", months: "check_months", runs: "check_runs" };
+
+fn run_from_row(row: &SqliteRow) -> Result<(String, Run), StoreError> {
+    Ok((
+        row.try_get("org_id")?,
+        Run {
+            subject: row.try_get("subject")?,
+            started_ms: row.try_get("started_ms")?,
+            ended_ms: row.try_get("ended_ms")?,
+        },
+    ))
+}
+
+fn series_from_row(row: &SqliteRow) -> Result<SeriesKey, StoreError> {
+    Ok(SeriesKey { org_id: row.try_get("org_id")?, metric: row.try_get("metric")? })
+}
+
+async fn write_runs(
+    conn: &mut SqliteConnection,
+    table: &str,
+    rows: &[(String, Run)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_WRITE) {
+        let mut insert = QueryBuilder::<Sqlite>::new(format!(
+            "INSERT INTO {table} (org_id, subject, started_ms, ended_ms, length_ms) "
+        ));
+        insert.push_values(chunk, |mut b, (org, run)| {
+            b.push_bind(org)
+                .push_bind(&run.subject)
+                .push_bind(run.started_ms)
+                .push_bind(run.ended_ms)
+                .push_bind(run.ended_ms.map(|e| e - run.started_ms));
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
 
 async fn write_hours(
     conn: &mut SqliteConnection,
@@ -251,6 +291,130 @@ impl RollupTx for SqliteConnection {
         add_values(self, LIVE.months, "month_ms", "level_step", rows).await
     }
 
+    async fn subject_levels(
+        &mut self,
+        subjects: &[SubjectKey],
+    ) -> Result<Vec<(SubjectKey, i64, Decimal)>, StoreError> {
+        let list: Vec<(&str, &str, &str)> = subjects
+            .iter()
+            .map(|(s, subject)| (s.org_id.as_str(), s.metric.as_str(), subject.as_str()))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity
+             FROM json_each(?1) AS k CROSS JOIN usage_records r
+               ON r.org_id = json_extract(k.value, '$[0]') AND r.metric = json_extract(k.value, '$[1]')
+              AND r.subject = json_extract(k.value, '$[2]')
+             WHERE r.kind = 'level'",
+        )
+        .bind(json(&list))
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let key = (series_from_row(row)?, row.try_get("subject")?);
+                Ok((key, row.try_get("at_ms")?, quantity(&row.try_get::<String, _>("quantity")?)?))
+            })
+            .collect()
+    }
+
+    async fn stored_runs(&mut self, subjects: &[(String, String)]) -> Result<Vec<(String, Run)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.* FROM json_each(?1) AS k CROSS JOIN rollup_runs r
+               ON r.org_id = json_extract(k.value, '$[0]') AND r.subject = json_extract(k.value, '$[1]')",
+        )
+        .bind(json(&subjects))
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn change_runs(
+        &mut self,
+        removed: &[(String, Run)],
+        added: &[(String, Run)],
+    ) -> Result<(), StoreError> {
+        for (org, run) in removed {
+            sqlx::query("DELETE FROM rollup_runs WHERE org_id = ?1 AND subject = ?2 AND started_ms = ?3")
+                .bind(org)
+                .bind(&run.subject)
+                .bind(run.started_ms)
+                .execute(&mut *self)
+                .await?;
+        }
+        write_runs(self, LIVE.runs, added).await
+    }
+
+    async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError> {
+        let rows = sqlx::query("SELECT org_id, metric, level_step FROM rollup_months WHERE month_ms < ?1")
+            .bind(month_ms)
+            .fetch_all(&mut *self)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((series_from_row(row)?, quantity(&row.try_get::<String, _>("level_step")?)?)))
+            .collect()
+    }
+
+    async fn hours_from(&mut self, from_ms: i64) -> Result<Vec<(SeriesKey, i64, Hour)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM rollup_hours WHERE hour_ms >= ?1 ORDER BY org_id, metric, hour_ms")
+                .bind(from_ms)
+                .fetch_all(&mut *self)
+                .await?;
+        rows.iter()
+            .map(|row| Ok((series_from_row(row)?, row.try_get("hour_ms")?, hour_from_row(row)?)))
+            .collect()
+    }
+
+    async fn steps_after(
+        &mut self,
+        hours_from_ms: i64,
+        after_ms: i64,
+    ) -> Result<Vec<(SeriesKey, i64, Decimal)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.org_id, s.metric, s.at_ms, s.step
+             FROM (SELECT DISTINCT org_id, metric FROM rollup_hours WHERE hour_ms >= ?1) AS k
+             CROSS JOIN rollup_steps s ON s.org_id = k.org_id AND s.metric = k.metric AND s.at_ms > ?2
+             ORDER BY s.org_id, s.metric, s.at_ms",
+        )
+        .bind(hours_from_ms)
+        .bind(after_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    series_from_row(row)?,
+                    row.try_get("at_ms")?,
+                    quantity(&row.try_get::<String, _>("step")?)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn open_runs(&mut self) -> Result<Vec<(String, Run)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM rollup_runs WHERE ended_ms IS NULL").fetch_all(&mut *self).await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn long_runs(
+        &mut self,
+        org_id: &str,
+        ended_after_ms: i64,
+        longer_than_ms: i64,
+    ) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM rollup_runs WHERE org_id = ?1 AND length_ms > ?2 AND ended_ms > ?3
+             ORDER BY started_ms, subject",
+        )
+        .bind(org_id)
+        .bind(longer_than_ms)
+        .bind(ended_after_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(|row| Ok(run_from_row(row)?.1)).collect()
+    }
+
     async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4 ORDER BY hour_ms",
@@ -336,7 +500,8 @@ async fn write_output(
     write_values(conn, tables.steps, "at_ms", "step", &steps).await?;
     let months: Vec<((SeriesKey, i64), Decimal)> =
         out.months.into_iter().map(|(s, m, v)| ((s, m), v)).collect();
-    write_values(conn, tables.months, "month_ms", "level_step", &months).await
+    write_values(conn, tables.months, "month_ms", "level_step", &months).await?;
+    write_runs(conn, tables.runs, &out.runs).await
 }
 
 /// Records read page by page (keyset on the index order) into `tables`.
@@ -402,7 +567,7 @@ pub(super) async fn built(conn: &mut SqliteConnection) -> Result<bool, StoreErro
 /// Replaces the rollups by a recomputation from the raw records; `tx` is
 /// the transaction it happens in.
 pub(super) async fn rebuild(tx: &mut SqliteConnection) -> Result<u64, StoreError> {
-    for table in [LIVE.hours, LIVE.steps, LIVE.months] {
+    for table in [LIVE.hours, LIVE.steps, LIVE.months, LIVE.runs] {
         sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
     }
     let records = fold_into(tx, LIVE).await?;
@@ -427,10 +592,12 @@ pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Resul
         ),
         (CHECK.steps, "at_ms", "step TEXT"),
         (CHECK.months, "month_ms", "level_step TEXT"),
+        (CHECK.runs, "started_ms", "ended_ms INTEGER, length_ms INTEGER"),
     ] {
+        let second = if table == CHECK.runs { "subject" } else { "metric" };
         sqlx::query(&format!("DROP TABLE IF EXISTS temp.{table}")).execute(&mut *conn).await?;
         sqlx::query(&format!(
-            "CREATE TEMP TABLE {table} (org_id TEXT, metric TEXT, {time} INTEGER, {columns}, PRIMARY KEY (org_id, metric, {time}))"
+            "CREATE TEMP TABLE {table} (org_id TEXT, {second} TEXT, {time} INTEGER, {columns}, PRIMARY KEY (org_id, {second}, {time}))"
         ))
         .execute(&mut *conn)
         .await?;
@@ -444,13 +611,15 @@ pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Resul
             ("hours", LIVE.hours, CHECK.hours, "hour_ms", "delta_sum, records, level_step, level_moment, level_open, level_peak, level_last_at_ms"),
             ("steps", LIVE.steps, CHECK.steps, "at_ms", "step"),
             ("months", LIVE.months, CHECK.months, "month_ms", "level_step"),
+            ("runs", LIVE.runs, CHECK.runs, "started_ms", "ended_ms, length_ms"),
         ] {
+            let second = if name == "runs" { "subject" } else { "metric" };
             let stored: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {live}")).fetch_one(&mut *conn).await?;
             // Rows present on one side only, or with other values.
             let diff: Vec<DiffRow> = sqlx::query_as(&format!(
-                "SELECT org_id, metric, {time}, json_array({values}) AS v, 'stored' AS side FROM (SELECT * FROM {live} EXCEPT SELECT * FROM {check})
+                "SELECT org_id, {second}, {time}, json_array({values}) AS v, 'stored' AS side FROM (SELECT * FROM {live} EXCEPT SELECT * FROM {check})
                  UNION ALL
-                 SELECT org_id, metric, {time}, json_array({values}), 'computed' FROM (SELECT * FROM {check} EXCEPT SELECT * FROM {live})
+                 SELECT org_id, {second}, {time}, json_array({values}), 'computed' FROM (SELECT * FROM {check} EXCEPT SELECT * FROM {live})
                  ORDER BY 1, 2, 3, 5 DESC"
             ))
             .fetch_all(&mut *conn)
@@ -461,7 +630,7 @@ pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Resul
     }
     .await;
     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-    for table in [CHECK.hours, CHECK.steps, CHECK.months] {
+    for table in [CHECK.hours, CHECK.steps, CHECK.months, CHECK.runs] {
         let _ = sqlx::query(&format!("DROP TABLE IF EXISTS temp.{table}")).execute(&mut *conn).await;
     }
     result

@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use super::*;
 use crate::meter::Kind;
 use crate::meter::period::Range;
+use crate::plans::standing::{Effect, Run};
 
 /// A store and what keeps its database alive.
 pub(crate) struct Engine {
@@ -366,12 +367,16 @@ async fn a_notice_fires_once_and_its_outbox_rows_are_delivered_or_given_up(store
 }
 
 async fn standings_load_the_period_and_the_start_of_running_sessions(store: Arc<dyn Store>) {
-    // a: on at 100, off at 200, on at 300 and 400 (still running at 1,000);
-    // b: on at 150, off at 500. A delta before and one in the period.
+    // February 1970; a: on at 100, off at 200, on at 300 and 400 (still
+    // running); b: on at 150, off at 500, on again in the period; c: on
+    // after `now` (a provider clock ahead). A delta before and one in the
+    // period.
+    const P: i64 = 2_678_400_000;
+    let now = P + 10_000;
     let mut before = record("d-before", 7);
     before.at_ms = 900;
     let mut inside = record("d-inside", 3);
-    inside.at_ms = 1_500;
+    inside.at_ms = P + 1_500;
     store
         .commit(&[delivery(
             "history",
@@ -382,32 +387,57 @@ async fn standings_load_the_period_and_the_start_of_running_sessions(store: Arc<
                 level("l4", "a", 400, 1),
                 level("l5", "b", 150, 1),
                 level("l6", "b", 500, 0),
-                level("l7", "b", 1_200, 1),
+                level("l7", "b", P + 1_200, 1),
+                level("l8", "c", P + 20_000, 1),
                 before,
                 inside,
             ],
         )])
         .await
         .unwrap();
-    let mut loaded: Vec<(String, i64, Decimal)> = store
-        .standing_records(1_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| (c.change.subject, c.change.at_ms, c.change.quantity))
-        .collect();
-    loaded.sort();
+    let snapshot = store.standing_snapshot(now).await.unwrap();
+    let seed = |metric: &str| {
+        snapshot.series.iter().find(|s| s.metric == metric).unwrap_or_else(|| panic!("a seed of {metric}"))
+    };
+    let active = seed("sandbox_active");
+    assert_eq!((active.org_id.as_str(), active.carry), ("acme", Decimal::ONE), "a runs into the period");
+    assert_eq!(active.hours.len(), 1);
+    assert_eq!(active.hours[0].0, P);
+    assert_eq!((active.hours[0].1.records, active.hours[0].1.level_step), (2, Decimal::from(2)));
+    assert_eq!(active.steps_after, vec![(P + 20_000, Decimal::ONE)], "only c's step is after now");
+    let cpu = seed("sandbox_cpu_core_seconds");
+    assert_eq!((cpu.carry, cpu.hours.len(), cpu.hours[0].1.delta_sum), (Decimal::ZERO, 1, Decimal::from(3)));
+    assert_eq!(snapshot.series.len(), 2);
+
+    let run = |subject: &str, started_ms, ended_ms| Run { subject: subject.to_owned(), started_ms, ended_ms };
+    let mut open = snapshot.open_runs.clone();
+    open.sort();
     assert_eq!(
-        loaded,
+        open,
         vec![
-            ("a".to_owned(), 400, Decimal::ONE),
-            ("b".to_owned(), 500, Decimal::ZERO),
-            ("b".to_owned(), 1_200, Decimal::ONE),
-            ("d-org".to_owned(), 1_500, Decimal::from(3)),
+            ("acme".to_owned(), run("a", 300, None)),
+            ("acme".to_owned(), run("b", P + 1_200, None)),
+            ("acme".to_owned(), run("c", P + 20_000, None)),
         ]
     );
-    let starts = store.run_starts("sandbox_active", 1_000).await.unwrap();
-    assert_eq!(starts, vec![("acme".to_owned(), "a".to_owned(), 300)], "only a runs into the period");
+    // Closed runs: a [100, 200) and b [150, 500); "longer than" is strict.
+    assert_eq!(
+        store.long_runs("acme", 0, 99).await.unwrap(),
+        vec![run("a", 100, Some(200)), run("b", 150, Some(500))]
+    );
+    assert_eq!(store.long_runs("acme", 0, 100).await.unwrap(), vec![run("b", 150, Some(500))]);
+    assert_eq!(
+        store.long_runs("acme", 250, 0).await.unwrap(),
+        vec![run("b", 150, Some(500))],
+        "ended after 250"
+    );
+    assert!(store.long_runs("other", 0, 0).await.unwrap().is_empty());
+
+    // A late record that joins b's two runs into one: the runs follow.
+    store.commit(&[delivery("late", vec![level("l9", "b", 500, 1)])]).await.unwrap();
+    assert_eq!(store.long_runs("acme", 0, 99).await.unwrap(), vec![run("a", 100, Some(200))]);
+    let open = store.standing_snapshot(now).await.unwrap().open_runs;
+    assert!(open.contains(&("acme".to_owned(), run("b", 150, None))), "{open:?}");
 }
 
 async fn concurrent_commits_of_one_event_count_it_once(store: Arc<dyn Store>) {
@@ -494,15 +524,15 @@ async fn old_payloads_are_purged_and_still_deduplicate(store: Arc<dyn Store>) {
 
 /// Records what the store tells the commit hook.
 #[derive(Default)]
-struct RecordingHook(std::sync::Mutex<Vec<OrgChange>>);
+struct RecordingHook(std::sync::Mutex<Vec<OrgEffect>>);
 
 impl CommitHook for RecordingHook {
-    fn records_written(&self, _tx: Option<TxId>, changes: &[OrgChange], _now_ms: i64) -> Vec<Notice> {
-        self.0.lock().unwrap().extend_from_slice(changes);
+    fn records_written(&self, _tx: Option<TxId>, effects: &[OrgEffect], _now_ms: i64) -> Vec<Notice> {
+        self.0.lock().unwrap().extend_from_slice(effects);
         Vec::new()
     }
-    fn rolled_back(&self, _tx: Option<TxId>, changes: &[OrgChange], _notices: &[Notice]) {
-        self.0.lock().unwrap().retain(|c| !changes.contains(c));
+    fn rolled_back(&self, _tx: Option<TxId>, effects: &[OrgEffect], _notices: &[Notice]) {
+        self.0.lock().unwrap().retain(|c| !effects.contains(c));
     }
     fn committed(&self, _outbox_rows: usize) {}
 }
@@ -567,15 +597,22 @@ async fn replay_reads_deliveries_in_order_and_applies_fixes_only_to_what_it_read
     let now = store.delivery_records("e2b", &[a.id], &[]).await.unwrap();
     assert_eq!(now.len(), 3);
     assert_eq!((now[2].seq, &now[2].record, now[2].delivery_id), (2, &added, Some(a.id)));
-    // The hook heard every change, corrections with what they replaced.
-    let heard: Vec<(Decimal, Option<Decimal>)> =
-        hook.0.lock().unwrap().iter().map(|c| (c.change.quantity, c.change.previous)).collect();
+    // The hook heard what the fixes changed per metric and hour: the CPU
+    // corrections (+3, −2) added no record, the RAM insert one.
+    let hour = crate::meter::rollup::hour_of(record("a", 0).at_ms);
+    let heard: Vec<(String, Effect)> =
+        hook.0.lock().unwrap().iter().map(|e| (e.metric.clone(), e.effect.clone())).collect();
     assert_eq!(
         heard,
         [
-            (Decimal::from(6), Some(Decimal::from(3))),
-            (Decimal::ZERO, Some(Decimal::from(2))),
-            (Decimal::from(7), None)
+            (
+                "sandbox_cpu_core_seconds".to_owned(),
+                Effect::Records { at_ms: hour, added: 0, delta: Decimal::ONE }
+            ),
+            (
+                "sandbox_ram_gibi_seconds".to_owned(),
+                Effect::Records { at_ms: hour, added: 1, delta: Decimal::from(7) }
+            ),
         ]
     );
 

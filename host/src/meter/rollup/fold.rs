@@ -1,4 +1,4 @@
-//! The rollup tables computed from raw records in one pass: the back-fill
+//! The rollup tables (and the sandbox runs) computed from raw records in one pass: the back-fill
 //! of a database that has records but no rollups, and the check that
 //! recomputes them and compares.
 //!
@@ -16,6 +16,8 @@ use rust_decimal::Decimal;
 use super::{Hour, SeriesKey, hour_of};
 use crate::meter::Kind;
 use crate::meter::period::month_containing;
+use crate::plans::SANDBOX_ACTIVE_METRIC;
+use crate::plans::standing::Run;
 
 /// Rows the fold has finished, in (org, metric, time) order.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -26,11 +28,13 @@ pub struct FoldOutput {
     pub hours: Vec<(SeriesKey, i64, Hour)>,
     /// (series, month start, net step), non-zero only.
     pub months: Vec<(SeriesKey, i64, Decimal)>,
+    /// (org, run) of every sandbox run (`sandbox_active` above zero).
+    pub runs: Vec<(String, Run)>,
 }
 
 impl FoldOutput {
     pub fn len(&self) -> usize {
-        self.steps.len() + self.hours.len() + self.months.len()
+        self.steps.len() + self.hours.len() + self.months.len() + self.runs.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,6 +74,8 @@ pub struct Fold {
     at_instant: HashMap<String, Decimal>,
     hour: Option<(i64, Hour)>,
     month: Option<(i64, Decimal)>,
+    /// Sandbox series only: each running subject's run start.
+    run_starts: HashMap<String, i64>,
     pub output: FoldOutput,
 }
 
@@ -134,6 +140,11 @@ impl Fold {
         {
             self.output.months.push((series.clone(), month, step));
         }
+        if let Some(series) = &self.series {
+            for (subject, started_ms) in self.run_starts.drain() {
+                self.output.runs.push((series.org_id.clone(), Run { subject, started_ms, ended_ms: None }));
+            }
+        }
         self.in_force.clear();
         Ok(())
     }
@@ -148,8 +159,21 @@ impl Fold {
     fn finish_instant(&mut self) -> Result<(), FoldError> {
         let Some(at) = self.instant.take() else { return Ok(()) };
         let mut step = Decimal::ZERO;
+        let sandboxes = self.series.as_ref().is_some_and(|s| s.metric == SANDBOX_ACTIVE_METRIC);
         for (subject, q) in self.at_instant.drain() {
             let was = self.in_force.get(&subject).copied().unwrap_or(Decimal::ZERO);
+            if sandboxes {
+                let (running, runs) = (was > Decimal::ZERO, q > Decimal::ZERO);
+                if !running && runs {
+                    self.run_starts.insert(subject.clone(), at);
+                } else if running
+                    && !runs
+                    && let (Some(series), Some(started_ms)) = (&self.series, self.run_starts.remove(&subject))
+                {
+                    let run = Run { subject: subject.clone(), started_ms, ended_ms: Some(at) };
+                    self.output.runs.push((series.org_id.clone(), run));
+                }
+            }
             step = step
                 .checked_add(q.checked_sub(was).ok_or(QuantityError::Overflow("level step"))?)
                 .ok_or(QuantityError::Overflow("level step"))?;
