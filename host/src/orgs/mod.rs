@@ -213,8 +213,10 @@ impl Orgs {
     ) -> Result<StoreFacts, OrgError> {
         let period = month_containing(now_ms);
         let mut facts = StoreFacts::default();
-        let usage = UsageService::new(self.store.clone(), policy.meters.clone());
+        let mut usage = None;
         for meter in max_meters.filter(|m| m.aggregation == Aggregation::Max) {
+            let usage =
+                usage.get_or_insert_with(|| UsageService::new(self.store.clone(), policy.meters.clone()));
             let request = UsageRequest {
                 org_id: org_id.to_owned(),
                 meter: meter.name.clone(),

@@ -3,7 +3,8 @@
 //! clock; `orgs` (the service) and `notify` (delivery) do that.
 //!
 //! - [`standing`] — one org's usage in the current period, kept current
-//!   record by record (the in-memory state checks answer from).
+//!   commit by commit from what each commit changed in the rollups (the
+//!   in-memory state checks answer from).
 //! - [`check`] — entitlements and the allow/deny decision for an action.
 //! - [`credits`] — grants burned by usage × price, the balance.
 //! - [`rules`] — which notification thresholds an org has crossed.

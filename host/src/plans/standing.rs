@@ -188,8 +188,7 @@ impl MetricStanding {
         if at_ms < period.from_ms {
             self.carry = add(self.carry, change)?;
         } else if at_ms <= settled_to {
-            self.step_sum = add(self.step_sum, change)?;
-            self.moment = add(self.moment, mul(change, ms(at_ms - period.from_ms))?)?;
+            self.add_settled(period, at_ms, change)?;
         } else {
             let step = self.pending.entry(at_ms).or_default();
             *step = add(*step, change)?;
@@ -200,12 +199,18 @@ impl MetricStanding {
         Ok(())
     }
 
+    /// Adds an in-period step to Σδ and Σδ·(t − P).
+    fn add_settled(&mut self, period: Range, at_ms: i64, change: Decimal) -> Result<(), QuantityError> {
+        self.step_sum = add(self.step_sum, change)?;
+        self.moment = add(self.moment, mul(change, ms(at_ms - period.from_ms))?)?;
+        Ok(())
+    }
+
     /// Folds the pending steps at or before `to` into the sums.
     fn settle(&mut self, period: Range, to: i64) -> Result<(), QuantityError> {
         let later = self.pending.split_off(&to.saturating_add(1));
         for (at, change) in std::mem::replace(&mut self.pending, later) {
-            self.step_sum = add(self.step_sum, change)?;
-            self.moment = add(self.moment, mul(change, ms(at - period.from_ms))?)?;
+            self.add_settled(period, at, change)?;
         }
         Ok(())
     }
@@ -363,8 +368,7 @@ impl OrgStanding {
                 self.ahead.push((metric.to_owned(), Effect::Step { at_ms: at, change }));
                 continue;
             }
-            m.step_sum = add(m.step_sum, -change)?;
-            m.moment = add(m.moment, -mul(change, ms(at - period.from_ms))?)?;
+            m.add_settled(period, at, -change)?;
             m.pending.insert(at, change);
         }
         Ok(())
