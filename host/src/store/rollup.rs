@@ -137,7 +137,11 @@ pub(super) async fn read_input(
         input.hours.extend(tx.hours_in(series, *range).await?);
     }
     if let Some(range) = plan.ahead {
-        input.ahead = tx.steps_in(series, range).await?;
+        if level {
+            input.ahead = tx.steps_in(series, range).await?;
+        } else {
+            input.ahead_points = tx.points_in(series, range).await?;
+        }
     }
     for range in &plan.raw {
         if level {

@@ -22,9 +22,12 @@ pub struct ReadPlan {
     pub hours: Vec<Range>,
     /// Ranges read raw: records for sums and counts, steps for levels.
     pub raw: Vec<Range>,
-    /// For an integral whose range holds `now`: from `now` to the end of
-    /// its hour, whose steps (rare: stamped ahead of the clock) the hour's
-    /// summary must not integrate.
+    /// What the last hour summary holds that the answer must not: for an
+    /// integral whose range holds `now`, the steps from `now` to the end of
+    /// its hour (integration stops at `now`); for a sum or count whose last
+    /// hour is read whole though the range ends inside it, the records from
+    /// the range's end to the hour's end. Both are stamped ahead of the
+    /// clock, so usually none.
     pub ahead: Option<Range>,
 }
 
@@ -34,10 +37,21 @@ pub fn is_level(aggregation: Aggregation) -> bool {
 }
 
 /// Which parts of `range` are whole hours and which must be read raw.
+///
+/// A range ending at or after `now` inside an hour (credits, a month so
+/// far) reads that hour as its summary less what lies [ahead](ReadPlan::ahead)
+/// of the range: the current hour is the busiest one to read raw, and what
+/// is stamped after `now` is rare. Latest and max cannot subtract, so they
+/// read it raw.
 pub fn plan(range: Range, aggregation: Aggregation, now_ms: i64) -> ReadPlan {
     let first = hour_of(range.from_ms);
     let first = if first == range.from_ms { first } else { first.saturating_add(HOUR_MS) };
-    let last = hour_of(range.to_ms);
+    let mut last = hour_of(range.to_ms);
+    let subtracts = matches!(aggregation, Aggregation::Sum | Aggregation::Count | Aggregation::Integral);
+    let tail_whole = subtracts && first <= last && last < range.to_ms && range.to_ms >= now_ms;
+    if tail_whole {
+        last = last.saturating_add(HOUR_MS);
+    }
     if first >= last {
         return ReadPlan { hours: Vec::new(), raw: vec![range], ahead: None };
     }
@@ -49,8 +63,13 @@ pub fn plan(range: Range, aggregation: Aggregation, now_ms: i64) -> ReadPlan {
         raw.push(Range { from_ms: last, to_ms: range.to_ms });
     }
     let now_hour = hour_of(now_ms);
-    let ahead = (aggregation == Aggregation::Integral && (first..last).contains(&now_hour))
-        .then(|| Range { from_ms: now_ms, to_ms: now_hour + HOUR_MS });
+    let ahead = match aggregation {
+        Aggregation::Integral if (first..last).contains(&now_hour) => {
+            Some(Range { from_ms: now_ms, to_ms: now_hour + HOUR_MS })
+        }
+        Aggregation::Sum | Aggregation::Count if tail_whole => Some(Range { from_ms: range.to_ms, to_ms: last }),
+        _ => None,
+    };
     ReadPlan { hours: vec![Range { from_ms: first, to_ms: last }], raw, ahead }
 }
 
@@ -65,8 +84,10 @@ pub struct RollupInput {
     pub steps: Vec<(i64, Decimal)>,
     /// Records of the meter's metric in the raw ranges (sums and counts).
     pub points: Vec<Point>,
-    /// Net steps in the plan's `ahead` range.
+    /// Net steps in the plan's `ahead` range (integrals).
     pub ahead: Vec<(i64, Decimal)>,
+    /// Records in the plan's `ahead` range (sums and counts).
+    pub ahead_points: Vec<Point>,
 }
 
 fn add(a: Decimal, b: Decimal) -> Result<Decimal, QuantityError> {
@@ -105,12 +126,18 @@ pub fn evaluate(
             for (start, hour) in hours {
                 place(*start, if count { Decimal::from(hour.records) } else { hour.delta_sum })?;
             }
+            let value = |p: &Point| match (count, p.kind) {
+                (true, _) => Decimal::ONE,
+                (false, Kind::Delta) => p.quantity,
+                (false, Kind::Level) => Decimal::ZERO,
+            };
             for p in input.points.iter().filter(|p| range.contains(p.at_ms)) {
-                match (count, p.kind) {
-                    (true, _) => place(p.at_ms, Decimal::ONE)?,
-                    (false, Kind::Delta) => place(p.at_ms, p.quantity)?,
-                    (false, Kind::Level) => {}
-                }
+                place(p.at_ms, value(p))?;
+            }
+            // The last hour was summed whole; what it holds after the range
+            // ends comes off the window that holds the hour's start.
+            for p in input.ahead_points.iter().filter(|p| p.at_ms >= range.to_ms) {
+                place(hour_of(p.at_ms), -value(p))?;
             }
             Ok(report(&windows, cells, total))
         }

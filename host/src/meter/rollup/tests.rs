@@ -120,6 +120,11 @@ fn from_rollups(
             .filter(|(_, t, _)| plan.ahead.is_some_and(|a| a.contains(*t)))
             .map(|(_, t, s)| (*t, *s))
             .collect(),
+        ahead_points: records
+            .iter()
+            .filter(|r| plan.ahead.is_some_and(|a| a.contains(r.at_ms)))
+            .map(point)
+            .collect(),
     };
     query::evaluate(meter, query, &input).expect("rollup query")
 }
@@ -226,4 +231,26 @@ fn a_late_level_changes_its_own_step_and_the_next_one() {
     // Two new instants next to each other in one transaction.
     let n = hood(&[(10, &["1"]), (20, &["3"])], &[(10, "1", None), (20, "3", None)]);
     assert_eq!(n.step_changes().expect("steps"), vec![(10, d("1")), (20, d("2"))]);
+}
+
+#[test]
+fn a_range_ending_in_the_current_hour_reads_that_hour_as_its_summary() {
+    let range = |from, to| Range { from_ms: from, to_ms: to };
+    let now = BASE + 2 * HOUR_MS + 600_000;
+    // Credits: from long ago to now. The hour holding `now` is a summary
+    // less what is stamped after the range (sums) or after `now` (integral).
+    let sum = query::plan(range(0, now), Aggregation::Sum, now);
+    assert_eq!(sum.hours, vec![range(0, BASE + 3 * HOUR_MS)]);
+    assert_eq!((sum.raw.clone(), sum.ahead), (vec![], Some(range(now, BASE + 3 * HOUR_MS))));
+    let integral = query::plan(range(BASE, now + 1), Aggregation::Integral, now);
+    assert_eq!(integral.hours, vec![range(BASE, BASE + 3 * HOUR_MS)]);
+    assert_eq!(integral.ahead, Some(range(now, BASE + 3 * HOUR_MS)));
+    // Latest and max cannot subtract; a range ending before `now` is read
+    // raw at its end, as is a range inside one hour that starts mid-hour.
+    let latest = query::plan(range(0, now), Aggregation::Latest, now);
+    assert_eq!((latest.raw, latest.ahead), (vec![range(BASE + 2 * HOUR_MS, now)], None));
+    let past = query::plan(range(0, now - 1), Aggregation::Sum, now);
+    assert_eq!(past.raw, vec![range(BASE + 2 * HOUR_MS, now - 1)]);
+    let inside = query::plan(range(now - 1, now), Aggregation::Count, now);
+    assert_eq!((inside.hours, inside.raw), (vec![], vec![range(now - 1, now)]));
 }
