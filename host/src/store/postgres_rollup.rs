@@ -244,26 +244,28 @@ impl RollupTx for PgConnection {
 
     async fn subject_levels(
         &mut self,
-        subjects: &[SubjectKey],
+        subjects: &[(SubjectKey, i64)],
     ) -> Result<Vec<(SubjectKey, i64, Decimal)>, StoreError> {
-        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-        for (s, subject) in subjects {
+        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+        for ((s, subject), from) in subjects {
             cols.0.push(&s.org_id);
             cols.1.push(&s.metric);
             cols.2.push(subject);
+            cols.3.push(*from);
         }
         let rows = sqlx::query(
             "SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity
-             FROM unnest($1::text[], $2::text[], $3::text[]) AS k(org_id, metric, subject)
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(org_id, metric, subject, from_ms)
              CROSS JOIN LATERAL (
-                 SELECT * FROM usage_records r
-                 WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject AND r.kind = 'level'
-                 OFFSET 0
+                 SELECT DISTINCT r.org_id, r.metric, r.subject, r.at_ms, r.quantity FROM usage_records r
+                 WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject
+                       AND r.at_ms >= k.from_ms AND r.kind = 'level'
              ) r",
         )
         .bind(&cols.0)
         .bind(&cols.1)
         .bind(&cols.2)
+        .bind(&cols.3)
         .fetch_all(&mut *self)
         .await?;
         rows.iter()

@@ -67,11 +67,12 @@ pub(super) trait RollupTx: Send {
     async fn save_hours(&mut self, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError>;
     /// Adds to each month's net step.
     async fn add_months(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError>;
-    /// Every level record of these subjects, as (subject, instant,
-    /// quantity): a sandbox's whole history, to find its runs.
+    /// The distinct (instant, quantity) pairs of each subject's level
+    /// records at or after its bound, as (subject, instant, quantity): a
+    /// sandbox's history from where its runs can change, to find them.
     async fn subject_levels(
         &mut self,
-        subjects: &[SubjectKey],
+        subjects: &[(SubjectKey, i64)],
     ) -> Result<Vec<(SubjectKey, i64, Decimal)>, StoreError>;
     /// The stored runs of these (org, subject)s.
     async fn stored_runs(&mut self, subjects: &[(String, String)]) -> Result<Vec<(String, Run)>, StoreError>;
@@ -224,8 +225,12 @@ pub(super) async fn maintain(
                 .push((c.change.quantity, c.change.previous));
         }
     }
-    let sandboxes: Vec<SubjectKey> =
-        levels.keys().filter(|(s, _)| s.metric == SANDBOX_ACTIVE_METRIC).cloned().collect();
+    // Each sandbox written, with the first instant written.
+    let sandboxes: Vec<(SubjectKey, i64)> = levels
+        .iter()
+        .filter(|((s, _), _)| s.metric == SANDBOX_ACTIVE_METRIC)
+        .filter_map(|(key, at)| at.keys().next().map(|first| (key.clone(), *first)))
+        .collect();
     let steps = step_changes(tx, levels).await?;
     let run_effects = runs(tx, &sandboxes).await?;
 
@@ -283,31 +288,46 @@ pub(super) async fn maintain(
     Ok(effects)
 }
 
-/// Recomputes the runs of the sandboxes written from their whole level
-/// history and stores the difference; returns it as effects (removals
-/// before additions, per subject).
-async fn runs(tx: &mut impl RollupTx, sandboxes: &[SubjectKey]) -> Result<Vec<OrgEffect>, StoreError> {
+/// Recomputes the runs of the sandboxes written and stores the difference;
+/// returns it as effects (removals before additions, per subject).
+///
+/// Nothing before a sandbox's first written instant changed, so its runs
+/// are recomputed from the start of its last stored run that starts at or
+/// before that instant (the level is not above zero just before a run
+/// starts, so the runs from there on depend only on the records from
+/// there on): the read is one run and what follows, not the history.
+async fn runs(tx: &mut impl RollupTx, sandboxes: &[(SubjectKey, i64)]) -> Result<Vec<OrgEffect>, StoreError> {
     if sandboxes.is_empty() {
         return Ok(Vec::new());
     }
+    let subjects: Vec<(String, String)> =
+        sandboxes.iter().map(|((s, subject), _)| (s.org_id.clone(), subject.clone())).collect();
+    let mut stored: BTreeMap<(String, String), Vec<Run>> = BTreeMap::new();
+    for (org, run) in tx.stored_runs(&subjects).await? {
+        stored.entry((org, run.subject.clone())).or_default().push(run);
+    }
+    let bounded: Vec<(SubjectKey, i64)> = sandboxes
+        .iter()
+        .map(|((s, subject), first)| {
+            let runs = stored.get(&(s.org_id.clone(), subject.clone())).map(Vec::as_slice).unwrap_or(&[]);
+            let from = runs.iter().map(|r| r.started_ms).filter(|start| start <= first).max();
+            ((s.clone(), subject.clone()), from.unwrap_or(i64::MIN))
+        })
+        .collect();
     let mut history: BTreeMap<&SubjectKey, Vec<(i64, Decimal)>> =
-        sandboxes.iter().map(|k| (k, Vec::new())).collect();
-    let levels = tx.subject_levels(sandboxes).await?;
+        bounded.iter().map(|(k, _)| (k, Vec::new())).collect();
+    let levels = tx.subject_levels(&bounded).await?;
     for (key, at, quantity) in &levels {
         if let Some(h) = history.get_mut(key) {
             h.push((*at, *quantity));
         }
     }
-    let subjects: Vec<(String, String)> =
-        sandboxes.iter().map(|(s, subject)| (s.org_id.clone(), subject.clone())).collect();
-    let mut stored: BTreeMap<(String, String), Vec<Run>> = BTreeMap::new();
-    for (org, run) in tx.stored_runs(&subjects).await? {
-        stored.entry((org, run.subject.clone())).or_default().push(run);
-    }
     let (mut removed, mut added, mut effects) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, records) in history {
+    for (key, from) in &bounded {
+        let records = history.remove(key).unwrap_or_default();
         let org = &key.0.org_id;
-        let before = stored.remove(&(org.clone(), key.1.clone())).unwrap_or_default();
+        let mut before = stored.remove(&(org.clone(), key.1.clone())).unwrap_or_default();
+        before.retain(|r| r.started_ms >= *from);
         let after = runs_of(&key.1, &records);
         for e in run_effects(&before, &after) {
             if let Effect::Run { run, added: is_added } = &e {

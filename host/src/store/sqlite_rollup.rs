@@ -293,17 +293,17 @@ impl RollupTx for SqliteConnection {
 
     async fn subject_levels(
         &mut self,
-        subjects: &[SubjectKey],
+        subjects: &[(SubjectKey, i64)],
     ) -> Result<Vec<(SubjectKey, i64, Decimal)>, StoreError> {
-        let list: Vec<(&str, &str, &str)> = subjects
+        let list: Vec<(&str, &str, &str, i64)> = subjects
             .iter()
-            .map(|(s, subject)| (s.org_id.as_str(), s.metric.as_str(), subject.as_str()))
+            .map(|((s, subject), from)| (s.org_id.as_str(), s.metric.as_str(), subject.as_str(), *from))
             .collect();
         let rows = sqlx::query(
-            "SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity
+            "SELECT DISTINCT r.org_id, r.metric, r.subject, r.at_ms, r.quantity
              FROM json_each(?1) AS k CROSS JOIN usage_records r
                ON r.org_id = json_extract(k.value, '$[0]') AND r.metric = json_extract(k.value, '$[1]')
-              AND r.subject = json_extract(k.value, '$[2]')
+              AND r.subject = json_extract(k.value, '$[2]') AND r.at_ms >= json_extract(k.value, '$[3]')
              WHERE r.kind = 'level'",
         )
         .bind(json(&list))

@@ -661,6 +661,8 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
     use crate::meter::{Aggregation, MeterDef, UsageQuery, aggregate};
     use crate::testing::Rng;
 
+    // The sandbox metric, so that runs are kept (and checked) too.
+    const M: &str = crate::plans::SANDBOX_ACTIVE_METRIC;
     // 2025-08-31T20:00:00Z: the history crosses into September.
     const BASE: i64 = 1_756_670_400_000;
     let mut rng = Rng::new(20251202);
@@ -671,7 +673,7 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
         event_id,
         org_id: "acme".to_owned(),
         subject: rng.pick(&subjects).to_owned(),
-        metric: "m".to_owned(),
+        metric: M.to_owned(),
         kind: if rng.chance(70) { Kind::Level } else { Kind::Delta },
         quantity: rng.quantity(),
         at_ms: rng.pick(&pool),
@@ -732,7 +734,7 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
     assert!(!fixes.is_empty());
     store.apply_fixes("e2b", &fixes, 2).await.expect("fixes");
 
-    let series = SeriesKey { org_id: "acme".to_owned(), metric: "m".to_owned() };
+    let series = SeriesKey { org_id: "acme".to_owned(), metric: M.to_owned() };
     let mut queries = Vec::new();
     for _ in 0..60 {
         let mut from = BASE + rng.between(-3 * HOUR_MS, 6 * HOUR_MS);
@@ -752,7 +754,10 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
     for pass in ["as written", "after a rebuild"] {
         let report = store.check_rollups(5).await.expect("check");
         assert_eq!(report.differences, 0, "{pass}: {:?}", report.examples);
-        assert!(report.records > 60 && report.hours > 0 && report.steps > 0, "{pass}: {report:?}");
+        assert!(
+            report.records > 60 && report.hours > 0 && report.steps > 0 && report.runs > 3,
+            "{pass}: {report:?}"
+        );
         for query_ in &queries {
             for aggregation in [
                 Aggregation::Sum,
@@ -761,8 +766,8 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
                 Aggregation::Latest,
                 Aggregation::Max,
             ] {
-                let meter = MeterDef { name: "x".into(), metric: "m".into(), aggregation, unit: "u".into() };
-                let raw = query("m", query_.range.from_ms, query_.range.to_ms, None);
+                let meter = MeterDef { name: "x".into(), metric: M.into(), aggregation, unit: "u".into() };
+                let raw = query(M, query_.range.from_ms, query_.range.to_ms, None);
                 let points = store.points(&raw).await.expect("points");
                 let carry = store.carry_in(&raw).await.expect("carry-in");
                 let want = aggregate(&meter, query_, &carry, &points).expect("engine");
