@@ -1,9 +1,9 @@
 //! Usage queries, apart from HTTP: resolve the meter, read the rollups of
 //! the range (whole hours summarized, the ends raw; `meter::rollup`) and
-//! evaluate them; a query grouped by an attribute reads the range's records
-//! (and the levels in force when it starts) for the pure meter engine. The query parameters' parsing and the
-//! answer's JSON live here too, so that the HTTP API and `meterd usage`
-//! cannot disagree.
+//! evaluate them; a query grouped by an attribute reads the range's raw
+//! records a page at a time and adds up the pages' reports
+//! (`meter::merge`). The query parameters' parsing and the answer's JSON
+//! live here too, so that the HTTP API and `meterd usage` cannot disagree.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 
 use crate::meter::period::{Range, WindowSize, month_containing};
 use crate::meter::rollup::{self, SeriesKey};
-use crate::meter::{self, EngineError, MeterDef, UsageQuery};
+use crate::meter::{self, EngineError, MeterDef, Point, UsageQuery};
 use crate::record::valid_attribute_key;
 use crate::store::{PointQuery, Store, StoreError};
 
@@ -167,22 +167,108 @@ impl UsageService {
             let report = rollup::query::evaluate(&meter, &engine_query, &input)?;
             return Ok(UsageAnswer { meter, total: report.total, windows: report.windows });
         }
-        // Grouping by an attribute reads the range's records: attributes
-        // (e.g. a sandbox id) are not rolled up.
+        // Grouping by an attribute reads the range's records (attributes,
+        // e.g. a sandbox id, are not rolled up), a page at a time.
         let query = PointQuery {
             org_id: &request.org_id,
             metric: &meter.metric,
             range: request.range,
             group_by: request.group_by.as_deref(),
         };
-        let points = self.store.points(&query).await?;
-        let carry_in = match meter.aggregation {
-            meter::Aggregation::Integral | meter::Aggregation::Latest | meter::Aggregation::Max => {
-                self.store.carry_in(&query).await?
-            }
-            meter::Aggregation::Sum | meter::Aggregation::Count => Vec::new(),
-        };
-        let report = meter::aggregate(&meter, &engine_query, &carry_in, &points)?;
+        let report = grouped(self.store.as_ref(), &meter, &engine_query, &query, Pages::DEFAULT).await?;
         Ok(UsageAnswer { meter, total: report.total, windows: report.windows })
     }
+}
+
+/// How much a grouped query reads per page.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pages {
+    /// Records per page of a sum or count.
+    pub points: u32,
+    /// Subjects per page of an integral or latest (each with its levels up
+    /// to the range's end).
+    pub subjects: u32,
+}
+
+impl Pages {
+    pub(crate) const DEFAULT: Pages = Pages { points: 10_000, subjects: 1_000 };
+}
+
+/// A query grouped by an attribute, from raw records: attributes (e.g. a
+/// sandbox id) are not rolled up. Sums, counts, integrals and latest are
+/// read a page at a time and the pages' reports added up, so memory is a
+/// page, not the range; max is not additive and reads the range at once.
+pub(crate) async fn grouped(
+    store: &dyn Store,
+    meter: &MeterDef,
+    engine_query: &UsageQuery,
+    query: &PointQuery<'_>,
+    pages: Pages,
+) -> Result<meter::UsageReport, UsageError> {
+    Ok(match meter.aggregation {
+        meter::Aggregation::Sum | meter::Aggregation::Count => {
+            grouped_by_time(store, meter, engine_query, query, pages.points).await?
+        }
+        meter::Aggregation::Integral | meter::Aggregation::Latest => {
+            grouped_by_subject(store, meter, engine_query, query, pages.subjects).await?
+        }
+        meter::Aggregation::Max => {
+            let points = store.points(query).await?;
+            let carry_in = store.carry_in(query).await?;
+            meter::aggregate(meter, engine_query, &carry_in, &points)?
+        }
+    })
+}
+
+/// A grouped sum or count, a page of the range's records at a time.
+async fn grouped_by_time(
+    store: &dyn Store,
+    meter: &MeterDef,
+    engine_query: &UsageQuery,
+    query: &PointQuery<'_>,
+    page: u32,
+) -> Result<meter::UsageReport, UsageError> {
+    let mut merged = meter::merge::Merged::new(engine_query)?;
+    let mut after = None;
+    loop {
+        let rows = store.points_page(query, after, page).await?;
+        let Some((last, _)) = rows.last() else { break };
+        after = Some(*last);
+        let full = rows.len() == page as usize;
+        let points: Vec<Point> = rows.into_iter().map(|(_, p)| p).collect();
+        let part = meter::aggregate(meter, engine_query, &[], &points)?;
+        let names = meter::merge::names_groups(meter.aggregation, engine_query.range, &[], &points);
+        merged.add(&part, names).map_err(EngineError::from)?;
+        if !full {
+            break;
+        }
+    }
+    Ok(merged.finish())
+}
+
+/// A grouped integral or latest, a page of subjects at a time: each
+/// subject's step function (with its carry-in) is whole in one page.
+async fn grouped_by_subject(
+    store: &dyn Store,
+    meter: &MeterDef,
+    engine_query: &UsageQuery,
+    query: &PointQuery<'_>,
+    page: u32,
+) -> Result<meter::UsageReport, UsageError> {
+    let mut merged = meter::merge::Merged::new(engine_query)?;
+    let mut after: Option<String> = None;
+    loop {
+        let subjects = store.level_subjects(query, after.as_deref(), page).await?;
+        let Some(last) = subjects.last() else { break };
+        let records = store.subject_levels(query, after.as_deref(), last).await?;
+        let (carry_in, points) = meter::merge::split_carry_in(records, query.range.from_ms);
+        let part = meter::aggregate(meter, engine_query, &carry_in, &points)?;
+        let names = meter::merge::names_groups(meter.aggregation, engine_query.range, &carry_in, &points);
+        merged.add(&part, names).map_err(EngineError::from)?;
+        if subjects.len() < page as usize {
+            break;
+        }
+        after = Some(last.clone());
+    }
+    Ok(merged.finish())
 }

@@ -5,6 +5,7 @@
 //! Time arithmetic (billing periods, window boundaries) lives in [`period`];
 //! unit and rounding rules live in `meterd_units`, never here.
 
+pub mod merge;
 pub mod period;
 pub mod rollup;
 

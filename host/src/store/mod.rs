@@ -467,6 +467,67 @@ pub trait Records: Send + Sync {
     /// For each subject, its last level (all tied at that instant) before
     /// `query.range.from_ms`: what holds when the range starts.
     async fn carry_in(&self, query: &PointQuery<'_>) -> Result<Vec<Point>, StoreError>;
+
+    // Paged reads, so a grouped query never holds all of a range's records.
+
+    /// Up to `limit` of [`Records::points`] in (time, id) order, after
+    /// `after` (the key of the previous page's last record).
+    async fn points_page(
+        &self,
+        query: &PointQuery<'_>,
+        after: Option<PointKey>,
+        limit: u32,
+    ) -> Result<Vec<(PointKey, Point)>, StoreError>;
+
+    /// The next `limit` subjects after `after`, in order, with a level record
+    /// stamped before the range ends.
+    async fn level_subjects(
+        &self,
+        query: &PointQuery<'_>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Every level record stamped before the range ends of the subjects
+    /// after `after` up to and including `last` (any order).
+    async fn subject_levels(
+        &self,
+        query: &PointQuery<'_>,
+        after: Option<&str>,
+        last: &str,
+    ) -> Result<Vec<Point>, StoreError>;
+}
+
+/// Where a page of records ends: (time, record id).
+pub type PointKey = (i64, i64);
+
+/// The paged reads' SQL, the same on both engines but for how an attribute
+/// is read (`group`: an expression of `$1`, the attribute).
+pub(super) mod paged_sql {
+    /// $2 org, $3 metric, $4 from (the later of the range start and the
+    /// cursor's time), $5 to, $6 and $7 the cursor (time, id), $8 limit.
+    pub fn points_page(group: &str) -> String {
+        format!(
+            "SELECT id, kind, subject, quantity, at_ms, {group} AS grp FROM usage_records
+             WHERE org_id = $2 AND metric = $3 AND at_ms >= $4 AND at_ms < $5 AND (at_ms > $6 OR id > $7)
+             ORDER BY at_ms, id LIMIT $8"
+        )
+    }
+
+    /// $1 org, $2 metric, $3 to, $4 after ('' for the first page: subjects
+    /// are never empty), $5 limit.
+    pub const LEVEL_SUBJECTS: &str = "SELECT DISTINCT subject FROM usage_records
+         WHERE org_id = $1 AND metric = $2 AND kind = 'level' AND at_ms < $3 AND subject > $4
+         ORDER BY subject LIMIT $5";
+
+    /// $2 org, $3 metric, $4 to, $5 after (as above), $6 last.
+    pub fn subject_levels(group: &str) -> String {
+        format!(
+            "SELECT kind, subject, quantity, at_ms, {group} AS grp FROM usage_records
+             WHERE org_id = $2 AND metric = $3 AND kind = 'level' AND at_ms < $4
+                   AND subject > $5 AND subject <= $6"
+        )
+    }
 }
 
 /// Pull ingestion: leases, fenced poll commits and poller state.

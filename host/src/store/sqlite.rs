@@ -16,10 +16,10 @@ use super::rollup::RollupTx;
 use super::sqlite_rollup;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
-    OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointQuery,
-    PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, RollupCheck, Rollups,
-    StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, fix_change,
-    key_from_columns, key_scope_columns, org_change, payload_from_columns, with_seqs,
+    OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointKey,
+    PointQuery, PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, RollupCheck,
+    Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, fix_change,
+    key_from_columns, key_scope_columns, org_change, paged_sql, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
@@ -526,6 +526,67 @@ impl Records for SqliteStore {
         .bind(q.range.from_ms)
         .fetch_all(&self.readers)
         .await?;
+        rows.iter().map(point_from_row).collect()
+    }
+
+    async fn points_page(
+        &self,
+        q: &PointQuery<'_>,
+        after: Option<PointKey>,
+        limit: u32,
+    ) -> Result<Vec<(PointKey, Point)>, StoreError> {
+        let (at, id) = after.unwrap_or((i64::MIN, i64::MIN));
+        let rows = sqlx::query(&paged_sql::points_page("json_extract(attributes, $1)"))
+            .bind(group_path(q.group_by))
+            .bind(q.org_id)
+            .bind(q.metric)
+            .bind(q.range.from_ms.max(at))
+            .bind(q.range.to_ms)
+            .bind(at)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let point = point_from_row(row)?;
+                Ok(((point.at_ms, row.try_get("id")?), point))
+            })
+            .collect()
+    }
+
+    async fn level_subjects(
+        &self,
+        q: &PointQuery<'_>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(paged_sql::LEVEL_SUBJECTS)
+            .bind(q.org_id)
+            .bind(q.metric)
+            .bind(q.range.to_ms)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(|row| Ok(row.try_get("subject")?)).collect()
+    }
+
+    async fn subject_levels(
+        &self,
+        q: &PointQuery<'_>,
+        after: Option<&str>,
+        last: &str,
+    ) -> Result<Vec<Point>, StoreError> {
+        let rows = sqlx::query(&paged_sql::subject_levels("json_extract(attributes, $1)"))
+            .bind(group_path(q.group_by))
+            .bind(q.org_id)
+            .bind(q.metric)
+            .bind(q.range.to_ms)
+            .bind(after.unwrap_or(""))
+            .bind(last)
+            .fetch_all(&self.readers)
+            .await?;
         rows.iter().map(point_from_row).collect()
     }
 }

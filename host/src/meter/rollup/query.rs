@@ -67,7 +67,9 @@ pub fn plan(range: Range, aggregation: Aggregation, now_ms: i64) -> ReadPlan {
         Aggregation::Integral if (first..last).contains(&now_hour) => {
             Some(Range { from_ms: now_ms, to_ms: now_hour + HOUR_MS })
         }
-        Aggregation::Sum | Aggregation::Count if tail_whole => Some(Range { from_ms: range.to_ms, to_ms: last }),
+        Aggregation::Sum | Aggregation::Count if tail_whole => {
+            Some(Range { from_ms: range.to_ms, to_ms: last })
+        }
         _ => None,
     };
     ReadPlan { hours: vec![Range { from_ms: first, to_ms: last }], raw, ahead }

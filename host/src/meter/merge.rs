@@ -1,0 +1,108 @@
+//! Adding up reports of disjoint parts of one query, so a grouped query can
+//! be answered a page at a time instead of from all of its records at once.
+//!
+//! A sum or count is additive over any split of the records; an integral
+//! or latest is additive over a split by subject (each subject's step
+//! function is whole in one part, with its carry-in). Max is not additive
+//! (it needs every subject at once), so it is never merged.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meterd_units::QuantityError;
+use rust_decimal::Decimal;
+
+use super::engine::{EngineError, Point, UsageQuery, UsageReport, WindowValue};
+use super::period::{self, Range};
+use super::{Aggregation, Kind};
+
+/// Whether a part's records make the engine name their groups: the engine
+/// reports the single group `None` for a part with none, which must not add
+/// a `None` column to the whole.
+pub fn names_groups(aggregation: Aggregation, range: Range, carry_in: &[Point], points: &[Point]) -> bool {
+    let in_range = |p: &&Point| range.contains(p.at_ms);
+    match aggregation {
+        Aggregation::Sum => points.iter().filter(in_range).any(|p| p.kind == Kind::Delta),
+        Aggregation::Count => points.iter().any(|p| range.contains(p.at_ms)),
+        Aggregation::Integral | Aggregation::Latest | Aggregation::Max => {
+            carry_in.iter().filter(|p| p.at_ms < range.from_ms).any(|p| p.kind == Kind::Level)
+                || points.iter().filter(in_range).any(|p| p.kind == Kind::Level)
+        }
+    }
+}
+
+/// The sum of part reports over one query's windows.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    windows: Vec<Range>,
+    total: Decimal,
+    /// Per window, per group.
+    cells: Vec<BTreeMap<Option<String>, Decimal>>,
+    /// Every group some part named (all windows show all of them).
+    groups: BTreeSet<Option<String>>,
+}
+
+impl Merged {
+    /// Nothing yet, over the windows the engine reports for `query`.
+    pub fn new(query: &UsageQuery) -> Result<Self, EngineError> {
+        let range = Range::new(query.range.from_ms, query.range.to_ms)?;
+        let windows = match query.window {
+            None => vec![range],
+            Some(size) => period::windows(range, size)?,
+        };
+        let cells = vec![BTreeMap::new(); windows.len()];
+        Ok(Self { windows, total: Decimal::ZERO, cells, groups: BTreeSet::new() })
+    }
+
+    /// Adds one part's report; `names_groups` as [`names_groups`] says.
+    pub fn add(&mut self, part: &UsageReport, names_groups: bool) -> Result<(), QuantityError> {
+        let add = |a: Decimal, b: Decimal| a.checked_add(b).ok_or(QuantityError::Overflow("merged usage"));
+        self.total = add(self.total, part.total)?;
+        if !names_groups {
+            return Ok(());
+        }
+        for w in &part.windows {
+            let i = self.windows.partition_point(|r| r.from_ms < w.start_ms);
+            if let Some(cells) = self.cells.get_mut(i) {
+                let v = cells.entry(w.group.clone()).or_insert(Decimal::ZERO);
+                *v = add(*v, w.value)?;
+            }
+            self.groups.insert(w.group.clone());
+        }
+        Ok(())
+    }
+
+    /// The whole report, laid out as the engine lays it out: window by
+    /// window, groups `None` first then in order, zeros included.
+    pub fn finish(self) -> UsageReport {
+        let groups: Vec<Option<String>> =
+            if self.groups.is_empty() { vec![None] } else { self.groups.into_iter().collect() };
+        let mut windows = Vec::with_capacity(self.windows.len() * groups.len());
+        for (range, cells) in self.windows.iter().zip(self.cells) {
+            for g in &groups {
+                windows.push(WindowValue {
+                    start_ms: range.from_ms,
+                    end_ms: range.to_ms,
+                    group: g.clone(),
+                    value: cells.get(g).copied().unwrap_or(Decimal::ZERO),
+                });
+            }
+        }
+        UsageReport { total: self.total, windows }
+    }
+}
+
+/// Splits whole subjects' level records (every one stamped before the range
+/// ends) into the engine's carry-in (each subject's records at its last
+/// instant before `from_ms`) and the records from `from_ms` on.
+pub fn split_carry_in(records: Vec<Point>, from_ms: i64) -> (Vec<Point>, Vec<Point>) {
+    let mut last_before: BTreeMap<&str, i64> = BTreeMap::new();
+    for p in records.iter().filter(|p| p.at_ms < from_ms) {
+        let last = last_before.entry(&p.subject).or_insert(p.at_ms);
+        *last = (*last).max(p.at_ms);
+    }
+    let last_before: BTreeMap<String, i64> =
+        last_before.into_iter().map(|(s, t)| (s.to_owned(), t)).collect();
+    let (before, from): (Vec<Point>, Vec<Point>) = records.into_iter().partition(|p| p.at_ms < from_ms);
+    let carry = before.into_iter().filter(|p| last_before.get(&p.subject) == Some(&p.at_ms)).collect();
+    (carry, from)
+}
