@@ -260,7 +260,7 @@ async fn grouped_by_subject(
     loop {
         let subjects = store.level_subjects(query, after.as_deref(), page).await?;
         let Some(last) = subjects.last() else { break };
-        let records = store.subject_levels(query, after.as_deref(), last).await?;
+        let records = store.levels_of_subjects(query, after.as_deref(), last).await?;
         let (carry_in, points) = meter::merge::split_carry_in(records, query.range.from_ms);
         let part = meter::aggregate(meter, engine_query, &carry_in, &points)?;
         let names = meter::merge::names_groups(meter.aggregation, engine_query.range, &carry_in, &points);

@@ -490,7 +490,7 @@ pub trait Records: Send + Sync {
 
     /// Every level record stamped before the range ends of the subjects
     /// after `after` up to and including `last` (any order).
-    async fn subject_levels(
+    async fn levels_of_subjects(
         &self,
         query: &PointQuery<'_>,
         after: Option<&str>,
@@ -521,7 +521,7 @@ pub(super) mod paged_sql {
          ORDER BY subject LIMIT $5";
 
     /// $2 org, $3 metric, $4 to, $5 after (as above), $6 last.
-    pub fn subject_levels(group: &str) -> String {
+    pub fn levels_of_subjects(group: &str) -> String {
         format!(
             "SELECT kind, subject, quantity, at_ms, {group} AS grp FROM usage_records
              WHERE org_id = $2 AND metric = $3 AND kind = 'level' AND at_ms < $4

@@ -702,13 +702,13 @@ impl Records for PostgresStore {
         rows.iter().map(|row| Ok(row.try_get("subject")?)).collect()
     }
 
-    async fn subject_levels(
+    async fn levels_of_subjects(
         &self,
         q: &PointQuery<'_>,
         after: Option<&str>,
         last: &str,
     ) -> Result<Vec<Point>, StoreError> {
-        let rows = sqlx::query(&paged_sql::subject_levels("attributes ->> $1"))
+        let rows = sqlx::query(&paged_sql::levels_of_subjects("attributes ->> $1"))
             .bind(q.group_by)
             .bind(q.org_id)
             .bind(q.metric)

@@ -572,13 +572,13 @@ impl Records for SqliteStore {
         rows.iter().map(|row| Ok(row.try_get("subject")?)).collect()
     }
 
-    async fn subject_levels(
+    async fn levels_of_subjects(
         &self,
         q: &PointQuery<'_>,
         after: Option<&str>,
         last: &str,
     ) -> Result<Vec<Point>, StoreError> {
-        let rows = sqlx::query(&paged_sql::subject_levels("json_extract(attributes, $1)"))
+        let rows = sqlx::query(&paged_sql::levels_of_subjects("json_extract(attributes, $1)"))
             .bind(group_path(q.group_by))
             .bind(q.org_id)
             .bind(q.metric)
