@@ -236,9 +236,7 @@ async fn grouped_by_time(
         after = Some(*last);
         let full = rows.len() == page as usize;
         let points: Vec<Point> = rows.into_iter().map(|(_, p)| p).collect();
-        let part = meter::aggregate(meter, engine_query, &[], &points)?;
-        let names = meter::merge::names_groups(meter.aggregation, engine_query.range, &[], &points);
-        merged.add(&part, names).map_err(EngineError::from)?;
+        merged.add_part(meter, engine_query, &[], &points)?;
         if !full {
             break;
         }
@@ -262,9 +260,7 @@ async fn grouped_by_subject(
         let Some(last) = subjects.last() else { break };
         let records = store.levels_of_subjects(query, after.as_deref(), last).await?;
         let (carry_in, points) = meter::merge::split_carry_in(records, query.range.from_ms);
-        let part = meter::aggregate(meter, engine_query, &carry_in, &points)?;
-        let names = meter::merge::names_groups(meter.aggregation, engine_query.range, &carry_in, &points);
-        merged.add(&part, names).map_err(EngineError::from)?;
+        merged.add_part(meter, engine_query, &carry_in, &points)?;
         if subjects.len() < page as usize {
             break;
         }

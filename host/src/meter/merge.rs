@@ -11,14 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use meterd_units::QuantityError;
 use rust_decimal::Decimal;
 
-use super::engine::{EngineError, Point, UsageQuery, UsageReport, WindowValue};
+use super::engine::{EngineError, Point, UsageQuery, UsageReport, WindowValue, aggregate};
 use super::period::{self, Range};
-use super::{Aggregation, Kind};
+use super::{Aggregation, Kind, MeterDef};
 
 /// Whether a part's records make the engine name their groups: the engine
 /// reports the single group `None` for a part with none, which must not add
 /// a `None` column to the whole.
-pub fn names_groups(aggregation: Aggregation, range: Range, carry_in: &[Point], points: &[Point]) -> bool {
+fn names_groups(aggregation: Aggregation, range: Range, carry_in: &[Point], points: &[Point]) -> bool {
     let in_range = |p: &&Point| range.contains(p.at_ms);
     match aggregation {
         Aggregation::Sum => points.iter().filter(in_range).any(|p| p.kind == Kind::Delta),
@@ -53,8 +53,22 @@ impl Merged {
         Ok(Self { windows, total: Decimal::ZERO, cells, groups: BTreeSet::new() })
     }
 
+    /// Runs the engine over one part (whole subjects with their carry-in,
+    /// for a level aggregation) and adds its report.
+    pub fn add_part(
+        &mut self,
+        meter: &MeterDef,
+        query: &UsageQuery,
+        carry_in: &[Point],
+        points: &[Point],
+    ) -> Result<(), EngineError> {
+        let part = aggregate(meter, query, carry_in, points)?;
+        let names = names_groups(meter.aggregation, query.range, carry_in, points);
+        Ok(self.add(&part, names)?)
+    }
+
     /// Adds one part's report; `names_groups` as [`names_groups`] says.
-    pub fn add(&mut self, part: &UsageReport, names_groups: bool) -> Result<(), QuantityError> {
+    fn add(&mut self, part: &UsageReport, names_groups: bool) -> Result<(), QuantityError> {
         let add = |a: Decimal, b: Decimal| a.checked_add(b).ok_or(QuantityError::Overflow("merged usage"));
         self.total = add(self.total, part.total)?;
         if !names_groups {

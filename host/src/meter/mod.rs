@@ -63,6 +63,13 @@ pub enum Aggregation {
     Count,
 }
 
+#[cfg(test)]
+impl Aggregation {
+    /// Every aggregation, for tests that hold each to the engine.
+    pub(crate) const ALL: [Aggregation; 5] =
+        [Aggregation::Sum, Aggregation::Count, Aggregation::Integral, Aggregation::Latest, Aggregation::Max];
+}
+
 /// A named view of one metric.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MeterDef {

@@ -760,13 +760,7 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
             "{pass}: {report:?}"
         );
         for query_ in &queries {
-            for aggregation in [
-                Aggregation::Sum,
-                Aggregation::Count,
-                Aggregation::Integral,
-                Aggregation::Latest,
-                Aggregation::Max,
-            ] {
+            for aggregation in Aggregation::ALL {
                 let meter = MeterDef { name: "x".into(), metric: M.into(), aggregation, unit: "u".into() };
                 let raw = query(M, query_.range.from_ms, query_.range.to_ms, None);
                 let points = store.points(&raw).await.expect("points");
@@ -870,13 +864,7 @@ async fn grouped_queries_read_in_pages_equal_the_engine_over_the_whole_range(sto
         let q = query("g", from, to, Some("template"));
         let points = store.points(&q).await.expect("points");
         let carry = store.carry_in(&q).await.expect("carry-in");
-        for aggregation in [
-            Aggregation::Sum,
-            Aggregation::Count,
-            Aggregation::Integral,
-            Aggregation::Latest,
-            Aggregation::Max,
-        ] {
+        for aggregation in Aggregation::ALL {
             let meter = MeterDef { name: "x".into(), metric: "g".into(), aggregation, unit: "u".into() };
             let want = aggregate(&meter, &engine_query, &carry, &points).expect("engine");
             let got = grouped(store.as_ref(), &meter, &engine_query, &q, pages).await.expect("paged");
