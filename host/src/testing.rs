@@ -2,6 +2,11 @@
 
 use rust_decimal::Decimal;
 
+use crate::meter::UsageQuery;
+use crate::meter::period::{HOUR_MS, Range, WindowSize, month_containing};
+
+const DAY_MS: i64 = 24 * HOUR_MS;
+
 /// xorshift64: small, deterministic, good enough to shuffle test data.
 pub(crate) struct Rng(u64);
 
@@ -46,5 +51,50 @@ impl Rng {
         }
         let q = Decimal::new(self.below(41) as i64, self.below(3) as u32);
         if self.chance(10) { -q } else { q }
+    }
+
+    /// A usage query of a history stamped around `base`: most often a
+    /// range of up to nine hours (aligned to hours half the time), else a
+    /// long one that holds whole months (credits since a grant, a month so
+    /// far, a range into the future); a window, and a `now` near `base`.
+    pub(crate) fn usage_query(&mut self, base: i64) -> UsageQuery {
+        let now_ms = base + self.between(-3 * HOUR_MS, 10 * HOUR_MS);
+        let short = |rng: &mut Rng| {
+            let from = base + rng.between(-3 * HOUR_MS, 6 * HOUR_MS);
+            let to = from + rng.between(1, 9 * HOUR_MS);
+            let window = [None, Some(WindowSize::Hour), Some(WindowSize::Day)][rng.below(3)];
+            match rng.chance(50) {
+                true => (Range { from_ms: from, to_ms: to }, window),
+                false => (
+                    Range {
+                        from_ms: from - from.rem_euclid(HOUR_MS),
+                        to_ms: to - to.rem_euclid(HOUR_MS) + HOUR_MS,
+                    },
+                    window,
+                ),
+            }
+        };
+        let (range, window) = if self.chance(70) {
+            short(self)
+        } else {
+            let from = match self.below(3) {
+                0 => 0,
+                1 => month_containing(base - 40 * DAY_MS).from_ms,
+                _ => base - 40 * DAY_MS + self.between(0, DAY_MS),
+            };
+            let to = match self.below(4) {
+                0 => now_ms,
+                1 => base + self.between(-3 * HOUR_MS, 10 * HOUR_MS),
+                2 => month_containing(base + 5 * HOUR_MS).to_ms,
+                _ => base + 40 * DAY_MS,
+            };
+            let windows: &[Option<WindowSize>] = if from == 0 {
+                &[None, Some(WindowSize::Month)]
+            } else {
+                &[None, Some(WindowSize::Month), Some(WindowSize::Day)]
+            };
+            (Range { from_ms: from, to_ms: to }, self.pick(windows))
+        };
+        UsageQuery { range, window, now_ms, grouped: false }
     }
 }

@@ -159,9 +159,9 @@ impl UsageService {
             grouped: request.group_by.is_some(),
         };
         if request.group_by.is_none() {
-            // Whole hours from their summaries, the ragged ends raw.
+            // Whole months and hours from their summaries, the ragged ends raw.
             let series = SeriesKey { org_id: request.org_id.clone(), metric: meter.metric.clone() };
-            let plan = rollup::query::plan(request.range, meter.aggregation, now_ms);
+            let plan = rollup::query::plan(request.range, meter.aggregation, now_ms, request.window);
             let input =
                 self.store.rollup_input(&series, &plan, meter.aggregation, request.range.from_ms).await?;
             let report = rollup::query::evaluate(&meter, &engine_query, &input)?;

@@ -18,7 +18,7 @@ use super::rollup::{
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
-use crate::meter::rollup::{Hour, SeriesKey, hour_of};
+use crate::meter::rollup::{Hour, Month, SeriesKey, hour_of};
 use crate::plans::standing::Run;
 
 const ROWS_PER_WRITE: usize = 2_000;
@@ -36,6 +36,15 @@ fn hour_from_row(row: &PgRow) -> Result<Hour, StoreError> {
         level_open: row.try_get("level_open")?,
         level_peak: row.try_get("level_peak")?,
         level_last_at: row.try_get("level_last_at_ms")?,
+    })
+}
+
+fn month_from_row(row: &PgRow) -> Result<Month, StoreError> {
+    Ok(Month {
+        delta_sum: row.try_get("delta_sum")?,
+        records: row.try_get("records")?,
+        level_step: row.try_get("level_step")?,
+        level_moment: row.try_get("level_moment")?,
     })
 }
 
@@ -238,8 +247,43 @@ impl RollupTx for PgConnection {
         write_hours(self, "rollup_hours", rows).await
     }
 
-    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError> {
-        add_values(self, "rollup_months", "month_ms", "level_step", rows).await
+    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Month)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (orgs, metrics, times) = columns(rows.iter().map(|(k, _)| k));
+        let field = |f: fn(&Month) -> Decimal| -> Vec<Decimal> { rows.iter().map(|(_, m)| f(m)).collect() };
+        let records: Vec<i64> = rows.iter().map(|(_, m)| m.records).collect();
+        // Additive: replicas may add to one month at once.
+        sqlx::query(
+            "INSERT INTO rollup_months (org_id, metric, month_ms, level_step, delta_sum, records, level_moment)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::numeric[], $5::numeric[], $6::bigint[], $7::numeric[])
+             ON CONFLICT (org_id, metric, month_ms) DO UPDATE SET
+                 level_step = rollup_months.level_step + excluded.level_step,
+                 delta_sum = rollup_months.delta_sum + excluded.delta_sum,
+                 records = rollup_months.records + excluded.records,
+                 level_moment = rollup_months.level_moment + excluded.level_moment",
+        )
+        .bind(&orgs)
+        .bind(&metrics)
+        .bind(&times)
+        .bind(field(|m| m.level_step))
+        .bind(field(|m| m.delta_sum))
+        .bind(&records)
+        .bind(field(|m| m.level_moment))
+        .execute(&mut *self)
+        .await?;
+        sqlx::query(
+            "DELETE FROM rollup_months t USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, at)
+             WHERE t.org_id = k.org_id AND t.metric = k.metric AND t.month_ms = k.at
+               AND t.level_step = 0 AND t.delta_sum = 0 AND t.records = 0 AND t.level_moment = 0",
+        )
+        .bind(&orgs)
+        .bind(&metrics)
+        .bind(&times)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
     }
 
     async fn subject_levels(
@@ -381,6 +425,19 @@ impl RollupTx for PgConnection {
         rows.iter().map(|row| Ok(run_from_row(row)?.1)).collect()
     }
 
+    async fn months_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Month)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM rollup_months WHERE org_id = $1 AND metric = $2 AND month_ms >= $3 AND month_ms < $4 ORDER BY month_ms",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("month_ms")?, month_from_row(row)?))).collect()
+    }
+
     async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4 ORDER BY hour_ms",
@@ -492,15 +549,36 @@ async fn write_values(
     Ok(())
 }
 
+async fn write_months(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[(SeriesKey, i64, Month)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_WRITE) {
+        let mut insert = QueryBuilder::<Postgres>::new(format!(
+            "INSERT INTO {table} (org_id, metric, month_ms, level_step, delta_sum, records, level_moment) "
+        ));
+        insert.push_values(chunk, |mut b, (s, m, month)| {
+            b.push_bind(&s.org_id)
+                .push_bind(&s.metric)
+                .push_bind(*m)
+                .push_bind(month.level_step)
+                .push_bind(month.delta_sum)
+                .push_bind(month.records)
+                .push_bind(month.level_moment);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 async fn write_output(conn: &mut PgConnection, prefix: &str, out: FoldOutput) -> Result<(), StoreError> {
     let hours: Vec<((SeriesKey, i64), Hour)> = out.hours.into_iter().map(|(s, h, x)| ((s, h), x)).collect();
     write_hours(conn, &format!("{prefix}_hours"), &hours).await?;
     let steps: Vec<((SeriesKey, i64), Decimal)> =
         out.steps.into_iter().map(|(s, t, v)| ((s, t), v)).collect();
     write_values(conn, &format!("{prefix}_steps"), "at_ms", "step", &steps).await?;
-    let months: Vec<((SeriesKey, i64), Decimal)> =
-        out.months.into_iter().map(|(s, m, v)| ((s, m), v)).collect();
-    write_values(conn, &format!("{prefix}_months"), "month_ms", "level_step", &months).await?;
+    write_months(conn, &format!("{prefix}_months"), &out.months).await?;
     write_runs(conn, &format!("{prefix}_runs"), &out.runs).await
 }
 

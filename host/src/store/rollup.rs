@@ -20,7 +20,7 @@ use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::{Fold, FoldError, FoldOutput, FoldRecord};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::write::Neighbourhood;
-use crate::meter::rollup::{HOUR_MS, Hour, SeriesKey, hour_of};
+use crate::meter::rollup::{HOUR_MS, Hour, Month, SeriesKey, hour_of};
 use crate::meter::{Aggregation, Kind, Point};
 use crate::plans::SANDBOX_ACTIVE_METRIC;
 use crate::plans::standing::{Effect, Run, run_effects, runs_of};
@@ -65,8 +65,8 @@ pub(super) trait RollupTx: Send {
         keys: &[(SeriesKey, i64)],
     ) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError>;
     async fn save_hours(&mut self, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError>;
-    /// Adds to each month's net step.
-    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError>;
+    /// Adds to each month's fields; a month that becomes zero has no row.
+    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Month)]) -> Result<(), StoreError>;
     /// The distinct (instant, quantity) pairs of each subject's level
     /// records at or after its bound, as (subject, instant, quantity): a
     /// sandbox's history from where its runs can change, to find them.
@@ -108,6 +108,8 @@ pub(super) trait RollupTx: Send {
 
     // Reads for usage queries.
 
+    /// Month summaries of `series` starting in `range`, in time order.
+    async fn months_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Month)>, StoreError>;
     /// Hour summaries of `series` starting in `range`, in time order.
     async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError>;
     /// Steps of `series` in `range`, in time order.
@@ -133,6 +135,9 @@ pub(super) async fn read_input(
     let mut input = RollupInput::default();
     if level {
         input.before = tx.level_before(series, from_ms).await?;
+    }
+    for range in &plan.months {
+        input.months.extend(tx.months_in(series, *range).await?);
     }
     for range in &plan.hours {
         input.hours.extend(tx.hours_in(series, *range).await?);
@@ -246,8 +251,11 @@ pub(super) async fn maintain(
     let hour_keys: Vec<(SeriesKey, i64)> = hour_keys.into_iter().collect();
     let mut hours = tx.load_hours(&hour_keys).await?;
     let mut out = Vec::with_capacity(hour_keys.len());
+    // Each month changes by what its hours changed by.
+    let mut months: BTreeMap<(SeriesKey, i64), Month> = BTreeMap::new();
     for key in hour_keys {
-        let mut hour = hours.remove(&key).unwrap_or_default();
+        let was = hours.remove(&key).unwrap_or_default();
+        let mut hour = was.clone();
         if let Some((delta, new)) = records.get(&key) {
             hour.delta_sum = plus(hour.delta_sum, *delta)?;
             hour.records += new;
@@ -260,17 +268,16 @@ pub(super) async fn maintain(
                 hour.resummarize(key.1, &all).map_err(overflow)?;
             }
         }
+        let month = month_containing(key.1).from_ms;
+        let offset = key.1 - month;
+        let change = Month::of_hour(&hour, offset)
+            .and_then(|now| now.minus(&Month::of_hour(&was, offset)?))
+            .map_err(overflow)?;
+        months.entry((key.0.clone(), month)).or_default().add(&change).map_err(overflow)?;
         out.push((key, hour));
     }
     tx.save_hours(&out).await?;
-
-    // Months.
-    let mut months: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
-    for ((s, at), change) in &steps {
-        let m = months.entry((s.clone(), month_containing(*at).from_ms)).or_default();
-        *m = plus(*m, *change)?;
-    }
-    let months: Vec<((SeriesKey, i64), Decimal)> = months.into_iter().filter(|(_, s)| !s.is_zero()).collect();
+    let months: Vec<((SeriesKey, i64), Month)> = months.into_iter().filter(|(_, m)| !m.is_zero()).collect();
     tx.add_months(&months).await?;
 
     let effect =

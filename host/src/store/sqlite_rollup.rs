@@ -16,7 +16,7 @@ use super::rollup::{
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
-use crate::meter::rollup::{Hour, SeriesKey, hour_of};
+use crate::meter::rollup::{Hour, Month, SeriesKey, hour_of};
 use crate::plans::standing::Run;
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
@@ -61,6 +61,15 @@ fn hour_from_row(row: &SqliteRow) -> Result<Hour, StoreError> {
         level_open: quantity(&row.try_get::<String, _>("level_open")?)?,
         level_peak: peak.as_deref().map(quantity).transpose()?,
         level_last_at: row.try_get("level_last_at_ms")?,
+    })
+}
+
+fn month_from_row(row: &SqliteRow) -> Result<Month, StoreError> {
+    Ok(Month {
+        delta_sum: quantity(&row.try_get::<String, _>("delta_sum")?)?,
+        records: row.try_get("records")?,
+        level_step: quantity(&row.try_get::<String, _>("level_step")?)?,
+        level_moment: quantity(&row.try_get::<String, _>("level_moment")?)?,
     })
 }
 
@@ -149,8 +158,35 @@ async fn write_hours(
     Ok(())
 }
 
-/// Writes (series, time, value) rows of a steps or months table, replacing
-/// what is there.
+async fn write_months(
+    conn: &mut SqliteConnection,
+    table: &str,
+    rows: &[((SeriesKey, i64), Month)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_WRITE) {
+        let mut insert = QueryBuilder::<Sqlite>::new(format!(
+            "INSERT INTO {table} (org_id, metric, month_ms, level_step, delta_sum, records, level_moment) "
+        ));
+        insert.push_values(chunk, |mut b, ((s, m), month)| {
+            b.push_bind(&s.org_id)
+                .push_bind(&s.metric)
+                .push_bind(*m)
+                .push_bind(text(month.level_step))
+                .push_bind(text(month.delta_sum))
+                .push_bind(month.records)
+                .push_bind(text(month.level_moment));
+        });
+        insert.push(
+            " ON CONFLICT (org_id, metric, month_ms) DO UPDATE SET level_step = excluded.level_step,
+              delta_sum = excluded.delta_sum, records = excluded.records, level_moment = excluded.level_moment",
+        );
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Writes (series, time, value) rows of a steps table, replacing what is
+/// there.
 async fn write_values(
     conn: &mut SqliteConnection,
     table: &str,
@@ -287,8 +323,34 @@ impl RollupTx for SqliteConnection {
         write_hours(self, LIVE.hours, rows).await
     }
 
-    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError> {
-        add_values(self, LIVE.months, "month_ms", "level_step", rows).await
+    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Month)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let stored = sqlx::query(&format!("SELECT t.* {}", by_keys(LIVE.months, "month_ms")))
+            .bind(series_keys(rows.iter().map(|(k, _)| k)))
+            .fetch_all(&mut *self)
+            .await?;
+        let mut months: BTreeMap<(SeriesKey, i64), Month> = BTreeMap::new();
+        for row in &stored {
+            months.insert(key_from_row(row, "month_ms")?, month_from_row(row)?);
+        }
+        let (mut keep, mut zero) = (Vec::with_capacity(rows.len()), Vec::new());
+        for (key, change) in rows {
+            let mut month = months.remove(key).unwrap_or_default();
+            month.add(change).map_err(|e| StoreError::Corrupt(format!("rollup month: {e}")))?;
+            if month.is_zero() { zero.push(key) } else { keep.push((key.clone(), month)) }
+        }
+        write_months(self, LIVE.months, &keep).await?;
+        for (series, m) in zero {
+            sqlx::query("DELETE FROM rollup_months WHERE org_id = ?1 AND metric = ?2 AND month_ms = ?3")
+                .bind(&series.org_id)
+                .bind(&series.metric)
+                .bind(*m)
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn subject_levels(
@@ -415,6 +477,19 @@ impl RollupTx for SqliteConnection {
         rows.iter().map(|row| Ok(run_from_row(row)?.1)).collect()
     }
 
+    async fn months_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Month)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM rollup_months WHERE org_id = ?1 AND metric = ?2 AND month_ms >= ?3 AND month_ms < ?4 ORDER BY month_ms",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("month_ms")?, month_from_row(row)?))).collect()
+    }
+
     async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4 ORDER BY hour_ms",
@@ -498,9 +573,9 @@ async fn write_output(
     let steps: Vec<((SeriesKey, i64), Decimal)> =
         out.steps.into_iter().map(|(s, t, v)| ((s, t), v)).collect();
     write_values(conn, tables.steps, "at_ms", "step", &steps).await?;
-    let months: Vec<((SeriesKey, i64), Decimal)> =
+    let months: Vec<((SeriesKey, i64), Month)> =
         out.months.into_iter().map(|(s, m, v)| ((s, m), v)).collect();
-    write_values(conn, tables.months, "month_ms", "level_step", &months).await?;
+    write_months(conn, tables.months, &months).await?;
     write_runs(conn, tables.runs, &out.runs).await
 }
 
@@ -591,7 +666,7 @@ pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Resul
             "delta_sum TEXT, records INTEGER, level_step TEXT, level_moment TEXT, level_open TEXT, level_peak TEXT, level_last_at_ms INTEGER",
         ),
         (CHECK.steps, "at_ms", "step TEXT"),
-        (CHECK.months, "month_ms", "level_step TEXT"),
+        (CHECK.months, "month_ms", "level_step TEXT, delta_sum TEXT, records INTEGER, level_moment TEXT"),
         (CHECK.runs, "started_ms", "ended_ms INTEGER, length_ms INTEGER"),
     ] {
         let second = if table == CHECK.runs { "subject" } else { "metric" };
@@ -610,7 +685,7 @@ pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Resul
         for (name, live, check, time, values) in [
             ("hours", LIVE.hours, CHECK.hours, "hour_ms", "delta_sum, records, level_step, level_moment, level_open, level_peak, level_last_at_ms"),
             ("steps", LIVE.steps, CHECK.steps, "at_ms", "step"),
-            ("months", LIVE.months, CHECK.months, "month_ms", "level_step"),
+            ("months", LIVE.months, CHECK.months, "month_ms", "level_step, delta_sum, records, level_moment"),
             ("runs", LIVE.runs, CHECK.runs, "started_ms", "ended_ms, length_ms"),
         ] {
             let second = if name == "runs" { "subject" } else { "metric" };

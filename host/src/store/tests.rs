@@ -657,8 +657,8 @@ async fn a_correction_moves_a_record_to_the_delivery_that_made_it(store: Arc<dyn
 /// answer must equal the engine's over the raw records, the check must
 /// find nothing, and a rebuild must change nothing.
 async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store: Arc<dyn Store>) {
-    use crate::meter::period::{WindowSize, month_containing};
-    use crate::meter::rollup::{HOUR_MS, SeriesKey, hour_of, query as rollup_query};
+    use crate::meter::period::month_containing;
+    use crate::meter::rollup::{HOUR_MS, SeriesKey, query as rollup_query};
     use crate::meter::{Aggregation, MeterDef, UsageQuery, aggregate};
     use crate::testing::Rng;
 
@@ -736,22 +736,7 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
     store.apply_fixes("e2b", &fixes, 2).await.expect("fixes");
 
     let series = SeriesKey { org_id: "acme".to_owned(), metric: M.to_owned() };
-    let mut queries = Vec::new();
-    for _ in 0..60 {
-        let mut from = BASE + rng.between(-3 * HOUR_MS, 6 * HOUR_MS);
-        let mut to = from + rng.between(1, 9 * HOUR_MS);
-        if rng.chance(50) {
-            (from, to) = (hour_of(from), hour_of(to) + HOUR_MS);
-        }
-        let window = [None, Some(WindowSize::Hour), Some(WindowSize::Day)][rng.below(3)];
-        let now_ms = BASE + rng.between(-3 * HOUR_MS, 10 * HOUR_MS);
-        queries.push(UsageQuery {
-            range: Range { from_ms: from, to_ms: to },
-            window,
-            now_ms,
-            grouped: false,
-        });
-    }
+    let queries: Vec<UsageQuery> = (0..60).map(|_| rng.usage_query(BASE)).collect();
     for pass in ["as written", "after a rebuild"] {
         let report = store.check_rollups(5).await.expect("check");
         assert_eq!(report.differences, 0, "{pass}: {:?}", report.examples);
@@ -766,7 +751,7 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
                 let points = store.points(&raw).await.expect("points");
                 let carry = store.carry_in(&raw).await.expect("carry-in");
                 let want = aggregate(&meter, query_, &carry, &points).expect("engine");
-                let plan = rollup_query::plan(query_.range, aggregation, query_.now_ms);
+                let plan = rollup_query::plan(query_.range, aggregation, query_.now_ms, query_.window);
                 let input = store
                     .rollup_input(&series, &plan, aggregation, query_.range.from_ms)
                     .await

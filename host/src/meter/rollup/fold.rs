@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use meterd_units::QuantityError;
 use rust_decimal::Decimal;
 
-use super::{Hour, SeriesKey, hour_of};
+use super::{Hour, Month, SeriesKey, hour_of};
 use crate::meter::Kind;
 use crate::meter::period::month_containing;
 use crate::plans::SANDBOX_ACTIVE_METRIC;
@@ -26,8 +26,8 @@ pub struct FoldOutput {
     pub steps: Vec<(SeriesKey, i64, Decimal)>,
     /// (series, hour start, hour).
     pub hours: Vec<(SeriesKey, i64, Hour)>,
-    /// (series, month start, net step), non-zero only.
-    pub months: Vec<(SeriesKey, i64, Decimal)>,
+    /// (series, month start, month): the sum of its hours, non-zero only.
+    pub months: Vec<(SeriesKey, i64, Month)>,
     /// (org, run) of every sandbox run (`sandbox_active` above zero).
     pub runs: Vec<(String, Run)>,
 }
@@ -73,7 +73,7 @@ pub struct Fold {
     instant: Option<i64>,
     at_instant: HashMap<String, Decimal>,
     hour: Option<(i64, Hour)>,
-    month: Option<(i64, Decimal)>,
+    month: Option<(i64, Month)>,
     /// Sandbox series only: each running subject's run start.
     run_starts: HashMap<String, i64>,
     pub output: FoldOutput,
@@ -111,7 +111,7 @@ impl Fold {
         }
         let start = hour_of(r.at_ms);
         if self.hour.as_ref().is_none_or(|(h, _)| *h != start) {
-            self.finish_hour();
+            self.finish_hour()?;
             self.hour = Some((start, Hour::default()));
         }
         let delta = if r.kind == Kind::Delta { r.quantity } else { Decimal::ZERO };
@@ -134,12 +134,8 @@ impl Fold {
 
     fn finish_series(&mut self) -> Result<(), FoldError> {
         self.finish_instant()?;
-        self.finish_hour();
-        if let (Some(series), Some((month, step))) = (&self.series, self.month.take())
-            && !step.is_zero()
-        {
-            self.output.months.push((series.clone(), month, step));
-        }
+        self.finish_hour()?;
+        self.finish_month();
         if let Some(series) = &self.series {
             for (subject, started_ms) in self.run_starts.drain() {
                 self.output.runs.push((series.org_id.clone(), Run { subject, started_ms, ended_ms: None }));
@@ -149,9 +145,25 @@ impl Fold {
         Ok(())
     }
 
-    fn finish_hour(&mut self) {
-        if let (Some(series), Some((start, hour))) = (&self.series, self.hour.take()) {
-            self.output.hours.push((series.clone(), start, hour));
+    /// Writes the hour out and adds it to its month.
+    fn finish_hour(&mut self) -> Result<(), FoldError> {
+        let (Some(series), Some((start, hour))) = (&self.series, self.hour.take()) else { return Ok(()) };
+        let series = series.clone();
+        let month = month_containing(start).from_ms;
+        if self.month.as_ref().is_some_and(|(m, _)| *m != month) {
+            self.finish_month();
+        }
+        let (_, sum) = self.month.get_or_insert_with(|| (month, Month::default()));
+        sum.add(&Month::of_hour(&hour, start - month)?)?;
+        self.output.hours.push((series, start, hour));
+        Ok(())
+    }
+
+    fn finish_month(&mut self) {
+        if let (Some(series), Some((month, sum))) = (&self.series, self.month.take())
+            && !sum.is_zero()
+        {
+            self.output.months.push((series.clone(), month, sum));
         }
     }
 
@@ -190,19 +202,6 @@ impl Fold {
         self.output.steps.push((series.clone(), at, step));
         if let Some((start, hour)) = &mut self.hour {
             hour.append_steps(*start, &[(at, step)])?;
-        }
-        let month = month_containing(at).from_ms;
-        match &mut self.month {
-            Some((m, sum)) if *m == month => {
-                *sum = sum.checked_add(step).ok_or(QuantityError::Overflow("level step"))?;
-            }
-            _ => {
-                if let Some((m, sum)) = self.month.replace((month, step))
-                    && !sum.is_zero()
-                {
-                    self.output.months.push((series.clone(), m, sum));
-                }
-            }
         }
         Ok(())
     }

@@ -11,8 +11,11 @@
 //! - **steps**: the org level's net step at each instant (Σ over subjects of
 //!   the change of that subject's level in force), for the parts of a query
 //!   that are not whole hours and to re-summarize an hour after a late record;
-//! - **months**: per calendar month the net step, so the level in force at
-//!   any time is a sum over months and hours, not over history.
+//! - **months** ([`Month`]): per calendar month the additive part of its
+//!   hours (sum of deltas, count, net step, moment), so the level in force
+//!   at any time is a sum over months and hours, not over history, and a
+//!   sum, count or integral over many months (credits since a grant began)
+//!   reads one row per month.
 //!
 //! A subject's level in force after an instant is the greatest quantity
 //! recorded at it (the engine's tie rule), and 0 before its first record. A
@@ -125,6 +128,64 @@ impl Hour {
         self.level_peak = None;
         self.level_last_at = None;
         self.append_steps(start, steps)
+    }
+}
+
+/// One org's metric over one calendar month: the sum of its hours'
+/// additive fields, with the moment taken from the month's start, so
+/// `∫ L over [start, start + d) = L(start−) × d + level_step × d − level_moment`
+/// holds for a month as for an hour (when no step lies in the month after
+/// `start + d`). Latest and max need each hour's peak and read hours.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Month {
+    pub delta_sum: Decimal,
+    pub records: i64,
+    pub level_step: Decimal,
+    /// Σ Δᵢ × (tᵢ − month start), in level × ms.
+    pub level_moment: Decimal,
+}
+
+impl Month {
+    /// What `hour`, starting `offset_ms` after the month's start, adds to
+    /// its month.
+    pub fn of_hour(hour: &Hour, offset_ms: i64) -> Result<Month, QuantityError> {
+        Ok(Month {
+            delta_sum: hour.delta_sum,
+            records: hour.records,
+            level_step: hour.level_step,
+            level_moment: add(hour.level_moment, mul(hour.level_step, Decimal::from(offset_ms))?)?,
+        })
+    }
+
+    pub fn add(&mut self, other: &Month) -> Result<(), QuantityError> {
+        self.delta_sum = add(self.delta_sum, other.delta_sum)?;
+        self.records =
+            self.records.checked_add(other.records).ok_or(QuantityError::Overflow("rollup count"))?;
+        self.level_step = add(self.level_step, other.level_step)?;
+        self.level_moment = add(self.level_moment, other.level_moment)?;
+        Ok(())
+    }
+
+    /// `self − other`, field by field: what changing an hour from `other`
+    /// to `self` does to its month.
+    pub fn minus(&self, other: &Month) -> Result<Month, QuantityError> {
+        let negated = Month {
+            delta_sum: -other.delta_sum,
+            records: -other.records,
+            level_step: -other.level_step,
+            level_moment: -other.level_moment,
+        };
+        let mut out = self.clone();
+        out.add(&negated)?;
+        Ok(out)
+    }
+
+    /// Whether every field is zero (such a month has no row).
+    pub fn is_zero(&self) -> bool {
+        self.delta_sum.is_zero()
+            && self.records == 0
+            && self.level_step.is_zero()
+            && self.level_moment.is_zero()
     }
 }
 

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use super::fold::{Fold, FoldOutput, FoldRecord};
 use super::query::{self, RollupInput};
 use super::write::Neighbourhood;
-use super::{HOUR_MS, Hour, hour_of};
+use super::{HOUR_MS, Hour, Month, hour_of};
 use crate::meter::period::{Range, WindowSize, month_containing};
 use crate::meter::{Aggregation, Kind, MeterDef, Point, UsageQuery, aggregate};
 use crate::testing::Rng;
@@ -88,7 +88,8 @@ fn reference(meter: &MeterDef, query: &UsageQuery, records: &[Rec]) -> crate::me
 fn level_before(out: &FoldOutput, at: i64) -> Decimal {
     let month = month_containing(at).from_ms;
     let hour = hour_of(at);
-    let months: Decimal = out.months.iter().filter(|(_, m, _)| *m < month).map(|(_, _, s)| *s).sum();
+    let months: Decimal =
+        out.months.iter().filter(|(_, m, _)| *m < month).map(|(_, _, m)| m.level_step).sum();
     let hours: Decimal =
         out.hours.iter().filter(|(_, h, _)| (month..hour).contains(h)).map(|(_, _, h)| h.level_step).sum();
     let steps: Decimal =
@@ -102,10 +103,16 @@ fn from_rollups(
     out: &FoldOutput,
     records: &[Rec],
 ) -> crate::meter::UsageReport {
-    let plan = query::plan(query.range, meter.aggregation, query.now_ms);
+    let plan = query::plan(query.range, meter.aggregation, query.now_ms, query.window);
     let within = |t: i64, ranges: &[Range]| ranges.iter().any(|r| r.contains(t));
     let input = RollupInput {
         before: level_before(out, query.range.from_ms),
+        months: out
+            .months
+            .iter()
+            .filter(|(_, m, _)| within(*m, &plan.months))
+            .map(|(_, m, x)| (*m, x.clone()))
+            .collect(),
         hours: out
             .hours
             .iter()
@@ -136,20 +143,7 @@ fn rollups_answer_as_the_engine_does_on_random_histories() {
         let records = history(&mut rng);
         let out = fold(&records);
         for _ in 0..12 {
-            let aligned = rng.chance(50);
-            let mut from = BASE + rng.between(-3 * HOUR_MS, 6 * HOUR_MS);
-            let mut to = from + rng.between(1, 9 * HOUR_MS);
-            if aligned {
-                (from, to) = (hour_of(from), hour_of(to) + HOUR_MS);
-            }
-            let window = match rng.below(3) {
-                0 => None,
-                1 => Some(WindowSize::Hour),
-                _ => Some(WindowSize::Day),
-            };
-            let now_ms = BASE + rng.between(-3 * HOUR_MS, 10 * HOUR_MS);
-            let query =
-                UsageQuery { range: Range { from_ms: from, to_ms: to }, window, now_ms, grouped: false };
+            let query = rng.usage_query(BASE);
             for aggregation in Aggregation::ALL {
                 let meter = MeterDef { name: "x".into(), metric: "m".into(), aggregation, unit: "u".into() };
                 let want = reference(&meter, &query, &records);
@@ -179,8 +173,11 @@ fn a_fold_of_one_subject_worked_by_hand() {
         (third.level_step, third.level_peak, third.level_last_at),
         (d("-3"), Some(d("-3")), Some(t(2, 15)))
     );
-    // All three steps are in August; September starts at the level 0.
-    assert_eq!(out.months.len(), 0, "the net step over August is 0: {:?}", out.months);
+    // All three steps are in August; September starts at the level 0. The
+    // month's moment is from its start: Σ Δ × (t − BASE) as BASE − August 1
+    // is multiplied by the net step 0.
+    let august = Month { delta_sum: d("0"), records: 4, level_step: d("0"), level_moment: d("-15300000") };
+    assert_eq!(out.months, vec![(out.hours[0].0.clone(), month_containing(BASE).from_ms, august)]);
 }
 
 #[test]
@@ -235,20 +232,53 @@ fn a_late_level_changes_its_own_step_and_the_next_one() {
 fn a_range_ending_in_the_current_hour_reads_that_hour_as_its_summary() {
     let range = |from, to| Range { from_ms: from, to_ms: to };
     let now = BASE + 2 * HOUR_MS + 600_000;
+    let hourly = Some(WindowSize::Hour);
     // Credits: from long ago to now. The hour holding `now` is a summary
     // less what is stamped after the range (sums) or after `now` (integral).
-    let sum = query::plan(range(0, now), Aggregation::Sum, now);
+    let sum = query::plan(range(0, now), Aggregation::Sum, now, hourly);
     assert_eq!(sum.hours, vec![range(0, BASE + 3 * HOUR_MS)]);
     assert_eq!((sum.raw.clone(), sum.ahead), (vec![], Some(range(now, BASE + 3 * HOUR_MS))));
-    let integral = query::plan(range(BASE, now + 1), Aggregation::Integral, now);
+    let integral = query::plan(range(BASE, now + 1), Aggregation::Integral, now, hourly);
     assert_eq!(integral.hours, vec![range(BASE, BASE + 3 * HOUR_MS)]);
     assert_eq!(integral.ahead, Some(range(now, BASE + 3 * HOUR_MS)));
     // Latest and max cannot subtract; a range ending before `now` is read
     // raw at its end, as is a range inside one hour that starts mid-hour.
-    let latest = query::plan(range(0, now), Aggregation::Latest, now);
+    let latest = query::plan(range(0, now), Aggregation::Latest, now, None);
     assert_eq!((latest.raw, latest.ahead), (vec![range(BASE + 2 * HOUR_MS, now)], None));
-    let past = query::plan(range(0, now - 1), Aggregation::Sum, now);
+    let past = query::plan(range(0, now - 1), Aggregation::Sum, now, hourly);
     assert_eq!(past.raw, vec![range(BASE + 2 * HOUR_MS, now - 1)]);
-    let inside = query::plan(range(now - 1, now), Aggregation::Count, now);
+    let inside = query::plan(range(now - 1, now), Aggregation::Count, now, None);
     assert_eq!((inside.hours, inside.raw), (vec![], vec![range(now - 1, now)]));
+}
+
+#[test]
+fn sums_counts_and_integrals_over_one_window_read_whole_months() {
+    let range = |from, to| Range { from_ms: from, to_ms: to };
+    let now = BASE + 2 * HOUR_MS + 600_000;
+    let (august, september) = (month_containing(BASE).from_ms, BASE + 4 * HOUR_MS);
+    // Credits since 1970: one summary per month, the month holding `now`
+    // whole less what is stamped after it.
+    for aggregation in [Aggregation::Sum, Aggregation::Count, Aggregation::Integral] {
+        let p = query::plan(range(0, now), aggregation, now, None);
+        assert_eq!(
+            (p.months, p.hours, p.raw),
+            (vec![range(0, september)], vec![], vec![]),
+            "{aggregation:?}"
+        );
+        assert_eq!(p.ahead, Some(range(now, september)), "{aggregation:?}");
+    }
+    // A past range: its whole months, then whole hours, then raw ends.
+    let later = BASE + 40 * 24 * HOUR_MS;
+    let past = query::plan(range(august - 1, BASE + 6 * HOUR_MS + 5), Aggregation::Sum, later, None);
+    assert_eq!(past.months, vec![range(august, september)]);
+    assert_eq!(past.hours, vec![range(september, BASE + 6 * HOUR_MS)]);
+    assert_eq!(past.raw, vec![range(august - 1, august), range(BASE + 6 * HOUR_MS, BASE + 6 * HOUR_MS + 5)]);
+    assert_eq!(past.ahead, None);
+    // Monthly windows hold whole months too; daily ones and max do not.
+    let monthly = query::plan(range(0, now), Aggregation::Integral, now, Some(WindowSize::Month));
+    assert_eq!(monthly.months, vec![range(0, september)]);
+    for (aggregation, window) in [(Aggregation::Sum, Some(WindowSize::Day)), (Aggregation::Max, None)] {
+        let p = query::plan(range(0, now), aggregation, now, window);
+        assert!(p.months.is_empty(), "{aggregation:?} {window:?}: {p:?}");
+    }
 }
