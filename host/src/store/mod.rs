@@ -12,6 +12,7 @@ mod postgres_rollup;
 mod rollup;
 mod sqlite;
 mod sqlite_rollup;
+mod tails;
 
 use std::sync::Arc;
 

@@ -19,7 +19,8 @@ use super::{OrgChange, OrgEffect, SeriesSeed, StoreError};
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::{Fold, FoldError, FoldOutput, FoldRecord};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
-use crate::meter::rollup::write::Neighbourhood;
+use crate::meter::rollup::tail::Tail;
+use crate::meter::rollup::write::{Neighbourhood, Written};
 use crate::meter::rollup::{HOUR_MS, Hour, Month, SeriesKey, hour_of};
 use crate::meter::{Aggregation, Kind, Point};
 use crate::plans::SANDBOX_ACTIVE_METRIC;
@@ -28,9 +29,8 @@ use crate::plans::standing::{Effect, Run, run_effects, runs_of};
 /// A subject of one series.
 pub(super) type SubjectKey = (SeriesKey, String);
 
-/// A transaction's level writes: per subject and instant, (quantity now,
-/// quantity before: `None` for an insert).
-type LevelWrites = BTreeMap<SubjectKey, BTreeMap<i64, Vec<(Decimal, Option<Decimal>)>>>;
+/// A transaction's level writes, per subject.
+type LevelWrites = BTreeMap<SubjectKey, Written>;
 
 /// Level records of one subject at one instant with one quantity, as a
 /// neighbourhood read returns them (grouped: a subject may hold many equal
@@ -198,12 +198,32 @@ fn plus(a: Decimal, b: Decimal) -> Result<Decimal, StoreError> {
     a.checked_add(b).ok_or_else(|| overflow(meterd_units::QuantityError::Overflow("rollup sum")))
 }
 
+/// What [`maintain`] did: the effects, for the standings, and the tails of
+/// the subjects written (`None`: forget it), for a store that keeps tails
+/// to remember once the transaction has committed.
+pub(super) struct Maintained {
+    pub effects: Vec<OrgEffect>,
+    pub tails: Vec<(SubjectKey, Option<Tail>)>,
+}
+
+/// The tails a store remembers (see `meter::rollup::tail`): none for a
+/// store with more than one writer.
+pub(super) type KnownTails<'a> = &'a (dyn Fn(&SubjectKey) -> Option<Tail> + Sync);
+
+/// A subject's neighbourhood after the writes, and the tail it was built
+/// from (`None`: read from the store).
+struct Hood {
+    hood: Neighbourhood,
+    tail: Option<Tail>,
+}
+
 /// Brings the rollups up to date with `changes`, in the transaction that
 /// made them; returns what they changed, for the standings.
 pub(super) async fn maintain(
     tx: &mut impl RollupTx,
     changes: &[OrgChange],
-) -> Result<Vec<OrgEffect>, StoreError> {
+    known: KnownTails<'_>,
+) -> Result<Maintained, StoreError> {
     // What each record adds to its hour's sum and count.
     let mut records: BTreeMap<(SeriesKey, i64), (Decimal, i64)> = BTreeMap::new();
     // Level writes by subject and instant.
@@ -230,14 +250,13 @@ pub(super) async fn maintain(
                 .push((c.change.quantity, c.change.previous));
         }
     }
-    // Each sandbox written, with the first instant written.
-    let sandboxes: Vec<(SubjectKey, i64)> = levels
+    let hoods = neighbourhoods(tx, levels, known).await?;
+    let steps = step_changes(&hoods)?;
+    let (run_effects, runs_after) = runs(tx, &hoods).await?;
+    let tails = hoods
         .iter()
-        .filter(|((s, _), _)| s.metric == SANDBOX_ACTIVE_METRIC)
-        .filter_map(|(key, at)| at.keys().next().map(|first| (key.clone(), *first)))
+        .map(|(key, h)| (key.clone(), Tail::after(&h.hood, runs_after.get(key).map(Vec::as_slice))))
         .collect();
-    let steps = step_changes(tx, levels).await?;
-    let run_effects = runs(tx, &sandboxes).await?;
 
     let step_rows: Vec<((SeriesKey, i64), Decimal)> = steps.iter().map(|(k, s)| (k.clone(), *s)).collect();
     tx.add_steps(&step_rows).await?;
@@ -292,20 +311,78 @@ pub(super) async fn maintain(
         steps.iter().map(|((s, at), change)| effect(s, Effect::Step { at_ms: *at, change: *change })),
     );
     effects.extend(run_effects);
-    Ok(effects)
+    Ok(Maintained { effects, tails })
+}
+
+/// Where a sandbox's runs are recomputed from: its stored runs from some
+/// instant on, and its records from there on.
+struct RunSource {
+    before: Vec<Run>,
+    history: Vec<(i64, Decimal)>,
 }
 
 /// Recomputes the runs of the sandboxes written and stores the difference;
-/// returns it as effects (removals before additions, per subject).
+/// returns it as effects (removals before additions, per subject) and each
+/// sandbox's runs from where they were recomputed, as (start, end).
 ///
-/// Nothing before a sandbox's first written instant changed, so its runs
+/// A sandbox whose tail answered needs no read ([`Tail::run_window`]).
+/// Otherwise nothing before its first written instant changed, so its runs
 /// are recomputed from the start of its last stored run that starts at or
 /// before that instant (the level is not above zero just before a run
 /// starts, so the runs from there on depend only on the records from
 /// there on): the read is one run and what follows, not the history.
-async fn runs(tx: &mut impl RollupTx, sandboxes: &[(SubjectKey, i64)]) -> Result<Vec<OrgEffect>, StoreError> {
+async fn runs(
+    tx: &mut impl RollupTx,
+    hoods: &BTreeMap<SubjectKey, Hood>,
+) -> Result<(Vec<OrgEffect>, BTreeMap<SubjectKey, Vec<(i64, Option<i64>)>>), StoreError> {
+    let mut sources: BTreeMap<&SubjectKey, RunSource> = BTreeMap::new();
+    // Sandboxes the tails do not answer for, with the first instant written.
+    let mut unread: Vec<(&SubjectKey, i64)> = Vec::new();
+    for (key, h) in hoods.iter().filter(|(key, _)| key.0.metric == SANDBOX_ACTIVE_METRIC) {
+        match h.tail.as_ref().and_then(|t| t.run_window(&h.hood)) {
+            Some(window) => {
+                let before = window.stored.map(|(started_ms, ended_ms)| Run {
+                    subject: key.1.clone(),
+                    started_ms,
+                    ended_ms,
+                });
+                sources
+                    .insert(key, RunSource { before: before.into_iter().collect(), history: window.history });
+            }
+            None => unread.extend(h.hood.written.keys().next().map(|first| (key, *first))),
+        }
+    }
+    read_run_sources(tx, &unread, &mut sources).await?;
+    let (mut removed, mut added, mut effects) = (Vec::new(), Vec::new(), Vec::new());
+    let mut after_runs = BTreeMap::new();
+    for (key, source) in sources {
+        let org = &key.0.org_id;
+        let after = runs_of(&key.1, &source.history);
+        for e in run_effects(&source.before, &after) {
+            if let Effect::Run { run, added: is_added } = &e {
+                if *is_added {
+                    added.push((org.clone(), run.clone()))
+                } else {
+                    removed.push((org.clone(), run.clone()))
+                }
+            }
+            effects.push(OrgEffect { org_id: org.clone(), metric: key.0.metric.clone(), effect: e });
+        }
+        after_runs.insert(key.clone(), after.into_iter().map(|r| (r.started_ms, r.ended_ms)).collect());
+    }
+    tx.change_runs(&removed, &added).await?;
+    Ok((effects, after_runs))
+}
+
+/// Reads the run sources of `sandboxes` (each with its first written
+/// instant) from the store into `sources`.
+async fn read_run_sources<'k>(
+    tx: &mut impl RollupTx,
+    sandboxes: &[(&'k SubjectKey, i64)],
+    sources: &mut BTreeMap<&'k SubjectKey, RunSource>,
+) -> Result<(), StoreError> {
     if sandboxes.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let subjects: Vec<(String, String)> =
         sandboxes.iter().map(|((s, subject), _)| (s.org_id.clone(), subject.clone())).collect();
@@ -321,62 +398,71 @@ async fn runs(tx: &mut impl RollupTx, sandboxes: &[(SubjectKey, i64)]) -> Result
             ((s.clone(), subject.clone()), from.unwrap_or(i64::MIN))
         })
         .collect();
-    let mut history: BTreeMap<&SubjectKey, Vec<(i64, Decimal)>> =
-        bounded.iter().map(|(k, _)| (k, Vec::new())).collect();
-    let levels = tx.subject_levels(&bounded).await?;
-    for (key, at, quantity) in &levels {
-        if let Some(h) = history.get_mut(key) {
-            h.push((*at, *quantity));
-        }
+    let mut history: BTreeMap<SubjectKey, Vec<(i64, Decimal)>> = BTreeMap::new();
+    for (key, at, quantity) in tx.subject_levels(&bounded).await? {
+        history.entry(key).or_default().push((at, quantity));
     }
-    let (mut removed, mut added, mut effects) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, from) in &bounded {
-        let records = history.remove(key).unwrap_or_default();
-        let org = &key.0.org_id;
-        let mut before = stored.remove(&(org.clone(), key.1.clone())).unwrap_or_default();
+    for ((key, _), (_, from)) in sandboxes.iter().zip(&bounded) {
+        let mut before = stored.remove(&(key.0.org_id.clone(), key.1.clone())).unwrap_or_default();
         before.retain(|r| r.started_ms >= *from);
-        let after = runs_of(&key.1, &records);
-        for e in run_effects(&before, &after) {
-            if let Effect::Run { run, added: is_added } = &e {
-                if *is_added {
-                    added.push((org.clone(), run.clone()))
-                } else {
-                    removed.push((org.clone(), run.clone()))
-                }
-            }
-            effects.push(OrgEffect { org_id: org.clone(), metric: key.0.metric.clone(), effect: e });
-        }
+        let history = history.remove(*key).unwrap_or_default();
+        sources.insert(key, RunSource { before, history });
     }
-    tx.change_runs(&removed, &added).await?;
-    Ok(effects)
+    Ok(())
 }
 
-/// The org level's step changes (summed over subjects) that the level
-/// writes cause, by (series, instant).
-async fn step_changes(
+/// Each written subject's neighbourhood after the writes: built from its
+/// tail when that answers, else read from the store.
+async fn neighbourhoods(
     tx: &mut impl RollupTx,
     levels: LevelWrites,
-) -> Result<BTreeMap<(SeriesKey, i64), Decimal>, StoreError> {
-    let mut out: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
+    known: KnownTails<'_>,
+) -> Result<BTreeMap<SubjectKey, Hood>, StoreError> {
+    let mut out = BTreeMap::new();
     if levels.is_empty() {
         return Ok(out);
     }
     let subjects: Vec<SubjectKey> = levels.keys().cloned().collect();
     tx.lock_subjects(&subjects).await?;
+    let mut unread: LevelWrites = BTreeMap::new();
+    for (subject, written) in levels {
+        match known(&subject).filter(|t| t.covers(&written)) {
+            Some(tail) => {
+                out.insert(subject, Hood { hood: tail.neighbourhood(written), tail: Some(tail) });
+            }
+            None => {
+                unread.insert(subject, written);
+            }
+        }
+    }
+    if unread.is_empty() {
+        return Ok(out);
+    }
     let keys: Vec<(SubjectKey, i64)> =
-        levels.iter().flat_map(|(s, at)| at.keys().map(move |t| (s.clone(), *t))).collect();
-    let rows = tx.neighbourhoods(&keys).await?;
-    let mut hoods: BTreeMap<SubjectKey, Neighbourhood> = BTreeMap::new();
-    for row in rows {
+        unread.iter().flat_map(|(s, at)| at.keys().map(move |t| (s.clone(), *t))).collect();
+    let mut read: BTreeMap<SubjectKey, Neighbourhood> = BTreeMap::new();
+    for row in tx.neighbourhoods(&keys).await? {
         let key = (SeriesKey { org_id: row.org_id, metric: row.metric }, row.subject);
-        let stored = hoods.entry(key).or_default().stored.entry(row.at_ms).or_default();
+        let stored = read.entry(key).or_default().stored.entry(row.at_ms).or_default();
         let copies = usize::try_from(row.count).unwrap_or(0);
         stored.extend(std::iter::repeat_n(row.quantity, copies));
     }
-    for (subject, written) in levels {
-        let mut hood = hoods.remove(&subject).unwrap_or_default();
+    for (subject, written) in unread {
+        let mut hood = read.remove(&subject).unwrap_or_default();
         hood.written = written;
-        for (at, change) in hood.step_changes().map_err(overflow)? {
+        out.insert(subject, Hood { hood, tail: None });
+    }
+    Ok(out)
+}
+
+/// The org level's step changes (summed over subjects) that the level
+/// writes cause, by (series, instant).
+fn step_changes(
+    hoods: &BTreeMap<SubjectKey, Hood>,
+) -> Result<BTreeMap<(SeriesKey, i64), Decimal>, StoreError> {
+    let mut out: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
+    for (subject, h) in hoods {
+        for (at, change) in h.hood.step_changes().map_err(overflow)? {
             let sum = out.entry((subject.0.clone(), at)).or_default();
             *sum = plus(*sum, change)?;
         }

@@ -12,8 +12,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
-use super::rollup::RollupTx;
+use super::rollup::{Maintained, RollupTx, SubjectKey};
 use super::sqlite_rollup;
+use super::tails::TailMemory;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
     OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointKey,
@@ -25,6 +26,7 @@ use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::SeriesKey;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
+use crate::meter::rollup::tail::Tail;
 use crate::meter::{Aggregation, Kind, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Run;
@@ -40,6 +42,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     pub(super) readers: SqlitePool,
     hook: OnceLock<Arc<dyn CommitHook>>,
+    /// The one writer's memory of subjects' tails.
+    pub(super) tails: TailMemory,
 }
 
 impl SqliteStore {
@@ -62,22 +66,49 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
-        Ok(Self { writer, readers, hook: OnceLock::new() })
+        Ok(Self { writer, readers, hook: OnceLock::new(), tails: TailMemory::default() })
     }
 
-    /// Commits `tx` after telling the hook what it changed and storing the
-    /// notices that causes; undoes the hook's work if the commit fails.
+    /// Commits `tx` after bringing the rollups up to date, telling the hook
+    /// what it changed and storing the notices that causes; undoes the
+    /// hook's work if the commit fails. Remembers the tails of the subjects
+    /// written once committed, and forgets all tails on any error.
     async fn finish(
+        &self,
+        tx: sqlx::Transaction<'_, Sqlite>,
+        changes: Vec<OrgChange>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match self.maintain_and_commit(tx, changes, now_ms).await {
+            Ok(tails) => {
+                self.tails.remember(tails);
+                Ok(())
+            }
+            Err(e) => {
+                self.tails.forget();
+                Err(e)
+            }
+        }
+    }
+
+    async fn maintain_and_commit(
         &self,
         mut tx: sqlx::Transaction<'_, Sqlite>,
         changes: Vec<OrgChange>,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let effects =
-            if changes.is_empty() { Vec::new() } else { super::rollup::maintain(&mut *tx, &changes).await? };
+    ) -> Result<Vec<(SubjectKey, Option<Tail>)>, StoreError> {
+        let Maintained { effects, tails } = if changes.is_empty() {
+            Maintained { effects: Vec::new(), tails: Vec::new() }
+        } else {
+            // The records are written, so this transaction holds the write
+            // lock: no other connection can commit before it does.
+            let data_version: i64 = sqlx::query_scalar("PRAGMA data_version").fetch_one(&mut *tx).await?;
+            self.tails.validate(data_version);
+            super::rollup::maintain(&mut *tx, &changes, &|subject| self.tails.get(subject)).await?
+        };
         let Some(hook) = self.hook.get().filter(|_| !effects.is_empty()) else {
             tx.commit().await?;
-            return Ok(());
+            return Ok(tails);
         };
         let notices = hook.records_written(None, &effects, now_ms);
         let result = async {
@@ -89,7 +120,7 @@ impl SqliteStore {
         match result {
             Ok(rows) => {
                 hook.committed(rows);
-                Ok(())
+                Ok(tails)
             }
             Err(e) => {
                 hook.rolled_back(None, &effects, &notices);

@@ -670,14 +670,22 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
     let mut pool: Vec<i64> = (0..14).map(|_| BASE + rng.between(-2 * HOUR_MS, 6 * HOUR_MS)).collect();
     pool.extend([BASE, BASE + HOUR_MS, month_containing(BASE + 5 * HOUR_MS).from_ms]);
     let subjects = ["sb-a", "sb-b", "sb-c"];
-    let make = |rng: &mut Rng, event_id: String| UsageRecord {
+    // Half the records arrive in order, after every instant of the pool (the
+    // usual case, which SQLite's writer answers from its tails), half late.
+    let mut clock = BASE + 6 * HOUR_MS;
+    let mut make = |rng: &mut Rng, event_id: String| UsageRecord {
         event_id,
         org_id: "acme".to_owned(),
         subject: rng.pick(&subjects).to_owned(),
         metric: M.to_owned(),
         kind: if rng.chance(70) { Kind::Level } else { Kind::Delta },
         quantity: rng.quantity(),
-        at_ms: rng.pick(&pool),
+        at_ms: if rng.chance(50) {
+            clock += rng.between(0, 3) * 60_000;
+            clock
+        } else {
+            rng.pick(&pool)
+        },
         window_start_ms: None,
         attributes: BTreeMap::new(),
     };
@@ -856,4 +864,31 @@ async fn grouped_queries_read_in_pages_equal_the_engine_over_the_whole_range(sto
             assert_eq!(got, want, "{aggregation:?} {engine_query:?}");
         }
     }
+}
+
+/// SQLite's writer answers in-order levels from its tails; a commit by
+/// another connection (here a second store on the file, as another process
+/// would be) must make it read again: a level written between its last
+/// instant and the other writer's would otherwise miss the step after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_tails_answer_in_order_levels_and_are_dropped_when_another_writer_commits() {
+    let engine = sqlite().await;
+    let other = SqliteStore::open(&engine.url).await.expect("second store");
+    let ours = SqliteStore::open(&engine.url).await.expect("store");
+    let sandbox = |event: &str, at_ms: i64, quantity: i64| {
+        let mut r = level(event, "sb-x", at_ms, quantity);
+        r.metric = crate::plans::SANDBOX_ACTIVE_METRIC.to_owned();
+        delivery(event, vec![r])
+    };
+    let t = 1_754_513_976_000;
+    for (n, quantity) in [1, 0, 1].into_iter().enumerate() {
+        let event = format!("ours-{n}");
+        ours.commit(&[sandbox(&event, t + n as i64 * 1_000, quantity)]).await.expect("commit");
+    }
+    assert_eq!(ours.tails.len(), 1, "the writer keeps the subject's tail");
+    other.commit(&[sandbox("other", t + 10_000, 3)]).await.expect("other commit");
+    ours.commit(&[sandbox("late-for-us", t + 5_000, 2)]).await.expect("commit");
+    let report = ours.check_rollups(5).await.expect("check");
+    assert_eq!(report.differences, 0, "{:?}", report.examples);
+    assert_eq!(report.runs, 2, "{report:?}");
 }

@@ -30,6 +30,7 @@
 
 pub mod fold;
 pub mod query;
+pub mod tail;
 pub mod write;
 
 #[cfg(test)]

@@ -15,6 +15,10 @@ use std::ops::Bound::{Excluded, Unbounded};
 use meterd_units::QuantityError;
 use rust_decimal::Decimal;
 
+/// Instant → what a transaction wrote there: (quantity now, quantity
+/// before: `None` for an insert).
+pub type Written = BTreeMap<i64, Vec<(Decimal, Option<Decimal>)>>;
+
 /// One subject's level records around the instants a transaction wrote.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Neighbourhood {
@@ -22,9 +26,7 @@ pub struct Neighbourhood {
     /// each written instant and the subject's instants just before and
     /// just after it.
     pub stored: BTreeMap<i64, Vec<Decimal>>,
-    /// Instant → what the transaction wrote there: (quantity now, quantity
-    /// before: `None` for an insert).
-    pub written: BTreeMap<i64, Vec<(Decimal, Option<Decimal>)>>,
+    pub written: Written,
 }
 
 /// The level in force after an instant holding `quantities` (`None`: no
