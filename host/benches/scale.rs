@@ -68,7 +68,10 @@
 //! suffixes, e.g. `200k:100k`; default `1m`), `METERD_BENCH_ENGINES`
 //! (`sqlite,postgres`, the default), `METERD_BENCH_REQUESTS`,
 //! `METERD_BENCH_QUERY_SECONDS`, `METERD_BENCH_RSS_LIMIT_MIB`,
-//! `METERD_BENCH_SEED` (default 1), `METERD_BENCH_POSTGRES` (the server's
+//! `METERD_BENCH_SEED` (default 1), `METERD_BENCH_SKIP` (queries whose
+//! names contain any of these comma-separated words are not run: `raw`
+//! skips the grouped and raw-path queries, which take minutes at `10m`),
+//! `METERD_BENCH_POSTGRES` (the server's
 //! admin URL; else `METERD_TEST_POSTGRES`, else
 //! `postgres://postgres@127.0.0.1:5432/postgres`).
 
@@ -151,6 +154,8 @@ struct Settings {
     rss_limit_mib: f64,
     seed: u64,
     postgres: String,
+    /// Queries whose names contain any of these are not run.
+    skip: Vec<String>,
 }
 
 fn count(text: &str) -> u64 {
@@ -206,7 +211,22 @@ impl Settings {
             rss_limit_mib: support::env_number("METERD_BENCH_RSS_LIMIT_MIB", 16_384.0),
             seed: support::env_number("METERD_BENCH_SEED", 1u64),
             postgres,
+            skip: std::env::var("METERD_BENCH_SKIP")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
         }
+    }
+
+    fn skips(&self, query: &str) -> bool {
+        let skipped = self.skip.iter().any(|s| query.contains(s.as_str()));
+        if skipped {
+            println!("    skipped  {query} (METERD_BENCH_SKIP)");
+        }
+        skipped
     }
 }
 
@@ -783,7 +803,7 @@ async fn library_timings(
     let meters = meter::default_meters();
     let service = UsageService::new(store.clone(), meters.clone());
     let mut out = Vec::new();
-    for case in USAGE_CASES {
+    for case in USAGE_CASES.into_iter().filter(|c| !settings.skips(c.name)) {
         let now = meterd::clock::now_ms();
         let answer = service.usage(&usage_request(&case, now), now).await.expect("usage");
         let windows: Vec<(Option<String>, Decimal)> =
@@ -803,7 +823,10 @@ async fn library_timings(
             ACTIVE_SECONDS,
             expected.active_seconds,
         ),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(name, ..)| !settings.skips(name))
+    {
         let meter = meters.iter().find(|m| m.name == meter_name).expect("a default meter").clone();
         let now = meterd::clock::now_ms();
         let total = raw_usage(store, &meter, month_containing(now), now).await;
@@ -1043,7 +1066,7 @@ const CHECK_BODY: &str = r#"{"action":"sandbox.start","vcpu":2,"memory_mb":1024}
 async fn http_timings(addr: SocketAddr, settings: &Settings, expected: &Expected) -> Vec<(String, Samples)> {
     let mut client = Client::new(addr).await;
     let mut out = Vec::new();
-    for case in USAGE_CASES {
+    for case in USAGE_CASES.into_iter().filter(|c| !settings.skips(c.name)) {
         let path = case.path();
         let answer = client.json(Method::GET, &path, None).await;
         let windows: Vec<(Option<String>, Decimal)> = answer["windows"]

@@ -144,16 +144,16 @@ async fn same_answers_across_restart_and_backfill(mut gw: Gateway, db: Db<'_>) {
     gw.restart();
     assert_same(&before, &answers(&gw, &ragged).await, "after a restart");
 
-    // Back to a database from before the rollups: migrations 0008 and 0010
-    // (month summaries) undone.
+    // Back to a database from before the rollups: migrations 0008, 0010
+    // (month summaries) and 0011 (the level index) undone.
     gw.stop();
     db.run(&[
         "DROP TABLE rollup_hours",
         "DROP TABLE rollup_steps",
         "DROP TABLE rollup_months",
         "DROP TABLE meterd_state",
-        "DROP INDEX usage_records_by_subject",
-        "DELETE FROM _sqlx_migrations WHERE version IN (8, 10)",
+        "DROP INDEX usage_records_levels_by_subject",
+        "DELETE FROM _sqlx_migrations WHERE version IN (8, 10, 11)",
     ])
     .await;
     gw.restart();

@@ -76,7 +76,8 @@ pub(super) trait RollupTx: Send {
     ) -> Result<Vec<(SubjectKey, i64, Decimal)>, StoreError>;
     /// The stored runs of these (org, subject)s.
     async fn stored_runs(&mut self, subjects: &[(String, String)]) -> Result<Vec<(String, Run)>, StoreError>;
-    /// Deletes `removed` and inserts `added` (org, run)s.
+    /// Removes `removed` and stores `added` (org, run)s; a run in both
+    /// (one key: a run that ended) is stored as added.
     async fn change_runs(
         &mut self,
         removed: &[(String, Run)],

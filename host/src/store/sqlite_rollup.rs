@@ -2,7 +2,7 @@
 //! sums are computed in Rust: the one writer connection reads, adds and
 //! writes within the transaction. Key lists go in as JSON arrays.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -122,6 +122,10 @@ async fn write_runs(
                 .push_bind(run.ended_ms)
                 .push_bind(run.ended_ms.map(|e| e - run.started_ms));
         });
+        insert.push(
+            " ON CONFLICT (org_id, subject, started_ms) DO UPDATE SET ended_ms = excluded.ended_ms,
+              length_ms = excluded.length_ms",
+        );
         insert.build().execute(&mut *conn).await?;
     }
     Ok(())
@@ -395,7 +399,14 @@ impl RollupTx for SqliteConnection {
         removed: &[(String, Run)],
         added: &[(String, Run)],
     ) -> Result<(), StoreError> {
-        for (org, run) in removed {
+        // A run that ends is removed open and added ended under one key:
+        // the insert replaces it, so only runs no longer there are deleted.
+        let replaced: HashSet<(&str, &str, i64)> =
+            added.iter().map(|(org, run)| (org.as_str(), run.subject.as_str(), run.started_ms)).collect();
+        let gone = removed
+            .iter()
+            .filter(|(org, run)| !replaced.contains(&(org.as_str(), run.subject.as_str(), run.started_ms)));
+        for (org, run) in gone {
             sqlx::query("DELETE FROM rollup_runs WHERE org_id = ?1 AND subject = ?2 AND started_ms = ?3")
                 .bind(org)
                 .bind(&run.subject)
