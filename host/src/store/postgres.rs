@@ -91,7 +91,7 @@ impl PostgresStore {
             return Ok(());
         }
         // Replicas write too, so no tails are kept (see `store::tails`).
-        let effects = super::rollup::maintain(&mut *tx, &changes, &|_| None).await?.effects;
+        let effects = super::rollup::maintain(&mut *tx, &changes, &super::rollup::NoTails).await?.effects;
         let id = current_tx(&mut tx).await?;
         let hook = self.hook.get();
         let notices = hook.map(|h| h.records_written(Some(id), &effects, now_ms)).unwrap_or_default();

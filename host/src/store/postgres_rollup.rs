@@ -13,7 +13,8 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 use super::StoreError;
 use super::rollup::{
-    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, SubjectKey, fold_records,
+    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
+    SubjectKey, fold_records,
 };
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
@@ -131,8 +132,128 @@ async fn write_runs(conn: &mut PgConnection, table: &str, rows: &[(String, Run)]
     Ok(())
 }
 
+async fn add_steps(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError> {
+    add_values(conn, "rollup_steps", "at_ms", "step", rows).await
+}
+
+async fn load_hours(
+    conn: &mut PgConnection,
+    keys: &[(SeriesKey, i64)],
+) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError> {
+    let (orgs, metrics, times) = columns(keys.iter());
+    // Rows must exist to be locked: another replica may be adding the
+    // same new hour.
+    sqlx::query(
+        "INSERT INTO rollup_hours (org_id, metric, hour_ms, delta_sum, records, level_step, level_moment, level_open)
+         SELECT k.org_id, k.metric, k.hour_ms, 0, 0, 0, 0, 0
+         FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, hour_ms)
+         ON CONFLICT (org_id, metric, hour_ms) DO NOTHING",
+    )
+    .bind(&orgs)
+    .bind(&metrics)
+    .bind(&times)
+    .execute(&mut *conn)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT h.* FROM rollup_hours h
+         JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, hour_ms)
+           ON h.org_id = k.org_id AND h.metric = k.metric AND h.hour_ms = k.hour_ms
+         ORDER BY h.org_id, h.metric, h.hour_ms
+         FOR UPDATE OF h",
+    )
+    .bind(&orgs)
+    .bind(&metrics)
+    .bind(&times)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(|row| Ok((key_from_row(row, "hour_ms")?, hour_from_row(row)?))).collect()
+}
+
+async fn save_hours(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError> {
+    write_hours(conn, "rollup_hours", rows).await
+}
+
+async fn add_months(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Month)]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (orgs, metrics, times) = columns(rows.iter().map(|(k, _)| k));
+    let field = |f: fn(&Month) -> Decimal| -> Vec<Decimal> { rows.iter().map(|(_, m)| f(m)).collect() };
+    let records: Vec<i64> = rows.iter().map(|(_, m)| m.records).collect();
+    // Additive: replicas may add to one month at once.
+    sqlx::query(
+        "INSERT INTO rollup_months (org_id, metric, month_ms, level_step, delta_sum, records, level_moment)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::numeric[], $5::numeric[], $6::bigint[], $7::numeric[])
+         ON CONFLICT (org_id, metric, month_ms) DO UPDATE SET
+             level_step = rollup_months.level_step + excluded.level_step,
+             delta_sum = rollup_months.delta_sum + excluded.delta_sum,
+             records = rollup_months.records + excluded.records,
+             level_moment = rollup_months.level_moment + excluded.level_moment",
+    )
+    .bind(&orgs)
+    .bind(&metrics)
+    .bind(&times)
+    .bind(field(|m| m.level_step))
+    .bind(field(|m| m.delta_sum))
+    .bind(&records)
+    .bind(field(|m| m.level_moment))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM rollup_months t USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, at)
+         WHERE t.org_id = k.org_id AND t.metric = k.metric AND t.month_ms = k.at
+           AND t.level_step = 0 AND t.delta_sum = 0 AND t.records = 0 AND t.level_moment = 0",
+    )
+    .bind(&orgs)
+    .bind(&metrics)
+    .bind(&times)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn change_runs(
+    conn: &mut PgConnection,
+    removed: &[(String, Run)],
+    added: &[(String, Run)],
+) -> Result<(), StoreError> {
+    if !removed.is_empty() {
+        let orgs: Vec<&str> = removed.iter().map(|(o, _)| o.as_str()).collect();
+        let subjects: Vec<&str> = removed.iter().map(|(_, r)| r.subject.as_str()).collect();
+        let starts: Vec<i64> = removed.iter().map(|(_, r)| r.started_ms).collect();
+        sqlx::query(
+            "DELETE FROM rollup_runs r USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, subject, started_ms)
+             WHERE r.org_id = k.org_id AND r.subject = k.subject AND r.started_ms = k.started_ms",
+        )
+        .bind(&orgs)
+        .bind(&subjects)
+        .bind(&starts)
+        .execute(&mut *conn)
+        .await?;
+    }
+    write_runs(conn, "rollup_runs", added).await
+}
+
 #[async_trait]
 impl RollupTx for PgConnection {
+    async fn load_rows(
+        &mut self,
+        hours: &[(SeriesKey, i64)],
+        _steps: &[(SeriesKey, i64)],
+        _months: &[(SeriesKey, i64)],
+    ) -> Result<StoredRows, StoreError> {
+        // Steps and months take additive upserts (replicas may add to one
+        // row at once): nothing to read for them.
+        Ok(StoredRows { hours: load_hours(self, hours).await?, ..StoredRows::default() })
+    }
+
+    async fn write_rows(&mut self, _stored: &StoredRows, write: &RollupWrite) -> Result<(), StoreError> {
+        add_steps(self, &write.steps).await?;
+        save_hours(self, &write.hours).await?;
+        add_months(self, &write.months).await?;
+        change_runs(self, &write.runs_removed, &write.runs_added).await
+    }
+
     async fn lock_subjects(&mut self, subjects: &[SubjectKey]) -> Result<(), StoreError> {
         let names: Vec<String> = subjects
             .iter()
@@ -206,86 +327,6 @@ impl RollupTx for PgConnection {
             .collect()
     }
 
-    async fn add_steps(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError> {
-        add_values(self, "rollup_steps", "at_ms", "step", rows).await
-    }
-
-    async fn load_hours(
-        &mut self,
-        keys: &[(SeriesKey, i64)],
-    ) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError> {
-        let (orgs, metrics, times) = columns(keys.iter());
-        // Rows must exist to be locked: another replica may be adding the
-        // same new hour.
-        sqlx::query(
-            "INSERT INTO rollup_hours (org_id, metric, hour_ms, delta_sum, records, level_step, level_moment, level_open)
-             SELECT k.org_id, k.metric, k.hour_ms, 0, 0, 0, 0, 0
-             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, hour_ms)
-             ON CONFLICT (org_id, metric, hour_ms) DO NOTHING",
-        )
-        .bind(&orgs)
-        .bind(&metrics)
-        .bind(&times)
-        .execute(&mut *self)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT h.* FROM rollup_hours h
-             JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, hour_ms)
-               ON h.org_id = k.org_id AND h.metric = k.metric AND h.hour_ms = k.hour_ms
-             ORDER BY h.org_id, h.metric, h.hour_ms
-             FOR UPDATE OF h",
-        )
-        .bind(&orgs)
-        .bind(&metrics)
-        .bind(&times)
-        .fetch_all(&mut *self)
-        .await?;
-        rows.iter().map(|row| Ok((key_from_row(row, "hour_ms")?, hour_from_row(row)?))).collect()
-    }
-
-    async fn save_hours(&mut self, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError> {
-        write_hours(self, "rollup_hours", rows).await
-    }
-
-    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Month)]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let (orgs, metrics, times) = columns(rows.iter().map(|(k, _)| k));
-        let field = |f: fn(&Month) -> Decimal| -> Vec<Decimal> { rows.iter().map(|(_, m)| f(m)).collect() };
-        let records: Vec<i64> = rows.iter().map(|(_, m)| m.records).collect();
-        // Additive: replicas may add to one month at once.
-        sqlx::query(
-            "INSERT INTO rollup_months (org_id, metric, month_ms, level_step, delta_sum, records, level_moment)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::numeric[], $5::numeric[], $6::bigint[], $7::numeric[])
-             ON CONFLICT (org_id, metric, month_ms) DO UPDATE SET
-                 level_step = rollup_months.level_step + excluded.level_step,
-                 delta_sum = rollup_months.delta_sum + excluded.delta_sum,
-                 records = rollup_months.records + excluded.records,
-                 level_moment = rollup_months.level_moment + excluded.level_moment",
-        )
-        .bind(&orgs)
-        .bind(&metrics)
-        .bind(&times)
-        .bind(field(|m| m.level_step))
-        .bind(field(|m| m.delta_sum))
-        .bind(&records)
-        .bind(field(|m| m.level_moment))
-        .execute(&mut *self)
-        .await?;
-        sqlx::query(
-            "DELETE FROM rollup_months t USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, at)
-             WHERE t.org_id = k.org_id AND t.metric = k.metric AND t.month_ms = k.at
-               AND t.level_step = 0 AND t.delta_sum = 0 AND t.records = 0 AND t.level_moment = 0",
-        )
-        .bind(&orgs)
-        .bind(&metrics)
-        .bind(&times)
-        .execute(&mut *self)
-        .await?;
-        Ok(())
-    }
-
     async fn subject_levels(
         &mut self,
         subjects: &[(SubjectKey, i64)],
@@ -335,28 +376,6 @@ impl RollupTx for PgConnection {
         .fetch_all(&mut *self)
         .await?;
         rows.iter().map(run_from_row).collect()
-    }
-
-    async fn change_runs(
-        &mut self,
-        removed: &[(String, Run)],
-        added: &[(String, Run)],
-    ) -> Result<(), StoreError> {
-        if !removed.is_empty() {
-            let orgs: Vec<&str> = removed.iter().map(|(o, _)| o.as_str()).collect();
-            let subjects: Vec<&str> = removed.iter().map(|(_, r)| r.subject.as_str()).collect();
-            let starts: Vec<i64> = removed.iter().map(|(_, r)| r.started_ms).collect();
-            sqlx::query(
-                "DELETE FROM rollup_runs r USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, subject, started_ms)
-                 WHERE r.org_id = k.org_id AND r.subject = k.subject AND r.started_ms = k.started_ms",
-            )
-            .bind(&orgs)
-            .bind(&subjects)
-            .bind(&starts)
-            .execute(&mut *self)
-            .await?;
-        }
-        write_runs(self, "rollup_runs", added).await
     }
 
     async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError> {

@@ -56,17 +56,20 @@ pub(super) trait RollupTx: Send {
     /// `at` and at its first instant after it, for each key, grouped by
     /// (subject, instant, quantity); each group once.
     async fn neighbourhoods(&mut self, keys: &[(SubjectKey, i64)]) -> Result<Vec<LevelRow>, StoreError>;
-    /// Adds to the step at each instant; a step that becomes zero has no
-    /// row.
-    async fn add_steps(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError>;
-    /// The stored hours (absent: empty), locked.
-    async fn load_hours(
+    /// The stored rows a transaction's rollup write starts from: the hours
+    /// (absent: empty), locked; an engine that adds in Rust also reads the
+    /// steps and months named (others leave them empty).
+    async fn load_rows(
         &mut self,
-        keys: &[(SeriesKey, i64)],
-    ) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError>;
-    async fn save_hours(&mut self, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError>;
-    /// Adds to each month's fields; a month that becomes zero has no row.
-    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Month)]) -> Result<(), StoreError>;
+        hours: &[(SeriesKey, i64)],
+        steps: &[(SeriesKey, i64)],
+        months: &[(SeriesKey, i64)],
+    ) -> Result<StoredRows, StoreError>;
+    /// Writes a transaction's rollup changes over `stored` (what
+    /// `load_rows` returned): steps and months added to (a row that becomes
+    /// zero has none), hours replaced, runs removed and stored (a run in
+    /// both, one key, is stored as added).
+    async fn write_rows(&mut self, stored: &StoredRows, write: &RollupWrite) -> Result<(), StoreError>;
     /// The distinct (instant, quantity) pairs of each subject's level
     /// records at or after its bound, as (subject, instant, quantity): a
     /// sandbox's history from where its runs can change, to find them.
@@ -76,13 +79,6 @@ pub(super) trait RollupTx: Send {
     ) -> Result<Vec<(SubjectKey, i64, Decimal)>, StoreError>;
     /// The stored runs of these (org, subject)s.
     async fn stored_runs(&mut self, subjects: &[(String, String)]) -> Result<Vec<(String, Run)>, StoreError>;
-    /// Removes `removed` and stores `added` (org, run)s; a run in both
-    /// (one key: a run that ended) is stored as added.
-    async fn change_runs(
-        &mut self,
-        removed: &[(String, Run)],
-        added: &[(String, Run)],
-    ) -> Result<(), StoreError>;
 
     // Reads for standings.
 
@@ -121,6 +117,30 @@ pub(super) trait RollupTx: Send {
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError>;
     /// Raw records of `series` in `range` (any order).
     async fn points_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<Point>, StoreError>;
+}
+
+/// See [`RollupTx::load_rows`].
+#[derive(Debug, Default)]
+pub(super) struct StoredRows {
+    pub hours: BTreeMap<(SeriesKey, i64), Hour>,
+    pub steps: BTreeMap<(SeriesKey, i64), Decimal>,
+    pub months: BTreeMap<(SeriesKey, i64), Month>,
+    /// SQLite's `data_version`, read by the same statement (see
+    /// `store::tails`); `None` elsewhere.
+    pub data_version: Option<i64>,
+}
+
+/// Everything one transaction changes in the rollups, written at once.
+#[derive(Debug, Default)]
+pub(super) struct RollupWrite {
+    /// Changes of the org level's step, per (series, instant).
+    pub steps: Vec<((SeriesKey, i64), Decimal)>,
+    /// New hour summaries.
+    pub hours: Vec<((SeriesKey, i64), Hour)>,
+    /// Changes of each month's fields.
+    pub months: Vec<((SeriesKey, i64), Month)>,
+    pub runs_removed: Vec<(String, Run)>,
+    pub runs_added: Vec<(String, Run)>,
 }
 
 /// Everything a usage query's [`ReadPlan`] names, read by one transaction
@@ -207,9 +227,25 @@ pub(super) struct Maintained {
     pub tails: Vec<(SubjectKey, Option<Tail>)>,
 }
 
-/// The tails a store remembers (see `meter::rollup::tail`): none for a
-/// store with more than one writer.
-pub(super) type KnownTails<'a> = &'a (dyn Fn(&SubjectKey) -> Option<Tail> + Sync);
+/// The tails a store remembers (see `meter::rollup::tail`).
+pub(super) trait Tails: Sync {
+    fn tail(&self, subject: &SubjectKey) -> Option<Tail>;
+    /// Whether the tails are true of the database at `data_version`; if
+    /// not, forgets them and remembers the version.
+    fn validate(&self, data_version: i64) -> bool;
+}
+
+/// A store with more than one writer keeps no tails.
+pub(super) struct NoTails;
+
+impl Tails for NoTails {
+    fn tail(&self, _subject: &SubjectKey) -> Option<Tail> {
+        None
+    }
+    fn validate(&self, _data_version: i64) -> bool {
+        true
+    }
+}
 
 /// A subject's neighbourhood after the writes, and the tail it was built
 /// from (`None`: read from the store).
@@ -220,11 +256,29 @@ struct Hood {
 
 /// Brings the rollups up to date with `changes`, in the transaction that
 /// made them; returns what they changed, for the standings.
+///
+/// SQLite writes nothing before the end, so when the statement that loads
+/// the rows shows the tails were stale (another connection committed), the
+/// work is done again from reads alone, in the same transaction.
 pub(super) async fn maintain(
     tx: &mut impl RollupTx,
     changes: &[OrgChange],
-    known: KnownTails<'_>,
+    tails: &dyn Tails,
 ) -> Result<Maintained, StoreError> {
+    match maintain_with(tx, changes, Some(tails)).await? {
+        Some(done) => Ok(done),
+        None => maintain_with(tx, changes, None)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("rollups: stale tails without tails".to_owned())),
+    }
+}
+
+/// [`maintain`] once; `None` when it used tails that turned out stale.
+async fn maintain_with(
+    tx: &mut impl RollupTx,
+    changes: &[OrgChange],
+    tails: Option<&dyn Tails>,
+) -> Result<Option<Maintained>, StoreError> {
     // What each record adds to its hour's sum and count.
     let mut records: BTreeMap<(SeriesKey, i64), (Decimal, i64)> = BTreeMap::new();
     // Level writes by subject and instant.
@@ -251,28 +305,35 @@ pub(super) async fn maintain(
                 .push((c.change.quantity, c.change.previous));
         }
     }
-    let hoods = neighbourhoods(tx, levels, known).await?;
+    let hoods = neighbourhoods(tx, levels, tails).await?;
     let steps = step_changes(&hoods)?;
-    let (run_effects, runs_after) = runs(tx, &hoods).await?;
-    let tails = hoods
-        .iter()
-        .map(|(key, h)| (key.clone(), Tail::after(&h.hood, runs_after.get(key).map(Vec::as_slice))))
-        .collect();
+    let runs = runs(tx, &hoods).await?;
 
-    let step_rows: Vec<((SeriesKey, i64), Decimal)> = steps.iter().map(|(k, s)| (k.clone(), *s)).collect();
-    tx.add_steps(&step_rows).await?;
-
-    // Hours.
+    // The hours touched (by records or steps) and their months.
     let mut by_hour: BTreeMap<(SeriesKey, i64), Vec<(i64, Decimal)>> = BTreeMap::new();
     for ((s, at), change) in &steps {
         by_hour.entry((s.clone(), hour_of(*at))).or_default().push((*at, *change));
     }
     let hour_keys: BTreeSet<(SeriesKey, i64)> = records.keys().chain(by_hour.keys()).cloned().collect();
     let hour_keys: Vec<(SeriesKey, i64)> = hour_keys.into_iter().collect();
-    let mut hours = tx.load_hours(&hour_keys).await?;
+    let month_keys: BTreeSet<(SeriesKey, i64)> =
+        hour_keys.iter().map(|(s, h)| (s.clone(), month_containing(*h).from_ms)).collect();
+    let month_keys: Vec<(SeriesKey, i64)> = month_keys.into_iter().collect();
+    let step_rows: Vec<((SeriesKey, i64), Decimal)> = steps.iter().map(|(k, s)| (k.clone(), *s)).collect();
+    let step_keys: Vec<(SeriesKey, i64)> = steps.keys().cloned().collect();
+    let mut stored = tx.load_rows(&hour_keys, &step_keys, &month_keys).await?;
+    let stale = match (tails, stored.data_version) {
+        (Some(tails), Some(version)) => !tails.validate(version),
+        _ => false,
+    };
+    if stale && hoods.values().any(|h| h.tail.is_some()) {
+        return Ok(None);
+    }
+
     let mut out = Vec::with_capacity(hour_keys.len());
     // Each month changes by what its hours changed by.
     let mut months: BTreeMap<(SeriesKey, i64), Month> = BTreeMap::new();
+    let mut hours = std::mem::take(&mut stored.hours);
     for key in hour_keys {
         let was = hours.remove(&key).unwrap_or_default();
         let mut hour = was.clone();
@@ -284,7 +345,8 @@ pub(super) async fn maintain(
             if hour.can_append(new_steps) {
                 hour.append_steps(key.1, new_steps).map_err(overflow)?;
             } else {
-                let all = tx.steps_in(&key.0, Range { from_ms: key.1, to_ms: key.1 + HOUR_MS }).await?;
+                let hour_range = Range { from_ms: key.1, to_ms: key.1 + HOUR_MS };
+                let all = with_changes(tx.steps_in(&key.0, hour_range).await?, new_steps)?;
                 hour.resummarize(key.1, &all).map_err(overflow)?;
             }
         }
@@ -296,10 +358,19 @@ pub(super) async fn maintain(
         months.entry((key.0.clone(), month)).or_default().add(&change).map_err(overflow)?;
         out.push((key, hour));
     }
-    tx.save_hours(&out).await?;
-    let months: Vec<((SeriesKey, i64), Month)> = months.into_iter().filter(|(_, m)| !m.is_zero()).collect();
-    tx.add_months(&months).await?;
+    let write = RollupWrite {
+        steps: step_rows,
+        hours: out,
+        months: months.into_iter().filter(|(_, m)| !m.is_zero()).collect(),
+        runs_removed: runs.removed,
+        runs_added: runs.added,
+    };
+    tx.write_rows(&stored, &write).await?;
 
+    let tails = hoods
+        .iter()
+        .map(|(key, h)| (key.clone(), Tail::after(&h.hood, runs.after.get(key).map(Vec::as_slice))))
+        .collect();
     let effect =
         |s: &SeriesKey, effect| OrgEffect { org_id: s.org_id.clone(), metric: s.metric.clone(), effect };
     let mut effects: Vec<OrgEffect> = records
@@ -311,8 +382,32 @@ pub(super) async fn maintain(
     effects.extend(
         steps.iter().map(|((s, at), change)| effect(s, Effect::Step { at_ms: *at, change: *change })),
     );
-    effects.extend(run_effects);
-    Ok(Maintained { effects, tails })
+    effects.extend(runs.effects);
+    Ok(Some(Maintained { effects, tails }))
+}
+
+/// An hour's stored steps (in time order) with this transaction's changes
+/// added: the steps it will hold.
+fn with_changes(
+    stored: Vec<(i64, Decimal)>,
+    changes: &[(i64, Decimal)],
+) -> Result<Vec<(i64, Decimal)>, StoreError> {
+    let mut all: BTreeMap<i64, Decimal> = stored.into_iter().collect();
+    for (at, change) in changes {
+        let step = all.entry(*at).or_default();
+        *step = plus(*step, *change)?;
+    }
+    Ok(all.into_iter().filter(|(_, step)| !step.is_zero()).collect())
+}
+
+/// What recomputing the written sandboxes' runs found.
+struct RunChanges {
+    /// Removals before additions, per subject.
+    effects: Vec<OrgEffect>,
+    removed: Vec<(String, Run)>,
+    added: Vec<(String, Run)>,
+    /// Each sandbox's runs from where they were recomputed, as (start, end).
+    after: BTreeMap<SubjectKey, Vec<(i64, Option<i64>)>>,
 }
 
 /// Where a sandbox's runs are recomputed from: its stored runs from some
@@ -322,9 +417,7 @@ struct RunSource {
     history: Vec<(i64, Decimal)>,
 }
 
-/// Recomputes the runs of the sandboxes written and stores the difference;
-/// returns it as effects (removals before additions, per subject) and each
-/// sandbox's runs from where they were recomputed, as (start, end).
+/// Recomputes the runs of the sandboxes written: what changed, to store.
 ///
 /// A sandbox whose tail answered needs no read ([`Tail::run_window`]).
 /// Otherwise nothing before its first written instant changed, so its runs
@@ -332,10 +425,7 @@ struct RunSource {
 /// before that instant (the level is not above zero just before a run
 /// starts, so the runs from there on depend only on the records from
 /// there on): the read is one run and what follows, not the history.
-async fn runs(
-    tx: &mut impl RollupTx,
-    hoods: &BTreeMap<SubjectKey, Hood>,
-) -> Result<(Vec<OrgEffect>, BTreeMap<SubjectKey, Vec<(i64, Option<i64>)>>), StoreError> {
+async fn runs(tx: &mut impl RollupTx, hoods: &BTreeMap<SubjectKey, Hood>) -> Result<RunChanges, StoreError> {
     let mut sources: BTreeMap<&SubjectKey, RunSource> = BTreeMap::new();
     // Sandboxes the tails do not answer for, with the first instant written.
     let mut unread: Vec<(&SubjectKey, i64)> = Vec::new();
@@ -371,8 +461,7 @@ async fn runs(
         }
         after_runs.insert(key.clone(), after.into_iter().map(|r| (r.started_ms, r.ended_ms)).collect());
     }
-    tx.change_runs(&removed, &added).await?;
-    Ok((effects, after_runs))
+    Ok(RunChanges { effects, removed, added, after: after_runs })
 }
 
 /// Reads the run sources of `sandboxes` (each with its first written
@@ -417,7 +506,7 @@ async fn read_run_sources<'k>(
 async fn neighbourhoods(
     tx: &mut impl RollupTx,
     levels: LevelWrites,
-    known: KnownTails<'_>,
+    tails: Option<&dyn Tails>,
 ) -> Result<BTreeMap<SubjectKey, Hood>, StoreError> {
     let mut out = BTreeMap::new();
     if levels.is_empty() {
@@ -427,7 +516,7 @@ async fn neighbourhoods(
     tx.lock_subjects(&subjects).await?;
     let mut unread: LevelWrites = BTreeMap::new();
     for (subject, written) in levels {
-        match known(&subject).filter(|t| t.covers(&written)) {
+        match tails.and_then(|t| t.tail(&subject)).filter(|t| t.covers(&written)) {
             Some(tail) => {
                 out.insert(subject, Hood { hood: tail.neighbourhood(written), tail: Some(tail) });
             }

@@ -100,11 +100,7 @@ impl SqliteStore {
         let Maintained { effects, tails } = if changes.is_empty() {
             Maintained { effects: Vec::new(), tails: Vec::new() }
         } else {
-            // The records are written, so this transaction holds the write
-            // lock: no other connection can commit before it does.
-            let data_version: i64 = sqlx::query_scalar("PRAGMA data_version").fetch_one(&mut *tx).await?;
-            self.tails.validate(data_version);
-            super::rollup::maintain(&mut *tx, &changes, &|subject| self.tails.get(subject)).await?
+            super::rollup::maintain(&mut *tx, &changes, &self.tails).await?
         };
         let Some(hook) = self.hook.get().filter(|_| !effects.is_empty()) else {
             tx.commit().await?;

@@ -2,7 +2,7 @@
 //! sums are computed in Rust: the one writer connection reads, adds and
 //! writes within the transaction. Key lists go in as JSON arrays.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -11,7 +11,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::StoreError;
 use super::rollup::{
-    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, SubjectKey, fold_records,
+    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
+    SubjectKey, fold_records,
 };
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
@@ -42,14 +43,71 @@ fn series_keys<'a>(keys: impl Iterator<Item = &'a (SeriesKey, i64)>) -> String {
 }
 
 /// `FROM … JOIN table` on the (org, metric, time) keys of a JSON list bound
-/// as ?1: one primary-key probe per key (a row-value `IN (SELECT …)` would
-/// use only (org, metric) and scan the series).
-fn by_keys(table: &str, time: &str) -> String {
+/// as `param`: one primary-key probe per key (a row-value `IN (SELECT …)`
+/// would use only (org, metric) and scan the series).
+fn by_keys(param: &str, table: &str, time: &str) -> String {
     format!(
-        "FROM json_each(?1) AS k JOIN {table} AS t ON t.org_id = json_extract(k.value, '$[0]')
+        "FROM json_each({param}) AS k JOIN {table} AS t ON t.org_id = json_extract(k.value, '$[0]')
          AND t.metric = json_extract(k.value, '$[1]') AND t.{time} = json_extract(k.value, '$[2]')"
     )
 }
+
+/// The rows a commit's rollup write starts from, and `data_version`, in one
+/// statement: ?1 hour keys, ?2 step keys, ?3 month keys (JSON). Columns are
+/// the hours' (steps put `step` in `delta_sum`; months leave the hour-only
+/// columns NULL); `tbl` says which table a row is from.
+static LOAD_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT 'h' AS tbl, t.org_id, t.metric, t.hour_ms AS at_ms, t.delta_sum, t.records, t.level_step,
+                t.level_moment, t.level_open, t.level_peak, t.level_last_at_ms {hours}
+         UNION ALL
+         SELECT 's', t.org_id, t.metric, t.at_ms, t.step, NULL, NULL, NULL, NULL, NULL, NULL {steps}
+         UNION ALL
+         SELECT 'm', t.org_id, t.metric, t.month_ms, t.delta_sum, t.records, t.level_step, t.level_moment,
+                NULL, NULL, NULL {months}
+         UNION ALL
+         SELECT 'v', NULL, NULL, data_version, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM pragma_data_version",
+        hours = by_keys("?1", LIVE.hours, "hour_ms"),
+        steps = by_keys("?2", LIVE.steps, "at_ms"),
+        months = by_keys("?3", LIVE.months, "month_ms"),
+    )
+});
+
+/// A commit's rollup rows, written by one multi-statement round trip: the
+/// parameters are steps, hours, months and runs in that order, as JSON
+/// arrays of rows (values as canonical decimal text). Each statement has one
+/// plain `?`: sqlx binds those in order across statements, while a numbered
+/// `?N` in a later statement would be left unbound. `WHERE true` lets
+/// `ON CONFLICT` follow a SELECT.
+const WRITE_ROWS: &str = "
+    INSERT INTO rollup_steps (org_id, metric, at_ms, step)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+           json_extract(value, '$[3]')
+    FROM json_each(?) WHERE true
+    ON CONFLICT (org_id, metric, at_ms) DO UPDATE SET step = excluded.step;
+    INSERT INTO rollup_hours (org_id, metric, hour_ms, delta_sum, records, level_step, level_moment, level_open,
+                              level_peak, level_last_at_ms)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+           json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+           json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'),
+           json_extract(value, '$[9]')
+    FROM json_each(?) WHERE true
+    ON CONFLICT (org_id, metric, hour_ms) DO UPDATE SET delta_sum = excluded.delta_sum, records = excluded.records,
+        level_step = excluded.level_step, level_moment = excluded.level_moment, level_open = excluded.level_open,
+        level_peak = excluded.level_peak, level_last_at_ms = excluded.level_last_at_ms;
+    INSERT INTO rollup_months (org_id, metric, month_ms, level_step, delta_sum, records, level_moment)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+           json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+           json_extract(value, '$[6]')
+    FROM json_each(?) WHERE true
+    ON CONFLICT (org_id, metric, month_ms) DO UPDATE SET level_step = excluded.level_step,
+        delta_sum = excluded.delta_sum, records = excluded.records, level_moment = excluded.level_moment;
+    INSERT INTO rollup_runs (org_id, subject, started_ms, ended_ms, length_ms)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+           json_extract(value, '$[3]'), json_extract(value, '$[4]')
+    FROM json_each(?) WHERE true
+    ON CONFLICT (org_id, subject, started_ms) DO UPDATE SET ended_ms = excluded.ended_ms,
+        length_ms = excluded.length_ms;";
 
 fn hour_from_row(row: &SqliteRow) -> Result<Hour, StoreError> {
     let peak: Option<String> = row.try_get("level_peak")?;
@@ -211,49 +269,152 @@ async fn write_values(
     Ok(())
 }
 
-/// Adds to (series, time) values, deleting those that become zero.
-async fn add_values(
-    conn: &mut SqliteConnection,
-    table: &str,
-    time: &str,
-    value: &str,
-    rows: &[((SeriesKey, i64), Decimal)],
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let stored =
-        sqlx::query(&format!("SELECT t.org_id, t.metric, t.{time}, t.{value} {}", by_keys(table, time)))
-            .bind(series_keys(rows.iter().map(|(k, _)| k)))
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut sums: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
-    for row in &stored {
-        sums.insert(key_from_row(row, time)?, quantity(&row.try_get::<String, _>(value)?)?);
-    }
-    let mut keep = Vec::with_capacity(rows.len());
-    let mut zero = Vec::new();
-    for (key, add) in rows {
-        let was = sums.get(key).copied().unwrap_or(Decimal::ZERO);
-        let now =
-            was.checked_add(*add).ok_or_else(|| StoreError::Corrupt("rollup sum overflows".to_owned()))?;
-        if now.is_zero() { zero.push(key) } else { keep.push((key.clone(), now)) }
-    }
-    write_values(conn, table, time, value, &keep).await?;
-    // Rare (a step corrected back to nothing): one primary-key delete each.
-    for (series, t) in zero {
-        sqlx::query(&format!("DELETE FROM {table} WHERE org_id = ?1 AND metric = ?2 AND {time} = ?3"))
-            .bind(&series.org_id)
-            .bind(&series.metric)
-            .bind(*t)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl RollupTx for SqliteConnection {
+    async fn load_rows(
+        &mut self,
+        hours: &[(SeriesKey, i64)],
+        steps: &[(SeriesKey, i64)],
+        months: &[(SeriesKey, i64)],
+    ) -> Result<StoredRows, StoreError> {
+        let rows = sqlx::query(LOAD_ROWS.as_str())
+            .bind(series_keys(hours.iter()))
+            .bind(series_keys(steps.iter()))
+            .bind(series_keys(months.iter()))
+            .fetch_all(&mut *self)
+            .await?;
+        let mut stored = StoredRows::default();
+        for row in &rows {
+            let tbl: String = row.try_get("tbl")?;
+            if tbl == "v" {
+                stored.data_version = Some(row.try_get("at_ms")?);
+                continue;
+            }
+            let key = key_from_row(row, "at_ms")?;
+            match tbl.as_str() {
+                "h" => {
+                    stored.hours.insert(key, hour_from_row(row)?);
+                }
+                "s" => {
+                    stored.steps.insert(key, quantity(&row.try_get::<String, _>("delta_sum")?)?);
+                }
+                _ => {
+                    stored.months.insert(key, month_from_row(row)?);
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn write_rows(&mut self, stored: &StoredRows, write: &RollupWrite) -> Result<(), StoreError> {
+        let corrupt = |e: meterd_units::QuantityError| StoreError::Corrupt(format!("rollup sum: {e}"));
+        // Steps and months: what is stored plus the changes; a row that
+        // becomes zero is deleted (rare: a step corrected back to nothing).
+        let (mut steps, mut zero_steps) = (Vec::new(), Vec::new());
+        for (key, change) in &write.steps {
+            let was = stored.steps.get(key).copied().unwrap_or(Decimal::ZERO);
+            let now = was
+                .checked_add(*change)
+                .ok_or(meterd_units::QuantityError::Overflow("step"))
+                .map_err(corrupt)?;
+            if now.is_zero() {
+                zero_steps.push(key);
+            } else {
+                steps.push((key.0.org_id.as_str(), key.0.metric.as_str(), key.1, text(now)));
+            }
+        }
+        let (mut months, mut zero_months) = (Vec::new(), Vec::new());
+        for (key, change) in &write.months {
+            let mut month = stored.months.get(key).cloned().unwrap_or_default();
+            month.add(change).map_err(corrupt)?;
+            if month.is_zero() {
+                zero_months.push(key);
+            } else {
+                months.push((
+                    key.0.org_id.as_str(),
+                    key.0.metric.as_str(),
+                    key.1,
+                    text(month.level_step),
+                    text(month.delta_sum),
+                    month.records,
+                    text(month.level_moment),
+                ));
+            }
+        }
+        let hours: Vec<serde_json::Value> = write
+            .hours
+            .iter()
+            .map(|((s, h), hour)| {
+                serde_json::json!([
+                    s.org_id,
+                    s.metric,
+                    h,
+                    text(hour.delta_sum),
+                    hour.records,
+                    text(hour.level_step),
+                    text(hour.level_moment),
+                    text(hour.level_open),
+                    hour.level_peak.map(text),
+                    hour.level_last_at
+                ])
+            })
+            .collect();
+        let runs: Vec<(&str, &str, i64, Option<i64>, Option<i64>)> = write
+            .runs_added
+            .iter()
+            .map(|(org, r)| {
+                (
+                    org.as_str(),
+                    r.subject.as_str(),
+                    r.started_ms,
+                    r.ended_ms,
+                    r.ended_ms.map(|e| e - r.started_ms),
+                )
+            })
+            .collect();
+        sqlx::query(WRITE_ROWS)
+            .bind(json(&steps))
+            .bind(json(&hours))
+            .bind(json(&months))
+            .bind(json(&runs))
+            .execute(&mut *self)
+            .await?;
+        for (table, time, keys) in
+            [(LIVE.steps, "at_ms", &zero_steps), (LIVE.months, "month_ms", &zero_months)]
+        {
+            for (series, t) in keys.iter().copied() {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE org_id = ?1 AND metric = ?2 AND {time} = ?3"
+                ))
+                .bind(&series.org_id)
+                .bind(&series.metric)
+                .bind(*t)
+                .execute(&mut *self)
+                .await?;
+            }
+        }
+        // A run that ends is removed open and added ended under one key:
+        // the insert replaced it, so only runs no longer there are deleted.
+        let replaced: HashSet<(&str, &str, i64)> = write
+            .runs_added
+            .iter()
+            .map(|(org, run)| (org.as_str(), run.subject.as_str(), run.started_ms))
+            .collect();
+        let gone = write
+            .runs_removed
+            .iter()
+            .filter(|(org, run)| !replaced.contains(&(org.as_str(), run.subject.as_str(), run.started_ms)));
+        for (org, run) in gone {
+            sqlx::query("DELETE FROM rollup_runs WHERE org_id = ?1 AND subject = ?2 AND started_ms = ?3")
+                .bind(org)
+                .bind(&run.subject)
+                .bind(run.started_ms)
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn lock_subjects(&mut self, _subjects: &[SubjectKey]) -> Result<(), StoreError> {
         // One writer connection: transactions are serialized already.
         Ok(())
@@ -308,55 +469,6 @@ impl RollupTx for SqliteConnection {
             .collect()
     }
 
-    async fn add_steps(&mut self, rows: &[((SeriesKey, i64), Decimal)]) -> Result<(), StoreError> {
-        add_values(self, LIVE.steps, "at_ms", "step", rows).await
-    }
-
-    async fn load_hours(
-        &mut self,
-        keys: &[(SeriesKey, i64)],
-    ) -> Result<BTreeMap<(SeriesKey, i64), Hour>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT t.* {}", by_keys(LIVE.hours, "hour_ms")))
-            .bind(series_keys(keys.iter()))
-            .fetch_all(&mut *self)
-            .await?;
-        rows.iter().map(|row| Ok((key_from_row(row, "hour_ms")?, hour_from_row(row)?))).collect()
-    }
-
-    async fn save_hours(&mut self, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError> {
-        write_hours(self, LIVE.hours, rows).await
-    }
-
-    async fn add_months(&mut self, rows: &[((SeriesKey, i64), Month)]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let stored = sqlx::query(&format!("SELECT t.* {}", by_keys(LIVE.months, "month_ms")))
-            .bind(series_keys(rows.iter().map(|(k, _)| k)))
-            .fetch_all(&mut *self)
-            .await?;
-        let mut months: BTreeMap<(SeriesKey, i64), Month> = BTreeMap::new();
-        for row in &stored {
-            months.insert(key_from_row(row, "month_ms")?, month_from_row(row)?);
-        }
-        let (mut keep, mut zero) = (Vec::with_capacity(rows.len()), Vec::new());
-        for (key, change) in rows {
-            let mut month = months.remove(key).unwrap_or_default();
-            month.add(change).map_err(|e| StoreError::Corrupt(format!("rollup month: {e}")))?;
-            if month.is_zero() { zero.push(key) } else { keep.push((key.clone(), month)) }
-        }
-        write_months(self, LIVE.months, &keep).await?;
-        for (series, m) in zero {
-            sqlx::query("DELETE FROM rollup_months WHERE org_id = ?1 AND metric = ?2 AND month_ms = ?3")
-                .bind(&series.org_id)
-                .bind(&series.metric)
-                .bind(*m)
-                .execute(&mut *self)
-                .await?;
-        }
-        Ok(())
-    }
-
     async fn subject_levels(
         &mut self,
         subjects: &[(SubjectKey, i64)],
@@ -392,29 +504,6 @@ impl RollupTx for SqliteConnection {
         .fetch_all(&mut *self)
         .await?;
         rows.iter().map(run_from_row).collect()
-    }
-
-    async fn change_runs(
-        &mut self,
-        removed: &[(String, Run)],
-        added: &[(String, Run)],
-    ) -> Result<(), StoreError> {
-        // A run that ends is removed open and added ended under one key:
-        // the insert replaces it, so only runs no longer there are deleted.
-        let replaced: HashSet<(&str, &str, i64)> =
-            added.iter().map(|(org, run)| (org.as_str(), run.subject.as_str(), run.started_ms)).collect();
-        let gone = removed
-            .iter()
-            .filter(|(org, run)| !replaced.contains(&(org.as_str(), run.subject.as_str(), run.started_ms)));
-        for (org, run) in gone {
-            sqlx::query("DELETE FROM rollup_runs WHERE org_id = ?1 AND subject = ?2 AND started_ms = ?3")
-                .bind(org)
-                .bind(&run.subject)
-                .bind(run.started_ms)
-                .execute(&mut *self)
-                .await?;
-        }
-        write_runs(self, LIVE.runs, added).await
     }
 
     async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError> {

@@ -2,16 +2,16 @@
 //! `meter::rollup::tail`), bounded, and dropped whenever it may be wrong.
 //!
 //! It is only true of the database while nothing but this writer writes:
-//! the writer reads SQLite's `data_version` in each transaction that
-//! writes levels (it changes when another connection, e.g. another
-//! process, has committed) and forgets everything when it moved. Tails of
-//! a transaction are remembered only once it has committed; any error
-//! forgets everything.
+//! each commit's rollup read also reads SQLite's `data_version` (it changes
+//! when another connection, e.g. another process, has committed); when it
+//! moved, everything is forgotten and the commit's rollup work is done
+//! again from reads (it has written nothing yet). Tails of a transaction
+//! are remembered only once it has committed; any error forgets everything.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::rollup::SubjectKey;
+use super::rollup::{SubjectKey, Tails};
 use crate::meter::rollup::tail::Tail;
 
 /// Subjects remembered at most (two generations of half each: a subject
@@ -38,17 +38,6 @@ impl TailMemory {
         // matters: at worst tails are forgotten.
         let mut guard = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
-    }
-
-    /// Forgets every tail unless they are true of `data_version`.
-    pub fn validate(&self, data_version: i64) {
-        self.with(|g| {
-            if g.data_version != Some(data_version) {
-                g.current.clear();
-                g.older.clear();
-                g.data_version = Some(data_version);
-            }
-        })
     }
 
     pub fn get(&self, subject: &SubjectKey) -> Option<Tail> {
@@ -83,6 +72,27 @@ impl TailMemory {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.with(|g| g.current.len() + g.older.len())
+    }
+}
+
+impl Tails for TailMemory {
+    fn tail(&self, subject: &SubjectKey) -> Option<Tail> {
+        self.get(subject)
+    }
+
+    /// The version is read while the transaction holds the write lock
+    /// (records were written first), so no commit can come between it and
+    /// the transaction's own.
+    fn validate(&self, data_version: i64) -> bool {
+        self.with(|g| {
+            let valid = g.data_version == Some(data_version);
+            if !valid {
+                g.current.clear();
+                g.older.clear();
+                g.data_version = Some(data_version);
+            }
+            valid
+        })
     }
 }
 
