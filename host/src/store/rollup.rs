@@ -4,11 +4,13 @@
 //!
 //! Per transaction: the level records written are grouped by subject; the
 //! subjects are locked (PostgreSQL: two replicas writing one subject's
-//! levels would each miss the other's record); their neighbourhoods are
-//! read and turned into step changes; then the steps, hours and months
-//! touched are read, changed and written back, each set in key order (so
-//! replicas lock rows in one order). An hour whose new steps do not all
-//! come after its last one is re-summarized from its stored steps.
+//! levels would each miss the other's record); their neighbourhoods (and
+//! the sandboxes' runs) are built from the writer's tails where those
+//! answer, else read, and turned into step and run changes; then the
+//! hours, steps and months touched are loaded (hours locked, in key order,
+//! so replicas lock rows in one order), changed, and written at the end.
+//! An hour whose new steps do not all come after its last one is
+//! re-summarized from its stored steps plus this transaction's.
 
 use std::collections::{BTreeMap, BTreeSet};
 

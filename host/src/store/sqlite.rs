@@ -79,6 +79,9 @@ impl SqliteStore {
         changes: Vec<OrgChange>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        // This transaction holds the one writer connection, so whoever holds
+        // the guard has committed already and is only settling its tails.
+        let _settling = self.tails.settle().await;
         match self.maintain_and_commit(tx, changes, now_ms).await {
             Ok(tails) => {
                 self.tails.remember(tails);

@@ -30,9 +30,19 @@ struct Generations {
 #[derive(Default)]
 pub(super) struct TailMemory {
     inner: Mutex<Generations>,
+    /// Held by a transaction from before it reads tails until its own are
+    /// remembered or forgotten: the next transaction can begin as soon as
+    /// this one commits, and must not read tails it made stale.
+    settling: tokio::sync::Mutex<()>,
 }
 
 impl TailMemory {
+    /// Waits until no other transaction is between reading tails and
+    /// settling its own; hold the guard until this one has settled.
+    pub async fn settle(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.settling.lock().await
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Generations) -> T) -> T {
         // A panic while holding the lock leaves nothing half-written that
         // matters: at worst tails are forgotten.
