@@ -180,10 +180,6 @@ async fn write_runs(
                 .push_bind(run.ended_ms)
                 .push_bind(run.ended_ms.map(|e| e - run.started_ms));
         });
-        insert.push(
-            " ON CONFLICT (org_id, subject, started_ms) DO UPDATE SET ended_ms = excluded.ended_ms,
-              length_ms = excluded.length_ms",
-        );
         insert.build().execute(&mut *conn).await?;
     }
     Ok(())
