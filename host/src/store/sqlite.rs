@@ -236,8 +236,65 @@ async fn write_records(
     if rows.is_empty() {
         return Ok(counts);
     }
-    // What is already stored under these keys.
-    let mut existing: HashMap<(String, String, i64), (i64, String)> = HashMap::new();
+    // Insert the first row of each key; RETURNING names the keys that were
+    // new, so the usual batch (all new) needs no lookup first.
+    let mut seen = HashSet::with_capacity(rows.len());
+    let first: Vec<bool> =
+        rows.iter().map(|row| seen.insert((row.plugin, row.record.event_id.as_str(), row.seq))).collect();
+    let firsts: Vec<&RecordRow> = rows.iter().zip(&first).filter(|(_, f)| **f).map(|(r, _)| r).collect();
+    let inserted = insert_records(tx, &firsts).await?;
+    // The rest are stored already: look up what they hold now.
+    let stored_keys: Vec<&RecordRow> =
+        firsts.iter().copied().filter(|row| !inserted.contains(&record_key(row))).collect();
+    let mut stored = lookup_records(tx, &stored_keys).await?;
+    for (row, first) in rows.iter().zip(first) {
+        let key = record_key(row);
+        if inserted.contains(&key) {
+            // A key twice in one batch: the first is inserted, the second
+            // is a duplicate of it.
+            if first {
+                counts.inserted += 1;
+                changes.push(org_change(row.record, None));
+            } else {
+                counts.duplicates += 1;
+            }
+            continue;
+        }
+        let (id, current) = stored
+            .get_mut(&key)
+            .ok_or_else(|| StoreError::Corrupt(format!("record {key:?} neither inserted nor stored")))?;
+        let quantity = meterd_units::format_quantity(row.record.quantity);
+        if *current == quantity {
+            counts.duplicates += 1;
+            continue;
+        }
+        let previous = meterd_units::parse_quantity(current)
+            .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))?;
+        let correction = Correction { id: *id, plugin: row.plugin, seq: row.seq, record: row.record };
+        if !correct(tx, &correction, current, &quantity, row.delivery_id, now_ms).await? {
+            return Err(StoreError::Corrupt(format!("record {key:?} changed under the one writer")));
+        }
+        // A later row of this key in the batch corrects from this one.
+        *current = quantity;
+        changes.push(org_change(row.record, Some(previous)));
+        counts.corrected += 1;
+    }
+    Ok(counts)
+}
+
+/// A record's dedup key: (plugin, event id, seq).
+type OwnedKey = (String, String, i64);
+
+fn record_key(row: &RecordRow<'_>) -> OwnedKey {
+    (row.plugin.to_owned(), row.record.event_id.clone(), row.seq)
+}
+
+/// The stored (row id, quantity text) of these records' keys.
+async fn lookup_records(
+    tx: &mut SqliteConnection,
+    rows: &[&RecordRow<'_>],
+) -> Result<HashMap<OwnedKey, (i64, String)>, StoreError> {
+    let mut out = HashMap::with_capacity(rows.len());
     for chunk in rows.chunks(KEYS_PER_LOOKUP) {
         let mut lookup = QueryBuilder::<Sqlite>::new(
             "SELECT id, plugin, event_id, seq, quantity FROM usage_records WHERE (plugin, event_id) IN (",
@@ -252,37 +309,13 @@ async fn write_records(
         }
         lookup.push(")");
         for found in lookup.build().fetch_all(&mut *tx).await? {
-            existing.insert(
+            out.insert(
                 (found.try_get("plugin")?, found.try_get("event_id")?, found.try_get("seq")?),
                 (found.try_get("id")?, found.try_get("quantity")?),
             );
         }
     }
-    let mut fresh = Vec::new();
-    let mut fresh_keys = HashSet::new();
-    for row in rows {
-        let quantity = meterd_units::format_quantity(row.record.quantity);
-        match existing.get(&(row.plugin.to_owned(), row.record.event_id.clone(), row.seq)) {
-            // A key twice in one batch: the first is inserted, the second
-            // is a duplicate of it.
-            None if !fresh_keys.insert((row.plugin, row.record.event_id.as_str(), row.seq)) => {
-                counts.duplicates += 1;
-            }
-            None => fresh.push(row),
-            Some((_, stored)) if *stored == quantity => counts.duplicates += 1,
-            Some((id, stored)) => {
-                let previous = meterd_units::parse_quantity(stored)
-                    .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))?;
-                changes.push(org_change(row.record, Some(previous)));
-                let correction = Correction { id: *id, plugin: row.plugin, seq: row.seq, record: row.record };
-                correct(tx, &correction, stored, &quantity, row.delivery_id, now_ms).await?;
-                counts.corrected += 1;
-            }
-        }
-    }
-    counts.inserted += insert_records(tx, &fresh).await? as usize;
-    changes.extend(fresh.iter().map(|row| org_change(row.record, None)));
-    Ok(counts)
+    Ok(out)
 }
 
 /// A stored record to correct: its row id and dedup key.
@@ -332,10 +365,13 @@ async fn correct(
     Ok(true)
 }
 
-/// Inserts records whose keys are new; returns how many were (a key that
-/// exists after all is skipped).
-async fn insert_records(tx: &mut SqliteConnection, rows: &[&RecordRow<'_>]) -> Result<u64, StoreError> {
-    let mut inserted = 0;
+/// Inserts records whose keys are new, each key once; returns the keys
+/// that were (a stored key is skipped).
+async fn insert_records(
+    tx: &mut SqliteConnection,
+    rows: &[&RecordRow<'_>],
+) -> Result<HashSet<OwnedKey>, StoreError> {
+    let mut inserted = HashSet::with_capacity(rows.len());
     for chunk in rows.chunks(RECORD_ROWS_PER_INSERT) {
         let mut insert = QueryBuilder::<Sqlite>::new(
             "INSERT INTO usage_records (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes) ",
@@ -356,10 +392,10 @@ async fn insert_records(tx: &mut SqliteConnection, rows: &[&RecordRow<'_>]) -> R
                 .push_bind(r.window_start_ms)
                 .push_bind(attributes);
         });
-        // Keys were looked up in this transaction (the only writer) and
-        // made distinct above, so every row is new; the clause is a guard.
-        insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING");
-        inserted += insert.build().execute(&mut *tx).await?.rows_affected();
+        insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING RETURNING plugin, event_id, seq");
+        for row in insert.build().fetch_all(&mut *tx).await? {
+            inserted.insert((row.try_get("plugin")?, row.try_get("event_id")?, row.try_get("seq")?));
+        }
     }
     Ok(inserted)
 }
@@ -1010,7 +1046,7 @@ impl Deliveries for SqliteStore {
             }
         }
         let rows: Vec<&RecordRow> = inserts.iter().collect();
-        if insert_records(&mut tx, &rows).await? != rows.len() as u64 {
+        if insert_records(&mut tx, &rows).await?.len() != rows.len() {
             return Err(StoreError::Conflict("a record to insert was stored meanwhile".to_owned()));
         }
         self.finish(tx, fixes.iter().map(fix_change).collect(), now_ms).await

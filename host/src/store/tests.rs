@@ -128,6 +128,7 @@ conformance!(
     rollups_equal_the_engine_on_random_histories_and_after_a_rebuild,
     two_writers_correcting_one_record_audit_it_once,
     grouped_queries_read_in_pages_equal_the_engine_over_the_whole_range,
+    corrections_of_one_record_in_one_batch_apply_in_order,
 );
 
 fn record(event_id: &str, quantity: i64) -> UsageRecord {
@@ -236,6 +237,26 @@ async fn a_revised_window_is_a_correction_applied_once_with_an_audit_row(store: 
     let states = store.poll_states().await.unwrap();
     assert_eq!(states[0].cursor.as_deref(), Some("c3"));
     assert_eq!(states[0].last_success_ms, Some(1_000));
+}
+
+/// Two deliveries in one commit batch revise the same stored record: the
+/// batch reads as the two arriving one after the other.
+async fn corrections_of_one_record_in_one_batch_apply_in_order(store: Arc<dyn Store>) {
+    store.commit(&[delivery("d1", vec![record("x", 1)])]).await.unwrap();
+    let batch = [
+        delivery("d2", vec![record("x", 2), record("y", 7)]),
+        delivery("d3", vec![record("x", 3), record("y", 9)]),
+        delivery("d4", vec![record("x", 3)]),
+    ];
+    let outcomes = store.commit(&batch).await.unwrap();
+    assert!(outcomes.iter().all(|o| !o.duplicate), "{outcomes:?}");
+    // x: 1 → 2 → 3, then 3 again (a duplicate); y: new in d2, and the
+    // first row of a new key wins within a batch, so d3's 9 is a duplicate.
+    assert_eq!(total(store.as_ref()).await, Decimal::from(3 + 7));
+    let audit = store.corrections("e2b", "x").await.unwrap();
+    assert_eq!(audit, vec![(0, Decimal::from(1), Decimal::from(2)), (0, Decimal::from(2), Decimal::from(3))]);
+    let check = store.check_rollups(5).await.unwrap();
+    assert_eq!(check.differences, 0, "{:?}", check.examples);
 }
 
 async fn a_lease_is_exclusive_until_it_expires_and_fences_stale_holders(store: Arc<dyn Store>) {
