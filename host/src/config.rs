@@ -24,6 +24,8 @@ use crate::plans::settings::{
 use crate::plugin::PluginSettings;
 
 pub const DEFAULT_FILE: &str = "meterd.toml";
+/// At most this many `rollup_group_by` keys.
+const MAX_ROLLUP_GROUP_BY: usize = 8;
 const ENV_PREFIX: &str = "METERD_";
 const PLUGIN_ENV_PREFIX: &str = "METERD_PLUGINS__";
 /// `METERD_…` variables that are not configuration keys.
@@ -57,6 +59,9 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginSettings>,
     /// Built-in meters, overridden or extended by `[meters.<name>]`.
     pub meters: Vec<MeterDef>,
+    /// Attribute keys whose grouped sums and counts are rolled up (see
+    /// `meter::rollup::groups`); a change rebuilds the rollups at start-up.
+    pub rollup_group_by: Vec<String>,
     /// Built-in plans overridden or extended by `[plans.<name>]`, prices.
     pub plans: PlanBook,
     /// `[notifications]`: thresholds, endpoints, retries.
@@ -97,6 +102,8 @@ struct File {
     plugins: BTreeMap<String, toml::Table>,
     #[serde(default)]
     meters: BTreeMap<String, MeterFile>,
+    #[serde(default)]
+    rollup_group_by: Vec<String>,
     #[serde(default)]
     default_plan: Option<String>,
     #[serde(default)]
@@ -231,6 +238,15 @@ fn apply_env(
                     .parse::<i64>()
                     .map(toml::Value::Integer)
                     .map_err(|_| format!("{var}: {value:?} is not a whole number"))?,
+                // A list, comma-separated (empty: none).
+                "rollup_group_by" => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(|k| toml::Value::String(k.to_owned()))
+                        .collect(),
+                ),
                 _ => toml::Value::String(value),
             };
             overridden.insert(key.clone(), var);
@@ -322,6 +338,23 @@ impl File {
                 None => meters.push(def),
             }
         }
+        let mut rollup_group_by: Vec<String> = Vec::new();
+        for key in self.rollup_group_by {
+            if !crate::record::valid_attribute_key(&key) {
+                return Err(format!(
+                    "key `rollup_group_by`: {key:?} is not an attribute name (1-64 characters of a-z, A-Z, 0-9, '_', '-', '.', ':')"
+                ));
+            }
+            if rollup_group_by.contains(&key) {
+                return Err(format!("key `rollup_group_by`: {key:?} is listed twice"));
+            }
+            rollup_group_by.push(key);
+        }
+        if rollup_group_by.len() > MAX_ROLLUP_GROUP_BY {
+            return Err(format!(
+                "key `rollup_group_by`: at most {MAX_ROLLUP_GROUP_BY} keys (each costs every record a row write)"
+            ));
+        }
         let names: Vec<&str> = meters.iter().map(|m| m.name.as_str()).collect();
         let plans = plan_settings::validate(
             plan_settings::Sections {
@@ -349,6 +382,7 @@ impl File {
             payload_retention,
             plugins,
             meters,
+            rollup_group_by,
             plans: plans.book,
             rules: plans.rules,
             notifications: plans.notifications,
@@ -498,6 +532,22 @@ mod tests {
         assert_eq!(documented.plans, defaults.plans);
         assert_eq!(documented.rules, defaults.rules);
         assert_eq!(documented.notifications, defaults.notifications);
+    }
+
+    #[test]
+    fn rollup_group_by_is_a_list_of_attribute_keys_from_the_file_or_the_environment() {
+        assert!(parse("", &[]).unwrap().rollup_group_by.is_empty());
+        let c = parse("rollup_group_by = [\"template_id\", \"region\"]", &[]).unwrap();
+        assert_eq!(c.rollup_group_by, ["template_id", "region"]);
+        let c = parse("", &[("METERD_ROLLUP_GROUP_BY", "template_id, kill_reason")]).unwrap();
+        assert_eq!(c.rollup_group_by, ["template_id", "kill_reason"]);
+        let e = parse("rollup_group_by = [\"a b\"]", &[]).unwrap_err().to_string();
+        assert!(e.contains("rollup_group_by") && e.contains("not an attribute name"), "{e}");
+        let e = parse("rollup_group_by = [\"x\", \"x\"]", &[]).unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+        let many: Vec<String> = (0..9).map(|i| format!("\"k{i}\"")).collect();
+        let e = parse(&format!("rollup_group_by = [{}]", many.join(", ")), &[]).unwrap_err().to_string();
+        assert!(e.contains("at most 8"), "{e}");
     }
 
     #[test]

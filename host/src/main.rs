@@ -271,8 +271,13 @@ async fn rollups(config: &Config, command: RollupsCommand) -> anyhow::Result<()>
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "{} records; stored rollups: {} hours, {} steps, {} months; {} rows differ",
-                    report.records, report.hours, report.steps, report.months, report.differences
+                    "{} records; stored rollups: {} hours, {} steps, {} months, {} group hours; {} rows differ",
+                    report.records,
+                    report.hours,
+                    report.steps,
+                    report.months,
+                    report.group_hours,
+                    report.differences
                 );
                 for example in &report.examples {
                     println!("  {example}");

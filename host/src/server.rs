@@ -37,10 +37,16 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         Arc::new(
             SqliteStore::open(&config.database)
                 .await
-                .with_context(|| format!("opening {}", config.database))?,
+                .with_context(|| format!("opening {}", config.database))?
+                .with_group_by(config.rollup_group_by.clone()),
         )
     } else {
-        Arc::new(PostgresStore::open(&config.database).await.context("opening the PostgreSQL database")?)
+        Arc::new(
+            PostgresStore::open(&config.database)
+                .await
+                .context("opening the PostgreSQL database")?
+                .with_group_by(config.rollup_group_by.clone()),
+        )
     };
     store.migrate().await.context("migrating the database")?;
     Ok(store)

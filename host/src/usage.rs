@@ -158,17 +158,27 @@ impl UsageService {
             now_ms,
             grouped: request.group_by.is_some(),
         };
+        let series = SeriesKey { org_id: request.org_id.clone(), metric: meter.metric.clone() };
         if request.group_by.is_none() {
             // Whole months and hours from their summaries, the ragged ends raw.
-            let series = SeriesKey { org_id: request.org_id.clone(), metric: meter.metric.clone() };
             let plan = rollup::query::plan(request.range, meter.aggregation, now_ms, request.window);
             let input =
                 self.store.rollup_input(&series, &plan, meter.aggregation, request.range.from_ms).await?;
             let report = rollup::query::evaluate(&meter, &engine_query, &input)?;
             return Ok(UsageAnswer { meter, total: report.total, windows: report.windows });
         }
-        // Grouping by an attribute reads the range's records (attributes,
-        // e.g. a sandbox id, are not rolled up), a page at a time.
+        if let Some(key) = request.group_by.as_deref()
+            && matches!(meter.aggregation, meter::Aggregation::Sum | meter::Aggregation::Count)
+            && self.store.group_by().iter().any(|k| k == key)
+        {
+            // A declared key: its group hours, the ragged ends raw.
+            let plan = rollup::query::plan(request.range, meter.aggregation, now_ms, request.window);
+            let input = self.store.group_input(&series, key, &plan).await?;
+            let report = rollup::groups::evaluate_grouped(&meter, &engine_query, &input)?;
+            return Ok(UsageAnswer { meter, total: report.total, windows: report.windows });
+        }
+        // Grouping by any other attribute (or a level aggregation) reads the
+        // range's records, a page at a time.
         let query = PointQuery {
             org_id: &request.org_id,
             metric: &meter.metric,

@@ -2,7 +2,9 @@
 //! the same before and after a restart, and after the database is taken
 //! back to before the rollups existed (migration 0008 and its back-fill run
 //! again at start-up); `meterd rollups check` finds a tampered row and
-//! `meterd rollups rebuild` repairs it. On SQLite and on PostgreSQL.
+//! `meterd rollups rebuild` repairs it; declaring `rollup_group_by` rebuilds
+//! them with group hours, and grouped sums still answer the same. On SQLite
+//! and on PostgreSQL.
 
 mod support;
 
@@ -180,6 +182,19 @@ async fn same_answers_across_restart_and_backfill(mut gw: Gateway, db: Db<'_>) {
     let out = rollups_cli(&gw, &["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_same(&before, &answers(&gw, &ragged).await, "after a rebuild");
+
+    // Declaring `template_id` rebuilds the rollups with its group hours at
+    // the next start-up; grouped sums then read them, and answer the same.
+    gw.stop();
+    let config = std::fs::read_to_string(gw.config_path()).expect("config");
+    std::fs::write(gw.config_path(), format!("rollup_group_by = [\"template_id\"]\n{config}"))
+        .expect("config");
+    gw.restart();
+    assert_same(&before, &answers(&gw, &ragged).await, "with group hours for template_id");
+    let out = rollups_cli(&gw, &["check", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert!(report["group_hours"].as_u64().is_some_and(|n| n > 0), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -67,6 +67,20 @@ impl Merged {
         Ok(self.add(&part, names)?)
     }
 
+    /// Adds the ungrouped report of one group's records as that group's
+    /// part; `named`: whether the group had records that name it (see
+    /// [`names_groups`]).
+    pub fn add_group(
+        &mut self,
+        part: &UsageReport,
+        group: Option<String>,
+        named: bool,
+    ) -> Result<(), QuantityError> {
+        let windows =
+            part.windows.iter().map(|w| WindowValue { group: group.clone(), ..w.clone() }).collect();
+        self.add(&UsageReport { total: part.total, windows }, named)
+    }
+
     /// Adds one part's report; `names_groups` as [`names_groups`] says.
     fn add(&mut self, part: &UsageReport, names_groups: bool) -> Result<(), QuantityError> {
         let add = |a: Decimal, b: Decimal| a.checked_add(b).ok_or(QuantityError::Overflow("merged usage"));

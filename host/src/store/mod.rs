@@ -14,6 +14,7 @@ mod sqlite;
 mod sqlite_rollup;
 mod tails;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::keys::{ApiKey, Scope};
 use crate::meter::period::Range;
+use crate::meter::rollup::groups::GroupInput;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::{Hour, SeriesKey};
 use crate::meter::{Aggregation, Point};
@@ -186,6 +188,7 @@ pub(super) fn org_change(record: &UsageRecord, previous: Option<rust_decimal::De
             quantity: record.quantity,
             previous,
         },
+        attributes: record.attributes.clone(),
     }
 }
 
@@ -267,6 +270,9 @@ pub fn with_seqs(records: &[UsageRecord]) -> Vec<(i64, &UsageRecord)> {
 pub struct OrgChange {
     pub org_id: String,
     pub change: Change,
+    /// The stored record's attributes (a correction keeps the stored ones),
+    /// for the grouped rollups.
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// What a commit changed in one org's metric (see [`Effect`]): what
@@ -436,6 +442,19 @@ pub trait Rollups: Send + Sync {
         aggregation: Aggregation,
         from_ms: i64,
     ) -> Result<RollupInput, StoreError>;
+
+    /// The attribute keys this store keeps group hours for (see
+    /// `meter::rollup::groups`), as configured by `rollup_group_by`.
+    fn group_by(&self) -> &[String];
+
+    /// What `plan` names for a sum or count of one series grouped by a key
+    /// of [`Rollups::group_by`], read in one snapshot.
+    async fn group_input(
+        &self,
+        series: &SeriesKey,
+        key: &str,
+        plan: &ReadPlan,
+    ) -> Result<GroupInput, StoreError>;
 
     /// Replaces the rollups by a recomputation from the raw records (one
     /// transaction; record writers wait); returns the records read.

@@ -34,6 +34,7 @@ use super::{
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::SeriesKey;
+use crate::meter::rollup::groups::GroupInput;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::{Aggregation, Kind, Point};
 use crate::plans::credits::Grant;
@@ -54,6 +55,8 @@ pub struct PostgresStore {
     pool: PgPool,
     options: PgConnectOptions,
     hook: OnceLock<Arc<dyn CommitHook>>,
+    /// The attribute keys rolled up per group (every replica the same).
+    group_by: Vec<String>,
 }
 
 impl PostgresStore {
@@ -74,7 +77,14 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", super::redact_url(url))))?;
-        Ok(Self { pool, options, hook: OnceLock::new() })
+        Ok(Self { pool, options, hook: OnceLock::new(), group_by: Vec::new() })
+    }
+
+    /// Keeps group hours for these attribute keys (before `migrate`, which
+    /// rebuilds the rollups if the database holds other keys').
+    pub fn with_group_by(mut self, keys: Vec<String>) -> Self {
+        self.group_by = keys;
+        self
     }
 
     /// Like the SQLite engine's: tell the hook, store its notices, commit,
@@ -91,7 +101,9 @@ impl PostgresStore {
             return Ok(());
         }
         // Replicas write too, so no tails are kept (see `store::tails`).
-        let effects = super::rollup::maintain(&mut *tx, &changes, &super::rollup::NoTails).await?.effects;
+        let effects = super::rollup::maintain(&mut *tx, &changes, &super::rollup::NoTails, &self.group_by)
+            .await?
+            .effects;
         let id = current_tx(&mut tx).await?;
         let hook = self.hook.get();
         let notices = hook.map(|h| h.records_written(Some(id), &effects, now_ms)).unwrap_or_default();
@@ -254,7 +266,7 @@ async fn write_records(
         rows.iter().map(|r| (r.plugin, r.record.event_id.as_str())).collect();
     let (plugins, events): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
     let found = sqlx::query(
-        "SELECT r.id, r.plugin, r.event_id, r.seq, r.quantity
+        "SELECT r.id, r.plugin, r.event_id, r.seq, r.quantity, r.attributes::text AS attributes
          FROM unnest($1::text[], $2::text[]) AS k(plugin, event_id)
          JOIN usage_records r ON r.plugin = k.plugin AND r.event_id = k.event_id",
     )
@@ -262,11 +274,12 @@ async fn write_records(
     .bind(&events)
     .fetch_all(&mut *tx)
     .await?;
-    let mut existing: HashMap<(String, String, i64), (i64, Decimal)> = HashMap::with_capacity(found.len());
+    let mut existing: HashMap<(String, String, i64), (i64, Decimal, String)> =
+        HashMap::with_capacity(found.len());
     for found in found {
         existing.insert(
             (found.try_get("plugin")?, found.try_get("event_id")?, found.try_get("seq")?),
-            (found.try_get("id")?, found.try_get("quantity")?),
+            (found.try_get("id")?, found.try_get("quantity")?, found.try_get("attributes")?),
         );
     }
     let mut fresh: Vec<&RecordRow> = Vec::new();
@@ -277,8 +290,8 @@ async fn write_records(
                 counts.duplicates += 1;
             }
             None => fresh.push(row),
-            Some((_, stored)) if *stored == row.record.quantity => counts.duplicates += 1,
-            Some((id, _)) => {
+            Some((_, stored, _)) if *stored == row.record.quantity => counts.duplicates += 1,
+            Some((id, _, attributes)) => {
                 // Lock the row and correct from what it holds now: another
                 // replica may have corrected it since the lookup, and only
                 // one of two equal corrections may audit and move standings.
@@ -291,7 +304,10 @@ async fn write_records(
                     counts.duplicates += 1;
                     continue;
                 }
-                changes.push(org_change(row.record, Some(current)));
+                // A correction changes the quantity only: the record stays
+                // in the groups of its stored attributes.
+                let attributes = super::rollup::attributes_of(attributes)?;
+                changes.push(OrgChange { attributes, ..org_change(row.record, Some(current)) });
                 sqlx::query("UPDATE usage_records SET quantity = $1, delivery_id = $2 WHERE id = $3 AND quantity = $4")
                     .bind(row.record.quantity)
                     .bind(row.delivery_id)
@@ -524,9 +540,26 @@ impl Rollups for PostgresStore {
         Ok(input)
     }
 
+    fn group_by(&self) -> &[String] {
+        &self.group_by
+    }
+
+    async fn group_input(
+        &self,
+        series: &SeriesKey,
+        key: &str,
+        plan: &ReadPlan,
+    ) -> Result<GroupInput, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let input = super::rollup::read_group_input(&mut *tx, series, key, plan).await?;
+        tx.commit().await?;
+        Ok(input)
+    }
+
     async fn rebuild_rollups(&self) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let records = postgres_rollup::rebuild(&mut tx).await?;
+        let records = postgres_rollup::rebuild(&mut tx, &self.group_by).await?;
         tx.commit().await?;
         Ok(records)
     }
@@ -534,7 +567,7 @@ impl Rollups for PostgresStore {
     async fn check_rollups(&self, examples: usize) -> Result<RollupCheck, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
-        let report = postgres_rollup::check(&mut tx, examples).await;
+        let report = postgres_rollup::check(&mut tx, examples, &self.group_by).await;
         tx.rollback().await?;
         report
     }
@@ -550,9 +583,9 @@ impl Store for PostgresStore {
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
-        if !postgres_rollup::built(&mut tx).await? {
-            let records = postgres_rollup::rebuild(&mut tx).await?;
-            tracing::info!(records, "rollups back-filled from the stored records");
+        if !postgres_rollup::built(&mut tx, &self.group_by).await? {
+            let records = postgres_rollup::rebuild(&mut tx, &self.group_by).await?;
+            tracing::info!(records, group_by = ?self.group_by, "rollups built from the stored records");
         }
         tx.commit().await?;
         Ok(())

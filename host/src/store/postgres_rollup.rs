@@ -14,16 +14,20 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use super::StoreError;
 use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
-    SubjectKey, fold_records,
+    SubjectKey, attributes_of, fold_records, groups_state,
 };
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
+use crate::meter::rollup::groups::{GroupHour, GroupHourKey};
 use crate::meter::rollup::{Hour, Month, SeriesKey, hour_of};
 use crate::plans::standing::Run;
 
 const ROWS_PER_WRITE: usize = 2_000;
 const STATE_KEY: &str = "rollups";
+const GROUPS_STATE_KEY: &str = "rollup_groups";
+/// The rollup tables, as `rollup_{name}` (a check builds `check_{name}`).
+const TABLES: [&str; 5] = ["hours", "steps", "months", "runs", "group_hours"];
 /// The advisory lock a rebuild holds (replicas starting together back-fill
 /// once).
 const REBUILD_LOCK: i64 = 0x6d65_7465_7264_0001;
@@ -212,6 +216,43 @@ async fn add_months(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Month)])
     Ok(())
 }
 
+/// Adds group hours into `table` (additive: replicas may add to one row at
+/// once; a rebuild writes each row once into an empty table). `rows` in
+/// key order, so replicas lock rows in one order.
+async fn add_group_hours(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[(GroupHourKey, GroupHour)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_WRITE) {
+        let texts =
+            |f: fn(&(GroupHourKey, GroupHour)) -> &str| -> Vec<&str> { chunk.iter().map(f).collect() };
+        let numbers =
+            |f: fn(&(GroupHourKey, GroupHour)) -> i64| -> Vec<i64> { chunk.iter().map(f).collect() };
+        let sums: Vec<Decimal> = chunk.iter().map(|(_, g)| g.delta_sum).collect();
+        sqlx::query(&format!(
+            "INSERT INTO {table} (org_id, metric, group_key, hour_ms, cell, delta_sum, records, deltas)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::numeric[],
+                                  $7::bigint[], $8::bigint[])
+             ON CONFLICT (org_id, metric, group_key, hour_ms, cell) DO UPDATE SET
+                 delta_sum = {table}.delta_sum + excluded.delta_sum,
+                 records = {table}.records + excluded.records,
+                 deltas = {table}.deltas + excluded.deltas"
+        ))
+        .bind(texts(|((s, _, _, _), _)| &s.org_id))
+        .bind(texts(|((s, _, _, _), _)| &s.metric))
+        .bind(texts(|((_, key, _, _), _)| key))
+        .bind(numbers(|((_, _, _, hour), _)| *hour))
+        .bind(texts(|((_, _, cell, _), _)| cell))
+        .bind(&sums)
+        .bind(numbers(|(_, g)| g.records))
+        .bind(numbers(|(_, g)| g.deltas))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 async fn change_runs(
     conn: &mut PgConnection,
     removed: &[(String, Run)],
@@ -241,9 +282,10 @@ impl RollupTx for PgConnection {
         hours: &[(SeriesKey, i64)],
         _steps: &[(SeriesKey, i64)],
         _months: &[(SeriesKey, i64)],
+        _group_hours: &[GroupHourKey],
     ) -> Result<StoredRows, StoreError> {
-        // Steps and months take additive upserts (replicas may add to one
-        // row at once): nothing to read for them.
+        // Steps, months and group hours take additive upserts (replicas may
+        // add to one row at once): nothing to read for them.
         Ok(StoredRows { hours: load_hours(self, hours).await?, ..StoredRows::default() })
     }
 
@@ -251,6 +293,7 @@ impl RollupTx for PgConnection {
         add_steps(self, &write.steps).await?;
         save_hours(self, &write.hours).await?;
         add_months(self, &write.months).await?;
+        add_group_hours(self, "rollup_group_hours", &write.group_hours).await?;
         change_runs(self, &write.runs_removed, &write.runs_added).await
     }
 
@@ -503,18 +546,53 @@ impl RollupTx for PgConnection {
         Ok(level.unwrap_or(Decimal::ZERO))
     }
 
-    async fn points_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<Point>, StoreError> {
+    async fn points_in(
+        &mut self,
+        series: &SeriesKey,
+        range: Range,
+        group_by: Option<&str>,
+    ) -> Result<Vec<Point>, StoreError> {
         let rows = sqlx::query(
-            "SELECT kind, subject, quantity, at_ms, NULL::text AS grp FROM usage_records
+            "SELECT kind, subject, quantity, at_ms, attributes ->> $5 AS grp FROM usage_records
              WHERE org_id = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4",
         )
         .bind(&series.org_id)
         .bind(&series.metric)
         .bind(range.from_ms)
         .bind(range.to_ms)
+        .bind(group_by)
         .fetch_all(&mut *self)
         .await?;
         rows.iter().map(super::postgres::point_from_row).collect()
+    }
+
+    async fn group_hours_in(
+        &mut self,
+        series: &SeriesKey,
+        key: &str,
+        range: Range,
+    ) -> Result<Vec<(String, i64, GroupHour)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT cell, hour_ms, delta_sum, records, deltas FROM rollup_group_hours
+             WHERE org_id = $1 AND metric = $2 AND group_key = $3 AND hour_ms >= $4 AND hour_ms < $5",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(key)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let group = GroupHour {
+                    delta_sum: row.try_get("delta_sum")?,
+                    records: row.try_get("records")?,
+                    deltas: row.try_get("deltas")?,
+                };
+                Ok((row.try_get("cell")?, row.try_get("hour_ms")?, group))
+            })
+            .collect()
     }
 }
 
@@ -598,6 +676,7 @@ async fn write_output(conn: &mut PgConnection, prefix: &str, out: FoldOutput) ->
         out.steps.into_iter().map(|(s, t, v)| ((s, t), v)).collect();
     write_values(conn, &format!("{prefix}_steps"), "at_ms", "step", &steps).await?;
     write_months(conn, &format!("{prefix}_months"), &out.months).await?;
+    add_group_hours(conn, &format!("{prefix}_group_hours"), &out.group_hours).await?;
     write_runs(conn, &format!("{prefix}_runs"), &out.runs).await
 }
 
@@ -622,6 +701,7 @@ impl RebuildTx for Rebuild<'_> {
                     kind: row.try_get("kind")?,
                     quantity: row.try_get("quantity")?,
                     at_ms: row.try_get("at_ms")?,
+                    attributes: attributes_of(&row.try_get::<String, _>("attributes")?)?,
                 })
             })
             .collect()
@@ -634,69 +714,88 @@ impl RebuildTx for Rebuild<'_> {
 
 /// Recomputes the `{prefix}_…` tables (empty) from every raw record;
 /// returns how many records were read.
-async fn fold_into(conn: &mut PgConnection, prefix: &str) -> Result<u64, StoreError> {
-    sqlx::query(
+async fn fold_into(conn: &mut PgConnection, prefix: &str, group_by: &[String]) -> Result<u64, StoreError> {
+    // Attributes are read (and parsed) only when keys are declared.
+    let attributes = if group_by.is_empty() { "'{}'" } else { "attributes::text" };
+    sqlx::query(&format!(
         "DECLARE rollup_records NO SCROLL CURSOR FOR
-         SELECT org_id, metric, subject, kind, quantity, at_ms FROM usage_records ORDER BY org_id, metric, at_ms",
-    )
+         SELECT org_id, metric, subject, kind, quantity, at_ms, {attributes} AS attributes FROM usage_records
+         ORDER BY org_id, metric, at_ms"
+    ))
     .execute(&mut *conn)
     .await?;
-    let read = fold_records(&mut Rebuild { conn: &mut *conn, prefix }).await?;
+    let read = fold_records(&mut Rebuild { conn: &mut *conn, prefix }, group_by).await?;
     sqlx::query("CLOSE rollup_records").execute(&mut *conn).await?;
     Ok(read)
 }
 
 /// Whether the rollups were ever built; waits for a rebuild another
 /// replica is running (call in the transaction that may rebuild).
-pub(super) async fn built(tx: &mut PgConnection) -> Result<bool, StoreError> {
+/// Replicas must declare the same `rollup_group_by`, or each start-up of
+/// one rebuilds what the other built.
+pub(super) async fn built(tx: &mut PgConnection, group_by: &[String]) -> Result<bool, StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REBUILD_LOCK).execute(&mut *tx).await?;
-    let done: Option<String> = sqlx::query_scalar("SELECT value FROM meterd_state WHERE key = $1")
-        .bind(STATE_KEY)
-        .fetch_optional(&mut *tx)
-        .await?;
-    Ok(done.is_some())
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT key, value FROM meterd_state WHERE key IN ($1, $2)")
+            .bind(STATE_KEY)
+            .bind(GROUPS_STATE_KEY)
+            .fetch_all(&mut *tx)
+            .await?;
+    let value = |key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    Ok(value(STATE_KEY).is_some() && value(GROUPS_STATE_KEY).unwrap_or_default() == groups_state(group_by))
 }
 
 /// Replaces the rollups by a recomputation from the raw records, in `tx`.
-pub(super) async fn rebuild(tx: &mut PgConnection) -> Result<u64, StoreError> {
+pub(super) async fn rebuild(tx: &mut PgConnection, group_by: &[String]) -> Result<u64, StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REBUILD_LOCK).execute(&mut *tx).await?;
     // Writers of records lock the rollup rows they change; this lock keeps
     // them out for the rebuild's length.
-    sqlx::query("LOCK TABLE rollup_hours, rollup_steps, rollup_months, rollup_runs IN EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await?;
-    for table in ["hours", "steps", "months", "runs"] {
-        sqlx::query(&format!("DELETE FROM rollup_{table}")).execute(&mut *tx).await?;
-    }
-    let records = fold_into(tx, "rollup").await?;
     sqlx::query(
-        "INSERT INTO meterd_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        "LOCK TABLE rollup_hours, rollup_steps, rollup_months, rollup_runs, rollup_group_hours IN EXCLUSIVE MODE",
     )
-    .bind(STATE_KEY)
-    .bind(format!("built from {records} records"))
     .execute(&mut *tx)
     .await?;
+    for table in TABLES {
+        sqlx::query(&format!("DELETE FROM rollup_{table}")).execute(&mut *tx).await?;
+    }
+    let records = fold_into(tx, "rollup", group_by).await?;
+    for (key, value) in
+        [(STATE_KEY, format!("built from {records} records")), (GROUPS_STATE_KEY, groups_state(group_by))]
+    {
+        sqlx::query(
+            "INSERT INTO meterd_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(records)
 }
 
 /// Recomputes the rollups into temporary tables in `tx` (a REPEATABLE READ
 /// transaction the caller rolls back) and compares them with the stored
 /// ones.
-pub(super) async fn check(tx: &mut PgConnection, examples: usize) -> Result<RollupCheck, StoreError> {
-    for table in ["hours", "steps", "months", "runs"] {
+pub(super) async fn check(
+    tx: &mut PgConnection,
+    examples: usize,
+    group_by: &[String],
+) -> Result<RollupCheck, StoreError> {
+    for table in TABLES {
         sqlx::query(&format!(
             "CREATE TEMP TABLE check_{table} (LIKE rollup_{table} INCLUDING ALL) ON COMMIT DROP"
         ))
         .execute(&mut *tx)
         .await?;
     }
-    let records = fold_into(tx, "check").await?;
+    let records = fold_into(tx, "check", group_by).await?;
     let mut report = RollupCheck { records, ..RollupCheck::default() };
     for (name, second, time) in [
         ("hours", "metric", "hour_ms"),
         ("steps", "metric", "at_ms"),
         ("months", "metric", "month_ms"),
         ("runs", "subject", "started_ms"),
+        ("group_hours", "metric", "hour_ms"),
     ] {
         let stored: i64 =
             sqlx::query_scalar(&format!("SELECT COUNT(*) FROM rollup_{name}")).fetch_one(&mut *tx).await?;

@@ -20,6 +20,7 @@ use rust_decimal::Decimal;
 use super::{OrgChange, OrgEffect, SeriesSeed, StoreError};
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::{Fold, FoldError, FoldOutput, FoldRecord};
+use crate::meter::rollup::groups::{self, GroupHour, GroupHourKey, GroupInput};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::tail::Tail;
 use crate::meter::rollup::write::{Neighbourhood, Written};
@@ -66,11 +67,12 @@ pub(super) trait RollupTx: Send {
         hours: &[(SeriesKey, i64)],
         steps: &[(SeriesKey, i64)],
         months: &[(SeriesKey, i64)],
+        group_hours: &[GroupHourKey],
     ) -> Result<StoredRows, StoreError>;
     /// Writes a transaction's rollup changes over `stored` (what
-    /// `load_rows` returned): steps and months added to (a row that becomes
-    /// zero has none), hours replaced, runs removed and stored (a run in
-    /// both, one key, is stored as added).
+    /// `load_rows` returned): steps, months and group hours added to (a
+    /// step or month that becomes zero has no row), hours replaced, runs
+    /// removed and stored (a run in both, one key, is stored as added).
     async fn write_rows(&mut self, stored: &StoredRows, write: &RollupWrite) -> Result<(), StoreError>;
     /// The distinct (instant, quantity) pairs of each subject's level
     /// records at or after its bound, as (subject, instant, quantity): a
@@ -117,8 +119,22 @@ pub(super) trait RollupTx: Send {
     /// The org level just before `at_ms`: months before its month, hours of
     /// its month before its hour, steps of its hour before it.
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError>;
-    /// Raw records of `series` in `range` (any order).
-    async fn points_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<Point>, StoreError>;
+    /// Raw records of `series` in `range` (any order), with `group` the
+    /// value of the attribute `group_by` names (none: `None`).
+    async fn points_in(
+        &mut self,
+        series: &SeriesKey,
+        range: Range,
+        group_by: Option<&str>,
+    ) -> Result<Vec<Point>, StoreError>;
+    /// The group hours of `series` under `key` starting in `range`, every
+    /// cell: (cell, hour start, hour).
+    async fn group_hours_in(
+        &mut self,
+        series: &SeriesKey,
+        key: &str,
+        range: Range,
+    ) -> Result<Vec<(String, i64, GroupHour)>, StoreError>;
 }
 
 /// See [`RollupTx::load_rows`].
@@ -127,6 +143,7 @@ pub(super) struct StoredRows {
     pub hours: BTreeMap<(SeriesKey, i64), Hour>,
     pub steps: BTreeMap<(SeriesKey, i64), Decimal>,
     pub months: BTreeMap<(SeriesKey, i64), Month>,
+    pub group_hours: BTreeMap<GroupHourKey, GroupHour>,
     /// SQLite's `data_version`, read by the same statement (see
     /// `store::tails`); `None` elsewhere.
     pub data_version: Option<i64>,
@@ -143,6 +160,8 @@ pub(super) struct RollupWrite {
     pub months: Vec<((SeriesKey, i64), Month)>,
     pub runs_removed: Vec<(String, Run)>,
     pub runs_added: Vec<(String, Run)>,
+    /// Changes of the declared keys' group hours, in key order.
+    pub group_hours: Vec<(GroupHourKey, GroupHour)>,
 }
 
 /// Everything a usage query's [`ReadPlan`] names, read by one transaction
@@ -169,15 +188,36 @@ pub(super) async fn read_input(
         if level {
             input.ahead = tx.steps_in(series, range).await?;
         } else {
-            input.ahead_points = tx.points_in(series, range).await?;
+            input.ahead_points = tx.points_in(series, range, None).await?;
         }
     }
     for range in &plan.raw {
         if level {
             input.steps.extend(tx.steps_in(series, *range).await?);
         } else {
-            input.points.extend(tx.points_in(series, *range).await?);
+            input.points.extend(tx.points_in(series, *range, None).await?);
         }
+    }
+    Ok(input)
+}
+
+/// What a sum or count grouped by the declared `key` reads for `plan`
+/// (see `meter::rollup::groups`), in one transaction (one snapshot).
+pub(super) async fn read_group_input(
+    tx: &mut impl RollupTx,
+    series: &SeriesKey,
+    key: &str,
+    plan: &ReadPlan,
+) -> Result<GroupInput, StoreError> {
+    let mut input = GroupInput::default();
+    for range in groups::hour_ranges(plan) {
+        input.hours.extend(tx.group_hours_in(series, key, range).await?);
+    }
+    for range in &plan.raw {
+        input.raw.extend(tx.points_in(series, *range, Some(key)).await?);
+    }
+    if let Some(range) = plan.ahead {
+        input.ahead = tx.points_in(series, range, Some(key)).await?;
     }
     Ok(input)
 }
@@ -266,10 +306,11 @@ pub(super) async fn maintain(
     tx: &mut impl RollupTx,
     changes: &[OrgChange],
     tails: &dyn Tails,
+    group_by: &[String],
 ) -> Result<Maintained, StoreError> {
-    match maintain_with(tx, changes, Some(tails)).await? {
+    match maintain_with(tx, changes, Some(tails), group_by).await? {
         Some(done) => Ok(done),
-        None => maintain_with(tx, changes, None)
+        None => maintain_with(tx, changes, None, group_by)
             .await?
             .ok_or_else(|| StoreError::Corrupt("rollups: stale tails without tails".to_owned())),
     }
@@ -280,9 +321,12 @@ async fn maintain_with(
     tx: &mut impl RollupTx,
     changes: &[OrgChange],
     tails: Option<&dyn Tails>,
+    group_by: &[String],
 ) -> Result<Option<Maintained>, StoreError> {
     // What each record adds to its hour's sum and count.
     let mut records: BTreeMap<(SeriesKey, i64), (Decimal, i64)> = BTreeMap::new();
+    // And to its group hours.
+    let mut group_hours: BTreeMap<GroupHourKey, GroupHour> = BTreeMap::new();
     // Level writes by subject and instant.
     let mut levels: LevelWrites = BTreeMap::new();
     for c in changes {
@@ -297,6 +341,14 @@ async fn maintain_with(
         }
         if c.change.previous.is_none() {
             entry.1 += 1;
+        }
+        if !group_by.is_empty() {
+            let delta = c.change.quantity.checked_sub(c.change.previous.unwrap_or(Decimal::ZERO));
+            let delta = delta.ok_or_else(|| overflow(meterd_units::QuantityError::Overflow("group sum")))?;
+            let change = GroupHour::of_record(c.change.kind, delta, c.change.previous.is_none());
+            for key in groups::keys_of(group_by, &series(c), &c.attributes, c.change.at_ms) {
+                group_hours.entry(key).or_default().add(&change).map_err(overflow)?;
+            }
         }
         if c.change.kind == Kind::Level {
             levels
@@ -323,7 +375,8 @@ async fn maintain_with(
     let month_keys: Vec<(SeriesKey, i64)> = month_keys.into_iter().collect();
     let step_rows: Vec<((SeriesKey, i64), Decimal)> = steps.iter().map(|(k, s)| (k.clone(), *s)).collect();
     let step_keys: Vec<(SeriesKey, i64)> = steps.keys().cloned().collect();
-    let mut stored = tx.load_rows(&hour_keys, &step_keys, &month_keys).await?;
+    let group_keys: Vec<GroupHourKey> = group_hours.keys().cloned().collect();
+    let mut stored = tx.load_rows(&hour_keys, &step_keys, &month_keys, &group_keys).await?;
     let stale = match (tails, stored.data_version) {
         (Some(tails), Some(version)) => !tails.validate(version),
         _ => false,
@@ -366,6 +419,7 @@ async fn maintain_with(
         months: months.into_iter().filter(|(_, m)| !m.is_zero()).collect(),
         runs_removed: runs.removed,
         runs_added: runs.added,
+        group_hours: group_hours.into_iter().collect(),
     };
     tx.write_rows(&stored, &write).await?;
 
@@ -574,6 +628,8 @@ pub(super) struct RebuildRow {
     pub kind: String,
     pub quantity: Decimal,
     pub at_ms: i64,
+    /// Read only when keys are declared (else empty).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// Where a rebuild reads records and writes rollup rows, per engine.
@@ -589,9 +645,9 @@ pub(super) trait RebuildTx: Send {
 /// Folds every record into the tables `tx` builds; returns how many were
 /// read. Memory: one page, one series' levels in force, and the rows not
 /// yet written.
-pub(super) async fn fold_records(tx: &mut impl RebuildTx) -> Result<u64, StoreError> {
+pub(super) async fn fold_records(tx: &mut impl RebuildTx, group_by: &[String]) -> Result<u64, StoreError> {
     let corrupt = |e: FoldError| StoreError::Corrupt(format!("rollup rebuild: {e}"));
-    let mut fold = Fold::new();
+    let mut fold = Fold::new(group_by);
     let mut read = 0u64;
     loop {
         let rows = tx.next_records().await?;
@@ -605,6 +661,7 @@ pub(super) async fn fold_records(tx: &mut impl RebuildTx) -> Result<u64, StoreEr
                 kind,
                 quantity: row.quantity,
                 at_ms: row.at_ms,
+                attributes: &row.attributes,
             })
             .map_err(corrupt)?;
         }
@@ -621,6 +678,16 @@ pub(super) async fn fold_records(tx: &mut impl RebuildTx) -> Result<u64, StoreEr
     Ok(read)
 }
 
+/// How the keys a database's group hours hold are stored in its state.
+pub(super) fn groups_state(group_by: &[String]) -> String {
+    group_by.join(",")
+}
+
+/// A record's attributes from their stored JSON text.
+pub(super) fn attributes_of(json: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))
+}
+
 /// A row a check found on one side only: (org, metric, time, values as
 /// text, "stored" or "computed").
 pub(super) type DiffRow = (String, String, i64, String, String);
@@ -632,6 +699,7 @@ impl RollupCheck {
         let stored = u64::try_from(stored).unwrap_or(0);
         match table {
             "hours" => self.hours = stored,
+            "group_hours" => self.group_hours = stored,
             "steps" => self.steps = stored,
             "runs" => self.runs = stored,
             _ => self.months = stored,
@@ -651,6 +719,7 @@ pub struct RollupCheck {
     pub steps: u64,
     pub months: u64,
     pub runs: u64,
+    pub group_hours: u64,
     /// Rows that differ from a recomputation from the raw records.
     pub differences: u64,
     /// The first differences, e.g. `hours acme/sandbox_active@1754...: stored … computed …`.

@@ -25,6 +25,7 @@ use super::{
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::SeriesKey;
+use crate::meter::rollup::groups::GroupInput;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::tail::Tail;
 use crate::meter::{Aggregation, Kind, Point};
@@ -44,6 +45,8 @@ pub struct SqliteStore {
     hook: OnceLock<Arc<dyn CommitHook>>,
     /// The one writer's memory of subjects' tails.
     pub(super) tails: TailMemory,
+    /// The attribute keys rolled up per group.
+    group_by: Vec<String>,
 }
 
 impl SqliteStore {
@@ -66,7 +69,20 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
-        Ok(Self { writer, readers, hook: OnceLock::new(), tails: TailMemory::default() })
+        Ok(Self {
+            writer,
+            readers,
+            hook: OnceLock::new(),
+            tails: TailMemory::default(),
+            group_by: Vec::new(),
+        })
+    }
+
+    /// Keeps group hours for these attribute keys (before `migrate`, which
+    /// rebuilds the rollups if the database holds other keys').
+    pub fn with_group_by(mut self, keys: Vec<String>) -> Self {
+        self.group_by = keys;
+        self
     }
 
     /// Commits `tx` after bringing the rollups up to date, telling the hook
@@ -103,7 +119,7 @@ impl SqliteStore {
         let Maintained { effects, tails } = if changes.is_empty() {
             Maintained { effects: Vec::new(), tails: Vec::new() }
         } else {
-            super::rollup::maintain(&mut *tx, &changes, &self.tails).await?
+            super::rollup::maintain(&mut *tx, &changes, &self.tails, &self.group_by).await?
         };
         let Some(hook) = self.hook.get().filter(|_| !effects.is_empty()) else {
             tx.commit().await?;
@@ -206,7 +222,7 @@ async fn insert_grant(tx: &mut SqliteConnection, g: &NewGrant) -> Result<Option<
 
 /// `$."key"`: a JSON path naming one attribute (keys are validated to
 /// contain no quotes), or none when not grouping.
-fn group_path(group_by: Option<&str>) -> Option<String> {
+pub(super) fn group_path(group_by: Option<&str>) -> Option<String> {
     group_by.map(|key| format!("$.\"{key}\""))
 }
 
@@ -260,7 +276,7 @@ async fn write_records(
             }
             continue;
         }
-        let (id, current) = stored
+        let (id, current, attributes) = stored
             .get_mut(&key)
             .ok_or_else(|| StoreError::Corrupt(format!("record {key:?} neither inserted nor stored")))?;
         let quantity = meterd_units::format_quantity(row.record.quantity);
@@ -276,7 +292,10 @@ async fn write_records(
         }
         // A later row of this key in the batch corrects from this one.
         *current = quantity;
-        changes.push(org_change(row.record, Some(previous)));
+        // A correction changes the quantity only: the record stays in the
+        // groups of its stored attributes.
+        let attributes = super::rollup::attributes_of(attributes)?;
+        changes.push(OrgChange { attributes, ..org_change(row.record, Some(previous)) });
         counts.corrected += 1;
     }
     Ok(counts)
@@ -289,15 +308,16 @@ fn record_key(row: &RecordRow<'_>) -> OwnedKey {
     (row.plugin.to_owned(), row.record.event_id.clone(), row.seq)
 }
 
-/// The stored (row id, quantity text) of these records' keys.
+/// The stored (row id, quantity text, attributes JSON) of these records'
+/// keys.
 async fn lookup_records(
     tx: &mut SqliteConnection,
     rows: &[&RecordRow<'_>],
-) -> Result<HashMap<OwnedKey, (i64, String)>, StoreError> {
+) -> Result<HashMap<OwnedKey, (i64, String, String)>, StoreError> {
     let mut out = HashMap::with_capacity(rows.len());
     for chunk in rows.chunks(KEYS_PER_LOOKUP) {
         let mut lookup = QueryBuilder::<Sqlite>::new(
-            "SELECT id, plugin, event_id, seq, quantity FROM usage_records WHERE (plugin, event_id) IN (",
+            "SELECT id, plugin, event_id, seq, quantity, attributes FROM usage_records WHERE (plugin, event_id) IN (",
         );
         let mut keys = lookup.separated(", ");
         for row in chunk {
@@ -311,7 +331,7 @@ async fn lookup_records(
         for found in lookup.build().fetch_all(&mut *tx).await? {
             out.insert(
                 (found.try_get("plugin")?, found.try_get("event_id")?, found.try_get("seq")?),
-                (found.try_get("id")?, found.try_get("quantity")?),
+                (found.try_get("id")?, found.try_get("quantity")?, found.try_get("attributes")?),
             );
         }
     }
@@ -467,16 +487,32 @@ impl Rollups for SqliteStore {
         Ok(input)
     }
 
+    fn group_by(&self) -> &[String] {
+        &self.group_by
+    }
+
+    async fn group_input(
+        &self,
+        series: &SeriesKey,
+        key: &str,
+        plan: &ReadPlan,
+    ) -> Result<GroupInput, StoreError> {
+        let mut tx = self.readers.begin().await?;
+        let input = super::rollup::read_group_input(&mut *tx, series, key, plan).await?;
+        tx.commit().await?;
+        Ok(input)
+    }
+
     async fn rebuild_rollups(&self) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let records = sqlite_rollup::rebuild(&mut tx).await?;
+        let records = sqlite_rollup::rebuild(&mut tx, &self.group_by).await?;
         tx.commit().await?;
         Ok(records)
     }
 
     async fn check_rollups(&self, examples: usize) -> Result<RollupCheck, StoreError> {
         let mut conn = self.writer.acquire().await?;
-        sqlite_rollup::check(&mut conn, examples).await
+        sqlite_rollup::check(&mut conn, examples, &self.group_by).await
     }
 }
 
@@ -488,9 +524,9 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
         let mut tx = self.writer.begin().await?;
-        if !sqlite_rollup::built(&mut tx).await? {
-            let records = sqlite_rollup::rebuild(&mut tx).await?;
-            tracing::info!(records, "rollups back-filled from the stored records");
+        if !sqlite_rollup::built(&mut tx, &self.group_by).await? {
+            let records = sqlite_rollup::rebuild(&mut tx, &self.group_by).await?;
+            tracing::info!(records, group_by = ?self.group_by, "rollups built from the stored records");
         }
         tx.commit().await?;
         Ok(())

@@ -12,17 +12,19 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use super::StoreError;
 use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
-    SubjectKey, fold_records,
+    SubjectKey, attributes_of, fold_records, groups_state,
 };
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
+use crate::meter::rollup::groups::{GroupHour, GroupHourKey};
 use crate::meter::rollup::{Hour, Month, SeriesKey, hour_of};
 use crate::plans::standing::Run;
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const ROWS_PER_WRITE: usize = 2_000;
 const STATE_KEY: &str = "rollups";
+const GROUPS_STATE_KEY: &str = "rollup_groups";
 
 fn quantity(text: &str) -> Result<Decimal, StoreError> {
     meterd_units::parse_quantity(text).map_err(|e| StoreError::Corrupt(format!("stored rollup: {e}")))
@@ -53,33 +55,79 @@ fn by_keys(param: &str, table: &str, time: &str) -> String {
 }
 
 /// The rows a commit's rollup write starts from, and `data_version`, in one
-/// statement: ?1 hour keys, ?2 step keys, ?3 month keys (JSON). Columns are
-/// the hours' (steps put `step` in `delta_sum`; months leave the hour-only
-/// columns NULL); `tbl` says which table a row is from.
+/// statement: ?1 hour keys, ?2 step keys, ?3 month keys, ?4 group hour keys
+/// (JSON). Columns are the hours' (steps put `step` in `delta_sum`; months
+/// and group hours leave the columns they lack NULL); `tbl` says which
+/// table a row is from.
 static LOAD_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT 'h' AS tbl, t.org_id, t.metric, t.hour_ms AS at_ms, t.delta_sum, t.records, t.level_step,
-                t.level_moment, t.level_open, t.level_peak, t.level_last_at_ms {hours}
+                t.level_moment, t.level_open, t.level_peak, t.level_last_at_ms, NULL AS group_key, NULL AS cell,
+                NULL AS deltas {hours}
          UNION ALL
-         SELECT 's', t.org_id, t.metric, t.at_ms, t.step, NULL, NULL, NULL, NULL, NULL, NULL {steps}
+         SELECT 's', t.org_id, t.metric, t.at_ms, t.step, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL {steps}
          UNION ALL
          SELECT 'm', t.org_id, t.metric, t.month_ms, t.delta_sum, t.records, t.level_step, t.level_moment,
-                NULL, NULL, NULL {months}
+                NULL, NULL, NULL, NULL, NULL, NULL {months}
          UNION ALL
-         SELECT 'v', NULL, NULL, data_version, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM pragma_data_version",
+         SELECT 'g', t.org_id, t.metric, t.hour_ms, t.delta_sum, t.records, NULL, NULL, NULL, NULL, NULL,
+                t.group_key, t.cell, t.deltas
+         FROM json_each(?4) AS k JOIN {groups} AS t ON t.org_id = json_extract(k.value, '$[0]')
+         AND t.metric = json_extract(k.value, '$[1]') AND t.group_key = json_extract(k.value, '$[2]')
+         AND t.hour_ms = json_extract(k.value, '$[4]') AND t.cell = json_extract(k.value, '$[3]')
+         UNION ALL
+         SELECT 'v', NULL, NULL, data_version, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+         FROM pragma_data_version",
         hours = by_keys("?1", LIVE.hours, "hour_ms"),
         steps = by_keys("?2", LIVE.steps, "at_ms"),
         months = by_keys("?3", LIVE.months, "month_ms"),
+        groups = LIVE.group_hours,
     )
 });
 
+/// Group hour keys as the JSON list `LOAD_ROWS` reads.
+fn group_keys_json<'a>(keys: impl Iterator<Item = &'a GroupHourKey>) -> String {
+    let list: Vec<(&str, &str, &str, &str, i64)> = keys
+        .map(|(s, key, cell, h)| (s.org_id.as_str(), s.metric.as_str(), key.as_str(), cell.as_str(), *h))
+        .collect();
+    json(&list)
+}
+
+/// Group hours as the JSON rows [`group_hours_upsert`] reads.
+fn group_rows_json<'a>(rows: impl Iterator<Item = (&'a GroupHourKey, &'a GroupHour)>) -> String {
+    let list: Vec<serde_json::Value> = rows
+        .map(|((s, key, cell, h), g)| {
+            serde_json::json!([s.org_id, s.metric, key, h, cell, text(g.delta_sum), g.records, g.deltas])
+        })
+        .collect();
+    json(&list)
+}
+
+/// Writes group hours (a JSON list bound as one plain `?`) into `table`,
+/// replacing what is there: commits (in [`WRITE_ROWS`]), rebuilds and the
+/// check all write them with this statement.
+fn group_hours_upsert(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (org_id, metric, group_key, hour_ms, cell, delta_sum, records, deltas)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+           json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+           json_extract(value, '$[6]'), json_extract(value, '$[7]')
+    FROM json_each(?) WHERE true
+    ON CONFLICT (org_id, metric, group_key, hour_ms, cell) DO UPDATE SET delta_sum = excluded.delta_sum,
+        records = excluded.records, deltas = excluded.deltas"
+    )
+}
+
 /// A commit's rollup rows, written by one multi-statement round trip: the
-/// parameters are steps, hours, months and runs in that order, as JSON
+/// parameters are steps, hours, months, runs and group hours in that order, as JSON
 /// arrays of rows (values as canonical decimal text). Each statement has one
 /// plain `?`: sqlx binds those in order across statements, while a numbered
 /// `?N` in a later statement would be left unbound. `WHERE true` lets
 /// `ON CONFLICT` follow a SELECT.
-const WRITE_ROWS: &str = "
+static WRITE_ROWS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{ROLLUP_ROWS};\n{}", group_hours_upsert(LIVE.group_hours)));
+
+const ROLLUP_ROWS: &str = "
     INSERT INTO rollup_steps (org_id, metric, at_ms, step)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
            json_extract(value, '$[3]')
@@ -107,7 +155,7 @@ const WRITE_ROWS: &str = "
            json_extract(value, '$[3]'), json_extract(value, '$[4]')
     FROM json_each(?) WHERE true
     ON CONFLICT (org_id, subject, started_ms) DO UPDATE SET ended_ms = excluded.ended_ms,
-        length_ms = excluded.length_ms;";
+        length_ms = excluded.length_ms";
 
 fn hour_from_row(row: &SqliteRow) -> Result<Hour, StoreError> {
     let peak: Option<String> = row.try_get("level_peak")?;
@@ -142,12 +190,23 @@ struct Tables {
     steps: &'static str,
     months: &'static str,
     runs: &'static str,
+    group_hours: &'static str,
 }
 
-const LIVE: Tables =
-    Tables { hours: "rollup_hours", steps: "rollup_steps", months: "rollup_months", runs: "rollup_runs" };
-const CHECK: Tables =
-    Tables { hours: "check_hours", steps: "check_steps", months: "check_months", runs: "check_runs" };
+const LIVE: Tables = Tables {
+    hours: "rollup_hours",
+    steps: "rollup_steps",
+    months: "rollup_months",
+    runs: "rollup_runs",
+    group_hours: "rollup_group_hours",
+};
+const CHECK: Tables = Tables {
+    hours: "check_hours",
+    steps: "check_steps",
+    months: "check_months",
+    runs: "check_runs",
+    group_hours: "check_group_hours",
+};
 
 fn run_from_row(row: &SqliteRow) -> Result<(String, Run), StoreError> {
     Ok((
@@ -272,11 +331,13 @@ impl RollupTx for SqliteConnection {
         hours: &[(SeriesKey, i64)],
         steps: &[(SeriesKey, i64)],
         months: &[(SeriesKey, i64)],
+        group_hours: &[GroupHourKey],
     ) -> Result<StoredRows, StoreError> {
         let rows = sqlx::query(LOAD_ROWS.as_str())
             .bind(series_keys(hours.iter()))
             .bind(series_keys(steps.iter()))
             .bind(series_keys(months.iter()))
+            .bind(group_keys_json(group_hours.iter()))
             .fetch_all(&mut *self)
             .await?;
         let mut stored = StoredRows::default();
@@ -293,6 +354,17 @@ impl RollupTx for SqliteConnection {
                 }
                 "s" => {
                     stored.steps.insert(key, quantity(&row.try_get::<String, _>("delta_sum")?)?);
+                }
+                "g" => {
+                    let group = GroupHour {
+                        delta_sum: quantity(&row.try_get::<String, _>("delta_sum")?)?,
+                        records: row.try_get("records")?,
+                        deltas: row.try_get("deltas")?,
+                    };
+                    let (series, hour) = key;
+                    stored
+                        .group_hours
+                        .insert((series, row.try_get("group_key")?, row.try_get("cell")?, hour), group);
                 }
                 _ => {
                     stored.months.insert(key, month_from_row(row)?);
@@ -368,11 +440,18 @@ impl RollupTx for SqliteConnection {
                 )
             })
             .collect();
-        sqlx::query(WRITE_ROWS)
+        let mut group_hours = Vec::with_capacity(write.group_hours.len());
+        for (key, change) in &write.group_hours {
+            let mut group = stored.group_hours.get(key).copied().unwrap_or_default();
+            group.add(change).map_err(corrupt)?;
+            group_hours.push((key, group));
+        }
+        sqlx::query(WRITE_ROWS.as_str())
             .bind(json(&steps))
             .bind(json(&hours))
             .bind(json(&months))
             .bind(json(&runs))
+            .bind(group_rows_json(group_hours.iter().map(|(k, g)| (*k, g))))
             .execute(&mut *self)
             .await?;
         for (table, time, keys) in
@@ -644,18 +723,53 @@ impl RollupTx for SqliteConnection {
         Ok(level)
     }
 
-    async fn points_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<Point>, StoreError> {
+    async fn points_in(
+        &mut self,
+        series: &SeriesKey,
+        range: Range,
+        group_by: Option<&str>,
+    ) -> Result<Vec<Point>, StoreError> {
         let rows = sqlx::query(
-            "SELECT kind, subject, quantity, at_ms, NULL AS grp FROM usage_records
+            "SELECT kind, subject, quantity, at_ms, json_extract(attributes, ?5) AS grp FROM usage_records
              WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4",
         )
         .bind(&series.org_id)
         .bind(&series.metric)
         .bind(range.from_ms)
         .bind(range.to_ms)
+        .bind(super::sqlite::group_path(group_by))
         .fetch_all(&mut *self)
         .await?;
         rows.iter().map(super::sqlite::point_from_row).collect()
+    }
+
+    async fn group_hours_in(
+        &mut self,
+        series: &SeriesKey,
+        key: &str,
+        range: Range,
+    ) -> Result<Vec<(String, i64, GroupHour)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT cell, hour_ms, delta_sum, records, deltas FROM rollup_group_hours
+             WHERE org_id = ?1 AND metric = ?2 AND group_key = ?3 AND hour_ms >= ?4 AND hour_ms < ?5",
+        )
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(key)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let group = GroupHour {
+                    delta_sum: quantity(&row.try_get::<String, _>("delta_sum")?)?,
+                    records: row.try_get("records")?,
+                    deltas: row.try_get("deltas")?,
+                };
+                Ok((row.try_get("cell")?, row.try_get("hour_ms")?, group))
+            })
+            .collect()
     }
 }
 
@@ -672,7 +786,14 @@ async fn write_output(
     let months: Vec<((SeriesKey, i64), Month)> =
         out.months.into_iter().map(|(s, m, v)| ((s, m), v)).collect();
     write_months(conn, tables.months, &months).await?;
-    write_runs(conn, tables.runs, &out.runs).await
+    write_runs(conn, tables.runs, &out.runs).await?;
+    if !out.group_hours.is_empty() {
+        sqlx::query(&group_hours_upsert(tables.group_hours))
+            .bind(group_rows_json(out.group_hours.iter().map(|(k, g)| (k, g))))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Records read page by page (keyset on the index order) into `tables`.
@@ -680,16 +801,19 @@ struct Rebuild<'a> {
     conn: &'a mut SqliteConnection,
     tables: Tables,
     after: (String, String, i64, i64),
+    /// Attributes are read (and parsed) only when keys are declared.
+    attributes: bool,
 }
 
 #[async_trait]
 impl RebuildTx for Rebuild<'_> {
     async fn next_records(&mut self) -> Result<Vec<RebuildRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, org_id, metric, subject, kind, quantity, at_ms FROM usage_records
+        let attributes = if self.attributes { "attributes" } else { "'{}' AS attributes" };
+        let rows = sqlx::query(&format!(
+            "SELECT id, org_id, metric, subject, kind, quantity, at_ms, {attributes} FROM usage_records
              WHERE (org_id, metric, at_ms, id) > (?1, ?2, ?3, ?4)
-             ORDER BY org_id, metric, at_ms, id LIMIT ?5",
-        )
+             ORDER BY org_id, metric, at_ms, id LIMIT ?5"
+        ))
         .bind(&self.after.0)
         .bind(&self.after.1)
         .bind(self.after.2)
@@ -706,6 +830,7 @@ impl RebuildTx for Rebuild<'_> {
                 kind: row.try_get("kind")?,
                 quantity: quantity(&row.try_get::<String, _>("quantity")?)?,
                 at_ms: row.try_get("at_ms")?,
+                attributes: attributes_of(&row.try_get::<String, _>("attributes")?)?,
             };
             self.after = (record.org_id.clone(), record.metric.clone(), record.at_ms, row.try_get("id")?);
             out.push(record);
@@ -720,41 +845,58 @@ impl RebuildTx for Rebuild<'_> {
 
 /// Recomputes `tables` (empty) from every raw record; returns how many
 /// records were read.
-async fn fold_into(conn: &mut SqliteConnection, tables: Tables) -> Result<u64, StoreError> {
+async fn fold_into(
+    conn: &mut SqliteConnection,
+    tables: Tables,
+    group_by: &[String],
+) -> Result<u64, StoreError> {
     let start = (String::new(), String::new(), i64::MIN, i64::MIN);
-    fold_records(&mut Rebuild { conn, tables, after: start }).await
+    let mut rebuild = Rebuild { conn, tables, after: start, attributes: !group_by.is_empty() };
+    fold_records(&mut rebuild, group_by).await
 }
 
-/// Whether this database's rollups were ever built (a database migrated
-/// from before they existed has records but none).
-pub(super) async fn built(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
-    let done: Option<String> = sqlx::query_scalar("SELECT value FROM meterd_state WHERE key = ?1")
-        .bind(STATE_KEY)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(done.is_some())
+/// Whether this database's rollups were built, with the group keys
+/// `group_by` (a database migrated from before rollups has records but
+/// none; one built with other keys has the wrong group hours).
+pub(super) async fn built(conn: &mut SqliteConnection, group_by: &[String]) -> Result<bool, StoreError> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT key, value FROM meterd_state WHERE key IN (?1, ?2)")
+            .bind(STATE_KEY)
+            .bind(GROUPS_STATE_KEY)
+            .fetch_all(&mut *conn)
+            .await?;
+    let value = |key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    Ok(value(STATE_KEY).is_some() && value(GROUPS_STATE_KEY).unwrap_or_default() == groups_state(group_by))
 }
 
 /// Replaces the rollups by a recomputation from the raw records; `tx` is
 /// the transaction it happens in.
-pub(super) async fn rebuild(tx: &mut SqliteConnection) -> Result<u64, StoreError> {
-    for table in [LIVE.hours, LIVE.steps, LIVE.months, LIVE.runs] {
+pub(super) async fn rebuild(tx: &mut SqliteConnection, group_by: &[String]) -> Result<u64, StoreError> {
+    for table in [LIVE.hours, LIVE.steps, LIVE.months, LIVE.runs, LIVE.group_hours] {
         sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
     }
-    let records = fold_into(tx, LIVE).await?;
-    sqlx::query(
-        "INSERT INTO meterd_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(STATE_KEY)
-    .bind(format!("built from {records} records"))
-    .execute(&mut *tx)
-    .await?;
+    let records = fold_into(tx, LIVE, group_by).await?;
+    for (key, value) in
+        [(STATE_KEY, format!("built from {records} records")), (GROUPS_STATE_KEY, groups_state(group_by))]
+    {
+        sqlx::query(
+            "INSERT INTO meterd_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(records)
 }
 
 /// Recomputes the rollups into temporary tables and compares them with the
 /// stored ones; writes nothing else.
-pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Result<RollupCheck, StoreError> {
+pub(super) async fn check(
+    conn: &mut SqliteConnection,
+    examples: usize,
+    group_by: &[String],
+) -> Result<RollupCheck, StoreError> {
     for (table, time, columns) in [
         (
             CHECK.hours,
@@ -773,16 +915,26 @@ pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Resul
         .execute(&mut *conn)
         .await?;
     }
+    // The live table's columns in its order, so that EXCEPT compares rows.
+    sqlx::query(&format!("DROP TABLE IF EXISTS temp.{}", CHECK.group_hours)).execute(&mut *conn).await?;
+    sqlx::query(&format!(
+        "CREATE TEMP TABLE {} (org_id TEXT, metric TEXT, group_key TEXT, hour_ms INTEGER, cell TEXT, delta_sum TEXT,
+         records INTEGER, deltas INTEGER, PRIMARY KEY (org_id, metric, group_key, hour_ms, cell))",
+        CHECK.group_hours
+    ))
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("BEGIN").execute(&mut *conn).await?;
     // A read transaction: the records and rollups compared are one snapshot.
     let result = async {
-        let records = fold_into(conn, CHECK).await?;
+        let records = fold_into(conn, CHECK, group_by).await?;
         let mut report = RollupCheck { records, ..RollupCheck::default() };
         for (name, live, check, time, values) in [
             ("hours", LIVE.hours, CHECK.hours, "hour_ms", "delta_sum, records, level_step, level_moment, level_open, level_peak, level_last_at_ms"),
             ("steps", LIVE.steps, CHECK.steps, "at_ms", "step"),
             ("months", LIVE.months, CHECK.months, "month_ms", "level_step, delta_sum, records, level_moment"),
             ("runs", LIVE.runs, CHECK.runs, "started_ms", "ended_ms, length_ms"),
+            ("group_hours", LIVE.group_hours, CHECK.group_hours, "hour_ms", "group_key, cell, delta_sum, records, deltas"),
         ] {
             let second = if name == "runs" { "subject" } else { "metric" };
             let stored: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {live}")).fetch_one(&mut *conn).await?;
@@ -801,7 +953,7 @@ pub(super) async fn check(conn: &mut SqliteConnection, examples: usize) -> Resul
     }
     .await;
     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-    for table in [CHECK.hours, CHECK.steps, CHECK.months, CHECK.runs] {
+    for table in [CHECK.hours, CHECK.steps, CHECK.months, CHECK.runs, CHECK.group_hours] {
         let _ = sqlx::query(&format!("DROP TABLE IF EXISTS temp.{table}")).execute(&mut *conn).await;
     }
     result

@@ -54,9 +54,15 @@ impl Drop for Database {
 async fn sqlite() -> Engine {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = SqliteStore::open(&url).await.expect("open");
+    let store = SqliteStore::open(&url).await.expect("open").with_group_by(group_by());
     store.migrate().await.expect("migrate");
     Engine { store: Arc::new(store), url, _database: Database::File(dir) }
+}
+
+/// Every conformance store keeps group hours for `template`, so that every
+/// test's writes (and its checks) go through them too.
+fn group_by() -> Vec<String> {
+    vec!["template".to_owned()]
 }
 
 pub(crate) const POSTGRES_ENV: &str = "METERD_TEST_POSTGRES";
@@ -83,7 +89,7 @@ pub(crate) async fn postgres() -> Engine {
     let database = Database::Postgres { admin_url: admin_url.clone(), name: name.clone() };
     let mut url = reqwest::Url::parse(&admin_url).expect("admin URL");
     url.set_path(&name);
-    let store = PostgresStore::open(url.as_str()).await.expect("open");
+    let store = PostgresStore::open(url.as_str()).await.expect("open").with_group_by(group_by());
     store.migrate().await.expect("migrate");
     Engine { store: Arc::new(store), url: url.to_string(), _database: database }
 }
@@ -708,7 +714,10 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
             rng.pick(&pool)
         },
         window_start_ms: None,
-        attributes: BTreeMap::new(),
+        attributes: match rng.below(3) {
+            0 => BTreeMap::new(),
+            n => BTreeMap::from([("template".to_owned(), format!("t{n}"))]),
+        },
     };
     assert!(store.acquire_lease("poller", "t", "me", 0, i64::MAX).await.unwrap().is_some());
     let mut polled: Vec<UsageRecord> = Vec::new();
@@ -770,7 +779,11 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
         let report = store.check_rollups(5).await.expect("check");
         assert_eq!(report.differences, 0, "{pass}: {:?}", report.examples);
         assert!(
-            report.records > 60 && report.hours > 0 && report.steps > 0 && report.runs > 3,
+            report.records > 60
+                && report.hours > 0
+                && report.steps > 0
+                && report.runs > 3
+                && report.group_hours > 0,
             "{pass}: {report:?}"
         );
         for query_ in &queries {
@@ -787,6 +800,18 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
                     .expect("input");
                 let got = rollup_query::evaluate(&meter, query_, &input).expect("rollups");
                 assert_eq!(got, want, "{pass}: {aggregation:?} {query_:?}");
+                if !matches!(aggregation, Aggregation::Sum | Aggregation::Count) {
+                    continue;
+                }
+                // Grouped by the declared key, from the group hours.
+                let grouped = UsageQuery { grouped: true, ..*query_ };
+                let raw = query(M, query_.range.from_ms, query_.range.to_ms, Some("template"));
+                let points = store.points(&raw).await.expect("points");
+                let want = aggregate(&meter, &grouped, &[], &points).expect("engine");
+                let input = store.group_input(&series, "template", &plan).await.expect("group input");
+                let got =
+                    crate::meter::rollup::groups::evaluate_grouped(&meter, &grouped, &input).expect("groups");
+                assert_eq!(got, want, "{pass}: grouped {aggregation:?} {query_:?}");
             }
         }
         store.rebuild_rollups().await.expect("rebuild");

@@ -8,11 +8,12 @@
 //! of records. Output accumulates in [`Fold::output`] for the caller to
 //! write in batches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use meterd_units::QuantityError;
 use rust_decimal::Decimal;
 
+use super::groups::{GroupHour, GroupHourKey, cell_of};
 use super::{Hour, Month, SeriesKey, hour_of};
 use crate::meter::Kind;
 use crate::meter::period::month_containing;
@@ -30,11 +31,13 @@ pub struct FoldOutput {
     pub months: Vec<(SeriesKey, i64, Month)>,
     /// (org, run) of every sandbox run (`sandbox_active` above zero).
     pub runs: Vec<(String, Run)>,
+    /// Every group hour of the declared keys.
+    pub group_hours: Vec<(GroupHourKey, GroupHour)>,
 }
 
 impl FoldOutput {
     pub fn len(&self) -> usize {
-        self.steps.len() + self.hours.len() + self.months.len() + self.runs.len()
+        self.steps.len() + self.hours.len() + self.months.len() + self.runs.len() + self.group_hours.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,10 +62,16 @@ pub struct FoldRecord<'a> {
     pub kind: Kind,
     pub quantity: Decimal,
     pub at_ms: i64,
+    /// Read only for the declared group keys.
+    pub attributes: &'a BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
 pub struct Fold {
+    /// The attribute keys rolled up per group.
+    group_by: Vec<String>,
+    /// The current hour's group hours, by (key, cell).
+    group_hour: BTreeMap<(String, String), GroupHour>,
     series: Option<SeriesKey>,
     /// Series already read: a series' records must be contiguous (in
     /// whatever order the database sorts series).
@@ -80,8 +89,9 @@ pub struct Fold {
 }
 
 impl Fold {
-    pub fn new() -> Self {
-        Self::default()
+    /// A fold that also rolls up the groups of `group_by`'s keys.
+    pub fn new(group_by: &[String]) -> Self {
+        Self { group_by: group_by.to_vec(), ..Self::default() }
     }
 
     pub fn push(&mut self, r: FoldRecord<'_>) -> Result<(), FoldError> {
@@ -118,6 +128,11 @@ impl Fold {
         if let Some((_, hour)) = &mut self.hour {
             hour.add_record(delta, true)?;
         }
+        for key in &self.group_by {
+            let cell = cell_of(r.attributes.get(key).map(String::as_str));
+            let group = self.group_hour.entry((key.clone(), cell)).or_default();
+            group.add(&GroupHour::of_record(r.kind, r.quantity, true))?;
+        }
         if r.kind == Kind::Level {
             let q = self.at_instant.entry(r.subject.to_owned()).or_insert(r.quantity);
             *q = (*q).max(r.quantity);
@@ -149,6 +164,9 @@ impl Fold {
     fn finish_hour(&mut self) -> Result<(), FoldError> {
         let (Some(series), Some((start, hour))) = (&self.series, self.hour.take()) else { return Ok(()) };
         let series = series.clone();
+        for ((key, cell), group) in std::mem::take(&mut self.group_hour) {
+            self.output.group_hours.push(((series.clone(), key, cell, start), group));
+        }
         let month = month_containing(start).from_ms;
         if self.month.as_ref().is_some_and(|(m, _)| *m != month) {
             self.finish_month();

@@ -29,6 +29,7 @@
 //! tests hold both to `meter::aggregate` over the raw records.
 
 pub mod fold;
+pub mod groups;
 pub mod query;
 pub mod tail;
 pub mod write;

@@ -27,6 +27,8 @@ struct Rec {
     kind: Kind,
     quantity: Decimal,
     at_ms: i64,
+    /// The value of the attribute `t` (absent: `None`).
+    group: Option<&'static str>,
 }
 
 fn history(rng: &mut Rng) -> Vec<Rec> {
@@ -41,15 +43,22 @@ fn history(rng: &mut Rng) -> Vec<Rec> {
             kind: if rng.chance(70) { Kind::Level } else { Kind::Delta },
             quantity: rng.quantity(),
             at_ms: rng.pick(&pool),
+            group: rng.pick(&[None, Some("x"), Some("y"), Some("")]),
         })
         .collect()
 }
 
 fn fold(records: &[Rec]) -> FoldOutput {
+    fold_grouped(records, &[])
+}
+
+fn fold_grouped(records: &[Rec], group_by: &[String]) -> FoldOutput {
     let mut sorted = records.to_vec();
     sorted.sort_by_key(|r| r.at_ms);
-    let mut fold = Fold::new();
+    let mut fold = Fold::new(group_by);
     for r in &sorted {
+        let attributes: BTreeMap<String, String> =
+            r.group.map(|g| ("t".to_owned(), g.to_owned())).into_iter().collect();
         fold.push(FoldRecord {
             org_id: "o",
             metric: "m",
@@ -57,6 +66,7 @@ fn fold(records: &[Rec]) -> FoldOutput {
             kind: r.kind,
             quantity: r.quantity,
             at_ms: r.at_ms,
+            attributes: &attributes,
         })
         .expect("sorted input");
     }
@@ -136,6 +146,47 @@ fn from_rollups(
     query::evaluate(meter, query, &input).expect("rollup query")
 }
 
+/// Grouped sums and counts from the fold's group hours (key `t`) and the
+/// plan's raw ends equal the engine's over the raw records grouped by `t`.
+#[test]
+fn group_hours_answer_grouped_sums_and_counts_as_the_engine_does() {
+    use super::groups::{GroupInput, evaluate_grouped, hour_ranges};
+    let grouped_point = |r: &Rec| Point { group: r.group.map(str::to_owned), ..point(r) };
+    for seed in 0..400 {
+        let mut rng = Rng::new(seed);
+        let records = history(&mut rng);
+        let out = fold_grouped(&records, &["t".to_owned()]);
+        for _ in 0..12 {
+            let query = UsageQuery { grouped: true, ..rng.usage_query(BASE) };
+            for aggregation in [Aggregation::Sum, Aggregation::Count] {
+                let meter = MeterDef { name: "x".into(), metric: "m".into(), aggregation, unit: "u".into() };
+                let points: Vec<Point> =
+                    records.iter().filter(|r| query.range.contains(r.at_ms)).map(grouped_point).collect();
+                let want = aggregate(&meter, &query, &[], &points).expect("engine");
+                let plan = query::plan(query.range, aggregation, query.now_ms, query.window);
+                let ranges = hour_ranges(&plan);
+                let within = |t: i64, ranges: &[Range]| ranges.iter().any(|r| r.contains(t));
+                let input = GroupInput {
+                    hours: out
+                        .group_hours
+                        .iter()
+                        .filter(|((_, key, _, h), _)| key == "t" && within(*h, &ranges))
+                        .map(|((_, _, cell, h), g)| (cell.clone(), *h, *g))
+                        .collect(),
+                    raw: records.iter().filter(|r| within(r.at_ms, &plan.raw)).map(grouped_point).collect(),
+                    ahead: records
+                        .iter()
+                        .filter(|r| plan.ahead.is_some_and(|a| a.contains(r.at_ms)))
+                        .map(grouped_point)
+                        .collect(),
+                };
+                let got = evaluate_grouped(&meter, &query, &input).expect("group hours");
+                assert_eq!(got, want, "seed {seed}: {aggregation:?} {query:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn rollups_answer_as_the_engine_does_on_random_histories() {
     for seed in 0..400 {
@@ -158,7 +209,7 @@ fn rollups_answer_as_the_engine_does_on_random_histories() {
 fn a_fold_of_one_subject_worked_by_hand() {
     // 1 at 00:30, 3 at 01:00 (tied with 2), 0 at 02:15.
     let t = |h: i64, m: i64| BASE + h * HOUR_MS + m * 60_000;
-    let rec = |q: &str, at| Rec { subject: "a", kind: Kind::Level, quantity: d(q), at_ms: at };
+    let rec = |q: &str, at| Rec { subject: "a", kind: Kind::Level, quantity: d(q), at_ms: at, group: None };
     let out = fold(&[rec("3", t(1, 0)), rec("1", t(0, 30)), rec("0", t(2, 15)), rec("2", t(1, 0))]);
     let steps: Vec<(i64, Decimal)> = out.steps.iter().map(|(_, t, s)| (*t, *s)).collect();
     assert_eq!(steps, vec![(t(0, 30), d("1")), (t(1, 0), d("2")), (t(2, 15), d("-3"))]);
