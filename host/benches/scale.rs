@@ -40,8 +40,9 @@
 //!    keep-alive connection: usage of `sandbox_cpu_core_seconds` (sum) and
 //!    `sandbox_active_seconds` (integral) for the default range (the
 //!    current month), with `&window=day`, with `&group_by=template_id`
-//!    (grouped queries still read raw records: that row is the cost
-//!    without rollups); `GET …/entitlements`, `GET …/grants`,
+//!    (declared in `rollup_group_by` here, so the grouped sum reads group
+//!    hours; the grouped integral still reads raw records);
+//!    `GET …/entitlements`, `GET …/grants`,
 //!    `POST …/check` (`sandbox.start`). VmRSS and VmHWM again after them.
 //!
 //! Every answer is verified: the month totals (library, raw path and HTTP)
@@ -476,10 +477,18 @@ impl Database {
 
 async fn open_store(url: &str) -> Arc<dyn Store> {
     if url.starts_with("sqlite:") {
-        Arc::new(SqliteStore::open(url).await.expect("opening the SQLite store"))
+        Arc::new(SqliteStore::open(url).await.expect("opening the SQLite store").with_group_by(group_by()))
     } else {
-        Arc::new(PostgresStore::open(url).await.expect("opening the PostgreSQL store"))
+        Arc::new(
+            PostgresStore::open(url).await.expect("opening the PostgreSQL store").with_group_by(group_by()),
+        )
     }
+}
+
+/// The attribute key with group hours, in the library and the gateway
+/// (`rollup_group_by`).
+fn group_by() -> Vec<String> {
+    vec!["template_id".to_owned()]
 }
 
 // ---------------------------------------------------------------------------
@@ -696,7 +705,7 @@ struct UsageCase {
     group_by: Option<&'static str>,
 }
 
-const USAGE_CASES: [UsageCase; 6] = [
+const USAGE_CASES: [UsageCase; 7] = [
     UsageCase { name: "usage cpu (sum), month", meter: CPU, window: None, group_by: None },
     UsageCase {
         name: "usage active_seconds (integral), month",
@@ -717,9 +726,15 @@ const USAGE_CASES: [UsageCase; 6] = [
         group_by: None,
     },
     UsageCase {
-        name: "usage cpu, month, group_by=template_id (raw)",
+        name: "usage cpu, month, group_by=template_id (group hours)",
         meter: CPU,
         window: None,
+        group_by: Some("template_id"),
+    },
+    UsageCase {
+        name: "usage cpu, month, window=day, group_by=template_id (group hours)",
+        meter: CPU,
+        window: Some(WindowSize::Day),
         group_by: Some("template_id"),
     },
     UsageCase {
@@ -947,8 +962,11 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("creating a temp dir");
         let config = support::write_config(dir.path(), component, cache_dir, database_url);
         let text = std::fs::read_to_string(&config).expect("reading the config");
-        std::fs::write(&config, format!("admin_token = \"{ADMIN_TOKEN}\"\n{text}"))
-            .expect("writing the config");
+        std::fs::write(
+            &config,
+            format!("admin_token = \"{ADMIN_TOKEN}\"\nrollup_group_by = [\"template_id\"]\n{text}"),
+        )
+        .expect("writing the config");
         let started = Instant::now();
         let mut child = spawn_meterd(&config, dir.path());
         let watchdog = Watchdog::start(child.id(), limit_mib);
@@ -1226,8 +1244,8 @@ async fn run_case(
     let check = store.check_rollups(5).await.expect("check_rollups");
     let check_s = started.elapsed().as_secs_f64();
     println!(
-        "  check_rollups: {check_s:.1} s: {} records; {} hours, {} steps, {} months; {} differences",
-        check.records, check.hours, check.steps, check.months, check.differences
+        "  check_rollups: {check_s:.1} s: {} records; {} hours, {} steps, {} months, {} group hours; {} differences",
+        check.records, check.hours, check.steps, check.months, check.group_hours, check.differences
     );
     assert_eq!(check.differences, 0, "the rollups differ from the raw records: {:?}", check.examples);
     let db_bytes = database.size_bytes().await;

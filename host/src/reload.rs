@@ -70,6 +70,7 @@ fn fixed_settings(config: &Config) -> Vec<(&'static str, String)> {
         ("plugin_timeout_ms", config.plugin_timeout.as_millis().to_string()),
         ("plugin_memory_mib", (config.plugin_memory_bytes >> 20).to_string()),
         ("payload_retention", format!("{:?}", config.payload_retention)),
+        ("rollup_group_by", config.rollup_group_by.join(",")),
     ]
 }
 

@@ -1,8 +1,9 @@
 //! Usage queries, apart from HTTP: resolve the meter, read the rollups of
 //! the range (whole hours summarized, the ends raw; `meter::rollup`) and
-//! evaluate them; a query grouped by an attribute reads the range's raw
-//! records a page at a time and adds up the pages' reports
-//! (`meter::merge`). The query parameters' parsing and the answer's JSON
+//! evaluate them; a sum or count grouped by a key of `rollup_group_by`
+//! reads its group hours the same way (`meter::rollup::groups`); any other
+//! grouped query reads the range's raw records a page at a time and adds
+//! up the pages' reports (`meter::merge`). The query parameters' parsing and the answer's JSON
 //! live here too, so that the HTTP API and `meterd usage` cannot disagree.
 
 use std::sync::Arc;

@@ -24,6 +24,9 @@
 //! so maintaining the rollups costs O(records written), and an hour whose
 //! steps did not arrive in order is re-summarized from its steps.
 //!
+//! For declared attribute keys, [`groups`] keeps group hours (sums and
+//! counts per attribute value and hour) beside them.
+//!
 //! [`fold::Fold`] computes the same tables from raw records (back-fill and
 //! the check), [`query::evaluate`] answers a usage query from them; the
 //! tests hold both to `meter::aggregate` over the raw records.
