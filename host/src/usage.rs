@@ -205,10 +205,11 @@ impl Pages {
     pub(crate) const DEFAULT: Pages = Pages { points: 10_000, subjects: 1_000 };
 }
 
-/// A query grouped by an attribute, from raw records: attributes (e.g. a
-/// sandbox id) are not rolled up. Sums, counts, integrals and latest are
-/// read a page at a time and the pages' reports added up, so memory is a
-/// page, not the range; max is not additive and reads the range at once.
+/// A query grouped by an attribute, from raw records (an undeclared key, or
+/// a level aggregation). Sums, counts, integrals and latest are read a page
+/// at a time and the pages' reports added up; max a page at a time in time
+/// order, from the levels in force, and the pages' maxima merged. Memory is
+/// a page (and for max the subjects in force), not the range.
 pub(crate) async fn grouped(
     store: &dyn Store,
     meter: &MeterDef,
@@ -224,11 +225,97 @@ pub(crate) async fn grouped(
             grouped_by_subject(store, meter, engine_query, query, pages.subjects).await?
         }
         meter::Aggregation::Max => {
-            let points = store.points(query).await?;
-            let carry_in = store.carry_in(query).await?;
-            meter::aggregate(meter, engine_query, &carry_in, &points)?
+            grouped_max_by_time(store, meter, engine_query, query, pages.points).await?
         }
     })
+}
+
+/// A grouped max, a page of the range's records at a time in time order:
+/// each page is a sub-range evaluated from the levels in force at its
+/// start (every subject's records at its last instant before it, kept only
+/// while not 0), and the pages' maxima are merged (`meter::merge::MaxMerged`).
+/// A page never splits an instant. Memory: a page and the subjects in force.
+async fn grouped_max_by_time(
+    store: &dyn Store,
+    meter: &MeterDef,
+    engine_query: &UsageQuery,
+    query: &PointQuery<'_>,
+    page: u32,
+) -> Result<meter::UsageReport, UsageError> {
+    let mut merged = meter::merge::MaxMerged::new(engine_query)?;
+    // The first part gets the whole carry-in, levels at 0 too: the engine
+    // names their groups.
+    let mut carry_in = store.carry_in(query).await?;
+    let mut in_force = InForce::default();
+    in_force.replace_with(carry_in.clone());
+    let (mut from, mut after) = (query.range.from_ms, None);
+    loop {
+        let rows = store.points_page(query, after, page).await?;
+        let full = rows.len() == page as usize;
+        let last_at = rows.last().map(|(key, _)| key.0);
+        let (points, to): (Vec<Point>, i64) = match last_at {
+            Some(last_at) if full => {
+                // Leave the last instant (perhaps continued on the next
+                // page) to the next part; a page all of one instant reads
+                // that instant whole.
+                let cut = rows.partition_point(|(key, _)| key.0 < last_at);
+                if cut == 0 {
+                    let instant = Range { from_ms: last_at, to_ms: last_at + 1 };
+                    let points = store.points(&PointQuery { range: instant, ..*query }).await?;
+                    after = Some((last_at, i64::MAX));
+                    (points, last_at + 1)
+                } else {
+                    after = Some(rows[cut - 1].0);
+                    (rows.into_iter().take(cut).map(|(_, p)| p).collect(), last_at)
+                }
+            }
+            _ => (rows.into_iter().map(|(_, p)| p).collect(), query.range.to_ms),
+        };
+        let sub = Range { from_ms: from, to_ms: to };
+        merged.add_part(meter, engine_query, sub, &carry_in, &points)?;
+        in_force.replace_with(points);
+        carry_in = in_force.points();
+        if to >= query.range.to_ms {
+            break;
+        }
+        from = to;
+    }
+    Ok(merged.finish())
+}
+
+/// Each subject's level records at its last instant so far, for the
+/// subjects whose level in force (the greatest quantity there) is not 0.
+#[derive(Default)]
+struct InForce(std::collections::HashMap<String, (i64, Vec<Point>)>);
+
+impl InForce {
+    /// Takes in the records of the next part (any order; levels count).
+    fn replace_with(&mut self, records: Vec<Point>) {
+        let mut touched = std::collections::HashSet::new();
+        for p in records.into_iter().filter(|p| p.kind == meter::Kind::Level) {
+            touched.insert(p.subject.clone());
+            match self.0.get_mut(&p.subject) {
+                Some((at, points)) if *at == p.at_ms => points.push(p),
+                Some((at, _)) if *at > p.at_ms => {}
+                _ => {
+                    self.0.insert(p.subject.clone(), (p.at_ms, vec![p]));
+                }
+            }
+        }
+        // The level in force is the greatest quantity at the last instant.
+        for subject in touched {
+            let zero = self.0.get(&subject).is_some_and(|(_, points)| {
+                points.iter().map(|p| p.quantity).max().is_none_or(|q| q.is_zero())
+            });
+            if zero {
+                self.0.remove(&subject);
+            }
+        }
+    }
+
+    fn points(&self) -> Vec<Point> {
+        self.0.values().flat_map(|(_, points)| points.iter().cloned()).collect()
+    }
 }
 
 /// A grouped sum or count, a page of the range's records at a time.

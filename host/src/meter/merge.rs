@@ -4,7 +4,9 @@
 //! A sum or count is additive over any split of the records; an integral
 //! or latest is additive over a split by subject (each subject's step
 //! function is whole in one part, with its carry-in). Max is not additive
-//! (it needs every subject at once), so it is never merged.
+//! over subjects (it needs every subject at once), but it is over a split
+//! of the range by time, each part starting from the levels in force at
+//! its start ([`MaxMerged`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -133,4 +135,92 @@ pub fn split_carry_in(records: Vec<Point>, from_ms: i64) -> (Vec<Point>, Vec<Poi
     let (before, from): (Vec<Point>, Vec<Point>) = records.into_iter().partition(|p| p.at_ms < from_ms);
     let carry = before.into_iter().filter(|p| last_before.get(&p.subject) == Some(&p.at_ms)).collect();
     (carry, from)
+}
+
+/// The maximum over time parts of one query's range, each part a
+/// sub-range evaluated with the levels in force at its start as carry-in:
+/// a window's maximum is the greatest of its parts' maxima, and so is the
+/// total. A group a part does not name had level 0 throughout that part
+/// (nothing of it was in force), which counts too.
+#[derive(Debug, Clone)]
+pub struct MaxMerged {
+    windows: Vec<Range>,
+    total: Option<Decimal>,
+    /// Per window, per group: the greatest value a part reported and in
+    /// how many parts the group was named.
+    cells: Vec<BTreeMap<Option<String>, (Decimal, u32)>>,
+    /// Per window, how many parts overlapped it.
+    parts: Vec<u32>,
+    groups: BTreeSet<Option<String>>,
+}
+
+impl MaxMerged {
+    pub fn new(query: &UsageQuery) -> Result<Self, EngineError> {
+        let merged = Merged::new(query)?;
+        let n = merged.windows.len();
+        Ok(Self {
+            windows: merged.windows,
+            total: None,
+            cells: vec![BTreeMap::new(); n],
+            parts: vec![0; n],
+            groups: BTreeSet::new(),
+        })
+    }
+
+    /// Runs the engine over the part `sub` of the range (`carry_in`: the
+    /// records in force at its start; `points`: its records) and adds it.
+    pub fn add_part(
+        &mut self,
+        meter: &MeterDef,
+        query: &UsageQuery,
+        sub: Range,
+        carry_in: &[Point],
+        points: &[Point],
+    ) -> Result<(), EngineError> {
+        let part_query = UsageQuery { range: sub, ..*query };
+        let part = aggregate(meter, &part_query, carry_in, points)?;
+        self.total = Some(self.total.map_or(part.total, |t| t.max(part.total)));
+        for (i, w) in self.windows.iter().enumerate() {
+            if w.from_ms < sub.to_ms && sub.from_ms < w.to_ms {
+                self.parts[i] += 1;
+            }
+        }
+        if !names_groups(meter.aggregation, sub, carry_in, points) {
+            return Ok(());
+        }
+        for w in &part.windows {
+            let i = self.windows.partition_point(|r| r.to_ms <= w.start_ms);
+            if let Some(cells) = self.cells.get_mut(i) {
+                let (v, named) = cells.entry(w.group.clone()).or_insert((w.value, 0));
+                *v = (*v).max(w.value);
+                *named += 1;
+            }
+            self.groups.insert(w.group.clone());
+        }
+        Ok(())
+    }
+
+    /// The whole report, laid out as [`Merged::finish`] lays it out.
+    pub fn finish(self) -> UsageReport {
+        let groups: Vec<Option<String>> =
+            if self.groups.is_empty() { vec![None] } else { self.groups.into_iter().collect() };
+        let mut windows = Vec::with_capacity(self.windows.len() * groups.len());
+        for ((range, cells), parts) in self.windows.iter().zip(self.cells).zip(self.parts) {
+            for g in &groups {
+                let value = match cells.get(g) {
+                    // Some part overlapping the window had the group at 0.
+                    Some((v, named)) if *named < parts => (*v).max(Decimal::ZERO),
+                    Some((v, _)) => *v,
+                    None => Decimal::ZERO,
+                };
+                windows.push(WindowValue {
+                    start_ms: range.from_ms,
+                    end_ms: range.to_ms,
+                    group: g.clone(),
+                    value,
+                });
+            }
+        }
+        UsageReport { total: self.total.unwrap_or(Decimal::ZERO), windows }
+    }
 }

@@ -682,3 +682,26 @@ fn default_meters_are_the_documented_ten() {
     .map(|(n, m, a, u)| (n.to_owned(), m.to_owned(), a, u.to_owned()));
     assert_eq!(table, expected);
 }
+
+#[test]
+fn a_max_merged_over_time_parts_counts_a_group_at_zero_in_a_part_that_does_not_name_it() {
+    // One window over [T0, T0+2h), split at T0+1h. Nothing is in force in
+    // the first part; at the split, s1 goes to -1 in group a and s2 to 2 in
+    // group b. Group a's maximum over the window is 0 (its level during the
+    // first hour), not -1; b's is 2; the org level's maximum is 1 (= -1 + 2).
+    let q = by_group(query(T0, T0 + 2 * H, None, FUTURE));
+    let points = [grouped(level("s1", "-1", T0 + H), "a"), grouped(level("s2", "2", T0 + H), "b")];
+    let whole = run(Aggregation::Max, &q, &[], &points);
+    let mut merged = merge::MaxMerged::new(&q).expect("windows");
+    let max = meter(Aggregation::Max);
+    merged.add_part(&max, &q, Range { from_ms: T0, to_ms: T0 + H }, &[], &[]).expect("first part");
+    merged
+        .add_part(&max, &q, Range { from_ms: T0 + H, to_ms: T0 + 2 * H }, &[], &points)
+        .expect("second part");
+    let parts = merged.finish();
+    assert_eq!(parts, whole);
+    let values: Vec<(Option<String>, Decimal)> =
+        parts.windows.iter().map(|w| (w.group.clone(), w.value)).collect();
+    assert_eq!(values, [(Some("a".into()), d("0")), (Some("b".into()), d("2"))]);
+    assert_eq!(parts.total, d("1"));
+}

@@ -883,8 +883,14 @@ async fn grouped_queries_read_in_pages_equal_the_engine_over_the_whole_range(sto
                     metric: "g".to_owned(),
                     kind: if rng.chance(65) { Kind::Level } else { Kind::Delta },
                     quantity: rng.quantity(),
-                    // Late and out of order: anywhere in a 30-hour span.
-                    at_ms: BASE + rng.between(0, 30 * HOUR),
+                    // Late and out of order: anywhere in a 30-hour span,
+                    // half of them at a few shared instants (ties, and
+                    // instants that a page of records would split).
+                    at_ms: if rng.chance(50) {
+                        BASE + rng.between(0, 30 * HOUR)
+                    } else {
+                        BASE + [0, HOUR, 7 * HOUR + 5, 20 * HOUR][rng.below(4)]
+                    },
                     window_start_ms: None,
                     attributes,
                 }
