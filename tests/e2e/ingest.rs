@@ -255,3 +255,82 @@ async fn raw_payloads_are_emptied_after_their_retention_and_still_deduplicate() 
     assert_eq!(gw.total("org-p", "sandbox_cpu_core_seconds").await, "4");
     pool.close().await;
 }
+
+/// Sends a request whose body is far over `max_body_bytes` over a raw
+/// connection, as a provider's client does: the whole body first, then the
+/// answer. Returns the answer, or what failed (a write cut off by the
+/// server closing is what clients report as a broken pipe).
+async fn oversized_exchange(addr: &str, body_len: usize, chunked: bool) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut read, mut write) = stream.into_split();
+    let framing =
+        if chunked { "transfer-encoding: chunked".to_owned() } else { format!("content-length: {body_len}") };
+    let head = format!(
+        "POST /v1/ingest/e2b HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{framing}\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < body_len {
+            let n = chunk.len().min(body_len - sent);
+            if chunked {
+                write.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                write.write_all(&chunk[..n]).await?;
+                write.write_all(b"\r\n").await?;
+            } else {
+                write.write_all(&chunk[..n]).await?;
+            }
+            sent += n;
+        }
+        if chunked {
+            write.write_all(b"0\r\n\r\n").await?;
+        }
+        write.flush().await?;
+        Ok::<_, std::io::Error>(write)
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let result = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), read.read(&mut buf)).await {
+            Ok(Ok(0)) => break Ok(()),
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                // Stop at the end of the (small, length-framed) JSON answer.
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                    break Ok(());
+                }
+            }
+            Ok(Err(e)) => break Err(format!("read: {e} after {} bytes", answer.len())),
+            Err(_) => break Err("no answer within 20 s".to_owned()),
+        }
+    };
+    let written = writer.await.map_err(|e| format!("writer: {e}"))?;
+    written.map_err(|e| format!("writing the body: {e}"))?;
+    result.map(|()| String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_body_gets_its_413_answer_not_a_reset() {
+    let gw =
+        Gateway::start(Options { extra_config: "max_body_bytes = 65536\n".to_owned(), ..Options::default() });
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    for (round, (len, chunked)) in [(4 << 20, false), (4 << 20, true), (300_000, false), (300_000, true)]
+        .into_iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        let answer = oversized_exchange(&addr, len, chunked).await;
+        let answer = answer.unwrap_or_else(|e| panic!("round {round} ({len} bytes, chunked {chunked}): {e}"));
+        assert!(answer.starts_with("HTTP/1.1 413"), "round {round}: {answer}");
+        assert!(answer.contains("65536-byte limit"), "round {round}: {answer}");
+    }
+    // Nothing was stored, and the gateway still serves.
+    assert_eq!(gw.count_rows("deliveries").await, 0);
+    let (status, _) = gw
+        .e2b(&e2b_event("ok", "killed", "2025-08-10T12:00:00Z", "sbx", "org-z", Some((1, 512, 1000))))
+        .await;
+    assert_eq!(status, 200);
+}

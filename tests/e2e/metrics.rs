@@ -162,8 +162,7 @@ async fn metrics_count_exactly_what_happened_and_logs_are_json_without_secrets()
         serve_args: vec!["--log-format", "json"],
         capture_stderr: true,
         env: vec![("METERD_LOG", "meterd=debug,warn")],
-        // Small, so the oversized body below is written whole before the
-        // 413 (a 1 MiB one could meet a closed connection mid-write).
+        // Small, so the oversized body below is small too.
         extra_config: "max_body_bytes = 4096\n".to_owned(),
         ..Options::default()
     });

@@ -255,9 +255,17 @@ async fn ingest_inner(
     Ok(Json(state.ingest.webhook(&plugin, inbound).await?))
 }
 
+/// How much of an oversized body is read and thrown away before the 413 is
+/// sent, and for how long at most: a client that writes its whole body
+/// before reading (most HTTP clients) then gets the answer rather than a
+/// broken pipe. A body declared larger than this is refused at once.
+const DRAIN_MAX_BYTES: u64 = 64 << 20;
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reads the body up to `limit` bytes; more is a 413, whatever the
-/// Content-Length claimed.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Content-Length claimed, sent once the rest of the body is drained.
+async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt as _;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -267,25 +275,39 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
     };
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    if let Some(len) = declared.filter(|len| *len > limit as u64) {
+        if len <= DRAIN_MAX_BYTES {
+            drain(body).await;
+        }
         return Err(too_large());
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes.to_vec()),
-        Err(e) if is_length_limit(&e) => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(format!("could not read the body: {e}"))),
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if bytes.len() + data.len() > limit {
+            drain(body).await;
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&data);
     }
+    Ok(bytes)
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
+/// Reads and discards the rest of a body, up to [`DRAIN_MAX_BYTES`] and
+/// [`DRAIN_MAX_TIME`] (then the connection closes).
+async fn drain(mut body: Body) {
+    use http_body_util::BodyExt as _;
+    let discard = async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DRAIN_MAX_BYTES {
+                break;
+            }
         }
-        source = err.source();
-    }
-    false
+    };
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, discard).await;
 }
 
 #[utoipa::path(
