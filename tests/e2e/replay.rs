@@ -465,3 +465,79 @@ async fn a_payload_the_plugin_now_refuses_is_reported_and_left_as_stored() {
     assert_eq!(gw.total("acme", CPU).await, "3", "the stored records stay");
     assert_eq!(corrections(&gw, None).await, vec![]);
 }
+
+/// Dry-run replays started while webhooks keep arriving: each replays
+/// exactly the deliveries it counted at its start (deliveries committing
+/// meanwhile are neither added nor skipped), on both engines.
+async fn replays_under_concurrent_ingest_replay_exactly_what_they_counted(db: Option<TestDatabase>) {
+    let gw = std::sync::Arc::new(Gateway::start(Options {
+        admin_token: Some(ADMIN_TOKEN),
+        database: db.as_ref().map(|d| d.url.clone()),
+        ..Options::default()
+    }));
+    let event = |i: usize| {
+        e2b_event(&format!("live-{i}"), "created", &rfc3339(Utc::now()), &format!("sbx-{i}"), "acme", None)
+    };
+    for i in 0..300 {
+        assert_eq!(gw.e2b(&event(i)).await.0, 200);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|w| {
+            let (gw, stop) = (gw.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 1_000 + w * 100_000;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = e2b_event(
+                        &format!("live-{i}"),
+                        "created",
+                        &rfc3339(Utc::now()),
+                        "sbx-x",
+                        "acme",
+                        None,
+                    );
+                    assert_eq!(gw.e2b(&body).await.0, 200);
+                    i += 1;
+                }
+                i - 1_000 - w * 100_000
+            })
+        })
+        .collect();
+    let mut totals = Vec::new();
+    for _ in 0..3 {
+        // Let the senders get ahead, so that deliveries are in flight.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (status, job) = gw.post_json("/v1/replays", &json!({"plugin": "e2b", "dry_run": true})).await;
+        assert_eq!(status, 202, "{job}");
+        let id = job["id"].as_str().expect("job id").to_owned();
+        let job = loop {
+            let (_, job) = gw.get(&format!("/v1/replays/{id}")).await;
+            if job["state"] != "running" {
+                break job;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(job["state"], "done", "{job:#}");
+        let deliveries = &job["report"]["deliveries"];
+        assert_eq!(deliveries["done"], deliveries["total"], "{job:#}");
+        totals.push(deliveries["total"].as_u64().expect("total"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for s in senders {
+        sent += s.await.expect("sender");
+    }
+    assert!(sent > 0 && totals[0] > 300, "{sent} sent, totals {totals:?}");
+    assert!(totals.windows(2).all(|w| w[0] < w[1]), "each set holds the one before and more: {totals:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_under_concurrent_ingest_on_sqlite() {
+    replays_under_concurrent_ingest_replay_exactly_what_they_counted(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_under_concurrent_ingest_on_postgres() {
+    replays_under_concurrent_ingest_replay_exactly_what_they_counted(Some(TestDatabase::create().await))
+        .await;
+}

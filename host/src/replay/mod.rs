@@ -209,11 +209,12 @@ impl Replays {
         plugin: &Arc<PluginHandle>,
         request: &ReplayRequest,
     ) -> Result<(), StoreError> {
-        let total = self.store.count_deliveries(&request.plugin, request.range).await?;
-        job.update(|view| view.report = Report::new(total));
+        // The deliveries committed now; those committing later are not in it.
+        let set = self.store.replay_set(&request.plugin, request.range).await?;
+        job.update(|view| view.report = Report::new(set.total));
         let mut after = None;
         loop {
-            let page = self.store.deliveries(&request.plugin, request.range, after, PAGE).await?;
+            let page = self.store.deliveries(&request.plugin, request.range, &set, after, PAGE).await?;
             let Some(last) = page.last() else { return Ok(()) };
             after = Some((last.received_at_ms, last.id));
             let outcomes = replay_page(plugin, &page).await;

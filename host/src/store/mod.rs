@@ -521,6 +521,30 @@ pub trait Records: Send + Sync {
 /// Where a page of records ends: (time, record id).
 pub type PointKey = (i64, i64);
 
+/// See [`Deliveries::replay_set`]: the deliveries with an id up to
+/// `up_to_id` (every one of them had committed when the set was taken;
+/// later ones have greater ids), `total` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplaySet {
+    pub up_to_id: i64,
+    pub total: u64,
+}
+
+/// The replay's statements, one text for both engines ($1 plugin, $2 and
+/// $3 the range).
+pub(super) mod replay_sql {
+    /// The set's (greatest id, count).
+    pub const SET: &str = "SELECT COALESCE(MAX(id), 0) AS up_to_id, COUNT(*) AS total FROM deliveries
+         WHERE plugin = $1 AND received_at_ms >= $2 AND received_at_ms < $3";
+    /// A page of the set: $4 its greatest id, $5 and $6 the cursor, $7 the limit.
+    pub const PAGE: &str =
+        "SELECT id, event_id, received_at_ms, path, query, headers, body, payload_purged_at_ms
+         FROM deliveries
+         WHERE plugin = $1 AND received_at_ms >= $2 AND received_at_ms < $3 AND id <= $4
+           AND (received_at_ms, id) > ($5, $6)
+         ORDER BY received_at_ms, id LIMIT $7";
+}
+
 /// The paged reads' SQL, the same on both engines but for how an attribute
 /// is read (`group`: an expression of `$1`, the attribute).
 pub(super) mod paged_sql {
@@ -666,15 +690,20 @@ pub trait Deliveries: Send + Sync {
     /// how many were emptied.
     async fn purge_payloads(&self, before_ms: i64, now_ms: i64) -> Result<u64, StoreError>;
 
-    /// How many deliveries of `plugin` were received in `range`.
-    async fn count_deliveries(&self, plugin: &str, range: Range) -> Result<u64, StoreError>;
+    /// The deliveries a replay of `plugin` over `range` covers: those
+    /// received in `range` and committed when it starts. A delivery is
+    /// stamped when it arrives and committed later, so "received before
+    /// `to`" alone would let deliveries join (or, behind a page already
+    /// read, be skipped) while the replay runs.
+    async fn replay_set(&self, plugin: &str, range: Range) -> Result<ReplaySet, StoreError>;
 
-    /// Up to `limit` deliveries of `plugin` received in `range`, in the
-    /// order received (ties by id), starting after `after`.
+    /// Up to `limit` deliveries of `set`, in the order received (ties by
+    /// id), starting after `after`.
     async fn deliveries(
         &self,
         plugin: &str,
         range: Range,
+        set: &ReplaySet,
         after: Option<DeliveryCursor>,
         limit: i64,
     ) -> Result<Vec<StoredDelivery>, StoreError>;

@@ -18,9 +18,9 @@ use super::tails::TailMemory;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
     OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointKey,
-    PointQuery, PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, RollupCheck,
-    Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, fix_change,
-    key_from_columns, key_scope_columns, org_change, paged_sql, payload_from_columns, with_seqs,
+    PointQuery, PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet,
+    RollupCheck, Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord,
+    fix_change, key_from_columns, key_scope_columns, org_change, paged_sql, payload_from_columns, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
@@ -988,39 +988,38 @@ impl Deliveries for SqliteStore {
         }
     }
 
-    async fn count_deliveries(&self, plugin: &str, range: Range) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE plugin = ?1 AND received_at_ms >= ?2 AND received_at_ms < ?3",
-        )
-        .bind(plugin)
-        .bind(range.from_ms)
-        .bind(range.to_ms)
-        .fetch_one(&self.readers)
-        .await?;
-        Ok(count.max(0) as u64)
+    async fn replay_set(&self, plugin: &str, range: Range) -> Result<ReplaySet, StoreError> {
+        // One writer commits in id order: every delivery up to the greatest
+        // id this snapshot sees has committed, and later ones get greater ids.
+        let row = sqlx::query(super::replay_sql::SET)
+            .bind(plugin)
+            .bind(range.from_ms)
+            .bind(range.to_ms)
+            .fetch_one(&self.readers)
+            .await?;
+        let total: i64 = row.try_get("total")?;
+        Ok(ReplaySet { up_to_id: row.try_get("up_to_id")?, total: total.max(0) as u64 })
     }
 
     async fn deliveries(
         &self,
         plugin: &str,
         range: Range,
+        set: &ReplaySet,
         after: Option<DeliveryCursor>,
         limit: i64,
     ) -> Result<Vec<StoredDelivery>, StoreError> {
         let (after_at, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
-        let rows = sqlx::query(
-            "SELECT id, event_id, received_at_ms, path, query, headers, body, payload_purged_at_ms FROM deliveries
-             WHERE plugin = ?1 AND received_at_ms >= ?2 AND received_at_ms < ?3 AND (received_at_ms, id) > (?4, ?5)
-             ORDER BY received_at_ms, id LIMIT ?6",
-        )
-        .bind(plugin)
-        .bind(range.from_ms)
-        .bind(range.to_ms)
-        .bind(after_at)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.readers)
-        .await?;
+        let rows = sqlx::query(super::replay_sql::PAGE)
+            .bind(plugin)
+            .bind(range.from_ms)
+            .bind(range.to_ms)
+            .bind(set.up_to_id)
+            .bind(after_at)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.readers)
+            .await?;
         rows.iter()
             .map(|row| {
                 let event_id: String = row.try_get("event_id")?;

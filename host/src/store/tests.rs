@@ -135,6 +135,7 @@ conformance!(
     two_writers_correcting_one_record_audit_it_once,
     grouped_queries_read_in_pages_equal_the_engine_over_the_whole_range,
     corrections_of_one_record_in_one_batch_apply_in_order,
+    a_replay_set_is_what_had_committed_when_it_was_taken,
 );
 
 fn record(event_id: &str, quantity: i64) -> UsageRecord {
@@ -524,7 +525,13 @@ async fn old_payloads_are_purged_and_still_deduplicate(store: Arc<dyn Store>) {
     assert_eq!(store.purge_payloads(3_000, 9_000).await.unwrap(), 1);
     assert_eq!(store.purge_payloads(3_000, 9_001).await.unwrap(), 0, "purged once");
     let payloads: Vec<(String, Payload)> = store
-        .deliveries("e2b", range(0, 10_000), None, 10)
+        .deliveries(
+            "e2b",
+            range(0, 10_000),
+            &store.replay_set("e2b", range(0, 10_000)).await.unwrap(),
+            None,
+            10,
+        )
         .await
         .unwrap()
         .into_iter()
@@ -583,19 +590,39 @@ async fn replay_reads_deliveries_in_order_and_applies_fixes_only_to_what_it_read
         .unwrap();
     hook.0.lock().unwrap().clear();
 
-    assert_eq!(store.count_deliveries("e2b", range(0, 10_000)).await.unwrap(), 4);
-    assert_eq!(store.count_deliveries("e2b", range(1_500, 3_000)).await.unwrap(), 2, "[from, to)");
+    assert_eq!(store.replay_set("e2b", range(0, 10_000)).await.unwrap().total, 4);
+    assert_eq!(store.replay_set("e2b", range(1_500, 3_000)).await.unwrap().total, 2, "[from, to)");
     // Paged one at a time, in the order received.
     let mut seen = Vec::new();
     let mut after = None;
-    while let Some(d) = store.deliveries("e2b", range(0, 10_000), after, 1).await.unwrap().pop() {
+    while let Some(d) = store
+        .deliveries(
+            "e2b",
+            range(0, 10_000),
+            &store.replay_set("e2b", range(0, 10_000)).await.unwrap(),
+            after,
+            1,
+        )
+        .await
+        .unwrap()
+        .pop()
+    {
         after = Some((d.received_at_ms, d.id));
         seen.push(d);
     }
     let events: Vec<&str> = seen.iter().map(|d| d.event_id.as_str()).collect();
     assert_eq!(events, ["a", "b1", "b2", "c"]);
     assert!(matches!(&seen[0].payload, Payload::Kept { body, .. } if body == b"{}"));
-    let page = store.deliveries("e2b", range(1_000, 2_001), None, 10).await.unwrap();
+    let page = store
+        .deliveries(
+            "e2b",
+            range(1_000, 2_001),
+            &store.replay_set("e2b", range(1_000, 2_001)).await.unwrap(),
+            None,
+            10,
+        )
+        .await
+        .unwrap();
     assert_eq!(page.len(), 3);
 
     // A's records: by delivery, and by event id.
@@ -659,12 +686,50 @@ async fn replay_reads_deliveries_in_order_and_applies_fixes_only_to_what_it_read
     assert!(hook.0.lock().unwrap().is_empty(), "rolled back");
 }
 
+/// Deliveries are stamped on arrival and committed later: one received
+/// earlier than a page already read, or within the range, that commits
+/// while a replay pages is not in its set (it was neither counted nor, for
+/// the earlier one, reachable behind the cursor).
+async fn a_replay_set_is_what_had_committed_when_it_was_taken(store: Arc<dyn Store>) {
+    let at = |event: &str, received_at_ms: i64| Delivery { received_at_ms, ..delivery(event, vec![]) };
+    for (i, t) in [1_000, 2_000, 3_000, 4_000, 5_000].into_iter().enumerate() {
+        store.commit(&[at(&format!("d{i}"), t)]).await.unwrap();
+    }
+    let whole = range(0, 10_000);
+    let set = store.replay_set("e2b", whole).await.unwrap();
+    assert_eq!(set.total, 5);
+    let first = store.deliveries("e2b", whole, &set, None, 2).await.unwrap();
+    // Two more commit meanwhile: one received before the cursor, one after.
+    store.commit(&[at("late-early", 500), at("late-inside", 4_500)]).await.unwrap();
+    let mut seen: Vec<String> = first.iter().map(|d| d.event_id.clone()).collect();
+    let mut after = first.last().map(|d| (d.received_at_ms, d.id));
+    loop {
+        let page = store.deliveries("e2b", whole, &set, after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.received_at_ms, last.id));
+        seen.extend(page.iter().map(|d| d.event_id.clone()));
+    }
+    assert_eq!(seen, ["d0", "d1", "d2", "d3", "d4"]);
+    assert_eq!(seen.len() as u64, set.total);
+    // A set taken now has them.
+    assert_eq!(store.replay_set("e2b", whole).await.unwrap().total, 7);
+}
+
 async fn a_correction_moves_a_record_to_the_delivery_that_made_it(store: Arc<dyn Store>) {
     // Delivery "first" reports fact "f"; a later delivery revises it.
     store.commit(&[delivery("first", vec![record("f", 1)])]).await.unwrap();
     store.commit(&[delivery("second", vec![record("f", 2)])]).await.unwrap();
     store.commit(&[delivery("third", vec![record("f", 2)])]).await.unwrap();
-    let deliveries = store.deliveries("e2b", range(0, 10_000), None, 10).await.unwrap();
+    let deliveries = store
+        .deliveries(
+            "e2b",
+            range(0, 10_000),
+            &store.replay_set("e2b", range(0, 10_000)).await.unwrap(),
+            None,
+            10,
+        )
+        .await
+        .unwrap();
     let ids: Vec<i64> = deliveries.iter().map(|d| d.id).collect();
     let records = store.delivery_records("e2b", &ids, &[]).await.unwrap();
     assert_eq!(records.len(), 1);
