@@ -334,3 +334,125 @@ async fn an_oversized_body_gets_its_413_answer_not_a_reset() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// One E2B kill worth exactly 1 vCPU-second and 1 GiB-second.
+fn unit_kill(i: usize) -> Vec<u8> {
+    e2b_event(
+        &format!("u{i}"),
+        "killed",
+        "2025-08-12T00:00:00Z",
+        &format!("s{i}"),
+        "org-u",
+        Some((1, 1024, 1000)),
+    )
+}
+
+/// POSTs a signed E2B webhook to `base`: its status, or `None` when no
+/// answer came (refused, reset, timed out).
+async fn post_e2b(client: &reqwest::Client, base: &str, body: &[u8]) -> Option<(u16, bool)> {
+    let signature = support::e2b_signature(support::E2B_SECRET, body);
+    let response = client
+        .post(format!("{base}/v1/ingest/e2b"))
+        .header("e2b-signature", signature)
+        .timeout(std::time::Duration::from_secs(5))
+        .body(body.to_vec())
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let receipt: serde_json::Value = response.json().await.ok()?;
+    Some((status, receipt["duplicate"] == true))
+}
+
+/// Every webhook delivered three times at once: one delivery of each is
+/// new, the others duplicates, and the totals count each event once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_storm_counts_every_event_once() {
+    const EVENTS: usize = 300;
+    let gw = Gateway::start(Options::default());
+    let mut tasks = Vec::new();
+    for i in 0..EVENTS {
+        for _ in 0..3 {
+            let (client, base, body) = (gw.client.clone(), gw.base.clone(), unit_kill(i));
+            tasks.push(tokio::spawn(async move { (i, post_e2b(&client, &base, &body).await) }));
+        }
+    }
+    let mut new = vec![0; EVENTS];
+    for task in tasks {
+        let (i, answer) = task.await.expect("sender");
+        match answer {
+            Some((200, duplicate)) => new[i] += usize::from(!duplicate),
+            other => panic!("event {i}: {other:?}"),
+        }
+    }
+    assert!(new.iter().all(|n| *n == 1), "each event new exactly once: {new:?}");
+    assert_eq!(gw.total("org-u", "sandbox_cpu_core_seconds").await, EVENTS.to_string());
+    assert_eq!(gw.total("org-u", "sandbox_ram_gibi_seconds").await, EVENTS.to_string());
+    assert_eq!(gw.count_rows("deliveries").await, EVENTS as i64);
+}
+
+/// kill -9 twenty times under signed webhook load. Senders redeliver every
+/// webhook that got no 200 until one does (as providers retry). After each
+/// restart every delivery acknowledged before the kill is stored; at the
+/// end each event is counted exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loop_under_load_keeps_every_acknowledged_delivery_once() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, RwLock};
+    const SENDERS: usize = 8;
+    const PER_SENDER: usize = 250;
+    let mut gw = Gateway::start(Options::default());
+    let base = Arc::new(RwLock::new(gw.base.clone()));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (client, base, acked, done) = (gw.client.clone(), base.clone(), acked.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut pending: std::collections::VecDeque<usize> =
+                    (s * PER_SENDER..(s + 1) * PER_SENDER).collect();
+                let mut redelivered = 0;
+                while let Some(i) = pending.pop_front() {
+                    let url = base.read().expect("base").clone();
+                    match post_e2b(&client, &url, &unit_kill(i)).await {
+                        Some((200, _)) => {
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {
+                            redelivered += 1;
+                            pending.push_back(i);
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                    }
+                    // Paced, so that the load lasts through the kills.
+                    if !done.load(Ordering::Relaxed) {
+                        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+                    }
+                }
+                redelivered
+            })
+        })
+        .collect();
+    for round in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let before_kill = acked.load(Ordering::SeqCst);
+        tokio::task::block_in_place(|| gw.restart_after_kill9());
+        *base.write().expect("base") = gw.base.clone();
+        let stored = gw.count_rows("deliveries").await;
+        assert!(
+            stored >= before_kill as i64,
+            "round {round}: {stored} stored, {before_kill} acknowledged before the kill"
+        );
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut redelivered = 0;
+    for sender in senders {
+        redelivered += sender.await.expect("sender");
+    }
+    let events = SENDERS * PER_SENDER;
+    assert_eq!(acked.load(Ordering::SeqCst), events);
+    assert!(redelivered > 0, "some webhooks met a dead gateway and were redelivered");
+    assert_eq!(gw.count_rows("deliveries").await, events as i64);
+    assert_eq!(gw.total("org-u", "sandbox_cpu_core_seconds").await, events.to_string());
+    assert_eq!(gw.total("org-u", "sandbox_ram_gibi_seconds").await, events.to_string());
+}
