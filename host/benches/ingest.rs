@@ -42,7 +42,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper::header::HeaderValue;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::header::{HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode};
 use rust_decimal::Decimal;
 use tokio::sync::{Mutex, mpsc};
 
@@ -104,10 +107,14 @@ impl Gateway {
     /// Starts the release binary with a fresh database and waits for its
     /// "listening on" line. `cache_dir` is shared between runs so the
     /// component is compiled once.
-    fn start(component: &Path, cache_dir: &Path) -> Self {
+    fn start(component: &Path, cache_dir: &Path, also: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("creating a temp dir");
         let database = format!("sqlite://{}", dir.path().join("meterd.db").display());
         let config = write_config(dir.path(), component, cache_dir, &database);
+        // The faults runs load the test-only chaos plugin next to e2b.
+        if let Some(chaos) = also {
+            std::fs::copy(chaos, dir.path().join("plugins").join("chaos.wasm")).expect("copying chaos");
+        }
         let mut child = spawn_meterd(&config, dir.path());
         let addr = wait_for_listening(&mut child);
         Self { child, dir, addr }
@@ -602,6 +609,8 @@ impl Perf {
 struct RunReport {
     name: String,
     tally: Tally,
+    /// The faulty calls, in a faults run with them.
+    faults: Option<FaultTally>,
     /// Webhooks/s over the measured window.
     throughput: f64,
     usage: Usage,
@@ -613,14 +622,76 @@ struct RunReport {
 struct Bench {
     settings: Settings,
     component: PathBuf,
+    /// The test-only chaos plugin, for the faults runs.
+    chaos: PathBuf,
     cache_dir: tempfile::TempDir,
     client: tokio::runtime::Runtime,
 }
 
 #[derive(Clone, Copy)]
 enum Pattern {
-    Closed { connections: usize },
-    Open { rate: f64, connections: usize },
+    Closed {
+        connections: usize,
+    },
+    Open {
+        rate: f64,
+        connections: usize,
+    },
+    /// Closed loop next to the chaos plugin, with (`faults`) or without one
+    /// connection each sending `loop`, `alloc` and `trap` calls nonstop.
+    Faults {
+        connections: usize,
+        faults: bool,
+    },
+}
+
+/// The faulty calls of a faults run: each must be refused (500).
+#[derive(Debug, Default)]
+struct FaultTally {
+    calls: u64,
+    /// Answers other than 500, or failed exchanges.
+    wrong: Vec<String>,
+    /// Nanoseconds, sorted by the report.
+    latencies: Vec<u64>,
+}
+
+/// The faulty calls: `body` to the chaos plugin over one connection, nonstop
+/// until the window ends.
+async fn fault_load(addr: SocketAddr, body: &'static str, window: Window) -> FaultTally {
+    let host = host_header(addr);
+    let mut sender = connect(addr).await;
+    let mut tally = FaultTally::default();
+    while Instant::now() < window.end {
+        if sender.is_closed() {
+            sender = connect(addr).await;
+        }
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/ingest/chaos")
+            .header(HOST, host.clone())
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("a well-formed request");
+        let sent = Instant::now();
+        let answer = async {
+            sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+            let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+            let status = response.status();
+            response.into_body().collect().await.map_err(|e| format!("response body: {e}"))?;
+            Ok::<_, String>(status)
+        }
+        .await;
+        let done = Instant::now();
+        tally.calls += 1;
+        match answer {
+            Ok(StatusCode::INTERNAL_SERVER_ERROR) => {}
+            Ok(status) => tally.wrong.push(format!("{body}: {status}")),
+            Err(e) => tally.wrong.push(format!("{body}: {e}")),
+        }
+        if window.measures(done) {
+            tally.latencies.push(nanos(done - sent));
+        }
+    }
+    tally
 }
 
 impl Bench {
@@ -629,27 +700,39 @@ impl Bench {
     fn run(&self, name: &str, pattern: Pattern) -> RunReport {
         let s = &self.settings;
         let planned = match pattern {
-            Pattern::Closed { .. } => s.max_rate * s.run_length().as_secs_f64(),
+            Pattern::Closed { .. } | Pattern::Faults { .. } => s.max_rate * s.run_length().as_secs_f64(),
             Pattern::Open { rate, .. } => rate * s.run_length().as_secs_f64(),
         };
         let org = format!("bench-{name}");
         let webhooks = prepare(name, &org, planned.ceil() as usize);
-        let gateway = Gateway::start(&self.component, self.cache_dir.path());
+        let chaos = matches!(pattern, Pattern::Faults { .. }).then_some(self.chaos.as_path());
+        let gateway = Gateway::start(&self.component, self.cache_dir.path(), chaos);
         let perf_output = self.cache_dir.path().join(format!("perf-{name}.csv"));
         let perf = s.perf.then(|| Perf::attach(gateway.pid(), perf_output)).flatten();
         let before = Snapshot::take(gateway.pid());
-        let (mut tally, window) =
+        let (mut tally, window, mut faults) =
             self.client.block_on(drive(gateway.addr, webhooks.clone(), pattern, s.warmup, s.seconds));
+        if let Some(f) = &mut faults {
+            f.latencies.sort_unstable();
+        }
         let usage = Usage::since(&before, gateway.pid(), perf.and_then(Perf::finish));
         tally.latencies.sort_unstable();
         tally.lags.sort_unstable();
         let committed = self.client.block_on(Committed::read(&gateway, &org));
         gateway.stop();
-        let exhausted = matches!(pattern, Pattern::Closed { .. })
+        let exhausted = matches!(pattern, Pattern::Closed { .. } | Pattern::Faults { .. })
             && tally.acknowledged + tally.errors >= webhooks.len() as u64;
-        let problem = committed.problem(tally.acknowledged).or_else(|| {
-            tally.first_error.as_ref().map(|e| format!("{} failed requests, first: {e}", tally.errors))
-        });
+        let problem = committed
+            .problem(tally.acknowledged)
+            .or_else(|| {
+                tally.first_error.as_ref().map(|e| format!("{} failed requests, first: {e}", tally.errors))
+            })
+            .or_else(|| {
+                let wrong = &faults.as_ref()?.wrong;
+                wrong
+                    .first()
+                    .map(|w| format!("{} faulty calls not refused with 500, first: {w}", wrong.len()))
+            });
         RunReport {
             name: name.to_owned(),
             throughput: throughput(&tally, &window, exhausted),
@@ -657,6 +740,7 @@ impl Bench {
             tally,
             usage,
             exhausted,
+            faults,
         }
     }
 }
@@ -680,20 +764,39 @@ async fn drive(
     pattern: Pattern,
     warmup: Duration,
     seconds: Duration,
-) -> (Tally, Window) {
+) -> (Tally, Window, Option<FaultTally>) {
     let connections = match pattern {
-        Pattern::Closed { connections } | Pattern::Open { connections, .. } => connections,
+        Pattern::Closed { connections }
+        | Pattern::Open { connections, .. }
+        | Pattern::Faults { connections, .. } => connections,
     };
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
         senders.push(connect(addr).await);
     }
     let window = Window::starting_now(warmup, seconds);
-    let tally = match pattern {
-        Pattern::Closed { .. } => closed_loop(addr, webhooks, senders, window).await,
-        Pattern::Open { rate, .. } => open_loop(addr, webhooks, rate, senders, window).await,
+    let (tally, faults) = match pattern {
+        Pattern::Closed { .. } | Pattern::Faults { faults: false, .. } => {
+            (closed_loop(addr, webhooks, senders, window).await, None)
+        }
+        Pattern::Faults { faults: true, .. } => {
+            let faulty: Vec<_> = ["loop", "alloc", "trap"]
+                .into_iter()
+                .map(|b| tokio::spawn(fault_load(addr, b, window)))
+                .collect();
+            let tally = closed_loop(addr, webhooks, senders, window).await;
+            let mut all = FaultTally::default();
+            for f in faulty {
+                let f = f.await.expect("a fault worker panicked");
+                all.calls += f.calls;
+                all.wrong.extend(f.wrong);
+                all.latencies.extend(f.latencies);
+            }
+            (tally, Some(all))
+        }
+        Pattern::Open { rate, .. } => (open_loop(addr, webhooks, rate, senders, window).await, None),
     };
-    (tally, window)
+    (tally, window, faults)
 }
 
 /// Percentiles of sorted latencies.
@@ -720,6 +823,14 @@ fn print_run(report: &RunReport) {
         }
     );
     println!("  latency: {}", latency_summary(&report.tally.latencies));
+    if let Some(f) = &report.faults {
+        println!(
+            "  faulty calls (loop, alloc, trap; each must be a 500): {} calls, {} not refused, latency {}",
+            f.calls,
+            f.wrong.len(),
+            latency_summary(&f.latencies)
+        );
+    }
     if !report.tally.lags.is_empty() {
         println!(
             "  send lag behind schedule (pacer + waiting for an idle connection): {}",
@@ -828,6 +939,7 @@ fn main() {
     );
     let bench = Bench {
         component: support::component("e2b"),
+        chaos: support::component("chaos"),
         cache_dir: tempfile::tempdir().expect("creating the cache dir"),
         client: tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -842,6 +954,22 @@ fn main() {
             print_run(&report);
             closed.push(report);
         }
+    }
+    if support::selected(&filters, "faults") {
+        let connections = 64;
+        let quiet = bench.run("faults-off", Pattern::Faults { connections, faults: false });
+        print_run(&quiet);
+        let loud = bench.run("faults-on", Pattern::Faults { connections, faults: true });
+        print_run(&loud);
+        println!(
+            "e2b next to faulty calls: {:.0} / {:.0} webhooks/s = {:.2} of its throughput without them (target ≥ 0.90: {})",
+            loud.throughput,
+            quiet.throughput,
+            loud.throughput / quiet.throughput.max(1e-9),
+            if loud.throughput >= 0.9 * quiet.throughput { "met" } else { "NOT met" }
+        );
+        closed.push(quiet);
+        closed.push(loud);
     }
     let open = support::selected(&filters, "open").then(|| {
         let s = &bench.settings;
