@@ -645,11 +645,13 @@ enum Pattern {
     },
 }
 
-/// The faulty calls of a faults run: each must be refused (500).
+/// The faulty calls of a faults run: each must be refused, a 500 (run and
+/// stopped) or a 503 (quarantined: refused without running).
 #[derive(Debug, Default)]
 struct FaultTally {
     calls: u64,
-    /// Answers other than 500, or failed exchanges.
+    quarantined: u64,
+    /// Other answers, or failed exchanges.
     wrong: Vec<String>,
     /// Nanoseconds, sorted by the report.
     latencies: Vec<u64>,
@@ -684,6 +686,7 @@ async fn fault_load(addr: SocketAddr, body: &'static str, window: Window) -> Fau
         tally.calls += 1;
         match answer {
             Ok(StatusCode::INTERNAL_SERVER_ERROR) => {}
+            Ok(StatusCode::SERVICE_UNAVAILABLE) => tally.quarantined += 1,
             Ok(status) => tally.wrong.push(format!("{body}: {status}")),
             Err(e) => tally.wrong.push(format!("{body}: {e}")),
         }
@@ -789,6 +792,7 @@ async fn drive(
             for f in faulty {
                 let f = f.await.expect("a fault worker panicked");
                 all.calls += f.calls;
+                all.quarantined += f.quarantined;
                 all.wrong.extend(f.wrong);
                 all.latencies.extend(f.latencies);
             }
@@ -825,8 +829,9 @@ fn print_run(report: &RunReport) {
     println!("  latency: {}", latency_summary(&report.tally.latencies));
     if let Some(f) = &report.faults {
         println!(
-            "  faulty calls (loop, alloc, trap; each must be a 500): {} calls, {} not refused, latency {}",
+            "  faulty calls (loop, alloc, trap; each must be a 500, or a 503 once quarantined): {} calls, {} quarantined, {} not refused, latency {}",
             f.calls,
+            f.quarantined,
             f.wrong.len(),
             latency_summary(&f.latencies)
         );

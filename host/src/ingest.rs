@@ -50,6 +50,7 @@ impl IngestError {
                 CallError::Adapter(AdapterError::Malformed(_) | AdapterError::Unsupported(_)) => {
                     "bad_request"
                 }
+                CallError::Quarantined { .. } => "quarantined",
                 _ => "plugin_error",
             },
         }

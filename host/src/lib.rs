@@ -19,6 +19,7 @@ pub mod plans;
 pub mod plugin;
 pub mod plugins;
 pub mod poller;
+pub mod quarantine;
 pub mod record;
 pub mod reload;
 pub mod replay;

@@ -19,6 +19,7 @@ pub struct PluginHandle {
     pub file: PathBuf,
     pub loaded_at_ms: i64,
     calls: Semaphore,
+    quarantine: crate::quarantine::Quarantine,
 }
 
 impl PluginHandle {
@@ -86,6 +87,9 @@ impl PluginHandle {
         call: impl FnOnce() -> Result<R, CallError> + Send + 'static,
     ) -> Result<R, CallError> {
         let name = self.info().name.clone();
+        if let Err(retry_after_ms) = self.quarantine.admit(crate::clock::now_ms()) {
+            return Err(CallError::Quarantined { plugin: name, retry_after_ms });
+        }
         let _permit = self.calls.acquire().await.map_err(|_| CallError::Instantiate {
             plugin: name.clone(),
             message: "the plugin is shutting down".to_owned(),
@@ -108,11 +112,12 @@ impl PluginHandle {
                 message: format!("the host thread running the call failed: {e}"),
             })
         });
-        if let Err(error) = &result
-            && let Some(kind) = error.trap_kind()
-        {
+        let kind = result.as_ref().err().and_then(CallError::trap_kind);
+        if let Some(kind) = kind {
             metrics::PLUGIN_TRAPS.inc([&name, kind]);
         }
+        // An instance the pool could not provide is not the plugin's fault.
+        self.quarantine.record(kind.is_some_and(|k| k != "instantiate"), crate::clock::now_ms());
         result
     }
 }
@@ -345,5 +350,6 @@ fn load_bytes(
         file: file.to_owned(),
         loaded_at_ms: crate::clock::now_ms(),
         calls: Semaphore::new(max_concurrent_calls),
+        quarantine: crate::quarantine::Quarantine::default(),
     })
 }

@@ -456,3 +456,42 @@ async fn a_crash_loop_under_load_keeps_every_acknowledged_delivery_once() {
     assert_eq!(gw.total("org-u", "sandbox_cpu_core_seconds").await, events.to_string());
     assert_eq!(gw.total("org-u", "sandbox_ram_gibi_seconds").await, events.to_string());
 }
+
+/// A plugin that keeps hitting its CPU deadline is quarantined: after five
+/// traps in a row its calls are refused at once (503, `Retry-After`), so it
+/// no longer holds a core; after the cool-down one call runs as a probe,
+/// and one that does not trap ends the quarantine. Other plugins serve on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_keeps_trapping_is_quarantined_and_probed_back() {
+    let gw = Gateway::start(Options { plugins: vec!["e2b", "chaos"], ..Options::default() });
+    let chaos = |body: &'static str| {
+        let (client, url) = (gw.client.clone(), gw.url("/v1/ingest/chaos"));
+        async move {
+            let started = std::time::Instant::now();
+            let response = client.post(url).body(body).send().await.expect("POST chaos");
+            let retry_after =
+                response.headers().get("retry-after").map(|v| v.to_str().unwrap_or("").to_owned());
+            let status = response.status().as_u16();
+            let answer: serde_json::Value = response.json().await.expect("JSON answer");
+            (status, retry_after, answer, started.elapsed())
+        }
+    };
+    for i in 0..5 {
+        let (status, _, answer, _) = chaos("loop").await;
+        assert_eq!(status, 500, "trap {i}: {answer}");
+    }
+    let (status, retry_after, answer, took) = chaos("loop").await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "plugin_quarantined", "{answer}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(took < std::time::Duration::from_millis(100), "refused without running: {took:?}");
+    // Even a good call waits out the cool-down; e2b is not affected.
+    assert_eq!(chaos("ok:during").await.0, 503);
+    let body = e2b_event("q1", "killed", "2025-08-10T12:00:00Z", "sbx", "org-q", Some((1, 512, 1000)));
+    assert_eq!(gw.e2b(&body).await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (status, _, answer, _) = chaos("ok:probe").await;
+    assert_eq!(status, 200, "the probe runs and closes the quarantine: {answer}");
+    let (status, _, answer, _) = chaos("loop").await;
+    assert_eq!(status, 500, "one trap after a success is not a quarantine: {answer}");
+}

@@ -147,6 +147,7 @@ fn refusal(error: &CallError) -> Answer {
         CallError::OutOfMemory { .. } => ("out_of_memory", error.to_string()),
         CallError::Trap { .. } => ("trap", error.to_string()),
         CallError::Instantiate { .. } => ("instantiate", error.to_string()),
+        CallError::Quarantined { .. } => ("quarantined", error.to_string()),
     };
     Answer::Refused { kind, message }
 }

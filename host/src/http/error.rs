@@ -32,11 +32,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after_s: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -61,6 +63,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -101,6 +106,10 @@ impl From<IngestError> for ApiError {
                         "plugin_failed",
                         format!("plugin {plugin}: {adapter}"),
                     ),
+                },
+                CallError::Quarantined { retry_after_ms, .. } => ApiError {
+                    retry_after_s: Some(u64::try_from((retry_after_ms + 999) / 1_000).unwrap_or(1).max(1)),
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "plugin_quarantined", message)
                 },
                 _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed", message),
             },

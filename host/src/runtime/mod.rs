@@ -123,6 +123,9 @@ pub enum CallError {
     Trap { plugin: String, message: String },
     #[error("plugin {plugin} could not be instantiated: {message}")]
     Instantiate { plugin: String, message: String },
+    /// Not called: it trapped too often in a row (`quarantine`).
+    #[error("plugin {plugin} is quarantined after repeated traps; retry in {retry_after_ms} ms")]
+    Quarantined { plugin: String, retry_after_ms: i64 },
 }
 
 impl CallError {
@@ -130,7 +133,7 @@ impl CallError {
     /// `None` when the plugin answered, even with an error of its own.
     pub fn trap_kind(&self) -> Option<&'static str> {
         match self {
-            CallError::Adapter(_) => None,
+            CallError::Adapter(_) | CallError::Quarantined { .. } => None,
             CallError::Timeout { .. } => Some("deadline"),
             CallError::OutOfMemory { .. } => Some("memory"),
             CallError::Trap { .. } => Some("trap"),
