@@ -203,7 +203,7 @@ async fn authorize(
         (status = 404, description = "No such plugin, or one that only polls", body = error::ErrorBody),
         (status = 413, description = "Body over max_body_bytes", body = error::ErrorBody),
         (status = 500, description = "The plugin failed (trap, CPU deadline, memory, bad output)", body = error::ErrorBody),
-        (status = 503, description = "The store could not commit; retry", body = error::ErrorBody),
+        (status = 503, description = "The store could not commit, or the plugin is quarantined after repeated traps (`Retry-After`); retry", body = error::ErrorBody),
     )
 )]
 async fn ingest(
