@@ -638,7 +638,7 @@ enum Pattern {
         connections: usize,
     },
     /// Closed loop next to the chaos plugin, with (`faults`) or without one
-    /// connection each sending `loop`, `alloc` and `trap` calls nonstop.
+    /// connection each sending `loop`, `alloc` and `trap` calls (paced).
     Faults {
         connections: usize,
         faults: bool,
@@ -657,13 +657,22 @@ struct FaultTally {
     latencies: Vec<u64>,
 }
 
-/// The faulty calls: `body` to the chaos plugin over one connection, nonstop
-/// until the window ends.
+/// Faulty calls per second per kind: a provider's traffic to a broken
+/// plugin, not a flood (a 503 is answered in ~0.1 ms; unpaced, the senders
+/// would measure how fast the gateway refuses junk).
+const FAULT_RATE: f64 = 200.0;
+
+/// The faulty calls: `body` to the chaos plugin over one connection, at most
+/// [`FAULT_RATE`] a second, until the window ends.
 async fn fault_load(addr: SocketAddr, body: &'static str, window: Window) -> FaultTally {
     let host = host_header(addr);
     let mut sender = connect(addr).await;
     let mut tally = FaultTally::default();
+    let interval = Duration::from_secs_f64(1.0 / FAULT_RATE);
+    let mut next = Instant::now();
     while Instant::now() < window.end {
+        tokio::time::sleep_until(next.into()).await;
+        next += interval;
         if sender.is_closed() {
             sender = connect(addr).await;
         }
@@ -829,7 +838,7 @@ fn print_run(report: &RunReport) {
     println!("  latency: {}", latency_summary(&report.tally.latencies));
     if let Some(f) = &report.faults {
         println!(
-            "  faulty calls (loop, alloc, trap; each must be a 500, or a 503 once quarantined): {} calls, {} quarantined, {} not refused, latency {}",
+            "  faulty calls (loop, alloc, trap, ≤ {FAULT_RATE:.0}/s each; each must be a 500, or a 503 once quarantined): {} calls, {} quarantined, {} not refused, latency {}",
             f.calls,
             f.quarantined,
             f.wrong.len(),

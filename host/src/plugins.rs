@@ -117,7 +117,10 @@ impl PluginHandle {
             metrics::PLUGIN_TRAPS.inc([&name, kind]);
         }
         // An instance the pool could not provide is not the plugin's fault.
-        self.quarantine.record(kind.is_some_and(|k| k != "instantiate"), crate::clock::now_ms());
+        let trapped = kind.is_some_and(|k| k != "instantiate");
+        if let Some(cool_down_ms) = self.quarantine.record(trapped, crate::clock::now_ms()) {
+            tracing::warn!(plugin = %name, cool_down_ms, "plugin quarantined after repeated traps: its calls are refused until the cool-down ends");
+        }
         result
     }
 }

@@ -44,11 +44,12 @@ impl Quarantine {
     }
 
     /// Counts a call's outcome: `trapped` when the sandbox stopped it.
-    pub fn record(&self, trapped: bool, now_ms: i64) {
+    /// Returns the cool-down when this outcome (re)opened the quarantine.
+    pub fn record(&self, trapped: bool, now_ms: i64) -> Option<i64> {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if !trapped {
             *s = State::default();
-            return;
+            return None;
         }
         s.consecutive_traps += 1;
         if s.probing || (s.until_ms.is_none() && s.consecutive_traps >= TRAPS_TO_OPEN) {
@@ -59,7 +60,9 @@ impl Quarantine {
             };
             s.until_ms = Some(now_ms + s.cool_down_ms);
             s.probing = false;
+            return Some(s.cool_down_ms);
         }
+        None
     }
 }
 
@@ -72,13 +75,14 @@ mod tests {
         let q = Quarantine::default();
         for _ in 0..TRAPS_TO_OPEN - 1 {
             assert_eq!(q.admit(0), Ok(()));
-            q.record(true, 0);
+            assert_eq!(q.record(true, 0), None);
         }
         // A success in between starts the count again.
         q.record(false, 0);
-        for _ in 0..TRAPS_TO_OPEN {
+        for i in 1..=TRAPS_TO_OPEN {
             assert_eq!(q.admit(10), Ok(()));
-            q.record(true, 10);
+            let opened = q.record(true, 10);
+            assert_eq!(opened, (i == TRAPS_TO_OPEN).then_some(FIRST_COOL_DOWN_MS));
         }
         assert_eq!(q.admit(10), Err(1_000));
         assert_eq!(q.admit(1_009), Err(1));
@@ -86,7 +90,7 @@ mod tests {
         assert_eq!(q.admit(1_010), Ok(()));
         assert!(q.admit(1_011).is_err());
         // It traps: twice as long.
-        q.record(true, 1_020);
+        assert_eq!(q.record(true, 1_020), Some(2_000));
         assert_eq!(q.admit(1_020), Err(2_000));
         assert_eq!(q.admit(3_020), Ok(()));
         // A probe that does not trap closes it, and the cool-down restarts.

@@ -56,7 +56,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // A quarantined plugin's refusals are logged once, when it opens.
+        if self.status.is_server_error() && self.code != "plugin_quarantined" {
             tracing::error!(status = %self.status, code = self.code, error = %self.message, "request failed");
         }
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
