@@ -79,8 +79,8 @@ impl PluginHandle {
     }
 
     /// Runs `call` (the WIT function `call_name`) on a blocking thread once
-    /// a permit is free; its time (not the wait for a permit) and any trap
-    /// go to the metrics.
+    /// a permit is free, unless the plugin is quarantined; its time (not the
+    /// wait for a permit) and any trap go to the metrics and the quarantine.
     async fn run<R: Send + 'static>(
         &self,
         call_name: &'static str,
@@ -116,9 +116,11 @@ impl PluginHandle {
         if let Some(kind) = kind {
             metrics::PLUGIN_TRAPS.inc([&name, kind]);
         }
-        // An instance the pool could not provide is not the plugin's fault.
-        let trapped = kind.is_some_and(|k| k != "instantiate");
-        if let Some(cool_down_ms) = self.quarantine.record(trapped, crate::clock::now_ms()) {
+        // An instance the pool could not provide says nothing about the
+        // plugin: it neither counts as a trap nor closes a quarantine.
+        if kind != Some("instantiate")
+            && let Some(cool_down_ms) = self.quarantine.record(kind.is_some(), crate::clock::now_ms())
+        {
             tracing::warn!(plugin = %name, cool_down_ms, "plugin quarantined after repeated traps: its calls are refused until the cool-down ends");
         }
         result
