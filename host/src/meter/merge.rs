@@ -43,14 +43,43 @@ pub struct Merged {
     groups: BTreeSet<Option<String>>,
 }
 
+/// The windows the engine reports for `query`.
+fn query_windows(query: &UsageQuery) -> Result<Vec<Range>, EngineError> {
+    let range = Range::new(query.range.from_ms, query.range.to_ms)?;
+    Ok(match query.window {
+        None => vec![range],
+        Some(size) => period::windows(range, size)?,
+    })
+}
+
+/// A merged report laid out as the engine lays it out: window by window,
+/// groups `None` first then in order (only `None` when no part named one),
+/// `value(window index, group)` in each cell.
+fn layout(
+    windows: &[Range],
+    groups: BTreeSet<Option<String>>,
+    value: impl Fn(usize, &Option<String>) -> Decimal,
+) -> Vec<WindowValue> {
+    let groups: Vec<Option<String>> =
+        if groups.is_empty() { vec![None] } else { groups.into_iter().collect() };
+    let mut out = Vec::with_capacity(windows.len() * groups.len());
+    for (i, range) in windows.iter().enumerate() {
+        for g in &groups {
+            out.push(WindowValue {
+                start_ms: range.from_ms,
+                end_ms: range.to_ms,
+                group: g.clone(),
+                value: value(i, g),
+            });
+        }
+    }
+    out
+}
+
 impl Merged {
     /// Nothing yet, over the windows the engine reports for `query`.
     pub fn new(query: &UsageQuery) -> Result<Self, EngineError> {
-        let range = Range::new(query.range.from_ms, query.range.to_ms)?;
-        let windows = match query.window {
-            None => vec![range],
-            Some(size) => period::windows(range, size)?,
-        };
+        let windows = query_windows(query)?;
         let cells = vec![BTreeMap::new(); windows.len()];
         Ok(Self { windows, total: Decimal::ZERO, cells, groups: BTreeSet::new() })
     }
@@ -104,19 +133,9 @@ impl Merged {
     /// The whole report, laid out as the engine lays it out: window by
     /// window, groups `None` first then in order, zeros included.
     pub fn finish(self) -> UsageReport {
-        let groups: Vec<Option<String>> =
-            if self.groups.is_empty() { vec![None] } else { self.groups.into_iter().collect() };
-        let mut windows = Vec::with_capacity(self.windows.len() * groups.len());
-        for (range, cells) in self.windows.iter().zip(self.cells) {
-            for g in &groups {
-                windows.push(WindowValue {
-                    start_ms: range.from_ms,
-                    end_ms: range.to_ms,
-                    group: g.clone(),
-                    value: cells.get(g).copied().unwrap_or(Decimal::ZERO),
-                });
-            }
-        }
+        let cells = self.cells;
+        let windows =
+            layout(&self.windows, self.groups, |i, g| cells[i].get(g).copied().unwrap_or(Decimal::ZERO));
         UsageReport { total: self.total, windows }
     }
 }
@@ -156,10 +175,10 @@ pub struct MaxMerged {
 
 impl MaxMerged {
     pub fn new(query: &UsageQuery) -> Result<Self, EngineError> {
-        let merged = Merged::new(query)?;
-        let n = merged.windows.len();
+        let windows = query_windows(query)?;
+        let n = windows.len();
         Ok(Self {
-            windows: merged.windows,
+            windows,
             total: None,
             cells: vec![BTreeMap::new(); n],
             parts: vec![0; n],
@@ -202,25 +221,13 @@ impl MaxMerged {
 
     /// The whole report, laid out as [`Merged::finish`] lays it out.
     pub fn finish(self) -> UsageReport {
-        let groups: Vec<Option<String>> =
-            if self.groups.is_empty() { vec![None] } else { self.groups.into_iter().collect() };
-        let mut windows = Vec::with_capacity(self.windows.len() * groups.len());
-        for ((range, cells), parts) in self.windows.iter().zip(self.cells).zip(self.parts) {
-            for g in &groups {
-                let value = match cells.get(g) {
-                    // Some part overlapping the window had the group at 0.
-                    Some((v, named)) if *named < parts => (*v).max(Decimal::ZERO),
-                    Some((v, _)) => *v,
-                    None => Decimal::ZERO,
-                };
-                windows.push(WindowValue {
-                    start_ms: range.from_ms,
-                    end_ms: range.to_ms,
-                    group: g.clone(),
-                    value,
-                });
-            }
-        }
+        let (cells, parts) = (self.cells, self.parts);
+        let windows = layout(&self.windows, self.groups, |i, g| match cells[i].get(g) {
+            // Some part overlapping the window had the group at 0.
+            Some((v, named)) if *named < parts[i] => (*v).max(Decimal::ZERO),
+            Some((v, _)) => *v,
+            None => Decimal::ZERO,
+        });
         UsageReport { total: self.total.unwrap_or(Decimal::ZERO), windows }
     }
 }
