@@ -14,7 +14,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use super::StoreError;
 use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
-    SubjectKey, attributes_of, fold_records, groups_state,
+    SubjectKey, attributes_of, build_state, fold_records,
 };
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
@@ -24,8 +24,6 @@ use crate::meter::rollup::{Hour, Month, SeriesKey, hour_of};
 use crate::plans::standing::Run;
 
 const ROWS_PER_WRITE: usize = 2_000;
-const STATE_KEY: &str = "rollups";
-const GROUPS_STATE_KEY: &str = "rollup_groups";
 /// The rollup tables, as `rollup_{name}` (a check builds `check_{name}`).
 const TABLES: [&str; 5] = ["hours", "steps", "months", "runs", "group_hours"];
 /// The advisory lock a rebuild holds (replicas starting together back-fill
@@ -735,14 +733,8 @@ async fn fold_into(conn: &mut PgConnection, prefix: &str, group_by: &[String]) -
 /// one rebuilds what the other built.
 pub(super) async fn built(tx: &mut PgConnection, group_by: &[String]) -> Result<bool, StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REBUILD_LOCK).execute(&mut *tx).await?;
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT key, value FROM meterd_state WHERE key IN ($1, $2)")
-            .bind(STATE_KEY)
-            .bind(GROUPS_STATE_KEY)
-            .fetch_all(&mut *tx)
-            .await?;
-    let value = |key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-    Ok(value(STATE_KEY).is_some() && value(GROUPS_STATE_KEY).unwrap_or_default() == groups_state(group_by))
+    let rows: Vec<(String, String)> = sqlx::query_as(build_state::READ).fetch_all(&mut *tx).await?;
+    Ok(build_state::built(&rows, group_by))
 }
 
 /// Replaces the rollups by a recomputation from the raw records, in `tx`.
@@ -759,16 +751,8 @@ pub(super) async fn rebuild(tx: &mut PgConnection, group_by: &[String]) -> Resul
         sqlx::query(&format!("DELETE FROM rollup_{table}")).execute(&mut *tx).await?;
     }
     let records = fold_into(tx, "rollup", group_by).await?;
-    for (key, value) in
-        [(STATE_KEY, format!("built from {records} records")), (GROUPS_STATE_KEY, groups_state(group_by))]
-    {
-        sqlx::query(
-            "INSERT INTO meterd_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&mut *tx)
-        .await?;
+    for (key, value) in build_state::rows(records, group_by) {
+        sqlx::query(build_state::WRITE).bind(key).bind(value).execute(&mut *tx).await?;
     }
     Ok(records)
 }

@@ -678,9 +678,28 @@ pub(super) async fn fold_records(tx: &mut impl RebuildTx, group_by: &[String]) -
     Ok(read)
 }
 
-/// How the keys a database's group hours hold are stored in its state.
-pub(super) fn groups_state(group_by: &[String]) -> String {
-    group_by.join(",")
+/// What `meterd_state` says of the rollups, one SQL text and one rule for
+/// both engines: the `rollups` row (they were built) and `rollup_groups`
+/// (for which group keys).
+pub(super) mod build_state {
+    const BUILT: &str = "rollups";
+    const GROUPS: &str = "rollup_groups";
+    pub const READ: &str = "SELECT key, value FROM meterd_state WHERE key IN ('rollups', 'rollup_groups')";
+    /// $1 key, $2 value.
+    pub const WRITE: &str = "INSERT INTO meterd_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+    /// Whether rollups built as `rows` (what [`READ`] returned) serve
+    /// `group_by`: a database migrated from before rollups has records but
+    /// none; one built with other keys has the wrong group hours.
+    pub fn built(rows: &[(String, String)], group_by: &[String]) -> bool {
+        let value = |key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        value(BUILT).is_some() && value(GROUPS).unwrap_or_default() == group_by.join(",")
+    }
+
+    /// The rows [`WRITE`] stores after a build from `records` records.
+    pub fn rows(records: u64, group_by: &[String]) -> [(&'static str, String); 2] {
+        [(BUILT, format!("built from {records} records")), (GROUPS, group_by.join(","))]
+    }
 }
 
 /// A record's attributes from their stored JSON text.

@@ -12,7 +12,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use super::StoreError;
 use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
-    SubjectKey, attributes_of, fold_records, groups_state,
+    SubjectKey, attributes_of, build_state, fold_records,
 };
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
@@ -23,8 +23,6 @@ use crate::plans::standing::Run;
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const ROWS_PER_WRITE: usize = 2_000;
-const STATE_KEY: &str = "rollups";
-const GROUPS_STATE_KEY: &str = "rollup_groups";
 
 fn quantity(text: &str) -> Result<Decimal, StoreError> {
     meterd_units::parse_quantity(text).map_err(|e| StoreError::Corrupt(format!("stored rollup: {e}")))
@@ -859,14 +857,8 @@ async fn fold_into(
 /// `group_by` (a database migrated from before rollups has records but
 /// none; one built with other keys has the wrong group hours).
 pub(super) async fn built(conn: &mut SqliteConnection, group_by: &[String]) -> Result<bool, StoreError> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT key, value FROM meterd_state WHERE key IN (?1, ?2)")
-            .bind(STATE_KEY)
-            .bind(GROUPS_STATE_KEY)
-            .fetch_all(&mut *conn)
-            .await?;
-    let value = |key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-    Ok(value(STATE_KEY).is_some() && value(GROUPS_STATE_KEY).unwrap_or_default() == groups_state(group_by))
+    let rows: Vec<(String, String)> = sqlx::query_as(build_state::READ).fetch_all(&mut *conn).await?;
+    Ok(build_state::built(&rows, group_by))
 }
 
 /// Replaces the rollups by a recomputation from the raw records; `tx` is
@@ -876,16 +868,8 @@ pub(super) async fn rebuild(tx: &mut SqliteConnection, group_by: &[String]) -> R
         sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
     }
     let records = fold_into(tx, LIVE, group_by).await?;
-    for (key, value) in
-        [(STATE_KEY, format!("built from {records} records")), (GROUPS_STATE_KEY, groups_state(group_by))]
-    {
-        sqlx::query(
-            "INSERT INTO meterd_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&mut *tx)
-        .await?;
+    for (key, value) in build_state::rows(records, group_by) {
+        sqlx::query(build_state::WRITE).bind(key).bind(value).execute(&mut *tx).await?;
     }
     Ok(records)
 }
