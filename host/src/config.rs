@@ -562,3 +562,140 @@ mod tests {
         assert!(c.meters.iter().any(|m| m.name == "egress_bytes" && m.metric == "egress"));
     }
 }
+
+/// The `[plans]`, `[prices]` and `[notifications]` sections
+/// (`plans::settings`) as the config file gives them.
+#[cfg(test)]
+mod plan_settings_tests {
+    use std::collections::BTreeMap;
+
+    use rust_decimal::Decimal;
+
+    use super::{Config, ConfigError};
+    use crate::plans::rules::Rules;
+    use crate::plans::{Enforcement, Quota};
+
+    const CPU: &str = "sandbox_cpu_core_seconds";
+    const RAM: &str = "sandbox_ram_gibi_seconds";
+
+    fn d(s: &str) -> Decimal {
+        meterd_units::parse_quantity(s).expect("valid test decimal")
+    }
+
+    fn rules(quota_percent: &[u32], credit_below: &[&str]) -> Rules {
+        Rules {
+            quota_percent: quota_percent.to_vec(),
+            credit_below: credit_below.iter().map(|s| d(s)).collect(),
+            concurrency_limit: true,
+            session_over_limit: true,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("test.toml", text, std::iter::empty::<(String, String)>())
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text).expect_err("config is refused").to_string()
+    }
+
+    /// Without any section: E2B's tiers, E2B's prices, hobby by default, USD,
+    /// 80 % and 100 % quota notices.
+    #[test]
+    fn default_plans_are_the_e2b_tiers() {
+        let c = parse("").unwrap();
+        let book = &c.plans;
+        assert_eq!(book.default_plan(), "hobby");
+        assert_eq!(book.currency(), "USD");
+        assert_eq!(book.names(), "enterprise, hobby, pro");
+        let limits = |name: &str| {
+            let p = book.plan(name).unwrap();
+            (p.max_concurrent_sandboxes, p.max_session_seconds, p.one_time_credit)
+        };
+        assert_eq!(limits("hobby"), (Some(20), Some(3_600), Some(d("100"))));
+        assert_eq!(limits("pro"), (Some(100), Some(86_400), Some(d("100"))));
+        assert_eq!(limits("enterprise"), (None, None, None));
+        let prices = BTreeMap::from([(CPU.to_owned(), d("0.000014")), (RAM.to_owned(), d("0.0000045"))]);
+        for p in book.plans() {
+            assert_eq!(p.prices, prices, "{}", p.name);
+            assert!(p.quotas.is_empty(), "{}", p.name);
+        }
+        assert_eq!(book.plan_for(None).name, "hobby");
+        assert_eq!(book.plan_for(Some("pro")).name, "pro");
+        assert_eq!(book.plan_for(Some("gone")).name, "hobby");
+        assert_eq!(c.rules, rules(&[80, 100], &[]));
+        assert!(c.notifications.endpoints.is_empty());
+    }
+
+    /// A plan's quota on a meter that does not exist is refused, naming the key.
+    #[test]
+    fn quota_on_an_unknown_meter_is_refused() {
+        let e = parse_err("[plans.hobby.quotas.nope]\nlimit = 10\nenforcement = \"hard\"\n");
+        assert!(e.contains("key `plans.hobby.quotas.nope`") && e.contains("no meter named \"nope\""), "{e}");
+    }
+
+    /// A TOML float is refused with a message saying to write a string;
+    /// a string or whole number is read exactly.
+    #[test]
+    fn float_amounts_are_refused() {
+        let e = parse_err("[plans.hobby]\none_time_credit = 1.5\n");
+        assert!(e.contains("plans.hobby.one_time_credit") && e.contains("write amounts as strings"), "{e}");
+        let c = parse("[plans.hobby]\none_time_credit = \"1.5\"\n").unwrap();
+        assert_eq!(c.plans.plan("hobby").unwrap().one_time_credit, Some(d("1.5")));
+        let e = parse_err("[prices]\nsandbox_cpu_core_seconds = 0.000014\n");
+        assert!(e.contains("prices.sandbox_cpu_core_seconds") && e.contains("write amounts as strings"), "{e}");
+    }
+
+    /// A webhook secret that is not `whsec_` + base64 of 24–64 bytes is refused;
+    /// a good one is decoded.
+    #[test]
+    fn webhook_secrets_are_checked() {
+        let endpoint = |secret: &str| {
+            format!(
+                "[notifications.endpoints.ops]\nurl = \"https://hooks.example.com/meterd\"\nsecret = \"{secret}\"\n"
+            )
+        };
+        for bad in ["nope", "whsec_not-base64!", "whsec_c2hvcnQ="] {
+            let e = parse_err(&endpoint(bad));
+            assert!(e.contains("notifications.endpoints.ops.secret") && e.contains("whsec_"), "{bad}: {e}");
+        }
+        let c = parse(&endpoint("whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3")).unwrap();
+        assert_eq!(c.notifications.endpoints["ops"].key, b"0123456789abcdef01234567");
+    }
+
+    /// `default_plan` must name a plan.
+    #[test]
+    fn default_plan_must_exist() {
+        let e = parse_err("default_plan = \"gold\"\n");
+        assert!(e.contains("key `default_plan`") && e.contains("\"gold\""), "{e}");
+        let c = parse("default_plan = \"pro\"\n").unwrap();
+        assert_eq!(c.plans.default().name, "pro");
+    }
+
+    /// A `[plans.x]` section overrides that plan (or adds one) and keeps the
+    /// other built-in plans; plan prices override the global table.
+    #[test]
+    fn plan_sections_override_and_extend() {
+        let c = parse(
+            "[plans.pro]\nmax_concurrent_sandboxes = 7\none_time_credit = \"25\"\n\
+             [plans.pro.prices]\nsandbox_cpu_core_seconds = \"0.00001\"\n\
+             [plans.pro.quotas.sandbox_cpu_core_seconds]\nlimit = \"3600.5\"\nenforcement = \"soft\"\n\
+             [plans.team]\nmax_concurrent_sandboxes = 50\n",
+        )
+        .unwrap();
+        let book = &c.plans;
+        assert_eq!(book.names(), "enterprise, hobby, pro, team");
+        let pro = book.plan("pro").unwrap();
+        assert_eq!(pro.max_concurrent_sandboxes, Some(7));
+        assert_eq!(pro.one_time_credit, Some(d("25")));
+        assert_eq!(pro.prices[CPU], d("0.00001"));
+        assert_eq!(pro.prices[RAM], d("0.0000045"));
+        assert_eq!(pro.quotas[CPU], Quota { limit: d("3600.5"), enforcement: Enforcement::Soft });
+        // The plans not named are the built-in ones.
+        let hobby = book.plan("hobby").unwrap();
+        assert_eq!((hobby.max_concurrent_sandboxes, hobby.one_time_credit), (Some(20), Some(d("100"))));
+        assert_eq!(book.plan("enterprise").unwrap().max_concurrent_sandboxes, None);
+        assert_eq!(book.plan("team").unwrap().max_concurrent_sandboxes, Some(50));
+        assert_eq!(book.default_plan(), "hobby");
+    }
+}
