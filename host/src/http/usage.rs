@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
@@ -21,11 +20,7 @@ pub struct UsageParams {
     group_by: Option<String>,
 }
 
-pub fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-        .unwrap_or_else(|| ms.to_string())
-}
+pub use meterd_core::time::rfc3339;
 
 pub fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
     usage::parse_time(name, text).map_err(bad_param)
