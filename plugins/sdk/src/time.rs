@@ -48,7 +48,9 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
             if ob.len() != 6 || ob[3] != b':' || !matches!(ob[0], b'+' | b'-') {
                 return None;
             }
-            let (h, m): (i64, i64) = (rest[1..3].parse().ok()?, rest[4..6].parse().ok()?);
+            // Digits only: `str::parse` would also take a sign ("+1", "-2").
+            let at = text.len() - rest.len();
+            let (h, m) = (num(at + 1, at + 3)?, num(at + 4, at + 6)?);
             if h > 23 || m > 59 {
                 return None;
             }
@@ -137,6 +139,10 @@ mod tests {
             "2025-08-06T20:59:36.Z",
             "2025-08-06T20:59:36+0200",
             "<ISO_8601_TIMESTAMP>",
+            // Found by the sdk_rfc3339 fuzz target: signs inside the offset.
+            "2024-02-29 00:00:60-23:-2",
+            "2025-08-06T20:59:36++1:00",
+            "2025-08-06T20:59:36+-1:00",
         ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad:?}");
         }
