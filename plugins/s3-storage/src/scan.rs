@@ -151,7 +151,9 @@ pub fn step(
     let mut pages = 0;
     while !scan.complete() && pages < pages_budget {
         pages += 1;
-        scan.pages += 1;
+        // A count for logs, read back from a cursor the host hands in: it
+        // must not be able to trap the call (found by the s3_scan fuzz target).
+        scan.pages = scan.pages.saturating_add(1);
         if scan.discovering {
             let ScanSpec::Discover { bucket, root, rest } = spec else {
                 return Err(AdapterError::Internal(

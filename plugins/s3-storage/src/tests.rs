@@ -450,6 +450,33 @@ fn a_stale_unfinished_scan_starts_over() {
 }
 
 #[test]
+fn a_cursor_with_a_full_page_count_does_not_trap() {
+    // Found by the s3_scan fuzz target: a cursor the host hands back with
+    // `pages` at u64::MAX made `scan.pages += 1` overflow (a trap in the
+    // component, which keeps overflow checks).
+    let mut bucket = FakeBucket::new("shared", 10);
+    bucket.put("tenants/acme/", 3, 7);
+    let spec = ScanSpec::Discover { bucket: "shared".into(), root: "tenants/".into(), rest: String::new() };
+    let cursor: Cursor = serde_json::from_str(
+        r#"{"scan": {"started_ms": 1000000000000, "discovering": true, "current": 0,
+            "units": [], "pages": 18446744073709551615}}"#,
+    )
+    .unwrap();
+    let s = step(&spec, cursor, 1_000_000_000_000, 4, 3_600_000, |r| bucket.list(r)).unwrap();
+    assert!(!s.more);
+    assert_eq!(quantities(&s.records)[&("acme".into(), METRIC_BYTES.into())], "21");
+    let fixed_spec = fixed("acme", "shared", "tenants/acme/");
+    let cursor: Cursor = serde_json::from_str(
+        r#"{"scan": {"started_ms": 1000000000000, "discovering": false, "current": 0,
+            "units": [{"org": "acme", "prefix": "tenants/acme/", "bytes": 0, "objects": 0}],
+            "pages": 18446744073709551615}}"#,
+    )
+    .unwrap();
+    let s = step(&fixed_spec, cursor, 1_000_000_000_000, 4, 3_600_000, |r| bucket.list(r)).unwrap();
+    assert_eq!(quantities(&s.records)[&("acme".into(), METRIC_OBJECTS.into())], "3");
+}
+
+#[test]
 fn discovery_finds_orgs_and_zeroes_those_that_vanish() {
     let mut bucket = FakeBucket::new("shared", 2);
     bucket.put("tenants/acme/", 5, 10);
