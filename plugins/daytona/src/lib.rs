@@ -40,16 +40,23 @@ fn upstream(message: impl Into<String>) -> AdapterError {
     AdapterError::Upstream(message.into())
 }
 
-/// Reads JSON with errors that say where the problem is.
+/// Reads one JSON object (nothing after it but whitespace) with errors that
+/// say where the problem is. serde would also read a struct from an array
+/// of its fields in order (`[]` as all defaults): an array is refused.
 fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, String> {
+    if body.iter().find(|b| !b" \t\r\n".contains(b)) == Some(&b'[') {
+        return Err(format!("{what}: a JSON array, not an object"));
+    }
     let mut json = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let at = match e.path().to_string() {
             path if path == "." => String::new(),
             path => format!(" at `{path}`"),
         };
         format!("{what}{at}: {}", e.inner())
-    })
+    })?;
+    json.end().map_err(|e| format!("{what}: {e} after the JSON value"))?;
+    Ok(value)
 }
 
 /// The analytics API's aggregated usage; every field is optional.

@@ -303,3 +303,49 @@ fn sandbox_states_become_active_levels() {
         }
     }
 }
+
+#[test]
+fn anything_after_the_json_value_is_refused() {
+    // Found by the daytona_webhook and daytona_analytics fuzz targets: text
+    // after the JSON object was ignored, so two concatenated events gave
+    // only the first, and a response with trailing garbage was read.
+    let org = |o: &str| o.to_owned();
+    let event = fixture("webhook-sandbox-state-updated.constructed.body.json");
+    let twice = [&event[..], b"\n", &event[..]].concat();
+    match normalize_webhook(&twice, "m", org) {
+        Err(AdapterError::Malformed(m)) => assert!(m.contains("trailing characters"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        normalize_webhook(&[&event[..], b"\n"].concat(), "m", org).is_ok(),
+        "trailing whitespace is fine"
+    );
+    let w = Window { from_ms: 0, to_ms: MIN };
+    let body = fixture("analytics-usage-aggregated.constructed.json");
+    for tail in [&b"x"[..], b"{}", b"\n]"] {
+        let with_tail = [&body[..], tail].concat();
+        match records_for_window(&with_tail, "o", "o", w, false) {
+            Err(AdapterError::Upstream(m)) => assert!(m.contains("trailing characters"), "{m}"),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(tail)),
+        }
+    }
+}
+
+#[test]
+fn an_array_is_not_an_answer_nor_an_event() {
+    // Found by the daytona_analytics fuzz target: serde reads a struct from
+    // an array of its fields in order, so `[]` was a window of zero usage
+    // and `[7200, 0, 0, 0]` a window of 7200 CPU-seconds.
+    let w = Window { from_ms: 0, to_ms: MIN };
+    for body in ["[]", " [7200, 0, 0, 0]", "\n[null]"] {
+        match records_for_window(body.as_bytes(), "o", "o", w, false) {
+            Err(AdapterError::Upstream(m)) => assert!(m.contains("JSON array"), "{m}"),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    let event = r#"["sandbox.created","2025-12-19T10:30:00Z","s","o","started"]"#;
+    match normalize_webhook(event.as_bytes(), "m", |o: &str| o.to_owned()) {
+        Err(AdapterError::Malformed(m)) => assert!(m.contains("JSON array"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -192,3 +192,32 @@ fn malformed_bodies_say_what_is_wrong() {
         }
     }
 }
+
+#[test]
+fn anything_after_the_event_is_refused() {
+    // Found by the e2b_normalize fuzz target: text after the JSON object was
+    // ignored, so a body of two events (or JSON Lines) counted only the first.
+    let killed = fixture("webhook-killed.constructed.body.json");
+    for tail in [&b"\n  \"s-id>\"\n}\n"[..], b"{\"id\":\"second\"}", b"\n{}\n", b"x"] {
+        let body = [&killed[..], tail].concat();
+        match normalize(&body, "tenant") {
+            Err(AdapterError::Malformed(message)) => {
+                assert!(message.contains("trailing characters"), "{message}")
+            }
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(tail)),
+        }
+    }
+    let body = [&killed[..], b" \r\n\t"].concat();
+    assert_eq!(normalize(&body, "tenant").unwrap().records.len(), 3, "trailing whitespace is fine");
+}
+
+#[test]
+fn an_array_is_not_an_event() {
+    // serde reads a struct from an array of its fields in order; the
+    // daytona_analytics fuzz target found `[]` read that way (as zeros).
+    let body = r#"["ev-1","sandbox.lifecycle.created","2025-08-06T20:58:24Z",null,"sbx",null,"team"]"#;
+    match normalize(body.as_bytes(), "org_id") {
+        Err(AdapterError::Malformed(m)) => assert!(m.contains("JSON array"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
