@@ -130,7 +130,15 @@ fn gb_is_gib_missing_fields_exponents_and_bad_values() {
         quantities(r#"{"totalCPUSeconds": 1.5e3, "totalGPUSeconds": null}"#, false).unwrap()[0],
         "1500"
     );
-    for bad in [r#"{"totalCPUSeconds": -1}"#, r#"{"totalCPUSeconds": "12"}"#, "not json"] {
+    // -4.4000003e-37 was found by the daytona_analytics fuzz target: it
+    // rounded to 0 and passed as no usage; a total that does not fit is refused.
+    for bad in [
+        r#"{"totalCPUSeconds": -1}"#,
+        r#"{"totalCPUSeconds": "12"}"#,
+        "not json",
+        r#"{"totalRAMGBSeconds": -4.4000003e-37}"#,
+        r#"{"totalCPUSeconds": 4.4e-37}"#,
+    ] {
         assert!(matches!(quantities(bad, false), Err(AdapterError::Upstream(_))), "{bad}");
     }
 }

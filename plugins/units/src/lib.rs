@@ -85,18 +85,28 @@ pub fn parse_json_number(text: &str) -> Result<Decimal, QuantityError> {
     if int.len() > 1 && int.starts_with('0') {
         return Err(syntax()); // JSON has no leading zeros
     }
-    let mut value = parse_quantity(mantissa)?;
-    let ten = Decimal::from(10);
-    for _ in 0..exponent.unsigned_abs().min(64) {
-        value = if exponent > 0 { value.checked_mul(ten) } else { value.checked_div(ten) }
-            .ok_or_else(|| QuantityError::TooPrecise(text.to_owned()))?;
-    }
+    let written = parse_quantity(mantissa)?;
+    let too_precise = || QuantityError::TooPrecise(text.to_owned());
     if exponent.unsigned_abs() > 64 {
-        return Err(QuantityError::TooPrecise(text.to_owned()));
+        return Err(too_precise());
     }
-    // A division that had to round is not exact.
-    if exponent < 0 && value.scale() >= 28 {
-        return Err(QuantityError::TooPrecise(text.to_owned()));
+    let ten = Decimal::from(10);
+    let mut value = written;
+    for _ in 0..exponent.unsigned_abs() {
+        value = if exponent > 0 { value.checked_mul(ten) } else { value.checked_div(ten) }
+            .ok_or_else(too_precise)?;
+    }
+    // A division that had to round is not exact: multiplied back, the value
+    // must be what was written. (Checking for 28 places missed a value that
+    // rounded all the way to 0, such as 4.4e-37, even a negative one.)
+    if exponent < 0 {
+        let mut back = value;
+        for _ in 0..exponent.unsigned_abs() {
+            back = back.checked_mul(ten).ok_or_else(too_precise)?;
+        }
+        if back != written {
+            return Err(too_precise());
+        }
     }
     Ok(value)
 }
@@ -235,6 +245,23 @@ mod tests {
         for bad in ["01", "1.", ".5", "NaN", "1e", "1e+", "+1", "1e1000", "0x1", ""] {
             assert!(parse_json_number(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn json_numbers_that_would_round_are_refused() {
+        // Found by the daytona_analytics fuzz target: -4.4000003e-37 rounded
+        // to 0 and was read as 0 (a negative total passing as none).
+        for inexact in ["-4.4000003e-37", "4.4e-37", "1e-29", "1.5e-28", "123456789e-29"] {
+            assert_eq!(
+                parse_json_number(inexact),
+                Err(QuantityError::TooPrecise(inexact.to_owned())),
+                "{inexact}"
+            );
+        }
+        assert_eq!(parse_json_number("123456789e-25").unwrap(), d("0.0000000000000000123456789"));
+        assert_eq!(parse_json_number("1e-28").unwrap(), d("0.0000000000000000000000000001"));
+        assert_eq!(parse_json_number("1000e-30").unwrap(), d("0.000000000000000000000000001"));
+        assert_eq!(parse_json_number("-0e-40").unwrap(), Decimal::ZERO);
     }
 
     #[test]
