@@ -43,9 +43,11 @@ pub fn url_decode(text: &str) -> Result<String, String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                // Two hex digits: `from_str_radix` alone would also take a
+                // sign ("%+5" as 0x05).
+                let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
                 let byte = hex
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())
                     .ok_or_else(|| format!("{text:?} has a bad %-escape"))?;
                 out.push(byte);
                 i += 2;

@@ -174,6 +174,20 @@ fn raw_keys_under_a_claimed_url_encoding_are_kept_and_counted() {
 }
 
 #[test]
+fn a_percent_escape_takes_two_hex_digits_not_a_sign() {
+    // Found by the s3_listing fuzz target: u8::from_str_radix takes a sign,
+    // so "%+e" decoded to 0x0e. Under s3s-fs's claimed-but-raw encoding a raw
+    // folder "org%+1/" became "org\u{1}/" (not an org id: skipped).
+    for bad in ["%+e", "od%+e++n", "%-1", "%+", "a%+5b"] {
+        assert!(url_decode(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(url_decode("%2b%2B+%e2%82%AC").as_deref(), Ok("++ €"));
+    let body = r#"<ListBucketResult><EncodingType>url</EncodingType>
+        <CommonPrefixes><Prefix>tenants/org%+1/</Prefix></CommonPrefixes></ListBucketResult>"#;
+    assert_eq!(parse_page(body.as_bytes()).unwrap().common_prefixes, ["tenants/org%+1/"]);
+}
+
+#[test]
 fn broken_answers_say_what_is_wrong() {
     let cases = [
         ("not xml", "not XML"),
