@@ -191,7 +191,9 @@ pub fn accepted_json(body: &[u8]) -> Option<serde_json::Value> {
     match serde_json::from_str(&String::from_utf8_lossy(body)) {
         Ok(value) => Some(value),
         Err(e)
-            if ["surrogate", "unicode", "number out of range"].iter().any(|m| e.to_string().contains(m)) =>
+            if ["surrogate", "unicode", "hex escape", "number out of range"]
+                .iter()
+                .any(|m| e.to_string().contains(m)) =>
         {
             None
         }
