@@ -5,10 +5,14 @@
 #   make test   build everything and run every test: unit, plugin (native),
 #               end-to-end (real binary, real SQLite file, real components,
 #               real S3-compatible servers installed by tests/s3/install.sh,
-#               the machine's PostgreSQL, started by tests/postgres/ensure.sh)
+#               the machine's PostgreSQL, started by tests/postgres/ensure.sh),
+#               after a short run of the plugin fuzz targets (`make fuzz`)
+#   make fuzz   the plugin fuzz targets (tests/fuzz, cargo-fuzz, native),
+#               each for FUZZ_SECONDS (default 8); `make fuzz-long` is the
+#               10-minute run: 600 s in all, shared equally by the targets
 
 CARGO ?= cargo
-.PHONY: run test plugins build bench check s3-servers postgres
+.PHONY: run test plugins build bench check s3-servers postgres fuzz fuzz-long
 
 # `make run` serves the components built into target/plugins unless told
 # otherwise (only here: tests and benches configure their own).
@@ -16,8 +20,16 @@ run: export METERD_PLUGINS_DIR ?= target/plugins
 run: plugins
 	$(CARGO) run --release -p meterd -- serve
 
-test: s3-servers postgres
+# The fuzz run goes first: CI reads cargo test's closing lines last.
+test: s3-servers postgres fuzz
 	$(CARGO) test --release --workspace
+
+FUZZ_SECONDS ?= 8
+fuzz:
+	CARGO="$(CARGO)" FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh
+
+fuzz-long:
+	CARGO="$(CARGO)" FUZZ_TOTAL_SECONDS=600 bash tests/fuzz/run.sh
 
 postgres:
 	bash tests/postgres/ensure.sh
