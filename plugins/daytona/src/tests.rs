@@ -125,6 +125,9 @@ fn gb_is_gib_missing_fields_exponents_and_bad_values() {
             .map(|rs| rs.into_iter().map(|r| r.quantity).collect())
     };
     assert_eq!(quantities(r#"{"totalRAMGBSeconds": 2.5}"#, true).unwrap(), ["0", "2.5", "0", "0"]);
+    // Zero with a huge exponent is exactly zero (the daytona_analytics fuzz
+    // target found it refused).
+    assert_eq!(quantities(r#"{"totalRAMGBSeconds": 0.000e400000000000000000}"#, false).unwrap()[1], "0");
     assert_eq!(quantities("{}", false).unwrap(), ["0", "0", "0", "0"]);
     assert_eq!(
         quantities(r#"{"totalCPUSeconds": 1.5e3, "totalGPUSeconds": null}"#, false).unwrap()[0],

@@ -76,7 +76,9 @@ pub fn parse_json_number(text: &str) -> Result<Decimal, QuantityError> {
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(syntax());
             }
-            (&text[..i], exp.parse::<i64>().map_err(|_| syntax())?)
+            // An exponent beyond i64 is valid JSON: 0 with it is 0, anything
+            // else is too large or too small (below).
+            (&text[..i], exp.parse::<i64>().unwrap_or(i64::MAX))
         }
         None => (text, 0),
     };
@@ -86,6 +88,9 @@ pub fn parse_json_number(text: &str) -> Result<Decimal, QuantityError> {
         return Err(syntax()); // JSON has no leading zeros
     }
     let written = parse_quantity(mantissa)?;
+    if written.is_zero() {
+        return Ok(Decimal::ZERO);
+    }
     let too_precise = || QuantityError::TooPrecise(text.to_owned());
     if exponent.unsigned_abs() > 64 {
         return Err(too_precise());
@@ -262,6 +267,14 @@ mod tests {
         assert_eq!(parse_json_number("1e-28").unwrap(), d("0.0000000000000000000000000001"));
         assert_eq!(parse_json_number("1000e-30").unwrap(), d("0.000000000000000000000000001"));
         assert_eq!(parse_json_number("-0e-40").unwrap(), Decimal::ZERO);
+        // Found by the daytona_analytics fuzz target: zero with an exponent
+        // beyond 64 (or beyond i64) is exactly zero, not an error.
+        for zero in ["0.000e400000000000000000", "0e-99999999999999999999", "-0.0E+65"] {
+            assert_eq!(parse_json_number(zero), Ok(Decimal::ZERO), "{zero}");
+        }
+        for huge in ["1e400000000000000000", "1e-99999999999999999999", "2E+65"] {
+            assert_eq!(parse_json_number(huge), Err(QuantityError::TooPrecise(huge.to_owned())), "{huge}");
+        }
     }
 
     #[test]
