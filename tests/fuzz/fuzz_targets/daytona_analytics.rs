@@ -3,13 +3,15 @@
 //!
 //! Input: the response body (seeds: the constructed analytics responses).
 //!
-//! Properties: a refusal is `Upstream`; an accepted body is a JSON object
-//! whose four totals are absent, null or numbers, none negative; it gives
-//! exactly the four deltas (CPU, RAM, SSD, GPU) of the window, each passing
-//! the host's field checks, with distinct event ids naming the window; each
-//! quantity matches serde_json's float reading of the same number (to
-//! 1e-12, the float's own error, or 1e-27: a decimal has 28 places), RAM and disk converted from GB to GiB
-//! unless `gb_is_gib`, where they are the number itself; absent or null is 0.
+//! Properties: a refusal is `Upstream`, and an object whose totals are
+//! absent, null or whole numbers below 2^53 is never refused; an accepted
+//! body is a JSON object whose four totals are absent, null or numbers,
+//! none negative; it gives exactly the four deltas (CPU, RAM, SSD, GPU) of
+//! the window, each passing the host's field checks, with distinct event
+//! ids naming the window; each quantity matches serde_json's float reading
+//! of the same number (to 1e-12, the float's own error, or 1e-27: a decimal
+//! has 28 places), RAM and disk converted from GB to GiB unless
+//! `gb_is_gib`, where they are the number itself; absent or null is 0.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,14 +32,14 @@ fuzz_target!(|body: &[u8]| {
     for gb_is_gib in [false, true] {
         match records_for_window(body, "dorg-1", "acme", WINDOW, gb_is_gib) {
             Err(AdapterError::Upstream(_)) => {
-                // Refused: then it is not an object of absent/null/number totals
-                // that are all non-negative floats of moderate size.
+                // Refused: then it is not an object of absent, null or small
+                // whole-number totals.
                 if let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(body) {
                     let plain = FIELDS.iter().all(|(_, field, _)| match object.get(*field) {
                         None | Some(Value::Null) => true,
-                        Some(Value::Number(n)) => {
-                            n.as_u64().is_some_and(|v| v < 1 << 53) || n.as_f64().is_some_and(|v| v == 0.0)
-                        }
+                        // Integer literals only: a float of 0.0 may be a non-zero
+                        // number too small for f64 (2e-10000000000), rightly refused.
+                        Some(Value::Number(n)) => n.as_u64().is_some_and(|v| v < 1 << 53),
                         Some(_) => false,
                     });
                     // serde_json takes the last of a repeated key; the plugin refuses it.
