@@ -4,23 +4,23 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view and the invariants.
 
+// The pure domain lives in its own crate (`host/core`, `meterd-core`), which
+// cannot depend on I/O crates; its modules keep their paths here.
+pub use meterd_core::{meter, plans, plugin, record};
+
 pub mod clock;
 pub mod config;
 pub mod conformance;
 pub mod http;
 pub mod ingest;
 pub mod keys;
-pub mod meter;
 pub mod metrics;
 pub mod notify;
 pub mod orgs;
 pub mod outbound;
-pub mod plans;
-pub mod plugin;
 pub mod plugins;
 pub mod poller;
 pub mod quarantine;
-pub mod record;
 pub mod reload;
 pub mod replay;
 pub mod runtime;
@@ -28,5 +28,5 @@ pub mod server;
 pub mod store;
 pub mod table;
 #[cfg(test)]
-pub(crate) mod testing;
+pub(crate) use meterd_core::testing;
 pub mod usage;

@@ -63,10 +63,10 @@ pub enum Aggregation {
     Count,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 impl Aggregation {
     /// Every aggregation, for tests that hold each to the engine.
-    pub(crate) const ALL: [Aggregation; 5] =
+    pub const ALL: [Aggregation; 5] =
         [Aggregation::Sum, Aggregation::Count, Aggregation::Integral, Aggregation::Latest, Aggregation::Max];
 }
 

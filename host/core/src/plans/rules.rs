@@ -122,8 +122,8 @@ pub fn session_crossings(rules: &Rules, plan: &Plan, org: &Usage<'_>, now_ms: i6
                 event_type: SESSION_OVER_LIMIT,
                 data: json!({
                     "sandbox": session.subject,
-                    "started_at": crate::http::rfc3339(session.started_ms),
-                    "ended_at": session.ended_ms.map(crate::http::rfc3339),
+                    "started_at": crate::time::rfc3339(session.started_ms),
+                    "ended_at": session.ended_ms.map(crate::time::rfc3339),
                     "limit_seconds": limit_s,
                 }),
             });

@@ -310,8 +310,7 @@ fn notifications(file: NotificationsFile) -> Result<(Rules, NotificationSettings
         if !valid_name(&name) {
             return Err(format!("key `{key}`: endpoint names use a-z, 0-9, '_' and '-'"));
         }
-        let url =
-            reqwest::Url::parse(&e.url).map_err(|err| format!("key `{key}.url`: {:?}: {err}", e.url))?;
+        let url = url::Url::parse(&e.url).map_err(|err| format!("key `{key}.url`: {:?}: {err}", e.url))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(format!("key `{key}.url`: {:?} is not an http(s) URL", e.url));
         }

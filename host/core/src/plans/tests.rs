@@ -2,8 +2,9 @@
 //!
 //! The standing is checked against the reference engine (`meter::aggregate`)
 //! on random histories drawn from a small deterministic PRNG; everything
-//! else (checks, credits, rules, settings) against values worked out by hand
-//! in the comments, never computed by the code under test.
+//! else (checks, credits, rules) against values worked out by hand in the
+//! comments, never computed by the code under test. The settings are tested
+//! through the host's config (`host/src/config.rs`), which reads them.
 
 use std::collections::BTreeMap;
 
@@ -180,7 +181,7 @@ fn time_constants_are_the_months_they_name() {
     assert_eq!(month_containing(OCT), range(OCT, NOV));
     assert_eq!(month_containing(DEC_NOW), range(DEC, JAN));
     assert_eq!(month_containing(JAN_NOW), range(JAN, FEB));
-    assert_eq!(crate::http::rfc3339(NOW), "2026-11-15T12:00:00Z");
+    assert_eq!(crate::time::rfc3339(NOW), "2026-11-15T12:00:00Z");
     assert_eq!(OrgStanding::new(NOW).period(), range(NOV, DEC));
 }
 
