@@ -643,7 +643,10 @@ mod plan_settings_tests {
         let c = parse("[plans.hobby]\none_time_credit = \"1.5\"\n").unwrap();
         assert_eq!(c.plans.plan("hobby").unwrap().one_time_credit, Some(d("1.5")));
         let e = parse_err("[prices]\nsandbox_cpu_core_seconds = 0.000014\n");
-        assert!(e.contains("prices.sandbox_cpu_core_seconds") && e.contains("write amounts as strings"), "{e}");
+        assert!(
+            e.contains("prices.sandbox_cpu_core_seconds") && e.contains("write amounts as strings"),
+            "{e}"
+        );
     }
 
     /// A webhook secret that is not `whsec_` + base64 of 24–64 bytes is refused;
