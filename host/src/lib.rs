@@ -8,6 +8,7 @@
 // cannot depend on I/O crates; its modules keep their paths here.
 pub use meterd_core::{meter, plans, plugin, record};
 
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod conformance;

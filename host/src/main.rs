@@ -355,27 +355,29 @@ async fn list_remote_plugins(config: &Config, url: &str) -> anyhow::Result<()> {
     }
     let response = request.send().await.with_context(|| format!("asking {endpoint}"))?;
     let status = response.status();
-    let body: serde_json::Value = response.json().await.with_context(|| format!("reading {endpoint}"))?;
+    let text = response.text().await.with_context(|| format!("reading {endpoint}"))?;
     if !status.is_success() {
-        anyhow::bail!("{endpoint} answered {status}: {}", body["error"]["message"].as_str().unwrap_or("?"));
+        let message = serde_json::from_str::<meterd::api::ErrorBody>(&text).map(|e| e.error.message);
+        anyhow::bail!("{endpoint} answered {status}: {}", message.unwrap_or(text));
     }
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let body: meterd::api::ops::Plugins =
+        serde_json::from_str(&text).with_context(|| format!("reading {endpoint}: not a plugins answer"))?;
     println!("{}", plugin_row(["NAME", "VERSION", "MODES", "WIT", "LOADED", "HASH"]));
-    let plugins = body["plugins"].as_array().cloned().unwrap_or_default();
-    for p in &plugins {
-        let cells = ["name", "version", "modes", "wit_version", "loaded_at", "hash"].map(|k| text(&p[k]));
-        println!("{}", plugin_row([&cells[0], &cells[1], &cells[2], &cells[3], &cells[4], &cells[5]]));
+    for p in &body.plugins {
+        println!("{}", plugin_row([&p.name, &p.version, &p.modes, &p.wit_version, &p.loaded_at.0, &p.hash]));
     }
-    let failures = body["failures"].as_array().cloned().unwrap_or_default();
-    for f in &failures {
-        println!("refused {} at {}: {}", text(&f["file"]), text(&f["at"]), text(&f["error"]));
+    let failures = &body.failures;
+    for f in failures {
+        println!("refused {} at {}: {}", f.file, f.at, f.error);
     }
-    let config_status = &body["reload"]["config"];
-    if let Some(error) = config_status["last_error"].as_str() {
-        println!("config change refused at {}: {error}", text(&config_status["last_error_at"]));
-    }
-    for key in config_status["restart_required"].as_array().cloned().unwrap_or_default() {
-        println!("needs a restart: {}", text(&key));
+    if let Some(config_status) = body.reload.as_ref().map(|r| &r.config) {
+        if let Some(error) = &config_status.last_error {
+            let at = config_status.last_error_at.as_ref().map_or("-", |t| t.0.as_str());
+            println!("config change refused at {at}: {error}");
+        }
+        for key in &config_status.restart_required {
+            println!("needs a restart: {key}");
+        }
     }
     if failures.is_empty() { Ok(()) } else { anyhow::bail!("{} plugin file(s) refused", failures.len()) }
 }
@@ -479,18 +481,15 @@ async fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| Exit { code: 2, message: e.to_string() })?;
     if args.json {
-        println!("{job:#}");
+        println!("{}", serde_json::to_string_pretty(&job)?);
     } else {
         print!("{}", client::render(&job));
     }
-    let report = &job["report"];
-    let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-    if job["state"] != "done" {
-        let error = job["error"].as_str().unwrap_or("unknown error");
+    if job.state != meterd::api::replays::ReplayState::Done {
+        let error = job.error.as_deref().unwrap_or("unknown error");
         return Err(Exit { code: 2, message: format!("the replay stopped: {error}") }.into());
     }
-    let (failed, conflicts) =
-        (count(&report["deliveries"]["failed"]), count(&report["records"]["conflicts"]));
+    let (failed, conflicts) = (job.report.deliveries.failed, job.report.records.conflicts);
     if failed + conflicts > 0 {
         return Err(Exit {
             code: 1,
@@ -526,13 +525,16 @@ async fn show_usage(config: &Config, args: UsageArgs) -> anyhow::Result<()> {
         answers.push((request, answer));
     }
     if args.json {
-        let mut values: Vec<serde_json::Value> =
-            answers.iter().map(|(r, a)| usage::answer_json(r, a)).collect();
-        let shown = match args.meter {
-            Some(_) => values.pop().unwrap_or_default(),
-            None => serde_json::Value::Array(values),
+        let mut values: Vec<meterd::api::usage::Usage> =
+            answers.iter().map(|(r, a)| meterd::api::usage::Usage::new(r, a)).collect();
+        let shown = match (args.meter, values.pop()) {
+            (Some(_), Some(one)) => serde_json::to_string_pretty(&one)?,
+            (_, last) => {
+                values.extend(last);
+                serde_json::to_string_pretty(&values)?
+            }
         };
-        println!("{shown:#}");
+        println!("{shown}");
     } else {
         print!("{}", usage_table(&answers, args.window.as_deref()));
     }

@@ -3,8 +3,9 @@
 //! evaluate them; a sum or count grouped by a key of `rollup_group_by`
 //! reads its group hours the same way (`meter::rollup::groups`); any other
 //! grouped query reads the range's raw records a page at a time and adds
-//! up the pages' reports (`meter::merge`). The query parameters' parsing and the answer's JSON
-//! live here too, so that the HTTP API and `meterd usage` cannot disagree.
+//! up the pages' reports (`meter::merge`). The query parameters' parsing
+//! lives here too (the answer's form is `api::usage`), so that the HTTP API
+//! and `meterd usage` cannot disagree.
 
 use std::sync::Arc;
 
@@ -84,36 +85,6 @@ pub fn range(from: Option<&str>, to: Option<&str>, now_ms: i64) -> Result<Range,
         }
     };
     Range::new(from, to).map_err(|e| ParamError(format!("bad range: {e}")))
-}
-
-/// The answer as the API shows it: times in RFC 3339, quantities as exact
-/// decimal text, a `group` per window when the query was grouped.
-pub fn answer_json(request: &UsageRequest, answer: &UsageAnswer) -> serde_json::Value {
-    let rfc3339 = crate::http::rfc3339;
-    let windows: Vec<_> = answer
-        .windows
-        .iter()
-        .map(|w| {
-            let mut value = serde_json::json!({
-                "start": rfc3339(w.start_ms),
-                "end": rfc3339(w.end_ms),
-                "value": meterd_units::format_quantity(w.value),
-            });
-            if request.group_by.is_some() {
-                value["group"] = serde_json::json!(w.group);
-            }
-            value
-        })
-        .collect();
-    serde_json::json!({
-        "org": request.org_id,
-        "meter": answer.meter.name,
-        "unit": answer.meter.unit,
-        "from": rfc3339(request.range.from_ms),
-        "to": rfc3339(request.range.to_ms),
-        "total": meterd_units::format_quantity(answer.total),
-        "windows": windows,
-    })
 }
 
 pub struct UsageService {

@@ -11,20 +11,61 @@ use crate::runtime::CallError;
 use crate::store::StoreError;
 use crate::usage::UsageError;
 
-/// The error body, for the OpenAPI document.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // documents the JSON that `ApiError::into_response` writes
-pub struct ErrorBody {
-    error: ErrorDetail,
+pub use crate::api::{ErrorBody, ErrorDetail};
+
+/// The answers `authorize` gives before any handler runs, declared once per
+/// kind of guarded route (`responses(..., OrgReadErrors)`).
+fn auth_responses(
+    list: &[(u16, &str)],
+) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+    use utoipa::PartialSchema as _;
+    list.iter()
+        .map(|(status, description)| {
+            let response = utoipa::openapi::ResponseBuilder::new()
+                .description(*description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new().schema(Some(ErrorBody::schema())).build(),
+                )
+                .build();
+            (status.to_string(), response.into())
+        })
+        .collect()
 }
 
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorDetail {
-    /// Machine-readable: `bad_request`, `not_found`, `unauthorized`, …
-    code: String,
-    /// What is wrong, for people.
-    message: String,
+const UNAUTHORIZED: (u16, &str) = (401, "No bearer token, or not an active API key nor the admin token");
+const FORBIDDEN: (u16, &str) = (403, "A tenant key on a route that needs an admin key");
+const OUT_OF_SCOPE: (u16, &str) =
+    (404, "A tenant key asking about an org outside its scope (as for an org that does not exist)");
+
+/// A route a tenant key may call for its own orgs.
+pub struct OrgReadErrors;
+
+impl utoipa::IntoResponses for OrgReadErrors {
+    fn responses()
+    -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+        auth_responses(&[UNAUTHORIZED, OUT_OF_SCOPE])
+    }
+}
+
+/// An admin route about one org.
+pub struct OrgAdminErrors;
+
+impl utoipa::IntoResponses for OrgAdminErrors {
+    fn responses()
+    -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+        auth_responses(&[UNAUTHORIZED, FORBIDDEN, OUT_OF_SCOPE])
+    }
+}
+
+/// An admin route about no org (plugins, keys, replays).
+pub struct AdminErrors;
+
+impl utoipa::IntoResponses for AdminErrors {
+    fn responses()
+    -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+        auth_responses(&[UNAUTHORIZED, FORBIDDEN])
+    }
 }
 
 #[derive(Debug)]
@@ -60,7 +101,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && self.code != "plugin_quarantined" {
             tracing::error!(status = %self.status, code = self.code, error = %self.message, "request failed");
         }
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

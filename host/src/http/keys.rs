@@ -2,43 +2,15 @@
 
 use std::sync::Arc;
 
+use super::error::{AdminErrors, ErrorBody};
+use super::{ApiError, AppState};
+use crate::api::Time;
+use crate::api::keys::{CreatedKey, Key, Keys, NewKey, Revoked};
+use crate::keys::{self, KeyError};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
-
-use super::error::ErrorBody;
-use super::usage::rfc3339;
-use super::{ApiError, AppState};
-use crate::keys::{self, ApiKey, KeyError, Scope};
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewKeyBody {
-    #[serde(default)]
-    admin: bool,
-    #[serde(default)]
-    orgs: Vec<String>,
-    label: Option<String>,
-}
-
-/// A key as listings show it: never its secret.
-pub fn key_json(key: &ApiKey) -> Value {
-    let (scope, orgs) = match &key.scope {
-        Scope::Admin => ("admin", Vec::new()),
-        Scope::Orgs(orgs) => ("orgs", orgs.iter().cloned().collect()),
-    };
-    json!({
-        "id": key.id,
-        "scope": scope,
-        "orgs": orgs,
-        "label": key.label,
-        "created_at": rfc3339(key.created_at_ms),
-        "revoked_at": key.revoked_at_ms.map(rfc3339),
-    })
-}
 
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
@@ -61,12 +33,11 @@ impl From<KeyError> for ApiError {
     path = "/v1/keys",
     tag = "keys",
     summary = "Create an API key (admin); the answer is the only place the key appears",
-    request_body = NewKeyBody,
+    request_body = NewKey,
     responses(
-        (status = 201, description = "The key's id, scope and the key itself (`key`)", body = Object),
+        (status = 201, description = "The key's id, scope and the key itself (`key`)", body = CreatedKey),
         (status = 400, description = "Neither or both of `admin` and `orgs`, a bad org id or label", body = ErrorBody),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 403, description = "A tenant key", body = ErrorBody),
+        AdminErrors,
     ),
     security(("bearer" = []))
 )]
@@ -74,15 +45,13 @@ impl From<KeyError> for ApiError {
 /// 201 with the key itself, shown this once.
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    payload: Result<Json<NewKeyBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    payload: Result<Json<NewKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let Json(body) = payload.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let scope = keys::scope(body.admin, body.orgs)?;
     let (token, key) = keys::create(state.store.as_ref(), scope, body.label, crate::clock::now_ms()).await?;
     state.refresh_keys().await.map_err(KeyError::from)?;
-    let mut answer = key_json(&key);
-    answer["key"] = json!(token);
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: Key::from(&key), token })))
 }
 
 #[utoipa::path(
@@ -91,16 +60,15 @@ pub async fn create(
     tag = "keys",
     summary = "Every key, revoked ones included, never their secrets (admin)",
     responses(
-        (status = 200, description = "`keys`", body = Object),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 403, description = "A tenant key", body = ErrorBody),
+        (status = 200, description = "Every key", body = Keys),
+        AdminErrors,
     ),
     security(("bearer" = []))
 )]
 /// `GET /v1/keys`: every key, revoked ones included.
-pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Keys>, ApiError> {
     let keys = state.store.api_keys().await.map_err(KeyError::from)?;
-    Ok(Json(json!({ "keys": keys.iter().map(key_json).collect::<Vec<_>>() })))
+    Ok(Json(Keys { keys: keys.iter().map(Key::from).collect() }))
 }
 
 #[utoipa::path(
@@ -110,10 +78,9 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Api
     summary = "Revoke a key (admin)",
     params(("id" = String, Path, description = "The key's id (as listed)")),
     responses(
-        (status = 200, description = "Revoked", body = Object),
+        (status = 200, description = "Revoked", body = Revoked),
         (status = 404, description = "No active key with this id", body = ErrorBody),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 403, description = "A tenant key", body = ErrorBody),
+        AdminErrors,
     ),
     security(("bearer" = []))
 )]
@@ -122,11 +89,11 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Api
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let now = crate::clock::now_ms();
     if !state.store.revoke_api_key(&id, now).await.map_err(KeyError::from)? {
         return Err(ApiError::not_found(format!("no active key {id:?}")));
     }
     state.refresh_keys().await.map_err(KeyError::from)?;
-    Ok(Json(json!({ "id": id, "revoked_at": rfc3339(now) })))
+    Ok(Json(Revoked { id, revoked_at: Time::at(now) }))
 }

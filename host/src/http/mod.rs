@@ -24,8 +24,11 @@ use utoipa_axum::routes;
 pub use error::ApiError;
 pub use usage::rfc3339;
 
+use crate::api::Time;
+use crate::api::ops::{ConfigReload, Reload, ReloadError, Replication};
+use crate::api::ops::{Failure, Health, HealthStatus, Plugin, Plugins, Poll, Ready, ReadyStatus, Receipt};
 use crate::config::Config;
-use crate::ingest::{Ingest, Receipt};
+use crate::ingest::Ingest;
 use crate::keys::{Denied, KeyRing, Principal};
 use crate::notify::Notifier;
 use crate::orgs::Orgs;
@@ -197,7 +200,7 @@ async fn authorize(
     params(("plugin" = String, Path, description = "The plugin (its file name in plugins_dir)")),
     request_body(content = String, description = "The provider's payload, as sent", content_type = "application/octet-stream"),
     responses(
-        (status = 200, description = "Committed (or a duplicate): `event_id`, `records`, `duplicate`", body = Object),
+        (status = 200, description = "Committed (or a duplicate)", body = Receipt),
         (status = 400, description = "Malformed body (the message says what is wrong)", body = error::ErrorBody),
         (status = 401, description = "Missing or wrong provider signature", body = error::ErrorBody),
         (status = 404, description = "No such plugin, or one that only polls", body = error::ErrorBody),
@@ -252,7 +255,7 @@ async fn ingest_inner(
             .collect(),
         body,
     };
-    Ok(Json(state.ingest.webhook(&plugin, inbound).await?))
+    Ok(Json(state.ingest.webhook(&plugin, inbound).await?.into()))
 }
 
 /// How much of an oversized body is read and thrown away before the 413 is
@@ -315,10 +318,10 @@ async fn drain(mut body: Body) {
     path = "/healthz",
     tag = "operations",
     summary = "The process is up",
-    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Object))
+    responses((status = 200, description = "Up", body = Health))
 )]
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+async fn healthz() -> Json<Health> {
+    Json(Health { status: HealthStatus::Ok })
 }
 
 /// `GET /metrics`, in the Prometheus text format. Unauthenticated like
@@ -386,18 +389,24 @@ fn new_request_id() -> String {
     tag = "operations",
     summary = "The store answers and the plugins are loaded; replication status",
     responses(
-        (status = 200, description = "`status`, `plugins`, `replication`", body = Object),
+        (status = 200, description = "Ready", body = Ready),
         (status = 503, description = "The store does not answer", body = error::ErrorBody),
     )
 )]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(serde_json::json!({
-            "status": "ready",
-            "plugins": state.plugins.plugins().len(),
-            "replication": state.orgs.replication_status(),
-        }))
-        .into_response(),
+        Ok(()) => {
+            let replication = state.orgs.replication_status();
+            Json(Ready {
+                status: ReadyStatus::Ready,
+                plugins: state.plugins.plugins().len(),
+                replication: Replication {
+                    unconfirmed: replication.unconfirmed,
+                    rebuilds: replication.rebuilds,
+                },
+            })
+            .into_response()
+        }
         Err(e) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("store: {e}")).into_response()
         }
@@ -410,83 +419,51 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     tag = "plugins",
     summary = "Loaded plugins, refused files, poll state and reload status (admin)",
     responses(
-        (status = 200, description = "`plugins`, `failures`, `reload`", body = Object),
-        (status = 401, description = "No or wrong bearer token", body = error::ErrorBody),
-        (status = 403, description = "A tenant key", body = error::ErrorBody),
+        (status = 200, description = "Plugins, refused files and reload status", body = Plugins),
         (status = 503, description = "The store does not answer", body = error::ErrorBody),
+        error::AdminErrors,
     ),
     security(("bearer" = []))
 )]
-async fn list_plugins(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_plugins(State(state): State<Arc<AppState>>) -> Result<Json<Plugins>, ApiError> {
     let polls =
         state.store.poll_states().await.map_err(|e| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
         })?;
     let failures = state.plugins.failures();
-    let plugins: Vec<_> = state
+    let plugins = state
         .plugins
         .plugins()
         .iter()
         .map(|p| {
             let info = p.info();
-            let polls: Vec<_> = polls
-                .iter()
-                .filter(|s| s.plugin == info.name)
-                .map(|s| {
-                    serde_json::json!({
-                        "target": s.target,
-                        "cursor": s.cursor,
-                        "last_success": s.last_success_ms.map(usage::rfc3339),
-                        "last_error": s.last_error,
-                        "last_error_at": s.last_error_ms.map(usage::rfc3339),
-                        "consecutive_failures": s.consecutive_failures,
-                        "next_run": usage::rfc3339(s.next_run_ms),
-                        "lease_holder": s.lease_holder,
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "name": info.name,
-                "version": info.version,
-                "modes": info.modes(),
-                "description": info.description,
-                "hash": p.hash(),
-                "wit_version": p.wit_version(),
-                "compiled_from_cache": p.compiled_from_cache(),
-                "file": p.file.display().to_string(),
-                "loaded_at": usage::rfc3339(p.loaded_at_ms),
-                "last_reload_error": failures.iter().find(|f| f.file == p.file).map(|f| serde_json::json!({
-                    "error": f.error,
-                    "at": usage::rfc3339(f.at_ms),
-                })),
-                "config": crate::plugin::redacted(p.settings()),
-                "polls": polls,
-            })
+            Plugin {
+                name: info.name.clone(),
+                version: info.version.clone(),
+                modes: info.modes().to_owned(),
+                description: info.description.clone(),
+                hash: p.hash().to_owned(),
+                wit_version: p.wit_version().to_owned(),
+                compiled_from_cache: p.compiled_from_cache(),
+                file: p.file.display().to_string(),
+                loaded_at: Time::at(p.loaded_at_ms),
+                last_reload_error: failures
+                    .iter()
+                    .find(|f| f.file == p.file)
+                    .map(|f| ReloadError { error: f.error.clone(), at: Time::at(f.at_ms) }),
+                config: crate::plugin::redacted(p.settings()),
+                polls: polls.iter().filter(|s| s.plugin == info.name).map(Poll::from).collect(),
+            }
         })
         .collect();
-    let failures: Vec<_> = failures
-        .iter()
-        .map(|f| serde_json::json!({ "file": f.file, "error": f.error, "at": usage::rfc3339(f.at_ms) }))
-        .collect();
-    let (reloads, reload_failures) = state.plugins.reload_counts();
-    let reload = state.reloader.get().and_then(Weak::upgrade).map(|r| {
-        let config = r.config_status();
-        serde_json::json!({
-            "watching": r.watching.load(std::sync::atomic::Ordering::Relaxed),
-            "host_wit": format!("{}@{}", crate::runtime::WIT_PACKAGE, crate::runtime::WIT_VERSION),
-            "accepts_wit": crate::runtime::accepted_wit_versions(),
-            "plugin_reloads": reloads,
-            "plugin_reload_failures": reload_failures,
-            "config": {
-                "source": config.source,
-                "loaded_at": usage::rfc3339(config.loaded_at_ms),
-                "last_error": config.last_error,
-                "last_error_at": config.last_error_at_ms.map(usage::rfc3339),
-                "restart_required": config.restart_required,
-                "reloads": config.reloads,
-                "reload_failures": config.reload_failures,
-            },
-        })
+    let (plugin_reloads, plugin_reload_failures) = state.plugins.reload_counts();
+    let reload = state.reloader.get().and_then(Weak::upgrade).map(|r| Reload {
+        watching: r.watching.load(std::sync::atomic::Ordering::Relaxed),
+        host_wit: format!("{}@{}", crate::runtime::WIT_PACKAGE, crate::runtime::WIT_VERSION),
+        accepts_wit: crate::runtime::accepted_wit_versions(),
+        plugin_reloads,
+        plugin_reload_failures,
+        config: ConfigReload::from(&r.config_status()),
     });
-    Ok(Json(serde_json::json!({ "plugins": plugins, "failures": failures, "reload": reload })))
+    Ok(Json(Plugins { plugins, failures: failures.iter().map(Failure::from).collect(), reload }))
 }

@@ -5,8 +5,17 @@
 //! router and the document are built from the same declarations, so they
 //! cannot drift. The one route `routes!` cannot express, the catch-all
 //! `/v1/ingest/{plugin}/{*path}`, is added to the document here by hand.
+//!
+//! Bodies and answers are `crate::api`'s types. What the config decides —
+//! the meters, the plans and the currency — is filled in per request from
+//! the running config ([`configured`]), so the document served lists the
+//! values this gateway accepts now.
+
+use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::State;
+use serde_json::Value;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi, Required};
@@ -62,6 +71,41 @@ pub fn finish(mut api: OpenApi) -> OpenApi {
     summary = "This document",
     responses((status = 200, description = "OpenAPI 3.1", body = Object))
 )]
-pub async fn openapi_json() -> Json<OpenApi> {
-    Json(super::openapi())
+pub async fn openapi_json(State(state): State<Arc<super::AppState>>) -> Json<Value> {
+    let policy = state.orgs.policy();
+    let meters: Vec<&str> = policy.meters.iter().map(|m| m.name.as_str()).collect();
+    let plans: Vec<&str> = policy.book.plans().map(|p| p.name.as_str()).collect();
+    Json(configured(super::openapi(), &meters, &plans, policy.book.currency()))
+}
+
+/// The document as served: every `{org}` with the org id's rule, and the
+/// config's meters, plans and currency as the enumerations of the fields
+/// that must name one.
+pub fn configured(api: OpenApi, meters: &[&str], plans: &[&str], currency: &str) -> Value {
+    let mut doc = serde_json::to_value(api).unwrap_or_default();
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        let operations =
+            paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.values_mut());
+        for op in operations {
+            let params = op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten();
+            for param in params.filter(|p| p["name"] == "org" && p["in"] == "path") {
+                param["schema"] = crate::api::org_id_schema();
+            }
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["AssignPlan"]["properties"]["plan"]["enum"] = plans.into();
+    schemas["NewGrant"]["properties"]["currency"]["enum"] = [currency].as_slice().into();
+    schemas["Amount"]["not"] = serde_json::json!({ "pattern": crate::api::text::ZERO_PATTERN });
+    if let Some(forms) = schemas["CheckRequest"]["oneOf"].as_array_mut() {
+        for form in forms.iter_mut().filter(|f| f["title"] == "Consume") {
+            form["properties"]["meter"]["enum"] = meters.into();
+        }
+    }
+    if let Some(params) = doc["paths"]["/v1/orgs/{org}/usage"]["get"]["parameters"].as_array_mut() {
+        for param in params.iter_mut().filter(|p| p["name"] == "meter") {
+            param["schema"]["enum"] = meters.into();
+        }
+    }
+    doc
 }

@@ -1,4 +1,5 @@
-//! `/v1/orgs/{org}`: plan assignment, entitlements, checks and grants.
+//! `/v1/orgs/{org}`: plan assignment, entitlements, checks and grants. The
+//! bodies and answers are `api::orgs`'s.
 
 use std::sync::Arc;
 
@@ -6,66 +7,18 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use rust_decimal::Decimal;
-use serde::Deserialize;
-use serde_json::{Value, json};
 
-use super::error::ErrorBody;
-use super::usage::{parse_time, rfc3339};
+use super::error::{ErrorBody, OrgAdminErrors, OrgReadErrors};
+use super::usage::parse_time;
 use super::{ApiError, AppState};
-use crate::orgs::{Credits, GrantRequest, OrgView};
-use crate::plans::check::Action;
-use crate::plans::credits::{Grant, GrantBalance};
+use crate::api::orgs::{
+    AssignPlan, AssignedOrg, CheckAnswer, CheckRequest, Credits, Entitlements, Grant, NewGrant, Org,
+    OrgCredits,
+};
+use crate::orgs::GrantRequest;
 
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     payload.map(|Json(t)| t).map_err(|e| ApiError::bad_request(e.body_text()))
-}
-
-fn view_json(view: &OrgView) -> Value {
-    json!({
-        "org": view.org_id,
-        "plan": view.plan,
-        "assigned": view.assigned_at_ms.is_some(),
-        "assigned_at": view.assigned_at_ms.map(rfc3339),
-        "period": { "start": rfc3339(view.period.from_ms), "end": rfc3339(view.period.to_ms) },
-    })
-}
-
-fn grant_json(g: &Grant) -> Value {
-    json!({
-        "id": g.id,
-        "amount": meterd_units::format_money(g.amount),
-        "effective_at": rfc3339(g.effective_at_ms),
-        "expires_at": g.expires_at_ms.map(rfc3339),
-        "priority": g.priority,
-        "source": g.source,
-    })
-}
-
-fn balance_json(b: &GrantBalance) -> Value {
-    let mut value = grant_json(&b.grant);
-    value["used"] = json!(meterd_units::format_money(b.used));
-    value["remaining"] = json!(meterd_units::format_money(b.remaining));
-    value["status"] = json!(b.status);
-    value
-}
-
-fn credits_json(c: &Credits) -> Value {
-    let money = meterd_units::format_money;
-    json!({
-        "currency": c.currency,
-        "balance": money(c.report.balance),
-        "spend": money(c.report.spend),
-        "uncovered": money(c.report.uncovered),
-        "spend_this_period": money(c.spend_this_period),
-        "grants": c.report.grants.iter().map(balance_json).collect::<Vec<_>>(),
-    })
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AssignPlan {
-    plan: String,
 }
 
 #[utoipa::path(
@@ -73,14 +26,12 @@ pub struct AssignPlan {
     path = "/v1/orgs/{org}",
     tag = "orgs",
     summary = "Assign a plan (admin)",
-    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    params(("org" = String, Path, description = "Organization id (1-256 bytes, not blank)")),
     request_body = AssignPlan,
     responses(
-        (status = 200, description = "The org on its plan, with any plan credit granted now", body = Object),
-        (status = 400, description = "Unknown plan (the message lists the plans) or bad body", body = ErrorBody),
-        (status = 403, description = "A tenant key: assigning plans needs an admin key", body = ErrorBody),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+        (status = 200, description = "The org on its plan, with any plan credit granted now", body = AssignedOrg),
+        (status = 400, description = "Unknown plan (the message lists the plans), a blank org id or a bad body", body = ErrorBody),
+        OrgAdminErrors,
     ),
     security(("bearer" = []))
 )]
@@ -88,12 +39,10 @@ pub async fn put_org(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
     payload: Result<Json<AssignPlan>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AssignedOrg>, ApiError> {
     let request = body(payload)?;
     let (view, granted) = state.orgs.assign(&org, &request.plan, crate::clock::now_ms()).await?;
-    let mut out = view_json(&view);
-    out["granted"] = json!(granted.iter().map(grant_json).collect::<Vec<_>>());
-    Ok(Json(out))
+    Ok(Json(AssignedOrg { org: Org::from(&view), granted: granted.iter().map(Grant::from).collect() }))
 }
 
 #[utoipa::path(
@@ -101,19 +50,19 @@ pub async fn put_org(
     path = "/v1/orgs/{org}",
     tag = "orgs",
     summary = "The org's plan and current period",
-    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    params(("org" = String, Path, description = "Organization id (1-256 bytes, not blank)")),
     responses(
-        (status = 200, description = "Plan, whether assigned, the current period", body = Object),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+        (status = 200, description = "Plan, whether assigned, the current period", body = Org),
+        (status = 400, description = "A blank org id", body = ErrorBody),
+        OrgReadErrors,
     ),
     security(("bearer" = []))
 )]
 pub async fn get_org(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(view_json(&state.orgs.view(&org, crate::clock::now_ms())?)))
+) -> Result<Json<Org>, ApiError> {
+    Ok(Json(Org::from(&state.orgs.view(&org, crate::clock::now_ms())?)))
 }
 
 #[utoipa::path(
@@ -121,98 +70,22 @@ pub async fn get_org(
     path = "/v1/orgs/{org}/entitlements",
     tag = "orgs",
     summary = "Meters against quotas, concurrency, sessions and credits this month",
-    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    params(("org" = String, Path, description = "Organization id (1-256 bytes, not blank)")),
     responses(
-        (status = 200, description = "Entitlements", body = Object),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+        (status = 200, description = "Entitlements", body = Entitlements),
+        (status = 400, description = "A blank org id", body = ErrorBody),
+        OrgReadErrors,
     ),
     security(("bearer" = []))
 )]
 pub async fn entitlements(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Entitlements>, ApiError> {
     let now = crate::clock::now_ms();
     let (view, e) = state.orgs.entitlements(&org, now).await?;
     let credits = state.orgs.credits(&org, now).await?;
-    let q = meterd_units::format_quantity;
-    let meters: Vec<Value> = e
-        .meters
-        .iter()
-        .map(|m| {
-            json!({
-                "meter": m.meter,
-                "unit": m.unit,
-                "used": q(m.used),
-                "quota": m.quota.map(q),
-                "remaining": m.remaining.map(q),
-                "enforcement": m.enforcement,
-                "has_access": m.has_access,
-            })
-        })
-        .collect();
-    let sessions: Vec<Value> = e
-        .sessions
-        .over_limit
-        .iter()
-        .map(|s| {
-            json!({
-                "sandbox": s.subject,
-                "started_at": rfc3339(s.started_ms),
-                "ended_at": s.ended_ms.map(rfc3339),
-                "seconds": q(Decimal::new(s.length_ms, 3)),
-            })
-        })
-        .collect();
-    let mut out = view_json(&view);
-    out["meters"] = json!(meters);
-    out["concurrency"] = json!(e.concurrency);
-    out["sessions"] = json!({ "limit_seconds": e.sessions.limit_seconds, "over_limit": sessions });
-    out["credits"] = credits_json(&credits);
-    Ok(Json(out))
-}
-
-/// `{"action":"sandbox.start","vcpu":4,"memory_mb":4096}` or
-/// `{"meter":"…","quantity":"…"}`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CheckRequest {
-    action: Option<String>,
-    vcpu: Option<u64>,
-    memory_mb: Option<u64>,
-    meter: Option<String>,
-    quantity: Option<String>,
-}
-
-impl CheckRequest {
-    fn action(self) -> Result<Action, ApiError> {
-        match (self.action.as_deref(), self.meter) {
-            (Some("sandbox.start"), None) if self.quantity.is_none() => {
-                Ok(Action::SandboxStart { vcpu: self.vcpu, memory_mb: self.memory_mb })
-            }
-            (Some("sandbox.start"), _) => Err(ApiError::bad_request(
-                "`sandbox.start` takes `vcpu` and `memory_mb`, not `meter`/`quantity`",
-            )),
-            (Some(other), _) => Err(ApiError::bad_request(format!(
-                "unknown action {other:?}; use \"sandbox.start\", or give `meter` and `quantity`"
-            ))),
-            (None, Some(meter)) => {
-                if self.vcpu.is_some() || self.memory_mb.is_some() {
-                    return Err(ApiError::bad_request(
-                        "`vcpu`/`memory_mb` go with `\"action\":\"sandbox.start\"`",
-                    ));
-                }
-                let text = self.quantity.unwrap_or_else(|| "0".to_owned());
-                let quantity = meterd_units::parse_quantity(&text)
-                    .map_err(|e| ApiError::bad_request(format!("`quantity`: {e}")))?;
-                Ok(Action::Consume { meter, quantity })
-            }
-            (None, None) => Err(ApiError::bad_request(
-                "give `\"action\":\"sandbox.start\"` or a `meter` (and `quantity`) to check",
-            )),
-        }
-    }
+    Ok(Json(Entitlements::new(&view, &e, &credits)))
 }
 
 #[utoipa::path(
@@ -220,13 +93,12 @@ impl CheckRequest {
     path = "/v1/orgs/{org}/check",
     tag = "orgs",
     summary = "May the org start a sandbox or consume a quantity now?",
-    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    params(("org" = String, Path, description = "Organization id (1-256 bytes, not blank)")),
     request_body = CheckRequest,
     responses(
-        (status = 200, description = "`allow`, the `reasons` that deny and `warnings`", body = Object),
-        (status = 400, description = "Unknown meter or action, bad quantity", body = ErrorBody),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+        (status = 200, description = "`allow`, the `reasons` that deny and `warnings`", body = CheckAnswer),
+        (status = 400, description = "Unknown meter or action, bad quantity, a blank org id", body = ErrorBody),
+        OrgReadErrors,
     ),
     security(("bearer" = []))
 )]
@@ -234,20 +106,10 @@ pub async fn check(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
     payload: Result<Json<CheckRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let action = body(payload)?.action()?;
+) -> Result<Json<CheckAnswer>, ApiError> {
+    let action = body(payload)?.action().map_err(ApiError::bad_request)?;
     let decision = state.orgs.check(&org, &action, crate::clock::now_ms()).await?;
-    Ok(Json(json!(decision)))
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewGrantBody {
-    amount: String,
-    currency: String,
-    effective_at: Option<String>,
-    expires_at: Option<String>,
-    priority: Option<i32>,
+    Ok(Json(CheckAnswer::from(&decision)))
 }
 
 #[utoipa::path(
@@ -255,40 +117,35 @@ pub struct NewGrantBody {
     path = "/v1/orgs/{org}/grants",
     tag = "orgs",
     summary = "Grant credit (admin)",
-    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
-    request_body = NewGrantBody,
+    description = "`expires_at` not after `effective_at` is a 400.",
+    params(("org" = String, Path, description = "Organization id (1-256 bytes, not blank)")),
+    request_body = NewGrant,
     responses(
-        (status = 201, description = "The grant", body = Object),
-        (status = 400, description = "Bad amount, currency or times", body = ErrorBody),
-        (status = 403, description = "A tenant key: granting credit needs an admin key", body = ErrorBody),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+        (status = 201, description = "The grant", body = Grant),
+        (status = 400, description = "Bad amount, currency or times, a blank org id", body = ErrorBody),
+        OrgAdminErrors,
     ),
     security(("bearer" = []))
 )]
 pub async fn post_grant(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
-    payload: Result<Json<NewGrantBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    payload: Result<Json<NewGrant>, JsonRejection>,
+) -> Result<(StatusCode, Json<Grant>), ApiError> {
     let b = body(payload)?;
     let now = crate::clock::now_ms();
-    let amount = meterd_units::parse_quantity(&b.amount)
-        .map_err(|e| ApiError::bad_request(format!("`amount`: {e}")))?;
+    let amount = crate::api::text::parse_decimal("amount", &b.amount.0).map_err(ApiError::bad_request)?;
+    let time =
+        |name: &str, t: &Option<crate::api::Time>| t.as_ref().map(|t| parse_time(name, &t.0)).transpose();
     let request = GrantRequest {
         amount,
         currency: b.currency,
-        effective_at_ms: b
-            .effective_at
-            .as_deref()
-            .map(|t| parse_time("effective_at", t))
-            .transpose()?
-            .unwrap_or(now),
-        expires_at_ms: b.expires_at.as_deref().map(|t| parse_time("expires_at", t)).transpose()?,
+        effective_at_ms: time("effective_at", &b.effective_at)?.unwrap_or(now),
+        expires_at_ms: time("expires_at", &b.expires_at)?,
         priority: b.priority,
     };
     let grant = state.orgs.add_grant(&org, request, now).await?;
-    Ok((StatusCode::CREATED, Json(grant_json(&grant))))
+    Ok((StatusCode::CREATED, Json(Grant::from(&grant))))
 }
 
 #[utoipa::path(
@@ -296,20 +153,18 @@ pub async fn post_grant(
     path = "/v1/orgs/{org}/grants",
     tag = "orgs",
     summary = "Credit balance, spend and each grant in burn order",
-    params(("org" = String, Path, description = "Organization id (1-256 bytes)")),
+    params(("org" = String, Path, description = "Organization id (1-256 bytes, not blank)")),
     responses(
-        (status = 200, description = "Credits", body = Object),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "A tenant key asking about an org outside its scope", body = ErrorBody),
+        (status = 200, description = "Credits", body = OrgCredits),
+        (status = 400, description = "A blank org id", body = ErrorBody),
+        OrgReadErrors,
     ),
     security(("bearer" = []))
 )]
 pub async fn get_grants(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrgCredits>, ApiError> {
     let credits = state.orgs.credits(&org, crate::clock::now_ms()).await?;
-    let mut out = credits_json(&credits);
-    out["org"] = json!(org);
-    Ok(Json(out))
+    Ok(Json(OrgCredits { org, credits: Credits::from(&credits) }))
 }

@@ -3,42 +3,16 @@
 
 use std::sync::Arc;
 
+use super::error::{AdminErrors, ErrorBody};
+use super::usage::parse_time;
+use super::{ApiError, AppState};
+use crate::api::replays::{NewReplay, ReplayJob};
+use crate::meter::period::Range;
+use crate::replay::{ReplayError, ReplayRequest};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde::Deserialize;
-use serde_json::Value;
-
-use super::error::ErrorBody;
-use super::usage::{parse_time, rfc3339};
-use super::{ApiError, AppState};
-use crate::meter::period::Range;
-use crate::replay::{JobView, ReplayError, ReplayRequest};
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewReplayBody {
-    /// The plugin whose stored payloads to replay.
-    plugin: String,
-    /// Deliveries received at or after this RFC 3339 time (default: the first).
-    from: Option<String>,
-    /// Deliveries received before this RFC 3339 time (default: now).
-    to: Option<String>,
-    /// Report what would change; write nothing.
-    #[serde(default)]
-    dry_run: bool,
-}
-
-/// A job as the API shows it: times in RFC 3339.
-pub fn job_json(view: &JobView) -> Value {
-    let mut json = serde_json::to_value(view).unwrap_or_default();
-    json["from"] = rfc3339(view.from_ms).into();
-    json["to"] = rfc3339(view.to_ms).into();
-    json["started_at"] = rfc3339(view.started_at_ms).into();
-    json["finished_at"] = view.finished_at_ms.map(rfc3339).into();
-    json
-}
 
 impl From<ReplayError> for ApiError {
     fn from(e: ReplayError) -> Self {
@@ -57,12 +31,11 @@ impl From<ReplayError> for ApiError {
     path = "/v1/replays",
     tag = "replays",
     summary = "Replay a plugin's stored payloads through the plugin loaded now and correct what changed (admin)",
-    request_body = NewReplayBody,
+    request_body = NewReplay,
     responses(
-        (status = 202, description = "The job, running: follow it at `Location`", body = Object),
+        (status = 202, description = "The job, running: follow it at `Location`", body = ReplayJob),
         (status = 400, description = "A bad time or range, unknown fields, or a plugin that only polls", body = ErrorBody),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 403, description = "A tenant key", body = ErrorBody),
+        AdminErrors,
         (status = 404, description = "No such plugin", body = ErrorBody),
         (status = 409, description = "A replay of this plugin is already running here", body = ErrorBody),
     ),
@@ -72,12 +45,12 @@ impl From<ReplayError> for ApiError {
 /// the job; `GET /v1/replays/{id}` follows it.
 pub async fn start(
     State(state): State<Arc<AppState>>,
-    payload: Result<Json<NewReplayBody>, JsonRejection>,
-) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    payload: Result<Json<NewReplay>, JsonRejection>,
+) -> Result<(StatusCode, HeaderMap, Json<ReplayJob>), ApiError> {
     let Json(body) = payload.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let from_ms = body.from.as_deref().map(|t| parse_time("from", t)).transpose()?.unwrap_or(0);
-    let to_ms = match body.to.as_deref() {
-        Some(t) => parse_time("to", t)?,
+    let from_ms = body.from.as_ref().map(|t| parse_time("from", &t.0)).transpose()?.unwrap_or(0);
+    let to_ms = match &body.to {
+        Some(t) => parse_time("to", &t.0)?,
         None => crate::clock::now_ms() + 1,
     };
     let range = Range::new(from_ms, to_ms).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -87,7 +60,7 @@ pub async fn start(
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/replays/{}", view.id)) {
         headers.insert(header::LOCATION, location);
     }
-    Ok((StatusCode::ACCEPTED, headers, Json(job_json(&view))))
+    Ok((StatusCode::ACCEPTED, headers, Json(ReplayJob::from(&view))))
 }
 
 #[utoipa::path(
@@ -97,9 +70,8 @@ pub async fn start(
     summary = "A replay job: state, progress and what it changed (admin)",
     params(("id" = String, Path, description = "The job id from POST /v1/replays")),
     responses(
-        (status = 200, description = "`state` (running, done, failed), `report` (counts, `by_metric`, `changes`, `conflicts`, `failures`)", body = Object),
-        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 403, description = "A tenant key", body = ErrorBody),
+        (status = 200, description = "`state` (running, done, failed), `report` (counts, `by_metric`, `changes`, `conflicts`, `failures`)", body = ReplayJob),
+        AdminErrors,
         (status = 404, description = "No such job on this gateway (jobs live in the process that runs them)", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -108,8 +80,8 @@ pub async fn start(
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReplayJob>, ApiError> {
     let job =
         state.replays.job(&id).ok_or_else(|| ApiError::not_found(format!("no replay job {id:?} here")))?;
-    Ok(Json(job_json(&job.view())))
+    Ok(Json(ReplayJob::from(&job.view())))
 }

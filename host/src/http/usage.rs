@@ -1,26 +1,17 @@
 //! `GET /v1/orgs/{org}/usage`: parameters in, the usage answer out. The
-//! parsing and the answer's shape are `crate::usage`'s, shared with the CLI.
+//! parsing is `crate::usage`'s and the answer `api::usage`'s, shared with
+//! the CLI.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
 
 use super::{ApiError, AppState};
+use crate::api::usage::{Usage, UsageParams};
 use crate::usage::{self, ParamError, UsageRequest};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UsageParams {
-    meter: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    window: Option<String>,
-    group_by: Option<String>,
-}
-
-pub use meterd_core::time::rfc3339;
+pub use crate::api::rfc3339;
 
 pub fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
     usage::parse_time(name, text).map_err(bad_param)
@@ -35,19 +26,12 @@ fn bad_param(e: ParamError) -> ApiError {
     path = "/v1/orgs/{org}/usage",
     tag = "orgs",
     summary = "A meter's usage over a range, in windows and groups",
-    params(
-        ("org" = String, Path, description = "Organization id (1-256 bytes)"),
-        ("meter" = String, Query, description = "A configured meter, e.g. sandbox_cpu_core_seconds"),
-        ("from" = Option<String>, Query, description = "RFC 3339; default: the UTC month of `to` or of now"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive; default: the end of `from`'s month"),
-        ("window" = Option<String>, Query, description = "hour, day or month (at most 10,000 windows)"),
-        ("group_by" = Option<String>, Query, description = "A record attribute to group each window by"),
-    ),
+    description = "A range with `from` not before `to`, or of more than 10,000 windows, is a 400.",
+    params(("org" = String, Path, description = "Organization id (1-256 bytes, not blank)"), UsageParams),
     responses(
-        (status = 200, description = "`total`, `unit` and `windows` (exact decimal strings)", body = Object),
+        (status = 200, description = "The meter's total and windows (exact decimal strings)", body = Usage),
         (status = 400, description = "Unknown meter or parameter, bad time or range", body = super::error::ErrorBody),
-        (status = 401, description = "No or wrong bearer token", body = super::error::ErrorBody),
-        (status = 404, description = "A tenant key asking about an org outside its scope", body = super::error::ErrorBody),
+        super::error::OrgReadErrors,
     ),
     security(("bearer" = []))
 )]
@@ -55,18 +39,19 @@ pub async fn usage(
     State(state): State<Arc<AppState>>,
     Path(org): Path<String>,
     params: Result<Query<UsageParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Usage>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let now_ms = crate::clock::now_ms();
     let meter = params.meter.ok_or_else(|| ApiError::bad_request("missing `meter` parameter"))?;
-    let window = params.window.as_deref().map(usage::parse_window).transpose().map_err(bad_param)?;
+    let text = |t: &Option<crate::api::Time>| t.as_ref().map(|t| t.0.clone());
+    let (from, to) = (text(&params.from), text(&params.to));
     let request = UsageRequest {
         org_id: org,
         meter,
-        range: usage::range(params.from.as_deref(), params.to.as_deref(), now_ms).map_err(bad_param)?,
-        window,
-        group_by: params.group_by,
+        range: usage::range(from.as_deref(), to.as_deref(), now_ms).map_err(bad_param)?,
+        window: params.window.as_deref().map(usage::parse_window).transpose().map_err(bad_param)?,
+        group_by: params.group_by.map(|k| k.0),
     };
     let answer = state.usage.usage(&request, now_ms).await?;
-    Ok(Json(usage::answer_json(&request, &answer)))
+    Ok(Json(Usage::new(&request, &answer)))
 }

@@ -5,7 +5,10 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+
+use crate::api::ErrorBody;
+use crate::api::replays::{NewReplay, ReplayJob, ReplayState};
 
 /// How often the job is asked for its progress.
 const POLL: Duration = Duration::from_millis(200);
@@ -37,19 +40,23 @@ pub enum ClientError {
 
 /// Starts the replay and follows it to its end; returns the finished job
 /// (its `state` may be `failed`). Progress goes to `progress` if given.
-pub async fn run(args: &ReplayArgs, mut progress: Option<&mut dyn Progress>) -> Result<Value, ClientError> {
+pub async fn run(
+    args: &ReplayArgs,
+    mut progress: Option<&mut dyn Progress>,
+) -> Result<ReplayJob, ClientError> {
     let client = reqwest::Client::new();
     let base = args.url.trim_end_matches('/');
-    let body = json!({ "plugin": args.plugin, "from": args.from, "to": args.to, "dry_run": args.dry_run });
-    let started = send(args, client.post(format!("{base}/v1/replays")).json(&body)).await?;
-    let id = started["id"].as_str().ok_or_else(|| ClientError::Protocol {
-        url: format!("{base}/v1/replays"),
-        message: "the answer has no job id".to_owned(),
-    })?;
-    let job_url = format!("{base}/v1/replays/{id}");
+    let body = NewReplay {
+        plugin: args.plugin.clone(),
+        from: args.from.clone().map(crate::api::Time),
+        to: args.to.clone().map(crate::api::Time),
+        dry_run: args.dry_run,
+    };
+    let started: ReplayJob = send(args, client.post(format!("{base}/v1/replays")).json(&body)).await?;
+    let job_url = format!("{base}/v1/replays/{}", started.id);
     loop {
-        let job = send(args, client.get(&job_url)).await?;
-        if job["state"] != "running" {
+        let job: ReplayJob = send(args, client.get(&job_url)).await?;
+        if job.state != ReplayState::Running {
             if let Some(progress) = progress.as_deref_mut() {
                 progress.finish(&job);
             }
@@ -63,7 +70,10 @@ pub async fn run(args: &ReplayArgs, mut progress: Option<&mut dyn Progress>) -> 
 }
 
 /// Sends with the token; a non-2xx answer is `Refused` with its message.
-async fn send(args: &ReplayArgs, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+async fn send<T: DeserializeOwned>(
+    args: &ReplayArgs,
+    request: reqwest::RequestBuilder,
+) -> Result<T, ClientError> {
     let request = match &args.token {
         Some(token) => request.bearer_auth(token),
         None => request,
@@ -74,23 +84,25 @@ async fn send(args: &ReplayArgs, request: reqwest::RequestBuilder) -> Result<Val
         .map_err(|e| ClientError::Unreachable { url: args.url.clone(), message: e.to_string() })?;
     let status = response.status();
     let url = response.url().to_string();
-    let body: Value = response.json().await.map_err(|e| ClientError::Protocol {
+    let body = response.bytes().await.map_err(|e| ClientError::Protocol {
         url: url.clone(),
-        message: format!("{status}, not JSON: {e}"),
+        message: format!("{status}, the body could not be read: {e}"),
     })?;
     if !status.is_success() {
-        let message = body["error"]["message"].as_str().unwrap_or("no message").to_owned();
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |e| e.error.message);
         return Err(ClientError::Refused { status: status.as_u16(), message });
     }
-    Ok(body)
+    serde_json::from_slice(&body)
+        .map_err(|e| ClientError::Protocol { url, message: format!("{status}: {e}") })
 }
 
 /// Where progress goes while a job runs.
 pub trait Progress {
     /// The job, still running.
-    fn show(&mut self, job: &Value);
+    fn show(&mut self, job: &ReplayJob);
     /// The job, finished.
-    fn finish(&mut self, job: &Value);
+    fn finish(&mut self, job: &ReplayJob);
 }
 
 /// A progress bar redrawn in place on a terminal; on anything else, a line
@@ -107,14 +119,14 @@ impl Default for StderrProgress {
 }
 
 impl StderrProgress {
-    fn line(job: &Value) -> String {
+    fn line(job: &ReplayJob) -> String {
         let (done, total) = counts(job);
         progress_line(done, total, changed_records(job), 30)
     }
 }
 
 impl Progress for StderrProgress {
-    fn show(&mut self, job: &Value) {
+    fn show(&mut self, job: &ReplayJob) {
         let mut err = std::io::stderr().lock();
         if self.terminal {
             let _ = write!(err, "\r{}", Self::line(job));
@@ -130,7 +142,7 @@ impl Progress for StderrProgress {
         let _ = err.flush();
     }
 
-    fn finish(&mut self, job: &Value) {
+    fn finish(&mut self, job: &ReplayJob) {
         let mut err = std::io::stderr().lock();
         if self.terminal {
             let _ = writeln!(err, "\r{}", Self::line(job));
@@ -141,14 +153,13 @@ impl Progress for StderrProgress {
     }
 }
 
-fn counts(job: &Value) -> (u64, u64) {
-    let deliveries = &job["report"]["deliveries"];
-    (deliveries["done"].as_u64().unwrap_or(0), deliveries["total"].as_u64().unwrap_or(0))
+fn counts(job: &ReplayJob) -> (u64, u64) {
+    (job.report.deliveries.done, job.report.deliveries.total)
 }
 
-fn changed_records(job: &Value) -> u64 {
-    let records = &job["report"]["records"];
-    ["corrected", "withdrawn", "added"].iter().map(|k| records[k].as_u64().unwrap_or(0)).sum()
+fn changed_records(job: &ReplayJob) -> u64 {
+    let records = &job.report.records;
+    records.corrected + records.withdrawn + records.added
 }
 
 /// `[#########.........]  300/1000 deliveries  12 records changed`.
@@ -167,96 +178,92 @@ pub fn progress_line(done: u64, total: u64, changed: u64, width: usize) -> Strin
 
 /// The finished job for people: what was replayed, the counts, the net
 /// change per org and metric, then each change, conflict and failure.
-pub fn render(job: &Value) -> String {
-    let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-    let number = |v: &Value| v.as_u64().unwrap_or(0);
-    let report = &job["report"];
-    let (deliveries, records) = (&report["deliveries"], &report["records"]);
-    let dry_run = job["dry_run"].as_bool().unwrap_or(false);
+pub fn render(job: &ReplayJob) -> String {
+    let report = &job.report;
+    let (deliveries, records) = (&report.deliveries, &report.records);
     let mut out = format!(
         "replay {} of {} {} (sha256 {}) over deliveries received from {} to {}{}\n",
-        text(&job["id"]),
-        text(&job["plugin"]),
-        text(&job["plugin_version"]),
-        text(&job["plugin_hash"]).chars().take(12).collect::<String>(),
-        text(&job["from"]),
-        text(&job["to"]),
-        if dry_run { ": dry run, nothing was written" } else { "" },
+        job.id,
+        job.plugin,
+        job.plugin_version,
+        job.plugin_hash.chars().take(12).collect::<String>(),
+        job.from,
+        job.to,
+        if job.dry_run { ": dry run, nothing was written" } else { "" },
     );
     out.push_str(&format!(
         "deliveries: {} of {} done: {} changed, {} unchanged, {} purged by retention, {} failed\n",
-        number(&deliveries["done"]),
-        number(&deliveries["total"]),
-        number(&deliveries["changed"]),
-        number(&deliveries["unchanged"]),
-        number(&deliveries["purged"]),
-        number(&deliveries["failed"]),
+        deliveries.done,
+        deliveries.total,
+        deliveries.changed,
+        deliveries.unchanged,
+        deliveries.purged,
+        deliveries.failed,
     ));
     out.push_str(&format!(
         "records: {} {}, {} withdrawn, {} added, {} unchanged, {} superseded, {} conflicts\n",
-        number(&records["corrected"]),
-        if dry_run { "to correct" } else { "corrected" },
-        number(&records["withdrawn"]),
-        number(&records["added"]),
-        number(&records["unchanged"]),
-        number(&records["superseded"]),
-        number(&records["conflicts"]),
+        records.corrected,
+        if job.dry_run { "to correct" } else { "corrected" },
+        records.withdrawn,
+        records.added,
+        records.unchanged,
+        records.superseded,
+        records.conflicts,
     ));
-    if job["state"] == "failed" {
-        out.push_str(&format!("FAILED: {} (pages applied before it stay applied)\n", text(&job["error"])));
+    if job.state == ReplayState::Failed {
+        let error = job.error.as_deref().unwrap_or("unknown error");
+        out.push_str(&format!("FAILED: {error} (pages applied before it stay applied)\n"));
     }
-    let list = |key: &str| report[key].as_array().cloned().unwrap_or_default();
-    let by_metric = list("by_metric");
-    if !by_metric.is_empty() {
+    if !report.by_metric.is_empty() {
         let mut rows =
             vec![["ORG", "METRIC", "RECORDS", "BEFORE", "AFTER", "DELTA"].map(str::to_owned).to_vec()];
-        rows.extend(by_metric.iter().map(|m| {
-            ["org_id", "metric", "records", "before", "after", "delta"].iter().map(|k| text(&m[*k])).collect()
-        }));
-        out.push('\n');
-        out.push_str(&crate::table::render(&rows));
-    }
-    let changes = list("changes");
-    if !changes.is_empty() {
-        let mut rows = vec![
-            ["CHANGE", "DELIVERY", "RECORD", "ORG", "SUBJECT", "METRIC", "BEFORE", "AFTER"]
-                .map(str::to_owned)
-                .to_vec(),
-        ];
-        rows.extend(changes.iter().map(|c| {
-            let before = if c["before"].is_null() { "-".to_owned() } else { text(&c["before"]) };
+        rows.extend(report.by_metric.iter().map(|m| {
             vec![
-                text(&c["change"]),
-                text(&c["delivery"]),
-                format!("{}#{}", text(&c["event_id"]), text(&c["seq"])),
-                text(&c["org_id"]),
-                text(&c["subject"]),
-                text(&c["metric"]),
-                before,
-                text(&c["after"]),
+                m.org_id.clone(),
+                m.metric.clone(),
+                m.records.to_string(),
+                m.before.to_string(),
+                m.after.to_string(),
+                m.delta.to_string(),
             ]
         }));
         out.push('\n');
         out.push_str(&crate::table::render(&rows));
     }
-    for c in list("conflicts") {
-        let fields: Vec<String> = c["fields"].as_array().into_iter().flatten().map(text).collect();
+    if !report.changes.is_empty() {
+        let mut rows = vec![
+            ["CHANGE", "DELIVERY", "RECORD", "ORG", "SUBJECT", "METRIC", "BEFORE", "AFTER"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        rows.extend(report.changes.iter().map(|c| {
+            vec![
+                c.change.as_str().to_owned(),
+                c.delivery.clone(),
+                format!("{}#{}", c.event_id, c.seq),
+                c.org_id.clone(),
+                c.subject.clone(),
+                c.metric.clone(),
+                c.before.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
+                c.after.to_string(),
+            ]
+        }));
+        out.push('\n');
+        out.push_str(&crate::table::render(&rows));
+    }
+    for c in &report.conflicts {
         out.push_str(&format!(
             "conflict: delivery {} record {}#{}: the plugin now yields another {} (left as stored)\n",
-            text(&c["delivery"]),
-            text(&c["event_id"]),
-            text(&c["seq"]),
-            fields.join(", ")
+            c.delivery,
+            c.event_id,
+            c.seq,
+            c.fields.join(", ")
         ));
     }
-    for f in list("failures") {
-        out.push_str(&format!(
-            "failed: delivery {}: {} (left as stored)\n",
-            text(&f["delivery"]),
-            text(&f["error"])
-        ));
+    for f in &report.failures {
+        out.push_str(&format!("failed: delivery {}: {} (left as stored)\n", f.delivery, f.error));
     }
-    if report["truncated"].as_bool().unwrap_or(false) {
+    if report.truncated {
         out.push_str(&format!(
             "(only the first {} changes, conflicts and failures are listed; the counts cover all)\n",
             super::report::LISTED
@@ -279,9 +286,10 @@ mod tests {
 
     #[test]
     fn a_report_renders_counts_totals_changes_and_problems() {
-        let job = json!({
+        let job: ReplayJob = serde_json::from_value(serde_json::json!({
             "id": "rpl_1", "plugin": "e2b", "plugin_version": "0.1.0", "plugin_hash": "abcdef0123456789",
             "from": "1970-01-01T00:00:00Z", "to": "2026-11-23T00:00:00Z", "dry_run": true, "state": "done",
+            "started_at": "2026-11-23T00:00:00Z", "finished_at": "2026-11-23T00:00:01Z",
             "report": {
                 "deliveries": {"total": 3, "done": 3, "changed": 1, "unchanged": 0, "purged": 1, "failed": 1},
                 "records": {"corrected": 1, "withdrawn": 0, "added": 0, "unchanged": 2, "superseded": 0, "conflicts": 1},
@@ -292,7 +300,8 @@ mod tests {
                 "failures": [{"delivery": "ev3", "error": "signature"}],
                 "truncated": false
             }
-        });
+        }))
+        .unwrap();
         let text = render(&job);
         assert!(text.starts_with("replay rpl_1 of e2b 0.1.0 (sha256 abcdef012345) over deliveries received from 1970-01-01T00:00:00Z to 2026-11-23T00:00:00Z: dry run, nothing was written\n"), "{text}");
         assert!(text.contains("records: 1 to correct, 0 withdrawn"), "{text}");

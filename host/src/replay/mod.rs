@@ -20,8 +20,6 @@ pub mod report;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-
 use crate::meter::period::Range;
 use crate::plugin::InboundRequest;
 use crate::plugins::{PluginHandle, PluginRegistry};
@@ -63,8 +61,7 @@ pub enum ReplayError {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "state", content = "error")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {
     Running,
     Done,
@@ -73,25 +70,18 @@ pub enum JobState {
 }
 
 /// One replay, as `GET /v1/replays/{id}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct JobView {
     pub id: String,
     pub plugin: String,
     /// The plugin build that replayed (its `info()` version and hash).
     pub plugin_version: String,
     pub plugin_hash: String,
-    /// The range and times, as the API shows them in RFC 3339 (`from`,
-    /// `to`, `started_at`, `finished_at`).
-    #[serde(skip)]
     pub from_ms: i64,
-    #[serde(skip)]
     pub to_ms: i64,
     pub dry_run: bool,
-    #[serde(skip)]
     pub started_at_ms: i64,
-    #[serde(skip)]
     pub finished_at_ms: Option<i64>,
-    #[serde(flatten)]
     pub state: JobState,
     pub report: Report,
 }

@@ -1,11 +1,11 @@
 //! What a replay found, accumulated page by page: counts, the net change
 //! per (org, metric), and the first changes, conflicts and failures in
-//! detail. Serialized as the job's JSON; the CLI prints it.
+//! detail. `api::replays` is how the API shows it.
 
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::plan::{Change, Conflict, Plan};
 
@@ -13,7 +13,7 @@ use super::plan::{Change, Conflict, Plan};
 /// the counts and per-metric totals always cover everything.
 pub const LISTED: usize = 1_000;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryCounts {
     /// Deliveries in the range when the replay started.
     pub total: u64,
@@ -29,7 +29,7 @@ pub struct DeliveryCounts {
     pub failed: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecordCounts {
     pub corrected: u64,
     pub withdrawn: u64,
@@ -40,40 +40,53 @@ pub struct RecordCounts {
 }
 
 /// The net change of one (org, metric) over the changed records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricChange {
     pub org_id: String,
     pub metric: String,
     /// Changed records of this metric.
     pub records: u64,
     /// Their quantities before and after, summed.
-    #[serde(with = "quantity")]
     pub before: Decimal,
-    #[serde(with = "quantity")]
     pub after: Decimal,
-    #[serde(with = "quantity")]
     pub delta: Decimal,
 }
 
+/// What a replay did to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Corrected,
+    Withdrawn,
+    Added,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Corrected => "corrected",
+            Self::Withdrawn => "withdrawn",
+            Self::Added => "added",
+        }
+    }
+}
+
 /// One changed record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeLine {
     /// The delivery (its event id) whose replay made the change.
     pub delivery: String,
-    /// `corrected`, `withdrawn` or `added`.
-    pub change: &'static str,
+    pub change: ChangeKind,
     pub event_id: String,
     pub seq: i64,
     pub org_id: String,
     pub subject: String,
     pub metric: String,
-    #[serde(with = "optional_quantity")]
     pub before: Option<Decimal>,
-    #[serde(with = "quantity")]
     pub after: Decimal,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConflictLine {
     pub delivery: String,
     pub event_id: String,
@@ -82,13 +95,13 @@ pub struct ConflictLine {
     pub fields: Vec<&'static str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureLine {
     pub delivery: String,
     pub error: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub deliveries: DeliveryCounts,
     pub records: RecordCounts,
@@ -100,7 +113,6 @@ pub struct Report {
     pub failures: Vec<FailureLine>,
     /// Whether `changes`, `conflicts` or `failures` stop at [`LISTED`].
     pub truncated: bool,
-    #[serde(skip)]
     totals: BTreeMap<(String, String), (u64, Decimal, Decimal)>,
 }
 
@@ -142,15 +154,15 @@ impl Report {
         let kind = match change {
             Change::Corrected { .. } => {
                 self.records.corrected += 1;
-                "corrected"
+                ChangeKind::Corrected
             }
             Change::Withdrawn { .. } => {
                 self.records.withdrawn += 1;
-                "withdrawn"
+                ChangeKind::Withdrawn
             }
             Change::Added { .. } => {
                 self.records.added += 1;
-                "added"
+                ChangeKind::Added
             }
         };
         let record = change.record();
@@ -207,26 +219,6 @@ impl Report {
     }
 }
 
-/// Quantities in JSON are exact decimal strings, as everywhere in the API.
-mod quantity {
-    use rust_decimal::Decimal;
-
-    pub fn serialize<S: serde::Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&meterd_units::format_quantity(*value))
-    }
-}
-
-mod optional_quantity {
-    use rust_decimal::Decimal;
-
-    pub fn serialize<S: serde::Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(value) => s.serialize_str(&meterd_units::format_quantity(*value)),
-            None => s.serialize_none(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +261,7 @@ mod tests {
         assert!(report.truncated);
         let ram = &report.by_metric[0];
         assert_eq!((ram.records, ram.delta), (n, Decimal::new(-24, 3) * Decimal::from(n)));
-        let json = serde_json::to_value(&report).unwrap();
+        let json = serde_json::to_value(crate::api::replays::Report::from(&report)).unwrap();
         assert_eq!(json["by_metric"][0]["before"], format!("{}", Decimal::new(1024, 3) * Decimal::from(n)));
         assert_eq!(json["changes"][0]["before"], "1.024");
         assert_eq!(json["changes"][0]["after"], "1");
