@@ -121,3 +121,51 @@ async fn the_document_is_valid_complete_and_every_operation_is_served() {
     let (status, body) = gw.get("/v1/not-a-route").await;
     assert_eq!((status, body["error"]["message"].as_str()), (404, Some("no such route")));
 }
+
+/// schemathesis (PyPI, installed by tests/s3/install.sh) against the live
+/// gateway with an admin token: every phase (the document's examples, its
+/// boundary values, random valid and invalid requests, and stateful
+/// sequences that feed one answer into the next request) and every check
+/// (no 5xx, every status, header and body as documented, invalid requests
+/// refused, valid ones accepted). The run must end with no failure.
+/// Its settings, and why each is what it is: tests/e2e/schemathesis.toml.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_failure_against_the_live_gateway() {
+    let gw = Gateway::start(Options { admin_token: Some(ADMIN_TOKEN), ..Options::default() });
+    // Something to find: an org on a plan, with a grant and usage.
+    let (status, _) = gw.put_json("/v1/orgs/acme", &serde_json::json!({"plan": "pro"})).await;
+    assert_eq!(status, 200);
+    let now = chrono::Utc::now();
+    let at = |minutes_ago: i64| (now - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
+    for (id, kind, time, execution) in
+        [("st-1", "created", at(30), None), ("st-2", "killed", at(5), Some((2, 1024, 1_500_000)))]
+    {
+        let (status, body) = gw.e2b(&support::e2b_event(id, kind, &time, "sbx-1", "acme", execution)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let st = support::s3::installed("venv/bin/st");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/e2e/schemathesis.toml");
+    let output = Command::new(st)
+        .arg("--config-file")
+        .arg(config)
+        .arg("run")
+        .arg(gw.url("/openapi.json"))
+        .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+        .env("NO_COLOR", "1")
+        // Its cache (.schemathesis/) goes with the gateway's directory.
+        .current_dir(gw.dir.path())
+        .output()
+        .expect("running schemathesis");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // It ran, and tested every operation it selected (all but the
+    // document's own, 18 today).
+    let line = |prefix: &str| stdout.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned));
+    assert_eq!(line("Selected: "), Some("18/18".to_owned()), "{stdout}");
+    assert_eq!(line("Tested: "), Some("18".to_owned()), "{stdout}");
+}

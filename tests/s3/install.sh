@@ -3,8 +3,9 @@
 # from package registries, into target/s3-servers/ (idempotent; seconds when
 # already there):
 #   - moto_server (PyPI moto[server]) and boto3, in a virtualenv;
-#   - openapi-spec-validator (PyPI), in the same virtualenv, which the
-#     OpenAPI test runs on the served document;
+#   - openapi-spec-validator and schemathesis (PyPI), in the same
+#     virtualenv, which the OpenAPI tests run on the served document and
+#     against the live gateway;
 #   - s3s-fs (crates.io, `binary` feature), which verifies SigV4 signatures.
 # 0.14.1 is the newest s3s-fs that builds with rustc 1.95.
 set -euo pipefail
@@ -24,6 +25,12 @@ validator_version=0.7.2
 if ! "$root/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('openapi-spec-validator') != '$validator_version')" 2>/dev/null; then
     echo "tests/s3/install.sh: installing openapi-spec-validator==$validator_version into $root/venv" >&2
     "$root/venv/bin/pip" install --quiet "openapi-spec-validator==$validator_version"
+fi
+
+schemathesis_version=4.32.5
+if ! "$root/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$schemathesis_version')" 2>/dev/null; then
+    echo "tests/s3/install.sh: installing schemathesis==$schemathesis_version into $root/venv" >&2
+    "$root/venv/bin/pip" install --quiet "schemathesis==$schemathesis_version"
 fi
 
 s3s_version=0.14.1
