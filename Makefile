@@ -8,7 +8,7 @@
 #               the machine's PostgreSQL, started by tests/postgres/ensure.sh),
 #               after a short run of the plugin fuzz targets (`make fuzz`)
 #   make fuzz   the plugin fuzz targets (tests/fuzz, cargo-fuzz, native),
-#               each for FUZZ_SECONDS (default 8); `make fuzz-long` is the
+#               each for FUZZ_SECONDS (default 6); `make fuzz-long` is the
 #               10-minute run: 600 s in all, shared equally by the targets
 
 CARGO ?= cargo
@@ -24,7 +24,7 @@ run: plugins
 test: s3-servers postgres fuzz
 	$(CARGO) test --release --workspace
 
-FUZZ_SECONDS ?= 8
+FUZZ_SECONDS ?= 6
 fuzz:
 	CARGO="$(CARGO)" FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh
 
