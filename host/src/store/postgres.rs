@@ -266,7 +266,7 @@ async fn write_records(
         rows.iter().map(|r| (r.plugin, r.record.event_id.as_str())).collect();
     let (plugins, events): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
     let found = sqlx::query(
-        "SELECT r.id, r.plugin, r.event_id, r.seq, r.quantity, r.attributes::text AS attributes
+        "SELECT r.id, r.plugin, r.event_id, r.seq, r.quantity
          FROM unnest($1::text[], $2::text[]) AS k(plugin, event_id)
          JOIN usage_records r ON r.plugin = k.plugin AND r.event_id = k.event_id",
     )
@@ -274,63 +274,97 @@ async fn write_records(
     .bind(&events)
     .fetch_all(&mut *tx)
     .await?;
-    let mut existing: HashMap<(String, String, i64), (i64, Decimal, String)> =
-        HashMap::with_capacity(found.len());
+    let mut existing: HashMap<(String, String, i64), (i64, Decimal)> = HashMap::with_capacity(found.len());
     for found in found {
         existing.insert(
             (found.try_get("plugin")?, found.try_get("event_id")?, found.try_get("seq")?),
-            (found.try_get("id")?, found.try_get("quantity")?, found.try_get("attributes")?),
+            (found.try_get("id")?, found.try_get("quantity")?),
         );
     }
     let mut fresh: Vec<&RecordRow> = Vec::new();
     let mut fresh_keys = std::collections::HashSet::new();
     for row in rows {
         match existing.get(&(row.plugin.to_owned(), row.record.event_id.clone(), row.seq)) {
+            // A new key twice in one batch: the first is inserted, the
+            // second is a duplicate of it (as on SQLite).
             None if !fresh_keys.insert((row.plugin, row.record.event_id.as_str(), row.seq)) => {
                 counts.duplicates += 1;
             }
             None => fresh.push(row),
-            Some((_, stored, _)) if *stored == row.record.quantity => counts.duplicates += 1,
-            Some((id, _, attributes)) => {
-                // Lock the row and correct from what it holds now: another
-                // replica may have corrected it since the lookup, and only
-                // one of two equal corrections may audit and move standings.
-                let current: Decimal =
-                    sqlx::query_scalar("SELECT quantity FROM usage_records WHERE id = $1 FOR UPDATE")
-                        .bind(id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                if current == row.record.quantity {
-                    counts.duplicates += 1;
-                    continue;
-                }
-                // A correction changes the quantity only: the record stays
-                // in the groups of its stored attributes.
-                let attributes = super::rollup::attributes_of(attributes)?;
-                changes.push(OrgChange { attributes, ..org_change(row.record, Some(current)) });
-                sqlx::query("UPDATE usage_records SET quantity = $1, delivery_id = $2 WHERE id = $3 AND quantity = $4")
-                    .bind(row.record.quantity)
-                    .bind(row.delivery_id)
-                    .bind(id)
-                    .bind(current)
-                    .execute(&mut *tx)
-                    .await?;
-                let correction = Correction { id: *id, plugin: row.plugin, seq: row.seq, record: row.record };
-                audit(tx, &correction, current, row.record.quantity, now_ms).await?;
-                counts.corrected += 1;
-            }
+            Some((_, stored)) if *stored == row.record.quantity => counts.duplicates += 1,
+            Some((id, _)) => settle(tx, row, Some(*id), now_ms, changes, &mut counts).await?,
         }
     }
     let inserted = insert_records(tx, &mut fresh).await?;
+    let mut lost = Vec::new();
     for row in &fresh {
         if inserted.contains(&(row.plugin.to_owned(), row.record.event_id.clone(), row.seq)) {
             counts.inserted += 1;
             changes.push(org_change(row.record, None));
         } else {
-            counts.duplicates += 1;
+            // Another transaction (a replica) inserted this key after the
+            // lookup and committed: what it stored may be another quantity.
+            lost.push(*row);
         }
     }
+    for row in lost {
+        settle(tx, row, None, now_ms, changes, &mut counts).await?;
+    }
     Ok(counts)
+}
+
+/// Writes `row` over the stored record of its key (`id`, or looked up by
+/// key): locks the row and corrects from what it holds now, since another
+/// replica may have written it since any earlier read, and only one of two
+/// equal writes may audit and move standings. The same quantity is a
+/// duplicate.
+async fn settle(
+    tx: &mut PgConnection,
+    row: &RecordRow<'_>,
+    id: Option<i64>,
+    now_ms: i64,
+    changes: &mut Vec<OrgChange>,
+    counts: &mut RecordCounts,
+) -> Result<(), StoreError> {
+    let locked = match id {
+        Some(id) => sqlx::query(
+            "SELECT id, quantity, attributes::text AS attributes FROM usage_records WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?,
+        None => {
+            sqlx::query(
+                "SELECT id, quantity, attributes::text AS attributes FROM usage_records
+                 WHERE plugin = $1 AND event_id = $2 AND seq = $3 FOR UPDATE",
+            )
+            .bind(row.plugin)
+            .bind(&row.record.event_id)
+            .bind(row.seq)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    let (id, current): (i64, Decimal) = (locked.try_get("id")?, locked.try_get("quantity")?);
+    if current == row.record.quantity {
+        counts.duplicates += 1;
+        return Ok(());
+    }
+    // A correction changes the quantity only: the record stays in the
+    // groups of its stored attributes.
+    let attributes = super::rollup::attributes_of(locked.try_get("attributes")?)?;
+    changes.push(OrgChange { attributes, ..org_change(row.record, Some(current)) });
+    sqlx::query("UPDATE usage_records SET quantity = $1, delivery_id = $2 WHERE id = $3 AND quantity = $4")
+        .bind(row.record.quantity)
+        .bind(row.delivery_id)
+        .bind(id)
+        .bind(current)
+        .execute(&mut *tx)
+        .await?;
+    let correction = Correction { id, plugin: row.plugin, seq: row.seq, record: row.record };
+    audit(tx, &correction, current, row.record.quantity, now_ms).await?;
+    counts.corrected += 1;
+    Ok(())
 }
 
 /// A stored record being corrected: its row id and dedup key.

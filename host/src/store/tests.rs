@@ -1009,3 +1009,73 @@ async fn sqlite_tails_answer_in_order_levels_and_are_dropped_when_another_writer
     assert_eq!(report.differences, 0, "{:?}", report.examples);
     assert_eq!(report.runs, 2, "{report:?}");
 }
+
+/// Two replicas write the same new keys with different quantities, and the
+/// second one's insert meets the first one's committed rows (it looked the
+/// keys up before they existed). Its quantities must still land, as
+/// corrections with an audit row each, not be counted as duplicates and
+/// dropped. The interleaving is forced: a third connection holds a lock on
+/// the records table until both writers wait at their insert.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_another_replica_inserts_meanwhile_is_corrected_not_dropped() {
+    use sqlx::Connection as _;
+    let engine = postgres().await;
+    let (one, two): (Arc<dyn Store>, Arc<dyn Store>) = (
+        Arc::new(PostgresStore::open(&engine.url).await.expect("replica one").with_group_by(group_by())),
+        Arc::new(PostgresStore::open(&engine.url).await.expect("replica two").with_group_by(group_by())),
+    );
+    for (store, target) in [(&one, "t1"), (&two, "t2")] {
+        assert!(store.acquire_lease("daytona", target, target, 0, i64::MAX).await.unwrap().is_some());
+    }
+    let keys: Vec<UsageRecord> = (0..10).map(|i| record(&format!("ev{i}"), 0)).collect();
+    let commit = |target: &str, quantity: i64| PollCommit {
+        plugin: "daytona".into(),
+        target: target.into(),
+        holder: target.into(),
+        records: keys
+            .iter()
+            .map(|r| UsageRecord { quantity: Decimal::from(quantity), ..r.clone() })
+            .collect(),
+        next_cursor: None,
+        now_ms: 1,
+        next_run_ms: 1,
+        lease_expires_ms: i64::MAX,
+    };
+    let mut gate = sqlx::PgConnection::connect(&engine.url).await.expect("gate connection");
+    sqlx::query("BEGIN").execute(&mut gate).await.unwrap();
+    sqlx::query("LOCK TABLE usage_records IN EXCLUSIVE MODE").execute(&mut gate).await.unwrap();
+    let (c1, c2) = (commit("t1", 1), commit("t2", 2));
+    let first = tokio::spawn(async move { one.commit_poll(&c1).await });
+    let second = tokio::spawn(async move { two.commit_poll(&c2).await });
+    // Both have looked the keys up and wait to insert them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'usage_records'::regclass AND NOT granted",
+        )
+        .fetch_one(&mut gate)
+        .await
+        .unwrap();
+        if waiting == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the writers never reached their insert");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    sqlx::query("COMMIT").execute(&mut gate).await.unwrap();
+    let first = first.await.expect("task").expect("commit");
+    let second = second.await.expect("task").expect("commit");
+    // Whichever inserted, the other corrected every key to its quantity.
+    let (inserter, corrector, last) =
+        if first.inserted > 0 { (first, second, 2) } else { (second, first, 1) };
+    assert_eq!((inserter.inserted, inserter.corrected, inserter.duplicates), (10, 0, 0), "{inserter:?}");
+    assert_eq!((corrector.inserted, corrector.corrected, corrector.duplicates), (0, 10, 0), "{corrector:?}");
+    let store = engine.store.clone();
+    for i in 0..10 {
+        let audit = store.corrections("daytona", &format!("ev{i}")).await.unwrap();
+        assert_eq!(audit, vec![(0, Decimal::from(3 - last), Decimal::from(last))], "ev{i}");
+    }
+    assert_eq!(total(store.as_ref()).await, Decimal::from(10 * last));
+    let report = store.check_rollups(5).await.expect("check");
+    assert_eq!(report.differences, 0, "{:?}", report.examples);
+}
