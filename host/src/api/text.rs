@@ -12,9 +12,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 
 /// An RFC 3339 time in UTC, as the API shows every time.
-pub fn rfc3339(ms: i64) -> String {
-    meterd_core::time::rfc3339(ms)
-}
+pub use meterd_core::time::rfc3339;
 
 /// A request decimal: 1–14 digits, optionally a point and 1–14 more. 28
 /// digits at most always fit `rust_decimal` exactly, so a value matching
