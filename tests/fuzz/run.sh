@@ -48,7 +48,8 @@ if [ -n "$total" ]; then
     seconds=$(( total / count > 0 ? total / count : 1 ))
 fi
 started=$SECONDS
-echo "fuzz: building $count targets (sanitizer: $sanitizer), then ${seconds}s each"
+plural=$([ "$count" -eq 1 ] || echo s)
+echo "fuzz: building $count target$plural (sanitizer: $sanitizer), then ${seconds}s each"
 $CARGO fuzz build "${common[@]}"
 
 logs="$FUZZ_DIR/target/logs"
@@ -89,8 +90,8 @@ done
 
 elapsed=$((SECONDS - started))
 if [ "${#failed[@]}" -gt 0 ]; then
-    echo "fuzz: FAILED ${#failed[@]} of $count targets (${elapsed}s):"
+    echo "fuzz: FAILED ${#failed[@]} of $count target$plural (${elapsed}s):"
     printf '    %s\n' "${failed[@]}"
     exit 1
 fi
-echo "fuzz: all $count targets ran ${seconds}s each without a failure (${elapsed}s in all)"
+echo "fuzz: all $count target$plural ran ${seconds}s each without a failure (${elapsed}s in all)"
