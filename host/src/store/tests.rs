@@ -883,15 +883,10 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
     }
 }
 
-/// Two pollers (two targets of one plugin) correct the same records to the
-/// same new quantities at once: each record is corrected once, with one
-/// audit row, and the other write is a duplicate.
-async fn two_writers_correcting_one_record_audit_it_once(store: Arc<dyn Store>) {
-    let keys: Vec<UsageRecord> = (0..20).map(|i| record(&format!("ev{i}"), 1)).collect();
-    for target in ["t1", "t2"] {
-        assert!(store.acquire_lease("daytona", target, target, 0, i64::MAX).await.unwrap().is_some());
-    }
-    let commit = |target: &str, quantity: i64| PollCommit {
+/// A Daytona poll by the holder of `target`'s lease writing `keys` with
+/// `quantity` each.
+fn keys_polled(keys: &[UsageRecord], target: &str, quantity: i64) -> PollCommit {
+    PollCommit {
         plugin: "daytona".into(),
         target: target.into(),
         holder: target.into(),
@@ -903,7 +898,18 @@ async fn two_writers_correcting_one_record_audit_it_once(store: Arc<dyn Store>) 
         now_ms: 1,
         next_run_ms: 1,
         lease_expires_ms: i64::MAX,
-    };
+    }
+}
+
+/// Two pollers (two targets of one plugin) correct the same records to the
+/// same new quantities at once: each record is corrected once, with one
+/// audit row, and the other write is a duplicate.
+async fn two_writers_correcting_one_record_audit_it_once(store: Arc<dyn Store>) {
+    let keys: Vec<UsageRecord> = (0..20).map(|i| record(&format!("ev{i}"), 1)).collect();
+    for target in ["t1", "t2"] {
+        assert!(store.acquire_lease("daytona", target, target, 0, i64::MAX).await.unwrap().is_some());
+    }
+    let commit = |target: &str, quantity: i64| keys_polled(&keys, target, quantity);
     store.commit_poll(&commit("t1", 1)).await.expect("first");
     let (a, b) = (store.clone(), store.clone());
     let (c1, c2) = (commit("t1", 2), commit("t2", 2));
@@ -1028,19 +1034,7 @@ async fn a_key_another_replica_inserts_meanwhile_is_corrected_not_dropped() {
         assert!(store.acquire_lease("daytona", target, target, 0, i64::MAX).await.unwrap().is_some());
     }
     let keys: Vec<UsageRecord> = (0..10).map(|i| record(&format!("ev{i}"), 0)).collect();
-    let commit = |target: &str, quantity: i64| PollCommit {
-        plugin: "daytona".into(),
-        target: target.into(),
-        holder: target.into(),
-        records: keys
-            .iter()
-            .map(|r| UsageRecord { quantity: Decimal::from(quantity), ..r.clone() })
-            .collect(),
-        next_cursor: None,
-        now_ms: 1,
-        next_run_ms: 1,
-        lease_expires_ms: i64::MAX,
-    };
+    let commit = |target: &str, quantity: i64| keys_polled(&keys, target, quantity);
     let mut gate = sqlx::PgConnection::connect(&engine.url).await.expect("gate connection");
     sqlx::query("BEGIN").execute(&mut gate).await.unwrap();
     sqlx::query("LOCK TABLE usage_records IN EXCLUSIVE MODE").execute(&mut gate).await.unwrap();
