@@ -51,6 +51,12 @@ pub struct Replication {
     pub rebuilds: u64,
 }
 
+impl From<crate::orgs::ReplicationStatus> for Replication {
+    fn from(r: crate::orgs::ReplicationStatus) -> Self {
+        Self { unconfirmed: r.unconfirmed, rebuilds: r.rebuilds }
+    }
+}
+
 /// `GET /readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Ready {

@@ -25,7 +25,7 @@ pub use error::ApiError;
 pub use usage::rfc3339;
 
 use crate::api::Time;
-use crate::api::ops::{ConfigReload, Reload, ReloadError, Replication};
+use crate::api::ops::{ConfigReload, Reload, ReloadError};
 use crate::api::ops::{Failure, Health, HealthStatus, Plugin, Plugins, Poll, Ready, ReadyStatus, Receipt};
 use crate::config::Config;
 use crate::ingest::Ingest;
@@ -395,18 +395,12 @@ fn new_request_id() -> String {
 )]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
-        Ok(()) => {
-            let replication = state.orgs.replication_status();
-            Json(Ready {
-                status: ReadyStatus::Ready,
-                plugins: state.plugins.plugins().len(),
-                replication: Replication {
-                    unconfirmed: replication.unconfirmed,
-                    rebuilds: replication.rebuilds,
-                },
-            })
-            .into_response()
-        }
+        Ok(()) => Json(Ready {
+            status: ReadyStatus::Ready,
+            plugins: state.plugins.plugins().len(),
+            replication: state.orgs.replication_status().into(),
+        })
+        .into_response(),
         Err(e) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("store: {e}")).into_response()
         }

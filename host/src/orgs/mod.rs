@@ -9,6 +9,8 @@
 //! through the store's change feed (`replication`).
 
 mod replication;
+
+pub use replication::ReplicationStatus;
 #[cfg(test)]
 mod tests;
 

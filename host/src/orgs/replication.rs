@@ -68,7 +68,7 @@ impl Replication {
 }
 
 /// How the standings relate to the feed, for status pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicationStatus {
     /// Our commits applied but not yet reported back by the feed.
     pub unconfirmed: usize,
