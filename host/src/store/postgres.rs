@@ -266,7 +266,7 @@ async fn write_records(
         rows.iter().map(|r| (r.plugin, r.record.event_id.as_str())).collect();
     let (plugins, events): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
     let found = sqlx::query(
-        "SELECT r.id, r.plugin, r.event_id, r.seq, r.quantity
+        "SELECT r.plugin, r.event_id, r.seq, r.quantity
          FROM unnest($1::text[], $2::text[]) AS k(plugin, event_id)
          JOIN usage_records r ON r.plugin = k.plugin AND r.event_id = k.event_id",
     )
@@ -274,11 +274,11 @@ async fn write_records(
     .bind(&events)
     .fetch_all(&mut *tx)
     .await?;
-    let mut existing: HashMap<(String, String, i64), (i64, Decimal)> = HashMap::with_capacity(found.len());
+    let mut existing: HashMap<(String, String, i64), Decimal> = HashMap::with_capacity(found.len());
     for found in found {
         existing.insert(
             (found.try_get("plugin")?, found.try_get("event_id")?, found.try_get("seq")?),
-            (found.try_get("id")?, found.try_get("quantity")?),
+            found.try_get("quantity")?,
         );
     }
     let mut fresh: Vec<&RecordRow> = Vec::new();
@@ -291,8 +291,8 @@ async fn write_records(
                 counts.duplicates += 1;
             }
             None => fresh.push(row),
-            Some((_, stored)) if *stored == row.record.quantity => counts.duplicates += 1,
-            Some((id, _)) => settle(tx, row, Some(*id), now_ms, changes, &mut counts).await?,
+            Some(stored) if *stored == row.record.quantity => counts.duplicates += 1,
+            Some(_) => settle(tx, row, now_ms, changes, &mut counts).await?,
         }
     }
     let inserted = insert_records(tx, &mut fresh).await?;
@@ -308,43 +308,31 @@ async fn write_records(
         }
     }
     for row in lost {
-        settle(tx, row, None, now_ms, changes, &mut counts).await?;
+        settle(tx, row, now_ms, changes, &mut counts).await?;
     }
     Ok(counts)
 }
 
-/// Writes `row` over the stored record of its key (`id`, or looked up by
-/// key): locks the row and corrects from what it holds now, since another
-/// replica may have written it since any earlier read, and only one of two
-/// equal writes may audit and move standings. The same quantity is a
-/// duplicate.
+/// Writes `row` over the stored record of its key: locks the row and
+/// corrects from what it holds now, since another replica may have written
+/// it since any earlier read, and only one of two equal writes may audit
+/// and move standings. The same quantity is a duplicate.
 async fn settle(
     tx: &mut PgConnection,
     row: &RecordRow<'_>,
-    id: Option<i64>,
     now_ms: i64,
     changes: &mut Vec<OrgChange>,
     counts: &mut RecordCounts,
 ) -> Result<(), StoreError> {
-    let locked = match id {
-        Some(id) => sqlx::query(
-            "SELECT id, quantity, attributes::text AS attributes FROM usage_records WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?,
-        None => {
-            sqlx::query(
-                "SELECT id, quantity, attributes::text AS attributes FROM usage_records
-                 WHERE plugin = $1 AND event_id = $2 AND seq = $3 FOR UPDATE",
-            )
-            .bind(row.plugin)
-            .bind(&row.record.event_id)
-            .bind(row.seq)
-            .fetch_one(&mut *tx)
-            .await?
-        }
-    };
+    let locked = sqlx::query(
+        "SELECT id, quantity, attributes::text AS attributes FROM usage_records
+         WHERE plugin = $1 AND event_id = $2 AND seq = $3 FOR UPDATE",
+    )
+    .bind(row.plugin)
+    .bind(&row.record.event_id)
+    .bind(row.seq)
+    .fetch_one(&mut *tx)
+    .await?;
     let (id, current): (i64, Decimal) = (locked.try_get("id")?, locked.try_get("quantity")?);
     if current == row.record.quantity {
         counts.duplicates += 1;
