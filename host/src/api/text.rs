@@ -111,11 +111,6 @@ impl Quantity {
     pub fn money(value: Decimal) -> Self {
         Self(meterd_units::format_money(value))
     }
-
-    /// The exact value (answers are read back by the CLI and tests).
-    pub fn value(&self) -> Result<Decimal, meterd_units::QuantityError> {
-        meterd_units::parse_quantity(&self.0)
-    }
 }
 
 /// Parses a request decimal by the request grammar (a `RequestQuantity`

@@ -135,13 +135,11 @@ pub async fn post_grant(
     let b = body(payload)?;
     let now = crate::clock::now_ms();
     let amount = crate::api::text::parse_decimal("amount", &b.amount.0).map_err(ApiError::bad_request)?;
-    let time =
-        |name: &str, t: &Option<crate::api::Time>| t.as_ref().map(|t| parse_time(name, &t.0)).transpose();
     let request = GrantRequest {
         amount,
         currency: b.currency,
-        effective_at_ms: time("effective_at", &b.effective_at)?.unwrap_or(now),
-        expires_at_ms: time("expires_at", &b.expires_at)?,
+        effective_at_ms: parse_time("effective_at", b.effective_at.as_ref())?.unwrap_or(now),
+        expires_at_ms: parse_time("expires_at", b.expires_at.as_ref())?,
         priority: b.priority,
     };
     let grant = state.orgs.add_grant(&org, request, now).await?;

@@ -48,11 +48,8 @@ pub async fn start(
     payload: Result<Json<NewReplay>, JsonRejection>,
 ) -> Result<(StatusCode, HeaderMap, Json<ReplayJob>), ApiError> {
     let Json(body) = payload.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let from_ms = body.from.as_ref().map(|t| parse_time("from", &t.0)).transpose()?.unwrap_or(0);
-    let to_ms = match &body.to {
-        Some(t) => parse_time("to", &t.0)?,
-        None => crate::clock::now_ms() + 1,
-    };
+    let from_ms = parse_time("from", body.from.as_ref())?.unwrap_or(0);
+    let to_ms = parse_time("to", body.to.as_ref())?.unwrap_or_else(|| crate::clock::now_ms() + 1);
     let range = Range::new(from_ms, to_ms).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let job = state.replays.start(ReplayRequest { plugin: body.plugin, range, dry_run: body.dry_run })?;
     let view = job.view();

@@ -13,8 +13,10 @@ use crate::usage::{self, ParamError, UsageRequest};
 
 pub use crate::api::rfc3339;
 
-pub fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
-    usage::parse_time(name, text).map_err(bad_param)
+/// An optional request time, in milliseconds; `name` is the field, for the
+/// message.
+pub fn parse_time(name: &str, time: Option<&crate::api::Time>) -> Result<Option<i64>, ApiError> {
+    time.map(|t| usage::parse_time(name, &t.0)).transpose().map_err(bad_param)
 }
 
 fn bad_param(e: ParamError) -> ApiError {
@@ -43,12 +45,11 @@ pub async fn usage(
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let now_ms = crate::clock::now_ms();
     let meter = params.meter.ok_or_else(|| ApiError::bad_request("missing `meter` parameter"))?;
-    let text = |t: &Option<crate::api::Time>| t.as_ref().map(|t| t.0.clone());
-    let (from, to) = (text(&params.from), text(&params.to));
+    let (from, to) = (params.from.as_ref().map(|t| t.0.as_str()), params.to.as_ref().map(|t| t.0.as_str()));
     let request = UsageRequest {
         org_id: org,
         meter,
-        range: usage::range(from.as_deref(), to.as_deref(), now_ms).map_err(bad_param)?,
+        range: usage::range(from, to, now_ms).map_err(bad_param)?,
         window: params.window.as_deref().map(usage::parse_window).transpose().map_err(bad_param)?,
         group_by: params.group_by.map(|k| k.0),
     };
