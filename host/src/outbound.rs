@@ -72,6 +72,12 @@ impl HttpPolicy {
         Ok(Self { allow, timeout, max_response_bytes })
     }
 
+    /// Whether the plugin may reach no host at all: its calls then never
+    /// wait on the network, only compute.
+    pub fn allows_none(&self) -> bool {
+        self.allow.is_empty()
+    }
+
     /// Checks a URL against the allowlist; the error says why, without
     /// echoing the query string (it may carry credentials).
     pub fn check(&self, url: &Url) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! The set of loaded plugins, by name, and the way calls reach them: on a
 //! blocking thread (a call is CPU-bound wasm with a deadline), at most
-//! `max_concurrent_calls` at a time per plugin.
+//! `max_concurrent_calls` at a time per plugin, and calls of compute-only
+//! plugins (no `http_allow`) at most [`compute_slots`] at a time in all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,10 @@ pub struct PluginHandle {
     pub file: PathBuf,
     pub loaded_at_ms: i64,
     calls: Semaphore,
+    /// The registry's compute slots, for a compute-only plugin; `None` for
+    /// one whose calls may wait on the network (they would hold a slot
+    /// while idle).
+    compute_slots: Option<Arc<Semaphore>>,
     quarantine: crate::quarantine::Quarantine,
 }
 
@@ -79,7 +84,7 @@ impl PluginHandle {
     }
 
     /// Runs `call` (the WIT function `call_name`) on a blocking thread once
-    /// a permit is free, unless the plugin is quarantined; its time (not the
+    /// a permit (and, compute-only, a compute slot) is free, unless the plugin is quarantined; its time (not the
     /// wait for a permit) and any trap go to the metrics and the quarantine.
     async fn run<R: Send + 'static>(
         &self,
@@ -90,10 +95,15 @@ impl PluginHandle {
         if let Err(retry_after_ms) = self.quarantine.admit(crate::clock::now_ms()) {
             return Err(CallError::Quarantined { plugin: name, retry_after_ms });
         }
-        let _permit = self.calls.acquire().await.map_err(|_| CallError::Instantiate {
+        let shutting_down = |_| CallError::Instantiate {
             plugin: name.clone(),
             message: "the plugin is shutting down".to_owned(),
-        })?;
+        };
+        let _permit = self.calls.acquire().await.map_err(shutting_down)?;
+        let _slot = match &self.compute_slots {
+            Some(slots) => Some(slots.acquire().await.map_err(shutting_down)?),
+            None => None,
+        };
         let plugin = name.clone();
         // The caller's span (a webhook's request id) follows the call onto
         // the blocking thread, so the plugin's log lines and traps carry it.
@@ -158,6 +168,7 @@ pub struct PluginRegistry {
     runtime: Option<Runtime>,
     dir: Option<PathBuf>,
     max_concurrent_calls: usize,
+    compute_slots: Arc<Semaphore>,
     state: RwLock<RegistryState>,
 }
 
@@ -178,7 +189,13 @@ pub enum RegistryError {
 
 impl PluginRegistry {
     pub fn empty() -> Self {
-        Self { runtime: None, dir: None, max_concurrent_calls: 1, state: RwLock::default() }
+        Self {
+            runtime: None,
+            dir: None,
+            max_concurrent_calls: 1,
+            compute_slots: Arc::new(Semaphore::new(compute_slots())),
+            state: RwLock::default(),
+        }
     }
 
     /// Loads every `*.wasm` in `dir`. A file that fails is reported in
@@ -193,6 +210,7 @@ impl PluginRegistry {
             runtime: Some(runtime),
             dir: Some(dir.to_owned()),
             max_concurrent_calls,
+            compute_slots: Arc::new(Semaphore::new(compute_slots())),
             state: RwLock::default(),
         };
         registry.sync(config)?;
@@ -274,7 +292,9 @@ impl PluginRegistry {
                 self.write().failures.remove(file);
                 continue;
             }
-            match load_bytes(runtime, file, &stem, &bytes, settings, self.max_concurrent_calls) {
+            let limits =
+                CallLimits { per_plugin: self.max_concurrent_calls, compute_slots: &self.compute_slots };
+            match load_bytes(runtime, file, &stem, &bytes, settings, limits) {
                 Ok(handle) => {
                     tracing::info!(plugin = %stem, version = %handle.info().version, hash = %handle.hash(), wit = %handle.wit_version(), "plugin loaded");
                     let mut state = self.write();
@@ -333,13 +353,28 @@ fn read_settled(file: &Path) -> std::io::Result<Option<Vec<u8>>> {
     Ok((before == after && before.0 == bytes.len() as u64).then_some(bytes))
 }
 
+/// How many calls of compute-only plugins run at once, in all: twice the
+/// cores. A call is pure CPU, so more threads than cores only queue at the
+/// OS scheduler, where a burst of them (a commit answers a whole batch of
+/// webhooks at once) crowds out the one database writer; one runaway call
+/// (up to its deadline) still leaves the others slots.
+pub fn compute_slots() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The call limits a loaded plugin gets.
+struct CallLimits<'a> {
+    per_plugin: usize,
+    compute_slots: &'a Arc<Semaphore>,
+}
+
 fn load_bytes(
     runtime: &Runtime,
     file: &Path,
     stem: &str,
     bytes: &[u8],
     settings: PluginSettings,
-    max_concurrent_calls: usize,
+    limits: CallLimits<'_>,
 ) -> Result<PluginHandle, String> {
     let plugin = runtime.load(bytes, settings).map_err(|e: LoadError| e.to_string())?;
     // The file name is the route: a mismatch would route webhooks to a
@@ -350,11 +385,13 @@ fn load_bytes(
             plugin.info().name
         ));
     }
+    let compute_slots = plugin.compute_only().then(|| limits.compute_slots.clone());
     Ok(PluginHandle {
         plugin,
         file: file.to_owned(),
         loaded_at_ms: crate::clock::now_ms(),
-        calls: Semaphore::new(max_concurrent_calls),
+        calls: Semaphore::new(limits.per_plugin),
+        compute_slots,
         quarantine: crate::quarantine::Quarantine::default(),
     })
 }

@@ -304,6 +304,12 @@ impl LoadedPlugin {
         &self.settings
     }
 
+    /// Whether every call is pure computation (no `http_allow`, so
+    /// `http-send` refuses at once and nothing waits on the network).
+    pub fn compute_only(&self) -> bool {
+        self.http.allows_none()
+    }
+
     /// Verifies and normalizes one webhook. Blocks for up to the CPU deadline.
     pub fn handle_webhook(&self, request: &InboundRequest) -> Result<WebhookOutcome, CallError> {
         self.handle_webhook_at(request, None)
