@@ -5,6 +5,7 @@
 //! Writes arrive only through [`GroupCommitter`], which batches concurrent
 //! deliveries into one transaction (one fsync for many requests).
 
+mod checkpoint;
 mod feed;
 mod group_commit;
 mod postgres;
@@ -176,8 +177,14 @@ pub(super) struct RecordRow<'a> {
 }
 
 /// The change a written record makes, for the commit hook: an insert
-/// (`previous` is `None`) or a correction from `previous`.
-pub(super) fn org_change(record: &UsageRecord, previous: Option<rust_decimal::Decimal>) -> OrgChange {
+/// (`previous` is `None`) or a correction from `previous`, with the
+/// record's values of the `group_by` keys (the only attributes the
+/// rollups read; copying them all is a cost per record on the writer).
+pub(super) fn org_change(
+    record: &UsageRecord,
+    previous: Option<rust_decimal::Decimal>,
+    group_by: &[String],
+) -> OrgChange {
     OrgChange {
         org_id: record.org_id.clone(),
         change: Change {
@@ -188,8 +195,16 @@ pub(super) fn org_change(record: &UsageRecord, previous: Option<rust_decimal::De
             quantity: record.quantity,
             previous,
         },
-        attributes: record.attributes.clone(),
+        attributes: declared(&record.attributes, group_by),
     }
+}
+
+/// The attributes among `group_by`'s keys.
+pub(super) fn declared(
+    attributes: &BTreeMap<String, String>,
+    group_by: &[String],
+) -> BTreeMap<String, String> {
+    group_by.iter().filter_map(|key| Some((key.clone(), attributes.get(key)?.clone()))).collect()
 }
 
 /// A delivery's payload from its stored columns (both engines); `what`
@@ -212,13 +227,13 @@ pub(super) fn payload_from_columns(
 
 /// The change a fix makes, for the commit hook: a correction from the
 /// stored quantity, or an insert.
-pub(super) fn fix_change(fix: &RecordFix) -> OrgChange {
+pub(super) fn fix_change(fix: &RecordFix, group_by: &[String]) -> OrgChange {
     match fix {
         RecordFix::Correct { record, to, .. } => {
             let corrected = UsageRecord { quantity: *to, ..record.record.clone() };
-            org_change(&corrected, Some(record.record.quantity))
+            org_change(&corrected, Some(record.record.quantity), group_by)
         }
-        RecordFix::Insert { record, .. } => org_change(record, None),
+        RecordFix::Insert { record, .. } => org_change(record, None, group_by),
     }
 }
 
@@ -270,8 +285,8 @@ pub fn with_seqs(records: &[UsageRecord]) -> Vec<(i64, &UsageRecord)> {
 pub struct OrgChange {
     pub org_id: String,
     pub change: Change,
-    /// The stored record's attributes (a correction keeps the stored ones),
-    /// for the grouped rollups.
+    /// The stored record's values of the declared `rollup_group_by` keys
+    /// (a correction keeps the stored ones), for the grouped rollups.
     pub attributes: BTreeMap<String, String>,
 }
 

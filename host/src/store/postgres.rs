@@ -29,7 +29,8 @@ use super::{
     OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointKey,
     PointQuery, PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet,
     RollupCheck, Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord,
-    fix_change, key_from_columns, key_scope_columns, org_change, paged_sql, payload_from_columns, with_seqs,
+    declared, fix_change, key_from_columns, key_scope_columns, org_change, paged_sql, payload_from_columns,
+    with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
@@ -253,6 +254,7 @@ async fn write_records(
     rows: &[RecordRow<'_>],
     now_ms: i64,
     changes: &mut Vec<OrgChange>,
+    group_by: &[String],
 ) -> Result<RecordCounts, StoreError> {
     let mut counts = RecordCounts::default();
     if rows.is_empty() {
@@ -292,7 +294,7 @@ async fn write_records(
             }
             None => fresh.push(row),
             Some(stored) if *stored == row.record.quantity => counts.duplicates += 1,
-            Some(_) => settle(tx, row, now_ms, changes, &mut counts).await?,
+            Some(_) => settle(tx, row, now_ms, changes, &mut counts, group_by).await?,
         }
     }
     let inserted = insert_records(tx, &mut fresh).await?;
@@ -300,7 +302,7 @@ async fn write_records(
     for row in &fresh {
         if inserted.contains(&(row.plugin.to_owned(), row.record.event_id.clone(), row.seq)) {
             counts.inserted += 1;
-            changes.push(org_change(row.record, None));
+            changes.push(org_change(row.record, None, group_by));
         } else {
             // Another transaction (a replica) inserted this key after the
             // lookup and committed: what it stored may be another quantity.
@@ -308,7 +310,7 @@ async fn write_records(
         }
     }
     for row in lost {
-        settle(tx, row, now_ms, changes, &mut counts).await?;
+        settle(tx, row, now_ms, changes, &mut counts, group_by).await?;
     }
     Ok(counts)
 }
@@ -323,6 +325,7 @@ async fn settle(
     now_ms: i64,
     changes: &mut Vec<OrgChange>,
     counts: &mut RecordCounts,
+    group_by: &[String],
 ) -> Result<(), StoreError> {
     let locked = sqlx::query(
         "SELECT id, quantity, attributes::text AS attributes FROM usage_records
@@ -340,8 +343,8 @@ async fn settle(
     }
     // A correction changes the quantity only: the record stays in the
     // groups of its stored attributes.
-    let attributes = super::rollup::attributes_of(locked.try_get("attributes")?)?;
-    changes.push(OrgChange { attributes, ..org_change(row.record, Some(current)) });
+    let attributes = declared(&super::rollup::attributes_of(locked.try_get("attributes")?)?, group_by);
+    changes.push(OrgChange { attributes, ..org_change(row.record, Some(current), group_by) });
     sqlx::query("UPDATE usage_records SET quantity = $1, delivery_id = $2 WHERE id = $3 AND quantity = $4")
         .bind(row.record.quantity)
         .bind(row.delivery_id)
@@ -667,7 +670,7 @@ impl Ingest for PostgresStore {
         }
         let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
         let mut changes = Vec::new();
-        write_records(&mut tx, &rows, now_ms, &mut changes).await?;
+        write_records(&mut tx, &rows, now_ms, &mut changes, &self.group_by).await?;
         self.finish(tx, changes, now_ms).await?;
         Ok(outcomes)
     }
@@ -825,7 +828,7 @@ impl Polls for PostgresStore {
             .map(|(seq, record)| RecordRow { plugin: &poll.plugin, delivery_id: None, seq, record })
             .collect();
         let mut changes = Vec::new();
-        let counts = write_records(&mut tx, &rows, poll.now_ms, &mut changes).await?;
+        let counts = write_records(&mut tx, &rows, poll.now_ms, &mut changes, &self.group_by).await?;
         sqlx::query(
             "UPDATE poll_state SET cursor = COALESCE($3, cursor), last_success_ms = $4, consecutive_failures = 0,
                  next_run_ms = $5, lease_expires_ms = $6
@@ -1239,7 +1242,7 @@ impl Deliveries for PostgresStore {
         if insert_records(&mut tx, &mut rows).await?.len() != rows.len() {
             return Err(StoreError::Conflict("a record to insert was stored meanwhile".to_owned()));
         }
-        self.finish(tx, fixes.iter().map(fix_change).collect(), now_ms).await
+        self.finish(tx, fixes.iter().map(|fix| fix_change(fix, &self.group_by)).collect(), now_ms).await
     }
 
     async fn corrections(

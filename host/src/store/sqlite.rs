@@ -1,5 +1,6 @@
 //! The SQLite engine: WAL journal, `synchronous=FULL` (a commit is on disk
-//! before it is acknowledged), one writer connection, a small reader pool.
+//! before it is acknowledged), one writer connection, a small reader pool,
+//! WAL checkpoints on a connection of their own (`store::checkpoint`).
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -12,6 +13,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
+use super::checkpoint::{self, Checkpointer};
 use super::rollup::{Maintained, RollupTx, SubjectKey};
 use super::sqlite_rollup;
 use super::tails::TailMemory;
@@ -20,7 +22,8 @@ use super::{
     OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointKey,
     PointQuery, PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet,
     RollupCheck, Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord,
-    fix_change, key_from_columns, key_scope_columns, org_change, paged_sql, payload_from_columns, with_seqs,
+    declared, fix_change, key_from_columns, key_scope_columns, org_change, paged_sql, payload_from_columns,
+    with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
@@ -47,6 +50,7 @@ pub struct SqliteStore {
     pub(super) tails: TailMemory,
     /// The attribute keys rolled up per group.
     group_by: Vec<String>,
+    checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
@@ -61,7 +65,12 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(
+                options.clone().pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string()),
+            )
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
+        let checkpointer = Checkpointer::start(&options)
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
         let readers = SqlitePoolOptions::new()
@@ -75,6 +84,7 @@ impl SqliteStore {
             hook: OnceLock::new(),
             tails: TailMemory::default(),
             group_by: Vec::new(),
+            checkpointer,
         })
     }
 
@@ -88,7 +98,8 @@ impl SqliteStore {
     /// Commits `tx` after bringing the rollups up to date, telling the hook
     /// what it changed and storing the notices that causes; undoes the
     /// hook's work if the commit fails. Remembers the tails of the subjects
-    /// written once committed, and forgets all tails on any error.
+    /// written once committed (and wakes the checkpointer), and forgets all
+    /// tails on any error.
     async fn finish(
         &self,
         tx: sqlx::Transaction<'_, Sqlite>,
@@ -101,6 +112,7 @@ impl SqliteStore {
         match self.maintain_and_commit(tx, changes, now_ms).await {
             Ok(tails) => {
                 self.tails.remember(tails);
+                self.checkpointer.committed();
                 Ok(())
             }
             Err(e) => {
@@ -247,6 +259,7 @@ async fn write_records(
     rows: &[RecordRow<'_>],
     now_ms: i64,
     changes: &mut Vec<OrgChange>,
+    group_by: &[String],
 ) -> Result<RecordCounts, StoreError> {
     let mut counts = RecordCounts::default();
     if rows.is_empty() {
@@ -270,7 +283,7 @@ async fn write_records(
             // is a duplicate of it.
             if first {
                 counts.inserted += 1;
-                changes.push(org_change(row.record, None));
+                changes.push(org_change(row.record, None, group_by));
             } else {
                 counts.duplicates += 1;
             }
@@ -294,8 +307,8 @@ async fn write_records(
         *current = quantity;
         // A correction changes the quantity only: the record stays in the
         // groups of its stored attributes.
-        let attributes = super::rollup::attributes_of(attributes)?;
-        changes.push(OrgChange { attributes, ..org_change(row.record, Some(previous)) });
+        let attributes = declared(&super::rollup::attributes_of(attributes)?, group_by);
+        changes.push(OrgChange { attributes, ..org_change(row.record, Some(previous), group_by) });
         counts.corrected += 1;
     }
     Ok(counts)
@@ -387,37 +400,64 @@ async fn correct(
 
 /// Inserts records whose keys are new, each key once; returns the keys
 /// that were (a stored key is skipped).
+///
+/// The usual batch is all new. `RETURNING` would send every inserted key
+/// back as its own row, each a hand-off between sqlx's worker thread and
+/// this task (about a third of the committer's time under load), so each
+/// chunk is first inserted under a savepoint and only counted (one row):
+/// all
+/// inserted means every key is new. Otherwise the chunk is undone to the
+/// savepoint and inserted again with `RETURNING`. (An unreleased savepoint
+/// ends with the transaction: `COMMIT` keeps it, `ROLLBACK` undoes it.)
 async fn insert_records(
     tx: &mut SqliteConnection,
     rows: &[&RecordRow<'_>],
 ) -> Result<HashSet<OwnedKey>, StoreError> {
     let mut inserted = HashSet::with_capacity(rows.len());
     for chunk in rows.chunks(RECORD_ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO usage_records (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes) ",
-        );
-        insert.push_values(chunk, |mut b, row| {
-            let r = row.record;
-            let attributes = serde_json::to_string(&r.attributes).unwrap_or_else(|_| "{}".to_owned());
-            b.push_bind(row.plugin)
-                .push_bind(&r.event_id)
-                .push_bind(row.seq)
-                .push_bind(row.delivery_id)
-                .push_bind(&r.org_id)
-                .push_bind(&r.subject)
-                .push_bind(&r.metric)
-                .push_bind(r.kind.as_str())
-                .push_bind(meterd_units::format_quantity(r.quantity))
-                .push_bind(r.at_ms)
-                .push_bind(r.window_start_ms)
-                .push_bind(attributes);
-        });
-        insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING RETURNING plugin, event_id, seq");
-        for row in insert.build().fetch_all(&mut *tx).await? {
+        // `changes()`, not the statements' summed rows_affected: SQLite
+        // reports a SAVEPOINT's changes as the last insert's, stale.
+        let mut counted =
+            record_insert(chunk, "SAVEPOINT records_insert; ", "; SELECT changes() AS inserted");
+        let counted: i64 = counted.build().fetch_one(&mut *tx).await?.try_get("inserted")?;
+        if counted == chunk.len() as i64 {
+            inserted.extend(chunk.iter().map(|row| record_key(row)));
+            continue;
+        }
+        sqlx::query("ROLLBACK TO records_insert").execute(&mut *tx).await?;
+        let mut returning = record_insert(chunk, "", " RETURNING plugin, event_id, seq");
+        for row in returning.build().fetch_all(&mut *tx).await? {
             inserted.insert((row.try_get("plugin")?, row.try_get("event_id")?, row.try_get("seq")?));
         }
     }
     Ok(inserted)
+}
+
+/// The insert of `rows` skipping stored keys, after `before` and ending
+/// with `after` (statement text).
+fn record_insert<'q>(rows: &[&'q RecordRow<'q>], before: &str, after: &str) -> QueryBuilder<'q, Sqlite> {
+    let mut insert = QueryBuilder::<Sqlite>::new(format!(
+        "{before}INSERT INTO usage_records (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes) "
+    ));
+    insert.push_values(rows, |mut b, row| {
+        let r = row.record;
+        let attributes = serde_json::to_string(&r.attributes).unwrap_or_else(|_| "{}".to_owned());
+        b.push_bind(row.plugin)
+            .push_bind(&r.event_id)
+            .push_bind(row.seq)
+            .push_bind(row.delivery_id)
+            .push_bind(&r.org_id)
+            .push_bind(&r.subject)
+            .push_bind(&r.metric)
+            .push_bind(r.kind.as_str())
+            .push_bind(meterd_units::format_quantity(r.quantity))
+            .push_bind(r.at_ms)
+            .push_bind(r.window_start_ms)
+            .push_bind(attributes);
+    });
+    insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING");
+    insert.push(after);
+    insert
 }
 
 fn payload_from_row(row: &SqliteRow, what: &str) -> Result<Payload, StoreError> {
@@ -583,7 +623,7 @@ impl Ingest for SqliteStore {
         }
         let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
         let mut changes = Vec::new();
-        write_records(&mut tx, &rows, now_ms, &mut changes).await?;
+        write_records(&mut tx, &rows, now_ms, &mut changes, &self.group_by).await?;
         self.finish(tx, changes, now_ms).await?;
         Ok(outcomes)
     }
@@ -738,7 +778,7 @@ impl Polls for SqliteStore {
             .map(|(seq, record)| RecordRow { plugin: &poll.plugin, delivery_id: None, seq, record })
             .collect();
         let mut changes = Vec::new();
-        let counts = write_records(&mut tx, &rows, poll.now_ms, &mut changes).await?;
+        let counts = write_records(&mut tx, &rows, poll.now_ms, &mut changes, &self.group_by).await?;
         sqlx::query(
             "UPDATE poll_state SET cursor = COALESCE(?3, cursor), last_success_ms = ?4, consecutive_failures = 0,
                  next_run_ms = ?5, lease_expires_ms = ?6
@@ -1084,7 +1124,7 @@ impl Deliveries for SqliteStore {
         if insert_records(&mut tx, &rows).await?.len() != rows.len() {
             return Err(StoreError::Conflict("a record to insert was stored meanwhile".to_owned()));
         }
-        self.finish(tx, fixes.iter().map(fix_change).collect(), now_ms).await
+        self.finish(tx, fixes.iter().map(|fix| fix_change(fix, &self.group_by)).collect(), now_ms).await
     }
 
     async fn corrections(

@@ -1016,6 +1016,27 @@ async fn sqlite_tails_answer_in_order_levels_and_are_dropped_when_another_writer
     assert_eq!(report.runs, 2, "{report:?}");
 }
 
+/// The writer leaves checkpoints to the background checkpointer: what a
+/// commit wrote reaches the database file soon after, although the WAL
+/// stays far below any automatic checkpoint's threshold (2 MiB is ~520
+/// pages; SQLite's default is 1,000, the writer's backstop 10,000).
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_checkpoints_run_beside_the_commits() {
+    let engine = sqlite().await;
+    let path = std::path::PathBuf::from(engine.url.trim_start_matches("sqlite://"));
+    let size = || std::fs::metadata(&path).map(|m| m.len()).expect("database file");
+    let before = size();
+    let mut big = delivery("big", vec![record("big", 1)]);
+    big.body = vec![b'x'; 2 << 20];
+    engine.store.commit(&[big]).await.expect("commit");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while size() < before + (2 << 20) {
+        assert!(std::time::Instant::now() < deadline, "the database file stayed at {} bytes", size());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(total(engine.store.as_ref()).await, Decimal::from(1));
+}
+
 /// Two replicas write the same new keys with different quantities, and the
 /// second one's insert meets the first one's committed rows (it looked the
 /// keys up before they existed). Its quantities must still land, as
