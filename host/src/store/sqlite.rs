@@ -398,6 +398,70 @@ async fn correct(
     Ok(true)
 }
 
+/// Inserts deliveries whose keys are new; returns the new ones' ids by key.
+///
+/// As for records (see [`insert_records`]), the usual batch is all new, so
+/// the chunk is inserted under a savepoint and answered with one row: how
+/// many rows went in, the last id, and the keys of the ids up to it in id
+/// order. When those keys are the chunk's, in order, each delivery's id
+/// follows from the last; otherwise (a stored key, a key twice) the
+/// chunk is undone and inserted again with `RETURNING`.
+async fn insert_deliveries(
+    tx: &mut SqliteConnection,
+    chunk: &[Delivery],
+) -> Result<HashMap<(String, String), i64>, StoreError> {
+    let mut counted = delivery_insert(
+        chunk,
+        "SAVEPOINT deliveries_insert; ",
+        "; SELECT changes() AS inserted, last_insert_rowid() AS last, \
+           (SELECT json_group_array(json_array(plugin, event_id) ORDER BY id) FROM deliveries \
+            WHERE id > last_insert_rowid() - changes() AND id <= last_insert_rowid()) AS keys",
+    );
+    let row = counted.build().fetch_one(&mut *tx).await?;
+    let (inserted, last): (i64, i64) = (row.try_get("inserted")?, row.try_get("last")?);
+    let keys: Vec<(String, String)> = serde_json::from_str(row.try_get::<&str, _>("keys")?)
+        .map_err(|e| StoreError::Corrupt(format!("inserted delivery keys: {e}")))?;
+    let all_new = inserted == chunk.len() as i64
+        && keys.len() == chunk.len()
+        && keys
+            .iter()
+            .zip(chunk)
+            .all(|((plugin, event_id), d)| *plugin == d.plugin && *event_id == d.event_id);
+    if all_new {
+        let first = last - inserted + 1;
+        return Ok(keys.into_iter().zip(first..).collect());
+    }
+    sqlx::query("ROLLBACK TO deliveries_insert").execute(&mut *tx).await?;
+    let mut returning = delivery_insert(chunk, "", " RETURNING id, plugin, event_id");
+    let mut ids = HashMap::with_capacity(chunk.len());
+    for row in returning.build().fetch_all(&mut *tx).await? {
+        ids.insert((row.try_get("plugin")?, row.try_get("event_id")?), row.try_get("id")?);
+    }
+    Ok(ids)
+}
+
+/// The insert of `chunk` skipping stored keys, after `before` and ending
+/// with `after` (statement text).
+fn delivery_insert<'q>(chunk: &'q [Delivery], before: &str, after: &str) -> QueryBuilder<'q, Sqlite> {
+    let mut insert = QueryBuilder::<Sqlite>::new(format!(
+        "{before}INSERT INTO deliveries (plugin, event_id, received_at_ms, path, query, headers, body, record_count) "
+    ));
+    insert.push_values(chunk, |mut row, d| {
+        let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned());
+        row.push_bind(&d.plugin)
+            .push_bind(&d.event_id)
+            .push_bind(d.received_at_ms)
+            .push_bind(&d.path)
+            .push_bind(&d.query)
+            .push_bind(headers)
+            .push_bind(&d.body)
+            .push_bind(d.records.len() as i64);
+    });
+    insert.push(" ON CONFLICT (plugin, event_id) DO NOTHING");
+    insert.push(after);
+    insert
+}
+
 /// Inserts records whose keys are new, each key once; returns the keys
 /// that were (a stored key is skipped).
 ///
@@ -582,27 +646,10 @@ impl Store for SqliteStore {
 impl Ingest for SqliteStore {
     async fn commit(&self, batch: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        // Insert the deliveries; RETURNING names the ones that are new.
+        // Insert the deliveries, learning the ids of the ones that are new.
         let mut new_ids: HashMap<(String, String), i64> = HashMap::with_capacity(batch.len());
         for chunk in batch.chunks(DELIVERY_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO deliveries (plugin, event_id, received_at_ms, path, query, headers, body, record_count) ",
-            );
-            insert.push_values(chunk, |mut row, d| {
-                let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned());
-                row.push_bind(&d.plugin)
-                    .push_bind(&d.event_id)
-                    .push_bind(d.received_at_ms)
-                    .push_bind(&d.path)
-                    .push_bind(&d.query)
-                    .push_bind(headers)
-                    .push_bind(&d.body)
-                    .push_bind(d.records.len() as i64);
-            });
-            insert.push(" ON CONFLICT (plugin, event_id) DO NOTHING RETURNING id, plugin, event_id");
-            for row in insert.build().fetch_all(&mut *tx).await? {
-                new_ids.insert((row.try_get("plugin")?, row.try_get("event_id")?), row.try_get("id")?);
-            }
+            new_ids.extend(insert_deliveries(&mut tx, chunk).await?);
         }
         // The first delivery of a key claims its id; any other is a duplicate.
         let mut outcomes = Vec::with_capacity(batch.len());
