@@ -285,12 +285,12 @@ async fn write_records(
     }
     let mut fresh: Vec<&RecordRow> = Vec::new();
     let mut fresh_keys = std::collections::HashSet::new();
+    // Later rows of a new key: settled after the insert, in batch order.
+    let mut repeats: Vec<&RecordRow> = Vec::new();
     for row in rows {
         match existing.get(&(row.plugin.to_owned(), row.record.event_id.clone(), row.seq)) {
-            // A new key twice in one batch: the first is inserted, the
-            // second is a duplicate of it (as on SQLite).
             None if !fresh_keys.insert((row.plugin, row.record.event_id.as_str(), row.seq)) => {
-                counts.duplicates += 1;
+                repeats.push(row)
             }
             None => fresh.push(row),
             Some(stored) if *stored == row.record.quantity => counts.duplicates += 1,
@@ -309,7 +309,9 @@ async fn write_records(
             lost.push(*row);
         }
     }
-    for row in lost {
+    // A new key's later rows revise what its first stored, as they would
+    // in a later batch (as on SQLite).
+    for row in lost.into_iter().chain(repeats) {
         settle(tx, row, now_ms, changes, &mut counts, group_by).await?;
     }
     Ok(counts)

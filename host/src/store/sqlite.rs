@@ -278,16 +278,16 @@ async fn write_records(
     let mut stored = lookup_records(tx, &stored_keys).await?;
     for (row, first) in rows.iter().zip(first) {
         let key = record_key(row);
-        if inserted.contains(&key) {
-            // A key twice in one batch: the first is inserted, the second
-            // is a duplicate of it.
-            if first {
-                counts.inserted += 1;
-                changes.push(org_change(row.record, None, group_by));
-            } else {
-                counts.duplicates += 1;
-            }
+        if first && inserted.contains(&key) {
+            counts.inserted += 1;
+            changes.push(org_change(row.record, None, group_by));
             continue;
+        }
+        // The key is stored: from before the batch, or by an earlier row of
+        // it, which this row then revises as it would in a later batch (so
+        // what is stored does not depend on how deliveries were batched).
+        if !stored.contains_key(&key) {
+            stored.extend(lookup_records(tx, &[row]).await?);
         }
         let (id, current, attributes) = stored
             .get_mut(&key)

@@ -246,22 +246,35 @@ async fn a_revised_window_is_a_correction_applied_once_with_an_audit_row(store: 
     assert_eq!(states[0].last_success_ms, Some(1_000));
 }
 
-/// Two deliveries in one commit batch revise the same stored record: the
-/// batch reads as the two arriving one after the other.
+/// Deliveries in one commit batch revise the same record, stored before or
+/// new in the batch: the batch reads as the deliveries arriving one after
+/// the other, so what is stored does not depend on how they were batched.
 async fn corrections_of_one_record_in_one_batch_apply_in_order(store: Arc<dyn Store>) {
-    store.commit(&[delivery("d1", vec![record("x", 1)])]).await.unwrap();
+    let t = 1_754_513_976_000;
+    store.commit(&[delivery("d1", vec![record("x", 1), level("lx", "sb-1", t, 1)])]).await.unwrap();
     let batch = [
-        delivery("d2", vec![record("x", 2), record("y", 7)]),
-        delivery("d3", vec![record("x", 3), record("y", 9)]),
-        delivery("d4", vec![record("x", 3)]),
+        delivery(
+            "d2",
+            vec![record("x", 2), record("y", 7), level("lx", "sb-1", t, 2), level("ly", "sb-2", t, 4)],
+        ),
+        delivery(
+            "d3",
+            vec![record("x", 3), record("y", 9), level("lx", "sb-1", t, 3), level("ly", "sb-2", t, 6)],
+        ),
+        delivery("d4", vec![record("x", 3), record("y", 9)]),
     ];
     let outcomes = store.commit(&batch).await.unwrap();
     assert!(outcomes.iter().all(|o| !o.duplicate), "{outcomes:?}");
-    // x: 1 → 2 → 3, then 3 again (a duplicate); y: new in d2, and the
-    // first row of a new key wins within a batch, so d3's 9 is a duplicate.
-    assert_eq!(total(store.as_ref()).await, Decimal::from(3 + 7));
+    // x: 1 → 2 → 3, then 3 again (a duplicate); y: new in d2 as 7, revised
+    // by d3 to 9, then 9 again. The levels likewise (lx 1 → 2 → 3; ly new
+    // as 4, then 6).
+    assert_eq!(total(store.as_ref()).await, Decimal::from(3 + 9));
     let audit = store.corrections("e2b", "x").await.unwrap();
     assert_eq!(audit, vec![(0, Decimal::from(1), Decimal::from(2)), (0, Decimal::from(2), Decimal::from(3))]);
+    let audit = store.corrections("e2b", "y").await.unwrap();
+    assert_eq!(audit, vec![(0, Decimal::from(7), Decimal::from(9))]);
+    let audit = store.corrections("e2b", "ly").await.unwrap();
+    assert_eq!(audit, vec![(0, Decimal::from(4), Decimal::from(6))]);
     let check = store.check_rollups(5).await.unwrap();
     assert_eq!(check.differences, 0, "{:?}", check.examples);
 }

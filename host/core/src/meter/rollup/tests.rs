@@ -280,6 +280,16 @@ fn a_late_level_changes_its_own_step_and_the_next_one() {
 }
 
 #[test]
+fn one_record_written_twice_in_a_transaction_is_undone_last_first() {
+    // Stored 1 at 10 before; corrected to 2, then to 3, in one transaction.
+    let n = hood(&[(10, &["3"]), (20, &["0"])], &[(10, "2", Some("1")), (10, "3", Some("2"))]);
+    assert_eq!(n.step_changes().expect("steps"), vec![(10, d("2")), (20, d("-2"))]);
+    // Inserted as 4 and corrected to 6 in one transaction: as if 6 came alone.
+    let n = hood(&[(0, &["1"]), (10, &["6"])], &[(10, "4", None), (10, "6", Some("4"))]);
+    assert_eq!(n.step_changes().expect("steps"), vec![(10, d("5"))]);
+}
+
+#[test]
 fn a_range_ending_in_the_current_hour_reads_that_hour_as_its_summary() {
     let range = |from, to| Range { from_ms: from, to_ms: to };
     let now = BASE + 2 * HOUR_MS + 600_000;

@@ -41,10 +41,12 @@ impl Neighbourhood {
         self.stored.get(&at).and_then(|q| in_force(q))
     }
 
-    /// The level in force after `at` before the transaction's writes.
+    /// The level in force after `at` before the transaction's writes,
+    /// undone last first (a record inserted and then corrected, or
+    /// corrected twice, in one transaction).
     fn before(&self, at: i64) -> Option<Decimal> {
         let mut quantities = self.stored.get(&at).cloned().unwrap_or_default();
-        for (now, was) in self.written.get(&at).into_iter().flatten() {
+        for (now, was) in self.written.get(&at).into_iter().flatten().rev() {
             if let Some(i) = quantities.iter().position(|q| q == now) {
                 quantities.swap_remove(i);
             }
