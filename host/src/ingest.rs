@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::metrics;
 use crate::plugin::{AdapterError, InboundRequest};
-use crate::plugins::PluginRegistry;
 use crate::record;
+use crate::registry::PluginRegistry;
 use crate::runtime::CallError;
 use crate::store::{Delivery, GroupCommitter, StoreError};
 

@@ -20,8 +20,8 @@ use tokio::task::JoinSet;
 
 use crate::metrics;
 use crate::plugin::PluginSettings;
-use crate::plugins::{PluginHandle, PluginRegistry};
 use crate::record;
+use crate::registry::{PluginHandle, PluginRegistry};
 use crate::store::{PollCommit, Store};
 
 /// Answers taken in one run before the target yields to its schedule.

@@ -405,7 +405,7 @@ async fn a_replayed_payload_is_judged_as_of_when_it_was_received() {
     .into_bytes();
     let key = base64::engine::general_purpose::STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
     let timestamp = received_ms / 1000;
-    let signature = meterd::notify::signing::sign(&key, "msg_old", timestamp, &body);
+    let signature = meterd::notifications::signing::sign(&key, "msg_old", timestamp, &body);
     let request = std::sync::Arc::new(InboundRequest {
         method: "POST".to_owned(),
         path: "/".to_owned(),

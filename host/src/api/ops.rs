@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::text::Time;
-use crate::plugins::LoadFailure;
+use crate::registry::LoadFailure;
 use crate::reload::ConfigStatus;
 use crate::store::PollState;
 

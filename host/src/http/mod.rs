@@ -30,10 +30,10 @@ use crate::api::ops::{Failure, Health, HealthStatus, Plugin, Plugins, Poll, Read
 use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::keys::{Denied, KeyRing, Principal};
-use crate::notify::Notifier;
+use crate::notifications::Notifier;
 use crate::orgs::Orgs;
 use crate::plugin::InboundRequest;
-use crate::plugins::PluginRegistry;
+use crate::registry::PluginRegistry;
 use crate::reload::Reloader;
 use crate::store::Store;
 use crate::usage::UsageService;

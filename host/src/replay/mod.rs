@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::meter::period::Range;
 use crate::plugin::InboundRequest;
-use crate::plugins::{PluginHandle, PluginRegistry};
 use crate::record;
+use crate::registry::{PluginHandle, PluginRegistry};
 use crate::store::{Payload, Store, StoreError, StoredDelivery};
 use plan::Replayed;
 use report::Report;

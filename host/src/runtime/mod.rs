@@ -9,7 +9,7 @@
 //! trapped instance cannot be entered again.
 //!
 //! Calls are synchronous and CPU-bound: callers run them on a blocking
-//! thread (see `crate::plugins`).
+//! thread (see `crate::registry`).
 
 mod bindings;
 mod cache;
