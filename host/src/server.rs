@@ -81,7 +81,50 @@ pub fn policy(config: &Config) -> Policy {
     }
 }
 
+/// Serves `config` until SIGINT or SIGTERM: binds its `listen` address,
+/// [`start`]s, and says where it listens on stdout (tests and operators
+/// read that line to find the port).
 pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let database = crate::store::redact_url(&config.database);
+    let running = start(config, listener, watch, shutdown_signal()).await?;
+    println!(
+        "meterd listening on http://{} (database {database}, plugins: {})",
+        running.addr,
+        if running.plugins.is_empty() { "none".to_owned() } else { running.plugins.join(", ") }
+    );
+    running.stopped().await
+}
+
+/// A gateway serving on its listener.
+pub struct Running {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// The plugins it serves, as `name version`.
+    pub plugins: Vec<String>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the gateway has stopped: `shutdown` resolved, in-flight
+    /// requests finished, background tasks stopped, the commit queue drained.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        self.task.await.context("the gateway task panicked")?
+    }
+}
+
+/// Starts a gateway for `config` on `listener` (its `listen` is not used):
+/// opens and migrates the store, loads the plugins, builds the standings,
+/// and serves until `shutdown` resolves, then shuts down gracefully.
+/// Returns once it is serving; an error before that (store, plugins, keys,
+/// watcher) is returned here.
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    watch: Watch,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
     let store = open_store(&config).await?;
     let plugins = Arc::new(tokio::task::block_in_place(|| load_plugins(&config))?);
     // Listening for other replicas' commits starts before the standings'
@@ -109,17 +152,9 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
         keys: crate::keys::KeyRing::default(),
     });
     state.refresh_keys().await.context("reading the API keys")?;
-    let listener =
-        TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let names: Vec<String> =
         plugins.plugins().iter().map(|p| format!("{} {}", p.info().name, p.info().version)).collect();
-    // Tests and operators read this line to find the port.
-    println!(
-        "meterd listening on http://{addr} (database {}, plugins: {})",
-        crate::store::redact_url(&config.database),
-        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
-    );
     let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
     let reloader =
         Reloader::new(state.clone(), Pollers::new(state.store.clone(), poller_id()), config.clone());
@@ -142,23 +177,26 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
         background_stopped.clone(),
     ));
     let notifier_task = tokio::spawn(notifier.run(background_stopped));
-    axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
-    // In-flight requests are done; pollers finish the run they are in; the
-    // last committer handle goes with the state, and the task drains what
-    // is queued before it ends.
-    let _ = stop_background.send(true);
-    reloader.stop_pollers().await;
-    drop(reloader);
-    drop(state);
-    let _ = notifier_task.await;
-    let _ = keys_task.await;
-    let _ = purge_task.await;
-    if let Some(task) = follow_task {
-        let _ = task.await;
-    }
-    commit_task.await.context("the committer task failed")?;
-    tracing::info!("meterd stopped");
-    Ok(())
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await?;
+        // In-flight requests are done; pollers finish the run they are in;
+        // the last committer handle goes with the state, and the task
+        // drains what is queued before it ends.
+        let _ = stop_background.send(true);
+        reloader.stop_pollers().await;
+        drop(reloader);
+        drop(state);
+        let _ = notifier_task.await;
+        let _ = keys_task.await;
+        let _ = purge_task.await;
+        if let Some(task) = follow_task {
+            let _ = task.await;
+        }
+        commit_task.await.context("the committer task failed")?;
+        tracing::info!("meterd stopped");
+        Ok(())
+    });
+    Ok(Running { addr, plugins: names, task })
 }
 
 /// Re-reads the API keys every `keys::REFRESH`: keys created or revoked by
@@ -233,4 +271,47 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gateway started in process on the test's own listener serves,
+    /// stops when told (draining everything), and starts again on the same
+    /// database.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_gateway_starts_on_its_listener_stops_when_told_and_restarts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("meterd.toml");
+        let database = format!("sqlite://{}", dir.path().join("meterd.db").display());
+        std::fs::write(&file, format!("database = \"{database}\"\n")).expect("config");
+        let config = Config::load(Some(&file), Vec::new()).expect("config loads");
+        for round in 0..2 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("listener");
+            let addr = listener.local_addr().expect("address");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let running = start(config.clone(), listener, Watch::Off, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("starts");
+            assert_eq!(running.addr, addr, "round {round}");
+            assert!(running.plugins.is_empty());
+            let base = format!("http://{addr}");
+            let health = reqwest::get(format!("{base}/healthz")).await.expect("healthz");
+            assert_eq!(health.status(), 200, "round {round}");
+            let ready = reqwest::get(format!("{base}/readyz")).await.expect("readyz");
+            assert_eq!(ready.status(), 200, "round {round}");
+            // Loopback without keys is open (README "API keys").
+            let entitlements =
+                reqwest::get(format!("{base}/v1/orgs/acme/entitlements")).await.expect("entitlements");
+            assert_eq!(entitlements.status(), 200, "round {round}");
+            let body: crate::api::orgs::Entitlements = entitlements.json().await.expect("typed answer");
+            assert_eq!((body.org.org.as_str(), body.org.assigned), ("acme", false));
+            stop.send(()).expect("the gateway waits for the signal");
+            running.stopped().await.expect("stops cleanly");
+            assert!(reqwest::get(format!("{base}/healthz")).await.is_err(), "round {round}: still serving");
+        }
+    }
 }
