@@ -60,7 +60,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -211,15 +211,7 @@ impl Gateway {
         );
         let config_path = dir.path().join("meterd.toml");
         std::fs::write(&config_path, config).expect("writing the config");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meterd"));
-        // meterd reads every `METERD_*` variable as configuration (and
-        // refuses unknown ones): the bench's own knobs must not reach it.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("METERD_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command
+        let mut child = meterd_testkit::gateway::command(env!("CARGO_BIN_EXE_meterd"))
             .args(["serve", "--config"])
             .arg(&config_path)
             .current_dir(dir.path())

@@ -17,9 +17,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,11 +48,7 @@ impl Gateway {
             ),
         )
         .expect("config");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meterd"));
-        for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("METERD_")) {
-            command.env_remove(var);
-        }
-        let mut child = command
+        let mut child = meterd_testkit::gateway::command(env!("CARGO_BIN_EXE_meterd"))
             .args(["serve", "--config"])
             .arg(&config)
             .env("METERD_LOG", "error")
@@ -61,15 +56,9 @@ impl Gateway {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting meterd");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines.next().expect("meterd exited before listening").expect("stdout");
-            if let Some(rest) = line.strip_prefix("meterd listening on ") {
-                break rest.split_whitespace().next().unwrap_or_default().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let addr = meterd_testkit::gateway::listening(&mut child, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let base = format!("http://{addr}");
         Self { child, base, dir }
     }
 

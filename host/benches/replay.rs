@@ -676,7 +676,7 @@ fn main() {
         let run = client.block_on(async {
             if setup.postgres {
                 let db_name = format!("meterd_bench_replay_{}_{index}", std::process::id());
-                let db = PgDatabase::create(&settings.postgres, db_name).await;
+                let db = support::create_database(&settings.postgres, db_name).await;
                 let run = run(setup, &settings, Some(&db)).await;
                 drop(db);
                 run

@@ -172,15 +172,15 @@ impl Database {
     }
 }
 
-impl PgDatabase {
-    /// Transactions committed and rolled back in this database so far, from
-    /// `pg_stat_database` (complete once the gateways have stopped: a
-    /// backend reports its counts at the latest when it exits).
-    async fn transactions(&self) -> Result<Transactions, sqlx::Error> {
-        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
+/// Transactions committed and rolled back in `db` so far, from
+/// `pg_stat_database` (complete once the gateways have stopped: a backend
+/// reports its counts at the latest when it exits).
+async fn transactions(db: &PgDatabase) -> Result<Transactions, sqlx::Error> {
+    {
+        let mut admin = sqlx::PgConnection::connect(&db.admin_url).await?;
         let (committed, rolled_back) =
             sqlx::query_as("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1")
-                .bind(&self.name)
+                .bind(&db.name)
                 .fetch_one(&mut admin)
                 .await?;
         let _ = admin.close().await;
@@ -505,7 +505,7 @@ impl Bench {
         let webhooks = prepare(setup.name, &org, planned);
         let database = if setup.postgres {
             let name = format!("meterd_bench_{}_{index}", std::process::id());
-            Database::Postgres(self.client.block_on(PgDatabase::create(&s.postgres, name)))
+            Database::Postgres(self.client.block_on(support::create_database(&s.postgres, name)))
         } else {
             Database::Sqlite
         };
@@ -533,7 +533,7 @@ impl Bench {
             Database::Sqlite => None,
             Database::Postgres(pg) => self
                 .client
-                .block_on(pg.transactions())
+                .block_on(transactions(pg))
                 .inspect_err(|e| eprintln!("could not read pg_stat_database: {e}"))
                 .ok(),
         };

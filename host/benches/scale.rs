@@ -1173,7 +1173,7 @@ async fn run_case(
         }
         Engine::Postgres => {
             let name = format!("meterd_scale_{}_{}", std::process::id(), size.name.replace([':', '.'], "_"));
-            Database::Postgres(PgDatabase::create(&settings.postgres, name).await)
+            Database::Postgres(support::create_database(&settings.postgres, name).await)
         }
     };
     let url = database.url().to_owned();

@@ -296,7 +296,7 @@ async fn replay_corrects_history_on_sqlite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_corrects_history_on_postgres() {
     replay_after_a_plugin_fix_corrects_exactly_the_meter_it_computed_wrong(Some(
-        TestDatabase::create().await,
+        TestDatabase::fresh("meterd_e2e").await,
     ))
     .await;
 }
@@ -538,6 +538,8 @@ async fn replays_under_concurrent_ingest_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replays_under_concurrent_ingest_on_postgres() {
-    replays_under_concurrent_ingest_replay_exactly_what_they_counted(Some(TestDatabase::create().await))
-        .await;
+    replays_under_concurrent_ingest_replay_exactly_what_they_counted(Some(
+        TestDatabase::fresh("meterd_e2e").await,
+    ))
+    .await;
 }

@@ -197,7 +197,7 @@ async fn poll_state(gw: &Gateway) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_replicas_count_every_event_once_through_a_kill_9_and_hand_over_polls() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::fresh("meterd_e2e").await;
     let (upstream_url, upstream) = start_upstream().await;
     // The holder's fifth request hangs until long after it is killed.
     upstream.lock().unwrap().hold = Some((HELD_REQUEST, Duration::from_secs(120)));

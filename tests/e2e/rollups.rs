@@ -206,7 +206,7 @@ async fn sqlite_answers_survive_a_restart_and_the_back_fill() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_answers_survive_a_restart_and_the_back_fill() {
-    let database = TestDatabase::create().await;
+    let database = TestDatabase::fresh("meterd_e2e").await;
     let gw = Gateway::start(Options {
         admin_token: Some(TOKEN),
         database: Some(database.url.clone()),

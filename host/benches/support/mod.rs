@@ -9,16 +9,15 @@
 //! from the scheduled send time) are a few lines each, and a framework
 //! would add a heavy dependency tree to every `cargo bench` build.
 
-#![allow(dead_code)] // each benchmark uses a different part
+#![allow(dead_code, unused_imports)] // each benchmark uses a different part
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -26,11 +25,11 @@ use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rust_decimal::Decimal;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
-/// The secret the E2B fixtures are signed with (tests/fixtures/e2b).
-pub const E2B_SECRET: &str = "test-signature-secret-1";
+pub use meterd_testkit::gateway::signal;
+pub use meterd_testkit::postgres::TestDatabase as PgDatabase;
+pub use meterd_testkit::{E2B_SECRET, component, e2b_signature, fixture};
 
 /// A number from the environment, or `default` when the variable is unset.
 /// A malformed value stops the benchmark: silently using the default would
@@ -89,27 +88,6 @@ pub fn format_ns(ns: f64) -> String {
     }
 }
 
-/// base64(SHA-256(secret ‖ body)): E2B's webhook signature.
-pub fn e2b_signature(secret: &str, body: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(secret.as_bytes());
-    hasher.update(body);
-    base64::engine::general_purpose::STANDARD.encode(hasher.finalize())
-}
-
-/// A file under the repository's tests/fixtures.
-pub fn fixture(path: &str) -> Vec<u8> {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(path);
-    std::fs::read(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
-}
-
-/// Builds every plugin once per process (incremental: seconds when nothing
-/// changed), so a benchmark never measures a stale component, and returns
-/// where `name` is.
-pub fn component(name: &str) -> PathBuf {
-    meterd_plugin_build::component(name).expect("building the plugins")
-}
-
 /// One line naming the machine, for the top of a benchmark's output.
 pub fn machine_line() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -159,29 +137,16 @@ pub fn write_config(dir: &Path, component: &Path, cache_dir: &Path, database: &s
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).expect("creating the plugins dir");
     std::fs::copy(component, plugins.join("e2b.wasm")).expect("copying the e2b component");
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\ndatabase = \"{database}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n",
-        plugins = plugins.display(),
-        cache = cache_dir.display(),
-    );
     let path = dir.join("meterd.toml");
-    std::fs::write(&path, config).expect("writing the config");
+    std::fs::write(&path, meterd_testkit::gateway::e2b_config(database, &plugins, cache_dir, ""))
+        .expect("writing the config");
     path
 }
 
 /// `meterd serve --config PATH` (the binary cargo built), stdout piped
 /// (for the listening line), stderr inherited, warnings logged.
 pub fn spawn_meterd(config: &Path, dir: &Path) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meterd"));
-    // meterd reads every `METERD_*` variable as configuration (and refuses
-    // unknown ones): the benchmark's own knobs, and anything an operator or
-    // `make` exported, must not reach the gateway under test.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("METERD_") {
-            command.env_remove(name);
-        }
-    }
-    command
+    meterd_testkit::gateway::command(env!("CARGO_BIN_EXE_meterd"))
         .args(["serve", "--config"])
         .arg(config)
         .current_dir(dir)
@@ -218,25 +183,7 @@ pub fn stop_gracefully(child: &mut Child, within: Duration) {
 /// Reads the child's stdout until `meterd listening on http://ADDR`, and keeps
 /// draining it afterwards so the child never blocks on a full pipe.
 pub fn wait_for_listening(child: &mut Child) -> SocketAddr {
-    use std::io::{BufRead, BufReader};
-    let stdout = child.stdout.take().expect("meterd's stdout is piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("meterd listening on http://") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("meterd did not print its listening line within 120 s (its stderr is above)");
-    addr.parse().expect("meterd printed a socket address")
-}
-
-/// Sends a signal to a process this benchmark started.
-pub fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+    meterd_testkit::gateway::listening(child, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Linux reports process CPU time in USER_HZ ticks, 100 per second on every
@@ -434,72 +381,20 @@ pub async fn usage_total(addr: SocketAddr, org: &str) -> Decimal {
 // PostgreSQL
 // ---------------------------------------------------------------------------
 
-use sqlx::Connection as _;
-
-/// A PostgreSQL database made for one run, dropped (`WITH (FORCE)`) with
-/// the value (as in `replicas.rs`).
-pub struct PgDatabase {
-    pub url: String,
-    pub admin_url: String,
-    pub name: String,
-}
-
-impl PgDatabase {
-    pub async fn create(admin_url: &str, name: String) -> Self {
-        let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {} ({e}). Start it with `bash tests/postgres/ensure.sh`, \
-                 or point METERD_BENCH_POSTGRES at a server where this user may create databases \
-                 (or run only the SQLite cases).",
-                meterd::store::redact_url(admin_url)
-            )
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+/// A database made for one run (`meterd_testkit::postgres`), with a note
+/// when the server does not analyze tables by itself.
+pub async fn create_database(admin_url: &str, name: String) -> PgDatabase {
+    use sqlx::Connection as _;
+    let database = PgDatabase::create(admin_url, name).await;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
         let autovacuum: Result<String, _> = sqlx::query_scalar("SHOW autovacuum").fetch_one(&mut admin).await;
         if autovacuum.is_ok_and(|setting| setting == "off") {
             println!(
-                "note: autovacuum is off on this server: nothing analyzes {name}'s tables during the run"
+                "note: autovacuum is off on this server: nothing analyzes {}'s tables during the run",
+                database.name
             );
         }
         let _ = admin.close().await;
-        let mut url = reqwest::Url::parse(admin_url).unwrap_or_else(|e| {
-            panic!("the PostgreSQL admin URL is not a URL ({e}): {}", meterd::store::redact_url(admin_url))
-        });
-        url.set_path(&name);
-        Self { url: url.to_string(), admin_url: admin_url.to_owned(), name }
     }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // A runtime of our own on a thread of our own: drop may run while
-        // the bench's client runtime is busy (a panic during a run).
-        let dropped = std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await.map_err(|e| e.to_string())?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = admin.close().await;
-                Ok(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop the benchmark database {}: {e}", self.name),
-            Err(_) => {
-                eprintln!("could not drop the benchmark database {}: the dropping thread panicked", self.name)
-            }
-        }
-    }
+    database
 }

@@ -25,30 +25,7 @@ pub(crate) struct Engine {
 
 enum Database {
     File(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { admin_url: String, name: String },
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let Database::Postgres { admin_url, name } = self else { return };
-        let (admin_url, name, shown) = (admin_url.clone(), name.clone(), name.clone());
-        // Drop may run inside the test's runtime: use a thread of our own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                use sqlx::Connection as _;
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("could not drop the test database {shown}");
-        }
-    }
+    Postgres(#[allow(dead_code)] meterd_testkit::postgres::TestDatabase),
 }
 
 async fn sqlite() -> Engine {
@@ -65,33 +42,11 @@ fn group_by() -> Vec<String> {
     vec!["template".to_owned()]
 }
 
-pub(crate) const POSTGRES_ENV: &str = "METERD_TEST_POSTGRES";
-const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// A fresh PostgreSQL database, migrated; dropped with the engine.
 pub(crate) async fn postgres() -> Engine {
-    use sqlx::Connection as _;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let admin_url = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned());
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is not reachable at {admin_url} ({e}). The store tests need it: start the server \
-             (Debian: `pg_ctlcluster 15 main start`, or `service postgresql start`) or point {POSTGRES_ENV} \
-             at one where this user may create databases."
-        )
-    });
-    let name = format!(
-        "meterd_test_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("CREATE DATABASE");
-    let database = Database::Postgres { admin_url: admin_url.clone(), name: name.clone() };
-    let mut url = reqwest::Url::parse(&admin_url).expect("admin URL");
-    url.set_path(&name);
-    let store = PostgresStore::open(url.as_str()).await.expect("open").with_group_by(group_by());
+    let database = meterd_testkit::postgres::TestDatabase::fresh("meterd_test").await;
+    let store = PostgresStore::open(&database.url).await.expect("open").with_group_by(group_by());
     store.migrate().await.expect("migrate");
-    Engine { store: Arc::new(store), url: url.to_string(), _database: database }
+    Engine { store: Arc::new(store), url: database.url.clone(), _database: Database::Postgres(database) }
 }
 
 /// Declares each test once per engine: `on_sqlite::name`, `on_postgres::name`.

@@ -2,41 +2,19 @@
 //! `meterd` process on an ephemeral loopback port with its own SQLite file,
 //! an HTTP client, and E2B-style signing.
 
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 pub mod daytona;
 pub mod postgres;
 pub mod s3;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use sha2::{Digest, Sha256};
+pub use meterd_testkit::{E2B_SECRET, component, e2b_signature, fixture};
 
-pub const E2B_SECRET: &str = "test-signature-secret-1";
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
-
-/// Builds every plugin once per test process (incremental: seconds when
-/// nothing changed) and returns the component of `name`.
-pub fn component(name: &str) -> PathBuf {
-    meterd_plugin_build::component(name).expect("building the plugins")
-}
-
-pub fn fixture(path: &str) -> Vec<u8> {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(path);
-    std::fs::read(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
-}
-
-/// base64(SHA-256(secret ‖ body)): E2B's webhook signature.
-pub fn e2b_signature(secret: &str, body: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(secret.as_bytes());
-    hasher.update(body);
-    base64::engine::general_purpose::STANDARD.encode(hasher.finalize())
-}
 
 /// How to start a gateway.
 pub struct Options {
@@ -96,11 +74,7 @@ pub fn meterd_binary() -> &'static str {
 /// The `meterd` command with every `METERD_*` variable of the caller's
 /// environment removed: a test's config file is the whole truth.
 pub fn meterd_command() -> Command {
-    let mut command = Command::new(meterd_binary());
-    for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("METERD_")) {
-        command.env_remove(var);
-    }
-    command
+    meterd_testkit::gateway::command(meterd_binary())
 }
 
 impl Gateway {
@@ -120,12 +94,16 @@ impl Gateway {
             .database
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("meterd.db").display()));
+        let top_level = format!("{admin}{}", options.extra_config);
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndatabase = \"{database}\"\nplugins_dir = \"{plugins}\"\ncache_dir = \"{cache}\"\n{admin}{extra}\n\n[plugins.e2b]\nsignature_secret = \"{E2B_SECRET}\"\norg_metadata_key = \"tenant\"\n\n{sections}\n",
-            plugins = plugins_dir.display(),
-            cache = dir.path().join("cache").display(),
-            extra = options.extra_config,
-            sections = options.sections,
+            "{}\n{}\n",
+            meterd_testkit::gateway::e2b_config(
+                &database,
+                &plugins_dir,
+                &dir.path().join("cache"),
+                &top_level
+            ),
+            options.sections
         );
         std::fs::write(dir.path().join("meterd.toml"), config).expect("writing config");
         let mut gateway = Self {
@@ -179,27 +157,12 @@ impl Gateway {
             .stderr(stderr)
             .spawn()
             .expect("starting meterd");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(line)) = lines.next() {
-                if let Some(rest) = line.strip_prefix("meterd listening on ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        let base = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|e| {
-            let _ = child.kill();
-            match e {
-                std::sync::mpsc::RecvTimeoutError::Timeout => {
-                    panic!("meterd did not start listening within 120 s")
-                }
-                std::sync::mpsc::RecvTimeoutError::Disconnected => {
-                    panic!("meterd exited before listening (its stderr is above)")
-                }
-            }
-        });
+        let addr =
+            meterd_testkit::gateway::listening(&mut child, Duration::from_secs(120)).unwrap_or_else(|e| {
+                let _ = child.kill();
+                panic!("{e}")
+            });
+        let base = format!("http://{addr}");
         self.child = Some(child);
         self.base = base;
     }
