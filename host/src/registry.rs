@@ -84,8 +84,9 @@ impl PluginHandle {
     }
 
     /// Runs `call` (the WIT function `call_name`) on a blocking thread once
-    /// a permit (and, compute-only, a compute slot) is free, unless the plugin is quarantined; its time (not the
-    /// wait for a permit) and any trap go to the metrics and the quarantine.
+    /// a permit (and, compute-only, a compute slot) is free, unless the
+    /// plugin is quarantined; its time (not the wait for a permit) and any
+    /// trap go to the metrics and the quarantine.
     async fn run<R: Send + 'static>(
         &self,
         call_name: &'static str,
@@ -394,4 +395,67 @@ fn load_bytes(
         compute_slots,
         quarantine: crate::quarantine::Quarantine::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeSettings;
+
+    /// A registry serving the chaos test plugin under `config` (TOML).
+    fn chaos_registry(config: &str) -> (tempfile::TempDir, PluginRegistry) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).expect("plugins dir");
+        let chaos = meterd_plugin_build::test_component("chaos").expect("building the test plugins");
+        std::fs::copy(chaos, plugins.join("chaos.wasm")).expect("copying chaos");
+        let file = dir.path().join("meterd.toml");
+        std::fs::write(&file, config).expect("config");
+        let config = Config::load(Some(&file), Vec::new()).expect("config loads");
+        let runtime = Runtime::new(RuntimeSettings::default()).expect("runtime");
+        let registry = PluginRegistry::load_dir(runtime, &plugins, &config, 32).expect("registry");
+        (dir, registry)
+    }
+
+    /// Runs more looping calls (each to its deadline) than there are
+    /// compute slots, all at once, and returns the fewest slots seen free
+    /// while they ran.
+    async fn fewest_free_slots(registry: &PluginRegistry) -> usize {
+        let chaos = registry.get("chaos").expect("chaos is loaded");
+        let request = Arc::new(InboundRequest {
+            method: "POST".to_owned(),
+            path: "/".to_owned(),
+            query: None,
+            headers: Vec::new(),
+            body: b"loop".to_vec(),
+        });
+        let calls: Vec<_> = (0..compute_slots() + 2)
+            .map(|_| {
+                let (chaos, request) = (chaos.clone(), request.clone());
+                tokio::spawn(async move { chaos.handle_webhook(request).await })
+            })
+            .collect();
+        let mut fewest = compute_slots();
+        while !calls.iter().all(|call| call.is_finished()) {
+            fewest = fewest.min(registry.compute_slots.available_permits());
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        for call in calls {
+            let outcome = call.await.expect("the call's task");
+            assert!(matches!(outcome, Err(CallError::Timeout { .. })), "{outcome:?}");
+        }
+        fewest
+    }
+
+    /// A compute-only plugin's calls take the shared slots (all of them,
+    /// while more calls than slots loop); a plugin that may send HTTP takes
+    /// none, and every slot is free again afterwards.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn compute_only_calls_share_the_slots_and_networked_ones_take_none() {
+        let (_dir, compute_only) = chaos_registry("");
+        assert_eq!(fewest_free_slots(&compute_only).await, 0);
+        assert_eq!(compute_only.compute_slots.available_permits(), compute_slots());
+        let (_dir, networked) = chaos_registry("[plugins.chaos]\nhttp_allow = [\"http://127.0.0.1:9\"]\n");
+        assert_eq!(fewest_free_slots(&networked).await, compute_slots());
+    }
 }

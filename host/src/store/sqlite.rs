@@ -467,9 +467,8 @@ fn delivery_insert<'q>(chunk: &'q [Delivery], before: &str, after: &str) -> Quer
 ///
 /// The usual batch is all new. `RETURNING` would send every inserted key
 /// back as its own row, each a hand-off between sqlx's worker thread and
-/// this task (about a third of the committer's time under load), so each
-/// chunk is first inserted under a savepoint and only counted (one row):
-/// all
+/// this task (a quarter of the committer's time under load), so each chunk
+/// is first inserted under a savepoint and only counted (one row): all
 /// inserted means every key is new. Otherwise the chunk is undone to the
 /// savepoint and inserted again with `RETURNING`. (An unreleased savepoint
 /// ends with the transaction: `COMMIT` keeps it, `ROLLBACK` undoes it.)
