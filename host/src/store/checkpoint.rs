@@ -43,9 +43,14 @@ impl Checkpointer {
             loop {
                 heard.notified().await;
                 tokio::time::sleep(GATHER).await;
-                if let Err(e) = checkpoint(&mut connection).await {
+                match checkpoint(&mut connection).await {
+                    // Frames a reader still uses are copied by a later run.
+                    Ok(report) if report.checkpointed < report.wal_frames => {
+                        tracing::debug!(?report, "WAL checkpoint left frames readers still use")
+                    }
+                    Ok(_) => {}
                     // The writer's backstop keeps the WAL bounded meanwhile.
-                    tracing::warn!(error = %e, "background WAL checkpoint failed");
+                    Err(e) => tracing::warn!(error = %e, "background WAL checkpoint failed"),
                 }
             }
         });
