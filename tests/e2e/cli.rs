@@ -2,7 +2,7 @@
 //! test` (the conformance kit, with the E2B fixtures of tests/conformance)
 //! and `meterd usage` (the API's numbers, read from a gateway's database).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -7,7 +7,7 @@
 //! public; see tests/fixtures/daytona/SOURCES.md): every minute of a window
 //! reports 60 CPU-seconds and 120 GB-seconds of RAM.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! of bad input answered as the API says with nothing stored, and totals
 //! that survive kill -9.
 
-mod support;
+use crate::support;
 
 use support::{Gateway, Options, e2b_event, fixture};
 

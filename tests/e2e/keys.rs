@@ -3,7 +3,7 @@
 //! once over HTTP, within the refresh from the CLI), no key and wrong keys,
 //! and the admin token as the bootstrap credential.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

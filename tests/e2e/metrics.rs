@@ -3,7 +3,7 @@
 //! `--log-format json` / `METERD_LOG_FORMAT=json` write one JSON object a
 //! line with no secret in any of them.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! direction holds by construction: routes are registered from the same
 //! annotations the document is built from.)
 
-mod support;
+use crate::support;
 
 use std::io::Write as _;
 use std::process::Command;

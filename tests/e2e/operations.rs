@@ -2,7 +2,7 @@
 //! the plugins listing (HTTP and CLI), the compiled-component cache across
 //! restarts, graceful shutdown.
 
-mod support;
+use crate::support;
 
 use support::{ADMIN_TOKEN, Gateway, Options, component, meterd_command};
 

@@ -2,7 +2,7 @@
 //! end to end: the real binary, real E2B webhooks, a real receiver that
 //! verifies Standard Webhooks signatures.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

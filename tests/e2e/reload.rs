@@ -1,7 +1,7 @@
 //! Hot reload under load: plugins and config change while signed webhooks
 //! keep arriving, and not one request fails.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! second replica too), a second run finds nothing to do. On SQLite and on
 //! PostgreSQL.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -8,7 +8,7 @@
 //! taken over by another replica after the lease, and every window counted
 //! once.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

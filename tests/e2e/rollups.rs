@@ -6,7 +6,7 @@
 //! them with group hours, and grouped sums still answer the same. On SQLite
 //! and on PostgreSQL.
 
-mod support;
+use crate::support;
 
 use std::process::Output;
 

@@ -4,7 +4,7 @@
 //! implementation, verifies our SigV4 signatures. Buckets and objects are
 //! made with the servers' own APIs (boto3, `tests/s3/s3ctl.py`).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! bound or traps fails alone (HTTP 500 naming the plugin), and the next
 //! good call, and every other plugin, carry on.
 
-mod support;
+use crate::support;
 
 use support::{Gateway, Options, e2b_event};
 
