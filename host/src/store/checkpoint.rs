@@ -71,16 +71,16 @@ impl Drop for Checkpointer {
 
 /// What one checkpoint did, as SQLite reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct CheckpointReport {
+struct CheckpointReport {
     /// Frames in the WAL.
-    pub wal_frames: i64,
+    wal_frames: i64,
     /// Of those, frames now copied into the database file.
-    pub checkpointed: i64,
+    checkpointed: i64,
 }
 
 /// One `PASSIVE` checkpoint: copies what no reader still needs, without
 /// waiting for readers or the writer.
-pub(super) async fn checkpoint(connection: &mut SqliteConnection) -> Result<CheckpointReport, sqlx::Error> {
+async fn checkpoint(connection: &mut SqliteConnection) -> Result<CheckpointReport, sqlx::Error> {
     let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(connection).await?;
     Ok(CheckpointReport { wal_frames: row.try_get(1)?, checkpointed: row.try_get(2)? })
 }
