@@ -55,6 +55,17 @@ impl From<&OrgView> for Org {
     }
 }
 
+/// The answer to `GET /v1/orgs`: the orgs the caller's key may read. An
+/// admin sees every org the gateway knows now (assigned a plan, or with
+/// usage this period); a tenant key exactly the orgs of its scope.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgList {
+    /// The caller's kind of key: `admin` (or the admin token) or `orgs`.
+    pub scope: super::keys::KeyScope,
+    /// By org id.
+    pub orgs: Vec<Org>,
+}
+
 /// The answer to `PUT /v1/orgs/{org}`: the org on its plan, with the plan's
 /// credit if this assignment granted it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -7,6 +7,9 @@ mod keys;
 mod openapi;
 mod orgs;
 mod replay;
+#[cfg(test)]
+mod tests;
+mod ui;
 mod usage;
 
 use std::sync::{Arc, OnceLock, RwLock, Weak};
@@ -92,6 +95,7 @@ impl AppState {
 /// The routes behind `authorize`: orgs, plugins, keys, replays.
 fn guarded_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
+        .routes(routes!(orgs::list_orgs))
         .routes(routes!(orgs::put_org, orgs::get_org))
         .routes(routes!(usage::usage))
         .routes(routes!(orgs::entitlements))
@@ -125,6 +129,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     routes
         // The catch-all form of ingest; `openapi::finish` documents it.
         .route("/v1/ingest/{plugin}/{*path}", post(ingest_path))
+        // The dashboard: static files, not part of the API or its document.
+        .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -137,13 +143,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(request_id))
 }
 
-/// Whether a tenant key may call a guarded route: reading an org's plan,
-/// usage, entitlements and grants, and checks. Everything else (assigning
-/// plans, granting credit, plugins, keys, replays) needs an admin credential.
+/// Whether a tenant key may call a guarded route: listing its orgs, reading
+/// an org's plan, usage, entitlements and grants, and checks. Everything
+/// else (assigning plans, granting credit, plugins, keys, replays) needs an
+/// admin credential.
 fn tenant_may_call(method: &axum::http::Method, route: &str) -> bool {
     use axum::http::Method;
     match route {
-        "/v1/orgs/{org}" | "/v1/orgs/{org}/grants" => method == Method::GET,
+        "/v1/orgs" | "/v1/orgs/{org}" | "/v1/orgs/{org}/grants" => method == Method::GET,
         "/v1/orgs/{org}/usage" | "/v1/orgs/{org}/entitlements" | "/v1/orgs/{org}/check" => true,
         _ => false,
     }
@@ -157,7 +164,7 @@ async fn authorize(
     State(state): State<Arc<AppState>>,
     route: MatchedPath,
     params: RawPathParams,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let bearer = request
@@ -189,6 +196,8 @@ async fn authorize(
                 .into_response();
         }
     }
+    // Handlers that answer per caller (`GET /v1/orgs`) read who it is.
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }
 

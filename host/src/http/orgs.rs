@@ -1,11 +1,12 @@
-//! `/v1/orgs/{org}`: plan assignment, entitlements, checks and grants. The
+//! `/v1/orgs` (the orgs a key may read) and `/v1/orgs/{org}`: plan
+//! assignment, entitlements, checks and grants. The
 //! bodies and answers are `api::orgs`'s.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 
 use super::error::{ErrorBody, OrgAdminErrors, OrgReadErrors};
@@ -13,12 +14,41 @@ use super::usage::parse_time;
 use super::{ApiError, AppState};
 use crate::api::orgs::{
     AssignPlan, AssignedOrg, CheckAnswer, CheckRequest, Credits, Entitlements, Grant, NewGrant, Org,
-    OrgCredits,
+    OrgCredits, OrgList,
 };
+use crate::keys::Principal;
 use crate::orgs::GrantRequest;
 
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     payload.map(|Json(t)| t).map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/orgs",
+    tag = "orgs",
+    summary = "The orgs this key may read",
+    description = "An admin key (or the admin token) sees every org the gateway knows now: assigned a \
+                   plan, or with usage this period. A tenant key sees exactly the orgs of its scope.",
+    responses(
+        (status = 200, description = "The caller's scope and its orgs, by id", body = OrgList),
+        (status = 401, description = "No bearer token, or not an active API key nor the admin token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_orgs(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<OrgList>, ApiError> {
+    use crate::api::keys::KeyScope;
+    let now = crate::clock::now_ms();
+    let (scope, ids) = match principal {
+        Principal::Admin => (KeyScope::Admin, state.orgs.known()),
+        Principal::Tenant(orgs) => (KeyScope::Orgs, orgs.into_iter().collect()),
+    };
+    let orgs =
+        ids.iter().map(|org| state.orgs.view(org, now).map(|v| Org::from(&v))).collect::<Result<_, _>>()?;
+    Ok(Json(OrgList { scope, orgs }))
 }
 
 #[utoipa::path(

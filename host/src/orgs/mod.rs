@@ -235,6 +235,14 @@ impl Orgs {
         Ok(facts)
     }
 
+    /// Every org this gateway knows now, sorted: assigned a plan, or with a
+    /// standing (usage this period, or written since start). From memory.
+    pub fn known(&self) -> Vec<String> {
+        let mut orgs: std::collections::BTreeSet<String> = read(&self.assigned).keys().cloned().collect();
+        orgs.extend(read(&self.standings).keys().cloned());
+        orgs.into_iter().collect()
+    }
+
     pub fn view(&self, org_id: &str, now_ms: i64) -> Result<OrgView, OrgError> {
         check_org(org_id)?;
         let policy = self.policy();
