@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
+use wasmtime_wasi::{WasiCtxView, WasiView};
+
+use super::wasi::{PinnedClock, Wasi};
 use crate::meter::Kind;
 use crate::outbound::HttpPolicy;
 use crate::plugin::{
@@ -21,12 +24,28 @@ wasmtime::component::bindgen!({
 
 use self::meterd::provider::types as wit;
 
+/// The `meterd:provider` imports and the locked-down WASI p2 (`wasi`).
 pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    Provider::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)
+    Provider::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |state| state)?;
+    wasmtime_wasi::p2::add_to_linker_sync(linker)
 }
 
 /// Longest log line a plugin may write; the rest is cut.
-const MAX_LOG_LINE: usize = 4096;
+pub(super) const MAX_LOG_LINE: usize = 4096;
+
+/// `message` cut to [`MAX_LOG_LINE`] bytes (at a character boundary, with
+/// `…` when cut).
+pub(super) fn cut_log_line(mut message: String) -> String {
+    if message.len() > MAX_LOG_LINE {
+        let mut cut = MAX_LOG_LINE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
 
 /// What a plugin's store holds: who it is, its config section, its HTTP
 /// policy, its memory limiter, and the CPU-time account of the current call.
@@ -39,9 +58,11 @@ pub struct PluginState {
     handle: Option<tokio::runtime::Handle>,
     limits: MemoryLimiter,
     cpu: CpuAccount,
-    /// What `now-ms` answers in the current call: `None` is the real clock;
-    /// a replay pins it to when the payload was first received.
-    clock: Option<i64>,
+    /// What `now-ms` (and WASI's wall clock) answers in the current call:
+    /// the real clock, or pinned by a replay to when the payload was first
+    /// received.
+    clock: PinnedClock,
+    wasi: Wasi,
 }
 
 /// CPU time of one call: wall time since it started minus time spent
@@ -69,6 +90,8 @@ impl PluginState {
         cpu_budget: Duration,
     ) -> Self {
         let plugin: Arc<str> = if plugin.is_empty() { Arc::from("(loading)") } else { Arc::from(plugin) };
+        let clock = PinnedClock::new();
+        let wasi = Wasi::new(&plugin, &clock);
         Self {
             plugin,
             settings,
@@ -79,7 +102,8 @@ impl PluginState {
                 hit: false,
             },
             cpu: CpuAccount { budget: cpu_budget, started: Instant::now(), waiting: Duration::ZERO },
-            clock: None,
+            clock,
+            wasi,
         }
     }
 
@@ -89,7 +113,7 @@ impl PluginState {
 
     /// Arms the state for one call; `clock` pins `now-ms` (see the field).
     pub fn reset_for_call(&mut self, clock: Option<i64>) {
-        self.clock = clock;
+        self.clock.pin(clock);
         self.limits.hit = false;
         self.cpu.started = Instant::now();
         self.cpu.waiting = Duration::ZERO;
@@ -146,17 +170,15 @@ impl ResourceLimiter for MemoryLimiter {
 
 impl wit::Host for PluginState {}
 
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi.ctx, table: &mut self.wasi.table }
+    }
+}
+
 impl self::meterd::provider::host::Host for PluginState {
     fn log(&mut self, level: wit::LogLevel, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        let message = cut_log_line(message);
         let plugin = &*self.plugin;
         match level {
             wit::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
@@ -172,7 +194,7 @@ impl self::meterd::provider::host::Host for PluginState {
     }
 
     fn now_ms(&mut self) -> i64 {
-        self.clock.unwrap_or_else(crate::clock::now_ms)
+        self.clock.now_ms()
     }
 
     fn http_send(&mut self, req: wit::OutboundRequest) -> Result<wit::OutboundResponse, String> {

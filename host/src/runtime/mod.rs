@@ -13,6 +13,7 @@
 
 mod bindings;
 mod cache;
+mod wasi;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

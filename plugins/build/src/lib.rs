@@ -19,7 +19,12 @@
 //!    atomically and only when its bytes changed, so a watching gateway
 //!    never sees a half-written or needlessly touched file.
 //!
-//! Usage: `cargo run --release -p meterd-plugin-build`.
+//! Plugins in other languages (Python, JavaScript) are built by
+//! [`languages`], on request: `--languages`, or [`languages::language_component`].
+//!
+//! Usage: `cargo run --release -p meterd-plugin-build [-- --languages]`.
+
+pub mod languages;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,7 +114,8 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
         toolchain.describe()
     );
     let wasm_target_dir = workspace.join("target").join("wasm");
-    toolchain.build(&workspace, &wasm_target_dir, &plugins)?;
+    let packages: Vec<&str> = plugins.iter().map(|p| p.package.as_str()).collect();
+    toolchain.build(&workspace, &wasm_target_dir, &packages, true)?;
     let mut built = Vec::with_capacity(plugins.len());
     for plugin in &plugins {
         let core = wasm_target_dir
@@ -127,6 +133,23 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
         });
     }
     Ok(built)
+}
+
+/// Builds one plugin crate outside this workspace (e.g. one `meterd plugins
+/// new` made) with the same toolchain, into `target/lone-plugins/`, and
+/// returns its component (written beside the crate's manifest as
+/// `<package>.wasm` under that directory). The crate needs a Cargo.lock or
+/// network access for its dependencies.
+pub fn build_lone_crate(crate_dir: &Path, package: &str) -> Result<PathBuf> {
+    let workspace = workspace_root()?;
+    let toolchain = Toolchain::detect()?;
+    let target_dir = workspace.join("target").join("lone-plugins");
+    toolchain.build(crate_dir, &target_dir, &[package], false)?;
+    let core =
+        target_dir.join(WASM_TARGET).join("release").join(format!("{}.wasm", package.replace('-', "_")));
+    let out = target_dir.join(format!("{package}.wasm"));
+    componentize(&core, &out)?;
+    Ok(out)
 }
 
 /// The workspace root: this crate lives at `<root>/plugins/build`.
@@ -262,7 +285,9 @@ impl Toolchain {
         }
     }
 
-    fn build(&self, workspace: &Path, target_dir: &Path, plugins: &[PluginCrate]) -> Result<()> {
+    /// Builds `packages` of the workspace (or lone crate) at `workspace`;
+    /// `locked`: its Cargo.lock must not change.
+    fn build(&self, workspace: &Path, target_dir: &Path, packages: &[&str], locked: bool) -> Result<()> {
         let mut cmd = match self {
             Self::Rustup => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())),
             Self::DebianBuildStd => {
@@ -287,9 +312,12 @@ impl Toolchain {
             .env("CARGO_TARGET_DIR", target_dir)
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("RUSTFLAGS")
-            .args(["build", "--release", "--locked", "--target", WASM_TARGET]);
-        for plugin in plugins {
-            cmd.args(["-p", &plugin.package]);
+            .args(["build", "--release", "--target", WASM_TARGET]);
+        if locked {
+            cmd.arg("--locked");
+        }
+        for package in packages {
+            cmd.args(["-p", package]);
         }
         let status = cmd.status().context("starting cargo for the wasm build")?;
         if !status.success() {
@@ -352,13 +380,19 @@ fn componentize(core: &Path, out: &Path) -> Result<bool> {
     if std::fs::read(out).is_ok_and(|existing| existing == component) {
         return Ok(false);
     }
+    write_atomically(out, &component)?;
+    Ok(true)
+}
+
+/// Writes `bytes` beside `out` and renames it into place, so a watching
+/// gateway never reads a partial file.
+fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
     let dir = out.parent().context("output path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // Write beside the target and rename: readers never see a partial file.
     let tmp = dir.join(format!(".{}.tmp", out.file_name().and_then(|n| n.to_str()).unwrap_or("plugin")));
-    std::fs::write(&tmp, &component).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))?;
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]
