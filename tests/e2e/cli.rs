@@ -7,7 +7,8 @@ use crate::support;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use support::{Gateway, Options, component, e2b_event, meterd_command};
+use meterd::api::usage::Usage;
+use support::{Body, Gateway, Options, component, e2b_event, meterd_command};
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
@@ -68,6 +69,8 @@ fn a_changed_expected_quantity_fails_with_a_diff_naming_it() {
     copy_dir(&repo_path("tests/fixtures/e2b"), &copy.join("fixtures/e2b"));
     copy_dir(&repo_path("tests/conformance/e2b"), &copy.join("conformance/e2b"));
     let expected = copy.join("conformance/e2b/killed-with-execution.expected.json");
+    // A fixture file edited in place, not an API answer: read and written
+    // as untyped JSON so nothing else in it changes.
     let mut case: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&expected).expect("reading")).expect("JSON");
     assert_eq!(case["records"][0]["quantity"], "144.246");
@@ -134,13 +137,13 @@ fn unusable_fixtures_or_plugins_exit_2_with_one_clear_line() {
 const AUGUST: [&str; 4] = ["--from", "2025-08-01T00:00:00Z", "--to", "2025-09-01T00:00:00Z"];
 
 /// The HTTP API's answer for org-a over August.
-async fn api(gw: &Gateway, meter: &str, extra: &str) -> serde_json::Value {
+async fn api(gw: &Gateway, meter: &str, extra: &str) -> Usage {
     let query = format!(
         "/v1/orgs/org-a/usage?meter={meter}&from=2025-08-01T00:00:00Z&to=2025-09-01T00:00:00Z{extra}"
     );
     let (status, body) = gw.get(&query).await;
     assert_eq!(status, 200, "{body}");
-    body
+    body.json()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,25 +187,25 @@ async fn usage_shows_the_apis_numbers_from_the_database() {
     assert_eq!(total("sandbox_active_max"), "1");
     assert_eq!(total("storage_bytes"), "0");
 
-    // --json is the API's answer, for one meter and for all of them.
-    let json = |args: &[&str]| -> serde_json::Value {
+    // --json is the API's answer (exactly its JSON: `Body::json` checks
+    // that the output holds nothing a `Usage` does not), for one meter and
+    // for all of them.
+    let json = |args: &[&str]| -> Body {
         let out = usage(&[&["--org", "org-a", "--json"][..], &AUGUST, args].concat());
         assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+        Body(text(&out.stdout))
     };
     assert_eq!(
-        json(&["--meter", "sandbox_cpu_core_seconds"]),
+        json(&["--meter", "sandbox_cpu_core_seconds"]).json::<Usage>(),
         api(&gw, "sandbox_cpu_core_seconds", "").await
     );
-    let all = json(&[]);
-    let all = all.as_array().expect("an array without --meter");
+    let all: Vec<Usage> = json(&[]).json();
     assert_eq!(all.len(), 10);
-    for answer in all {
-        let meter = answer["meter"].as_str().expect("a meter name");
-        assert_eq!(*answer, api(&gw, meter, "").await, "{meter}");
+    for answer in &all {
+        assert_eq!(*answer, api(&gw, &answer.meter, "").await, "{}", answer.meter);
     }
     assert_eq!(
-        json(&["--meter", "sandbox_ram_gibi_seconds", "--window", "day"]),
+        json(&["--meter", "sandbox_ram_gibi_seconds", "--window", "day"]).json::<Usage>(),
         api(&gw, "sandbox_ram_gibi_seconds", "&window=day").await
     );
 

@@ -12,6 +12,8 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use meterd::api::ops::{Plugins, Poll, Receipt};
+use meterd::api::usage::Usage;
 use support::daytona::{
     API_KEY, MINUTE, ORG, RAM_GIB_SECONDS_PER_MINUTE, Upstream, daytona_section, now_minute, start_upstream,
 };
@@ -22,11 +24,11 @@ fn daytona_gateway(section: String) -> Gateway {
 }
 
 /// Waits until the poller's cursor reaches `until_ms`; returns its state.
-async fn wait_for_cursor(gw: &Gateway, until_ms: i64) -> serde_json::Value {
+async fn wait_for_cursor(gw: &Gateway, until_ms: i64) -> Poll {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(state) = gw.poll_state("daytona", ORG).await {
-            let cursor = state["cursor"].as_str().and_then(|c| c.parse::<i64>().ok());
+            let cursor = state.cursor.as_deref().and_then(|c| c.parse::<i64>().ok());
             if cursor.is_some_and(|c| c >= until_ms) {
                 return state;
             }
@@ -37,11 +39,7 @@ async fn wait_for_cursor(gw: &Gateway, until_ms: i64) -> serde_json::Value {
 }
 
 /// Waits until `check` holds for the Daytona org's poll state.
-async fn wait_for_state(
-    gw: &Gateway,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+async fn wait_for_state(gw: &Gateway, what: &str, check: impl Fn(&Poll) -> bool) -> Poll {
     gw.wait_for_poll_state("daytona", ORG, what, check).await
 }
 
@@ -55,7 +53,13 @@ async fn usage_total(gw: &Gateway, meter: &str, from: i64, to: i64) -> String {
     let (status, body) =
         gw.get(&format!("/v1/orgs/acme/usage?meter={meter}&from={}&to={}", iso(from), iso(to))).await;
     assert_eq!(status, 200, "{body}");
-    body["total"].as_str().unwrap().to_owned()
+    body.json::<Usage>().total.to_string()
+}
+
+/// A poll state's cursor, as a number (the Daytona plugin's cursors are
+/// milliseconds).
+fn cursor_ms(state: &Poll) -> i64 {
+    state.cursor.as_deref().and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no cursor: {state:?}"))
 }
 
 fn decimal_times(n: i64, per: &str) -> String {
@@ -84,7 +88,7 @@ async fn polls_catch_up_exactly_apply_revisions_once_and_survive_kill_9() {
     let mut gw = daytona_gateway(daytona_section(&url, "http://127.0.0.1:*", start, ""));
     let settled = now_minute() - MINUTE;
     let state = wait_for_cursor(&gw, settled).await;
-    let cursor: i64 = state["cursor"].as_str().unwrap().parse().unwrap();
+    let cursor = cursor_ms(&state);
     let minutes = (cursor - start) / MINUTE;
     assert!(minutes >= 29, "caught up over the 30 minutes: {minutes}");
     assert_eq!(usage_total(&gw, "sandbox_cpu_core_seconds", start, cursor).await, (60 * minutes).to_string());
@@ -93,8 +97,8 @@ async fn polls_catch_up_exactly_apply_revisions_once_and_survive_kill_9() {
         decimal_times(minutes, RAM_GIB_SECONDS_PER_MINUTE)
     );
     assert_tiles(&upstream.lock().unwrap().requests, start, cursor);
-    assert_eq!(state["consecutive_failures"], 0);
-    assert!(state["last_error"].is_null(), "{state}");
+    assert_eq!(state.consecutive_failures, 0);
+    assert!(state.last_error.is_none(), "{state:?}");
     // The CLI shows the same poll state, read from the shared database.
     let listing = support::meterd_command()
         .args(["plugins", "list", "--config"])
@@ -110,11 +114,12 @@ async fn polls_catch_up_exactly_apply_revisions_once_and_survive_kill_9() {
     assert!(poll_line.ends_with(" -"), "no last error: {poll_line}");
     // Status shows the plugin's config with its secrets redacted.
     let (_, listing) = gw.get("/v1/plugins").await;
-    let text = listing.to_string();
+    let text = listing.text();
     assert!(!text.contains(API_KEY) && !text.contains("MfKQ9r8G"), "a secret leaked into /v1/plugins");
-    let daytona = listing["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "daytona").unwrap();
+    let plugins: Plugins = listing.json();
+    let daytona = plugins.plugins.iter().find(|p| p.name == "daytona").expect("the daytona plugin");
     assert_eq!(
-        (daytona["config"]["api_key"].as_str(), daytona["config"]["window"].as_str()),
+        (daytona.config.get("api_key").map(String::as_str), daytona.config.get("window").map(String::as_str)),
         (Some("***"), Some("1m"))
     );
 
@@ -141,7 +146,7 @@ async fn polls_catch_up_exactly_apply_revisions_once_and_survive_kill_9() {
     // kill -9 and restart: nothing counted twice, nothing missing.
     gw.restart_after_kill9();
     let later = wait_for_cursor(&gw, now_minute() - MINUTE).await;
-    let cursor: i64 = later["cursor"].as_str().unwrap().parse().unwrap();
+    let cursor = cursor_ms(&later);
     let minutes = (cursor - start) / MINUTE;
     assert_eq!(
         usage_total(&gw, "sandbox_cpu_core_seconds", start, cursor).await,
@@ -156,14 +161,17 @@ async fn upstream_errors_back_off_and_recover_with_exact_totals() {
     upstream.lock().unwrap().fail_next = 3;
     let start = now_minute() - 10 * MINUTE;
     let gw = daytona_gateway(daytona_section(&url, "http://127.0.0.1:*", start, ""));
-    let failed = wait_for_state(&gw, "a failure", |s| s["consecutive_failures"].as_i64() >= Some(2)).await;
-    let error = failed["last_error"].as_str().unwrap();
+    let failed = wait_for_state(&gw, "a failure", |s| s.consecutive_failures >= 2).await;
+    let error = failed.last_error.as_deref().expect("the last error");
     assert!(error.contains("500"), "{error}");
     // Backoff: the next run is scheduled after the failure, not at once.
-    assert!(failed["next_run"].as_str() > failed["last_error_at"].as_str(), "{failed}");
+    assert!(
+        Some(failed.next_run.0.as_str()) > failed.last_error_at.as_ref().map(|t| t.0.as_str()),
+        "{failed:?}"
+    );
     let state = wait_for_cursor(&gw, now_minute() - MINUTE).await;
-    assert_eq!(state["consecutive_failures"], 0, "{state}");
-    let cursor: i64 = state["cursor"].as_str().unwrap().parse().unwrap();
+    assert_eq!(state.consecutive_failures, 0, "{state:?}");
+    let cursor = cursor_ms(&state);
     assert_eq!(
         usage_total(&gw, "sandbox_cpu_core_seconds", start, cursor).await,
         (60 * ((cursor - start) / MINUTE)).to_string()
@@ -174,10 +182,10 @@ async fn upstream_errors_back_off_and_recover_with_exact_totals() {
 async fn a_host_outside_the_allowlist_is_refused_before_any_connection() {
     let (url, upstream) = start_upstream().await;
     let gw = daytona_gateway(daytona_section(&url, "http://localhost:1", now_minute() - 10 * MINUTE, ""));
-    let state = wait_for_state(&gw, "a refusal", |s| s["last_error"].is_string()).await;
-    let error = state["last_error"].as_str().unwrap();
+    let state = wait_for_state(&gw, "a refusal", |s| s.last_error.is_some()).await;
+    let error = state.last_error.as_deref().expect("the last error");
     assert!(error.contains("not allowed"), "{error}");
-    assert!(state["cursor"].is_null());
+    assert!(state.cursor.is_none());
     assert!(upstream.lock().unwrap().requests.is_empty(), "no request reached the upstream");
     assert_eq!(gw.count_rows("usage_records").await, 0);
 }
@@ -199,8 +207,8 @@ async fn a_stalled_upstream_is_cut_off_by_the_timeout_and_blocks_nobody_else() {
     for _ in 0..5 {
         assert_eq!(gw.e2b(&body).await.0, 200);
     }
-    let state = wait_for_state(&gw, "a timeout", |s| s["last_error"].is_string()).await;
-    let error = state["last_error"].as_str().unwrap();
+    let state = wait_for_state(&gw, "a timeout", |s| s.last_error.is_some()).await;
+    let error = state.last_error.as_deref().expect("the last error");
     // The HTTP timeout (1 s) fired, not the plugin's 100 ms CPU deadline:
     // time waiting on the network is not CPU time.
     assert!(error.contains("timed out after 1000 ms"), "{error}");
@@ -251,7 +259,8 @@ async fn svix_signed_webhooks_are_verified_and_become_sandbox_levels() {
     let several = format!("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= {good}");
     let (status, receipt) = send("msg_1", now, started.clone(), several).await;
     assert_eq!(status, 200, "{receipt}");
-    assert_eq!((receipt["event_id"].as_str(), receipt["records"].as_u64()), (Some("msg_1"), Some(1)));
+    let receipt: Receipt = receipt.json();
+    assert_eq!((receipt.event_id.as_str(), receipt.records), ("msg_1", 1));
 
     let wrong = svix_signature("c2VjcmV0LXRoYXQtaXMtd3Jvbmc=", "msg_2", now, &started);
     assert_eq!(send("msg_2", now, started.clone(), wrong).await.0, 401);
@@ -270,5 +279,5 @@ async fn svix_signed_webhooks_are_verified_and_become_sandbox_levels() {
     let (_, usage) = gw
         .get(&format!("/v1/orgs/acme/usage?meter=sandbox_active_seconds&from={}&to={}", day("00"), day("23")))
         .await;
-    assert_eq!(usage["total"], "1800", "{usage}");
+    assert_eq!(usage.json::<Usage>().total.0, "1800", "{usage}");
 }

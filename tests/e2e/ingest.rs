@@ -4,7 +4,10 @@
 
 use crate::support;
 
-use support::{Gateway, Options, e2b_event, fixture};
+use meterd::api::ErrorBody;
+use meterd::api::ops::Receipt;
+use meterd::api::usage::Usage;
+use support::{Body, Gateway, Options, e2b_event, fixture, quantity};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fixture_delivery_gives_exact_meters_once() {
@@ -21,32 +24,33 @@ async fn the_fixture_delivery_gives_exact_meters_once() {
     let (status, receipt) = gw.ingest("e2b", &body, &send).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(
-        receipt,
-        serde_json::json!({"event_id": "9b2f6a4e-0d1c-4c59-9a51-2f6f3f0f7c11", "records": 3, "duplicate": false})
+        receipt.json::<Receipt>(),
+        Receipt { event_id: "9b2f6a4e-0d1c-4c59-9a51-2f6f3f0f7c11".to_owned(), records: 3, duplicate: false }
     );
     // A redelivery is acknowledged and counts nothing.
     let (status, again) = gw.ingest("e2b", &body, &send).await;
     assert_eq!(status, 200);
-    assert_eq!(again["duplicate"], true);
+    assert!(again.json::<Receipt>().duplicate, "{again}");
 
     assert_eq!(gw.total("acme", "sandbox_cpu_core_seconds").await, "144.246");
     assert_eq!(gw.total("acme", "sandbox_ram_gibi_seconds").await, "36.0615");
     assert_eq!(gw.count_rows("deliveries").await, 1);
     assert_eq!(gw.count_rows("usage_records").await, 3);
 
-    let (status, usage) = gw
+    let (status, body) = gw
         .get("/v1/orgs/acme/usage?meter=sandbox_cpu_core_seconds&from=2025-08-06T00:00:00Z&to=2025-08-07T00:00:00Z&window=hour&group_by=template_id")
         .await;
-    assert_eq!(status, 200, "{usage}");
-    assert_eq!(usage["unit"], "vCPU-seconds");
-    assert_eq!(usage["from"], "2025-08-06T00:00:00Z");
-    let windows = usage["windows"].as_array().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let usage: Usage = body.json();
+    assert_eq!(usage.unit, "vCPU-seconds");
+    assert_eq!(usage.from.0, "2025-08-06T00:00:00Z");
+    let windows = &usage.windows;
     assert_eq!(windows.len(), 24);
     let hour_20 = &windows[20];
-    assert_eq!(hour_20["start"], "2025-08-06T20:00:00Z");
-    assert_eq!(hour_20["value"], "144.246");
-    assert_eq!(hour_20["group"], "rki5dems9wqfm4r03t7g");
-    assert_eq!(windows[19]["value"], "0");
+    assert_eq!(hour_20.start.0, "2025-08-06T20:00:00Z");
+    assert_eq!(hour_20.value, quantity("144.246"));
+    assert_eq!(hour_20.group, Some(Some("rki5dems9wqfm4r03t7g".to_owned())));
+    assert_eq!(windows[19].value, quantity("0"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -69,12 +73,12 @@ async fn generated_lifecycles_give_exact_totals_per_org_despite_redeliveries() {
     for body in events.iter().rev() {
         let (status, receipt) = gw.e2b(body).await;
         assert_eq!(status, 200, "{receipt}");
-        assert_eq!(receipt["duplicate"], false);
+        assert!(!receipt.json::<Receipt>().duplicate, "{receipt}");
     }
     for body in &events {
         let (status, receipt) = gw.e2b(body).await;
         assert_eq!(status, 200, "{receipt}");
-        assert_eq!(receipt["duplicate"], true, "{receipt}");
+        assert!(receipt.json::<Receipt>().duplicate, "{receipt}");
     }
     // org-a CPU: 2×3600 + 2×1.5 + 8×3600.001 = 7200 + 3 + 28800.008
     assert_eq!(gw.total("org-a", "sandbox_cpu_core_seconds").await, "36003.008");
@@ -132,19 +136,20 @@ async fn bad_requests_are_answered_clearly_and_store_nothing() {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (got, answer) = gw.ingest("e2b", &body, &headers).await;
         assert_eq!(got, status, "{name}: {answer}");
-        let text = answer["error"]["message"].as_str().unwrap_or_default();
+        // An error answer: reading it as one checks it has a code, as text.
+        let text = answer.json::<ErrorBody>().error.message;
         assert!(text.contains(message), "{name}: {text:?} should mention {message:?}");
-        assert!(answer["error"]["code"].is_string(), "{name}: {answer}");
     }
     let (status, answer) = gw.ingest("nope", &good, &[("e2b-signature", &signature)]).await;
     assert_eq!(status, 404, "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("nope"));
+    assert!(answer.json::<ErrorBody>().error.message.contains("nope"), "{answer}");
 
     assert_eq!(gw.count_rows("deliveries").await, 0);
     assert_eq!(gw.count_rows("usage_records").await, 0);
     // …and the good delivery still goes through afterwards.
     let (status, receipt) = gw.e2b(&good).await;
-    assert_eq!((status, receipt["records"].as_u64()), (200, Some(3)));
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt.json::<Receipt>().records, 3);
     assert_eq!(gw.total("org-x", "sandbox_cpu_core_seconds").await, "2");
 }
 
@@ -207,7 +212,8 @@ async fn raw_payloads_are_emptied_after_their_retention_and_still_deduplicate() 
         Some((2, 512, 1_500)),
     );
     let (status, receipt) = gw.e2b(&body).await;
-    assert_eq!((status, receipt["duplicate"].as_bool()), (200, Some(false)), "{receipt}");
+    assert_eq!(status, 200, "{receipt}");
+    assert!(!receipt.json::<Receipt>().duplicate, "{receipt}");
     let url = format!("sqlite://{}?mode=ro", gw.db_path().display());
     let pool = sqlx::SqlitePool::connect(&url).await.expect("opening the test database");
     let stored = || async {
@@ -251,7 +257,8 @@ async fn raw_payloads_are_emptied_after_their_retention_and_still_deduplicate() 
     assert!(purged.is_some());
     // The row, and so the dedup key, stays: a late redelivery counts nothing.
     let (status, receipt) = gw.e2b(&body).await;
-    assert_eq!((status, receipt["duplicate"].as_bool()), (200, Some(true)), "{receipt}");
+    assert_eq!(status, 200, "{receipt}");
+    assert!(receipt.json::<Receipt>().duplicate, "{receipt}");
     assert_eq!(gw.total("org-p", "sandbox_cpu_core_seconds").await, "4");
     pool.close().await;
 }
@@ -347,8 +354,9 @@ fn unit_kill(i: usize) -> Vec<u8> {
     )
 }
 
-/// POSTs a signed E2B webhook to `base`: its status, or `None` when no
-/// answer came (refused, reset, timed out).
+/// POSTs a signed E2B webhook to `base`: its status and, for a 200, whether
+/// the receipt says duplicate; `None` when no whole answer came (refused,
+/// reset, timed out, cut off).
 async fn post_e2b(client: &reqwest::Client, base: &str, body: &[u8]) -> Option<(u16, bool)> {
     let signature = support::e2b_signature(support::E2B_SECRET, body);
     let response = client
@@ -360,8 +368,9 @@ async fn post_e2b(client: &reqwest::Client, base: &str, body: &[u8]) -> Option<(
         .await
         .ok()?;
     let status = response.status().as_u16();
-    let receipt: serde_json::Value = response.json().await.ok()?;
-    Some((status, receipt["duplicate"] == true))
+    let text = response.text().await.ok()?;
+    let duplicate = status == 200 && serde_json::from_str::<Receipt>(&text).ok()?.duplicate;
+    Some((status, duplicate))
 }
 
 /// Every webhook delivered three times at once: one delivery of each is
@@ -471,8 +480,13 @@ async fn a_plugin_that_keeps_trapping_is_quarantined_and_probed_back() {
             let response = client.post(url).body(body).send().await.expect("POST chaos");
             let retry_after =
                 response.headers().get("retry-after").map(|v| v.to_str().unwrap_or("").to_owned());
-            let status = response.status().as_u16();
-            let answer: serde_json::Value = response.json().await.expect("JSON answer");
+            let (status, answer) = Body::of(response).await;
+            // Every answer is JSON: a receipt, or an error.
+            if status == 200 {
+                answer.json::<Receipt>();
+            } else {
+                answer.json::<ErrorBody>();
+            }
             (status, retry_after, answer, started.elapsed())
         }
     };
@@ -482,7 +496,7 @@ async fn a_plugin_that_keeps_trapping_is_quarantined_and_probed_back() {
     }
     let (status, retry_after, answer, took) = chaos("loop").await;
     assert_eq!(status, 503, "{answer}");
-    assert_eq!(answer["error"]["code"], "plugin_quarantined", "{answer}");
+    assert_eq!(answer.json::<ErrorBody>().error.code, "plugin_quarantined", "{answer}");
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert!(took < std::time::Duration::from_millis(100), "refused without running: {took:?}");
     // Even a good call waits out the cool-down; e2b is not affected.

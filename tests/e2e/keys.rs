@@ -7,9 +7,12 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use meterd::api::ErrorBody;
+use meterd::api::keys::{CreatedKey, KeyScope, Keys, Revoked};
+use meterd::api::usage::Usage;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{ADMIN_TOKEN, Gateway, Options, e2b_event};
+use support::{ADMIN_TOKEN, Body, Gateway, Options, e2b_event, quantity};
 
 /// Calls the gateway with `token` as the bearer (or none).
 async fn call(
@@ -18,7 +21,7 @@ async fn call(
     path: &str,
     token: Option<&str>,
     body: Option<Value>,
-) -> (u16, Value) {
+) -> (u16, Body) {
     let mut request = gw.client.request(method, gw.url(path));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -26,9 +29,12 @@ async fn call(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    Body::of(request.send().await.expect("request")).await
+}
+
+/// The code of an error answer.
+fn code(body: &Body) -> String {
+    body.json::<ErrorBody>().error.code
 }
 
 /// Runs the CLI against the gateway's config; returns stdout.
@@ -85,8 +91,9 @@ async fn each_scope_reaches_exactly_its_routes_and_revoked_or_wrong_keys_none() 
         call(&gw, Method::POST, "/v1/keys", Some(ADMIN_TOKEN), Some(json!({"admin": true, "label": "ops"})))
             .await;
     assert_eq!(status, 201, "{created}");
-    let admin = created["key"].as_str().unwrap().to_owned();
-    assert_eq!(created["scope"], "admin");
+    let created: CreatedKey = created.json();
+    let admin = created.token;
+    assert_eq!(created.key.scope, KeyScope::Admin);
 
     // Admin: everything.
     for path in [format!("/v1/orgs/org-b/{USAGE}"), "/v1/plugins".to_owned(), "/v1/keys".to_owned()] {
@@ -94,7 +101,8 @@ async fn each_scope_reaches_exactly_its_routes_and_revoked_or_wrong_keys_none() 
     }
     // Tenant on its own org: reads and checks.
     let (status, usage) = call(&gw, Method::GET, &own, Some(&tenant), None).await;
-    assert_eq!((status, usage["total"].as_str()), (200, Some("2")));
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage.json::<Usage>().total, quantity("2"));
     for path in ["/v1/orgs/org-a", "/v1/orgs/org-a/entitlements", "/v1/orgs/org-a/grants"] {
         assert_eq!(call(&gw, Method::GET, path, Some(&tenant), None).await.0, 200, "{path}");
     }
@@ -106,21 +114,21 @@ async fn each_scope_reaches_exactly_its_routes_and_revoked_or_wrong_keys_none() 
     // … but not what only an admin may do to it.
     let (status, body) =
         call(&gw, Method::PUT, "/v1/orgs/org-a", Some(&tenant), Some(json!({"plan": "pro"}))).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert_eq!((status, code(&body).as_str()), (403, "forbidden"), "{body}");
     let grant = json!({"amount": "5", "currency": "USD"});
     assert_eq!(call(&gw, Method::POST, "/v1/orgs/org-a/grants", Some(&tenant), Some(grant)).await.0, 403);
     // Tenant on another org: as if it did not exist (org-b does have usage).
     let (status, body) =
         call(&gw, Method::GET, &format!("/v1/orgs/org-b/{USAGE}"), Some(&tenant), None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    assert_eq!((status, code(&body).as_str()), (404, "not_found"), "{body}");
     let (never, never_body) =
         call(&gw, Method::GET, "/v1/orgs/no-such-org/entitlements", Some(&tenant), None).await;
     let (other, other_body) =
         call(&gw, Method::GET, "/v1/orgs/org-b/entitlements", Some(&tenant), None).await;
     assert_eq!(never, other);
     assert_eq!(
-        never_body["error"]["message"].as_str().map(|m| m.replace("no-such-org", "X")),
-        other_body["error"]["message"].as_str().map(|m| m.replace("org-b", "X")),
+        never_body.json::<ErrorBody>().error.message.replace("no-such-org", "X"),
+        other_body.json::<ErrorBody>().error.message.replace("org-b", "X"),
         "an org outside the scope looks exactly like one that does not exist"
     );
     assert_eq!(call(&gw, Method::POST, "/v1/orgs/org-b/check", Some(&tenant), Some(check)).await.0, 404);
@@ -137,14 +145,14 @@ async fn each_scope_reaches_exactly_its_routes_and_revoked_or_wrong_keys_none() 
     let forged = format!("{}{}", &tenant[..16], "0".repeat(64));
     for wrong in [forged.as_str(), "mk_0123_abcd", "not-a-key", "e2e-admin-token-0123456788"] {
         let (status, body) = call(&gw, Method::GET, &own, Some(wrong), None).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{wrong}: {body}");
+        assert_eq!((status, code(&body).as_str()), (401, "unauthorized"), "{wrong}: {body}");
     }
 
     // Listings never show a secret.
     let (_, listed) = call(&gw, Method::GET, "/v1/keys", Some(&admin), None).await;
-    let text = listed.to_string();
+    let text = listed.text();
     assert!(!text.contains(&tenant[16..]) && !text.contains(&admin[16..]), "a secret leaked: {text}");
-    assert_eq!(listed["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(listed.json::<Keys>().keys.len(), 2);
     assert!(cli(&gw, &["keys", "list"]).contains("acme dashboard"));
 
     // Revoked over HTTP: refused at once.
@@ -152,6 +160,7 @@ async fn each_scope_reaches_exactly_its_routes_and_revoked_or_wrong_keys_none() 
     let (status, revoked) =
         call(&gw, Method::DELETE, &format!("/v1/keys/{tenant_id}"), Some(&admin), None).await;
     assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked.json::<Revoked>().id, tenant_id);
     assert_eq!(call(&gw, Method::GET, &own, Some(&tenant), None).await.0, 401);
     assert_eq!(call(&gw, Method::DELETE, &format!("/v1/keys/{tenant_id}"), Some(&admin), None).await.0, 404);
     // Revoked with the CLI: refused within the refresh.
@@ -179,7 +188,7 @@ async fn without_an_admin_token_the_first_key_closes_the_open_loopback_api() {
     let (status, body) =
         call(&gw, Method::POST, "/v1/keys", None, Some(json!({"orgs": ["org-a"], "admin": false}))).await;
     assert_eq!(status, 201, "{body}");
-    let tenant = body["key"].as_str().unwrap().to_owned();
+    let tenant = body.json::<CreatedKey>().token;
     assert_eq!(call(&gw, Method::GET, &path, None, None).await.0, 401, "closed once a key exists");
     assert_eq!(call(&gw, Method::GET, &path, Some(&tenant), None).await.0, 200);
     let output = support::meterd_command()
@@ -187,14 +196,14 @@ async fn without_an_admin_token_the_first_key_closes_the_open_loopback_api() {
         .arg(gw.config_path())
         .args(["keys", "create", "--admin", "--org", "org-a"])
         .output()
-        .unwrap();
+        .expect("running meterd");
     assert_eq!(output.status.code(), Some(2), "--admin and --org conflict");
     let output = support::meterd_command()
         .arg("--config")
         .arg(gw.config_path())
         .args(["keys", "revoke", "nope"])
         .output()
-        .unwrap();
+        .expect("running meterd");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no active key \"nope\""));
 }

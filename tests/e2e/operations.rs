@@ -4,7 +4,10 @@
 
 use crate::support;
 
-use support::{ADMIN_TOKEN, Gateway, Options, component, meterd_command};
+use meterd::api::ErrorBody;
+use meterd::api::ops::Plugins;
+use meterd::api::usage::Usage;
+use support::{ADMIN_TOKEN, Body, Gateway, Options, component, meterd_command};
 
 fn meterd(args: &[&str], dir: &std::path::Path) -> std::process::Output {
     meterd_command().args(args).current_dir(dir).env("METERD_LOG", "error").output().expect("running meterd")
@@ -75,14 +78,13 @@ async fn admin_token_guards_the_org_routes_but_not_ingest_or_health() {
         if let Some(value) = auth {
             request = request.header("authorization", value);
         }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 401, "{auth:?}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "unauthorized");
+        let (status, body) = Body::of(request.send().await.expect("GET usage")).await;
+        assert_eq!(status, 401, "{auth:?}");
+        assert_eq!(body.json::<ErrorBody>().error.code, "unauthorized");
     }
     let (status, body) = gw.get("/v1/orgs/acme/usage?meter=sandbox_cpu_core_seconds").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["total"], "0");
+    assert_eq!(body.json::<Usage>().total.0, "0");
     for path in ["/healthz", "/readyz"] {
         assert_eq!(gw.client.get(gw.url(path)).send().await.unwrap().status().as_u16(), 200, "{path}");
     }
@@ -110,22 +112,24 @@ async fn usage_query_errors_are_400_with_a_reason() {
     for (path, expected) in cases {
         let (status, body) = gw.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
+        let message = body.json::<ErrorBody>().error.message;
         assert!(message.contains(expected), "{path}: {message:?} should mention {expected:?}");
     }
     // The default range is the current calendar month.
     let (status, body) = gw.get("/v1/orgs/a/usage?meter=sandbox_cpu_core_seconds").await;
     assert_eq!(status, 200);
-    assert!(body["from"].as_str().unwrap().ends_with("-01T00:00:00Z"), "{body}");
-    assert_eq!(body["windows"].as_array().unwrap().len(), 1);
+    let usage: Usage = body.json();
+    assert!(usage.from.0.ends_with("-01T00:00:00Z"), "{body}");
+    assert_eq!(usage.windows.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarts_load_compiled_components_from_the_cache_and_shutdown_is_clean() {
     let mut gw = Gateway::start(Options::default());
-    let (_, first) = gw.get("/v1/plugins").await;
-    assert_eq!(first["plugins"][0]["name"], "e2b");
-    assert_eq!(first["plugins"][0]["compiled_from_cache"], false, "{first}");
+    let (_, body) = gw.get("/v1/plugins").await;
+    let first = body.json::<Plugins>().plugins.into_iter().next().expect("a plugin");
+    assert_eq!(first.name, "e2b");
+    assert!(!first.compiled_from_cache, "{body}");
     let cached: Vec<_> =
         std::fs::read_dir(gw.dir.path().join("cache")).unwrap().filter_map(|e| e.ok()).collect();
     assert_eq!(cached.len(), 1, "one compiled artifact");
@@ -133,9 +137,10 @@ async fn restarts_load_compiled_components_from_the_cache_and_shutdown_is_clean(
     let status = gw.stop();
     assert!(status.success(), "SIGTERM gives a clean exit: {status}");
     gw.restart_after_kill9();
-    let (_, second) = gw.get("/v1/plugins").await;
-    assert_eq!(second["plugins"][0]["compiled_from_cache"], true, "{second}");
-    assert_eq!(second["plugins"][0]["hash"], first["plugins"][0]["hash"]);
+    let (_, body) = gw.get("/v1/plugins").await;
+    let second = body.json::<Plugins>().plugins.into_iter().next().expect("a plugin");
+    assert!(second.compiled_from_cache, "{body}");
+    assert_eq!(second.hash, first.hash);
 
     // A corrupt cache entry is recompiled, not trusted.
     gw.kill9();
@@ -143,8 +148,8 @@ async fn restarts_load_compiled_components_from_the_cache_and_shutdown_is_clean(
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }
     gw.restart_after_kill9();
-    let (_, third) = gw.get("/v1/plugins").await;
-    assert_eq!(third["plugins"][0]["compiled_from_cache"], false, "{third}");
+    let (_, body) = gw.get("/v1/plugins").await;
+    assert!(!body.json::<Plugins>().plugins[0].compiled_from_cache, "{body}");
     let body =
         support::e2b_event("c1", "killed", "2025-08-10T12:00:00Z", "sbx", "org-c", Some((1, 1024, 1000)));
     assert_eq!(gw.e2b(&body).await.0, 200);

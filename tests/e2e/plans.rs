@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use chrono::{SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
+use meterd::api::ErrorBody;
+use meterd::api::orgs::{
+    AssignedOrg, CheckAnswer, Concurrency, Enforcement, Entitlements, Grant, GrantStatus, MeterEntitlement,
+    Org, OrgCredits, Reason,
+};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use support::{Gateway, Options, e2b_event};
+use support::{Gateway, Options, e2b_event, quantity as q};
 
 /// A test plan with small limits, and fast notification retries.
 const PLANS: &str = r#"
@@ -37,24 +42,33 @@ fn ago(seconds_ago: i64) -> String {
     (Utc::now() - chrono::Duration::seconds(seconds_ago)).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-async fn check(gw: &Gateway, org: &str, body: Value) -> Value {
+async fn check(gw: &Gateway, org: &str, body: Value) -> CheckAnswer {
     let (status, answer) = gw.post_json(&format!("/v1/orgs/{org}/check"), &body).await;
     assert_eq!(status, 200, "check {body}: {answer}");
-    answer
+    answer.json()
 }
 
-fn codes(decision: &Value, field: &str) -> Vec<String> {
-    decision[field].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap().to_owned()).collect()
+fn codes(reasons: &[Reason]) -> Vec<String> {
+    reasons.iter().map(|r| r.code.clone()).collect()
 }
 
-async fn entitlements(gw: &Gateway, org: &str) -> Value {
+async fn entitlements(gw: &Gateway, org: &str) -> Entitlements {
     let (status, e) = gw.get(&format!("/v1/orgs/{org}/entitlements")).await;
     assert_eq!(status, 200, "{e}");
-    e
+    e.json()
 }
 
-fn meter<'a>(entitlements: &'a Value, name: &str) -> &'a Value {
-    entitlements["meters"].as_array().unwrap().iter().find(|m| m["meter"] == name).unwrap()
+fn meter<'a>(entitlements: &'a Entitlements, name: &str) -> &'a MeterEntitlement {
+    entitlements
+        .meters
+        .iter()
+        .find(|m| m.meter == name)
+        .unwrap_or_else(|| panic!("no {name}: {entitlements:?}"))
+}
+
+/// The message of an error answer.
+fn error_message(answer: &support::Body) -> String {
+    answer.json::<ErrorBody>().error.message
 }
 
 async fn ingest_ok(gw: &Gateway, body: &[u8]) {
@@ -65,36 +79,39 @@ async fn ingest_ok(gw: &Gateway, body: &[u8]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn plans_are_assigned_persisted_and_refused_when_unknown() {
     let mut gw = gateway(String::new());
-    let (status, org) = gw.get("/v1/orgs/acme").await;
-    assert_eq!(status, 200, "{org}");
-    assert_eq!((org["plan"].as_str(), org["assigned"].as_bool()), (Some("hobby"), Some(false)));
-    assert!(org["period"]["start"].as_str().unwrap().ends_with("-01T00:00:00Z"), "{org}");
+    let (status, body) = gw.get("/v1/orgs/acme").await;
+    assert_eq!(status, 200, "{body}");
+    let org: Org = body.json();
+    assert_eq!((org.plan.as_str(), org.assigned), ("hobby", false));
+    assert!(org.period.start.0.ends_with("-01T00:00:00Z"), "{body}");
 
-    let (status, put) = gw.put_json("/v1/orgs/acme", &json!({"plan": "pro"})).await;
-    assert_eq!(status, 200, "{put}");
-    assert_eq!(put["plan"], "pro");
+    let (status, body) = gw.put_json("/v1/orgs/acme", &json!({"plan": "pro"})).await;
+    assert_eq!(status, 200, "{body}");
+    let put: AssignedOrg = body.json();
+    assert_eq!(put.org.plan, "pro");
     // Leaving the default plan keeps its credit (from the start) and adds pro's.
-    let sources: Vec<&str> =
-        put["granted"].as_array().unwrap().iter().map(|g| g["source"].as_str().unwrap()).collect();
-    assert_eq!(sources, ["plan:hobby", "plan:pro"], "{put}");
+    let sources: Vec<&str> = put.granted.iter().map(|g| g.source.as_str()).collect();
+    assert_eq!(sources, ["plan:hobby", "plan:pro"], "{body}");
 
     // Back and forth: no plan's credit is granted twice.
     gw.put_json("/v1/orgs/acme", &json!({"plan": "hobby"})).await;
-    let (_, again) = gw.put_json("/v1/orgs/acme", &json!({"plan": "pro"})).await;
-    assert_eq!(again["granted"], json!([]), "{again}");
+    let (_, body) = gw.put_json("/v1/orgs/acme", &json!({"plan": "pro"})).await;
+    assert!(body.json::<AssignedOrg>().granted.is_empty(), "{body}");
 
     let (status, bad) = gw.put_json("/v1/orgs/acme", &json!({"plan": "platinum"})).await;
     assert_eq!(status, 400, "{bad}");
-    let message = bad["error"]["message"].as_str().unwrap();
+    let message = error_message(&bad);
     assert!(message.contains("platinum") && message.contains("enterprise"), "{message}");
     let (status, bad) = gw.put_json("/v1/orgs/acme", &json!({"plan": 7})).await;
     assert_eq!(status, 400, "{bad}");
 
     gw.restart();
-    let (_, org) = gw.get("/v1/orgs/acme").await;
-    assert_eq!((org["plan"].as_str(), org["assigned"].as_bool()), (Some("pro"), Some(true)), "{org}");
-    let (_, grants) = gw.get("/v1/orgs/acme/grants").await;
-    assert_eq!(grants["balance"], "200", "two $100 plan credits, nothing spent: {grants}");
+    let (_, body) = gw.get("/v1/orgs/acme").await;
+    let org: Org = body.json();
+    assert_eq!((org.plan.as_str(), org.assigned), ("pro", true), "{body}");
+    let (_, body) = gw.get("/v1/orgs/acme/grants").await;
+    let grants: OrgCredits = body.json();
+    assert_eq!(grants.credits.balance, q("200"), "two $100 plan credits, nothing spent: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,48 +123,39 @@ async fn a_hard_quota_denies_at_the_exact_boundary_and_a_soft_one_never_does() {
 
     let cpu = |quantity: &str| json!({"meter": "sandbox_cpu_core_seconds", "quantity": quantity});
     let d = check(&gw, "q", cpu("5")).await;
-    assert_eq!(d["allow"], true, "5 used + 5 = 10 is within the quota: {d}");
+    assert!(d.allow, "5 used + 5 = 10 is within the quota: {d:?}");
     let d = check(&gw, "q", cpu("5.000001")).await;
-    assert_eq!(
-        (d["allow"].as_bool(), codes(&d, "reasons")),
-        (Some(false), vec!["quota_would_exceed".to_owned()])
-    );
+    assert_eq!((d.allow, codes(&d.reasons)), (false, vec!["quota_would_exceed".to_owned()]));
     let d = check(&gw, "q", json!({"action": "sandbox.start", "vcpu": 2, "memory_mb": 512})).await;
-    assert_eq!(d["allow"], true, "{d}");
+    assert!(d.allow, "{d:?}");
 
     // Exactly at the quota: used == quota denies everything that consumes it.
     ingest_ok(&gw, &e2b_event("q-2", "killed", &ago(20), "sbx-2", "q", Some((2, 1024, 2_500)))).await;
     let d = check(&gw, "q", cpu("0")).await;
-    assert_eq!(codes(&d, "reasons"), ["quota_exhausted"], "{d}");
-    assert_eq!(d["allow"], false);
+    assert_eq!(codes(&d.reasons), ["quota_exhausted"], "{d:?}");
+    assert!(!d.allow);
     let d = check(&gw, "q", json!({"action": "sandbox.start"})).await;
-    assert_eq!(
-        (d["allow"].as_bool(), codes(&d, "reasons")),
-        (Some(false), vec!["quota_exhausted".to_owned()])
-    );
-    assert_eq!(d["reasons"][0]["limit"], "sandbox_cpu_core_seconds", "{d}");
+    assert_eq!((d.allow, codes(&d.reasons)), (false, vec!["quota_exhausted".to_owned()]));
+    assert_eq!(d.reasons[0].limit, "sandbox_cpu_core_seconds", "{d:?}");
 
     // The soft RAM quota (1 GiB-s) is long past: a warning, never a denial.
     let d = check(&gw, "q", json!({"meter": "sandbox_ram_gibi_seconds", "quantity": "100"})).await;
-    assert_eq!(
-        (d["allow"].as_bool(), codes(&d, "warnings")),
-        (Some(true), vec!["soft_quota_exceeded".to_owned()])
-    );
+    assert_eq!((d.allow, codes(&d.warnings)), (true, vec!["soft_quota_exceeded".to_owned()]));
 
     let e = entitlements(&gw, "q").await;
     let cpu = meter(&e, "sandbox_cpu_core_seconds");
     assert_eq!(
-        (cpu["used"].as_str(), cpu["quota"].as_str(), cpu["remaining"].as_str(), cpu["has_access"].as_bool()),
-        (Some("10"), Some("10"), Some("0"), Some(false)),
-        "{cpu}"
+        (&cpu.used, &cpu.quota, &cpu.remaining, cpu.has_access),
+        (&q("10"), &Some(q("10")), &Some(q("0")), false),
+        "{cpu:?}"
     );
     let ram = meter(&e, "sandbox_ram_gibi_seconds");
-    assert_eq!((ram["used"].as_str(), ram["has_access"].as_bool()), (Some("5"), Some(true)), "{ram}");
-    assert_eq!(ram["enforcement"], "soft");
+    assert_eq!((&ram.used, ram.has_access), (&q("5"), true), "{ram:?}");
+    assert_eq!(ram.enforcement, Some(Enforcement::Soft));
 
     // A redelivery changes nothing; bad requests are 400s that say why.
     ingest_ok(&gw, &e2b_event("q-2", "killed", &ago(20), "sbx-2", "q", Some((2, 1024, 2_500)))).await;
-    assert_eq!(meter(&entitlements(&gw, "q").await, "sandbox_cpu_core_seconds")["used"], "10");
+    assert_eq!(meter(&entitlements(&gw, "q").await, "sandbox_cpu_core_seconds").used, q("10"));
     for (body, says) in [
         (json!({"meter": "nope", "quantity": "1"}), "unknown meter"),
         (json!({"meter": "sandbox_cpu_core_seconds", "quantity": "-1"}), "negative"),
@@ -157,7 +165,7 @@ async fn a_hard_quota_denies_at_the_exact_boundary_and_a_soft_one_never_does() {
     ] {
         let (status, answer) = gw.post_json("/v1/orgs/q/check", &body).await;
         assert_eq!(status, 400, "{body}: {answer}");
-        assert!(answer["error"]["message"].as_str().unwrap().contains(says), "{body}: {answer}");
+        assert!(error_message(&answer).contains(says), "{body}: {answer}");
     }
 }
 
@@ -179,20 +187,17 @@ async fn concurrency_follows_lifecycle_webhooks_in_any_order() {
         ingest_ok(&gw, &e2b_event(id, kind, &ago(seconds_ago), sandbox, "c", None)).await;
     }
     let e = entitlements(&gw, "c").await;
-    assert_eq!(e["concurrency"], json!({"running": 2, "limit": 2, "has_access": false}), "{e}");
+    assert_eq!(e.concurrency, Concurrency { running: 2, limit: Some(2), has_access: false }, "{e:?}");
     let d = check(&gw, "c", json!({"action": "sandbox.start", "vcpu": 2})).await;
-    assert_eq!(
-        (d["allow"].as_bool(), codes(&d, "reasons")),
-        (Some(false), vec!["concurrency_limit".to_owned()])
-    );
-    assert_eq!(d["reasons"][0]["limit"], "max_concurrent_sandboxes");
+    assert_eq!((d.allow, codes(&d.reasons)), (false, vec!["concurrency_limit".to_owned()]));
+    assert_eq!(d.reasons[0].limit, "max_concurrent_sandboxes");
 
     ingest_ok(&gw, &e2b_event("b-killed", "killed", &ago(5), "b", "c", None)).await;
     let d = check(&gw, "c", json!({"action": "sandbox.start"})).await;
-    assert_eq!(d["allow"], true, "{d}");
+    assert!(d.allow, "{d:?}");
     // The default plan (hobby) allows 20.
     let d = check(&gw, "other-org", json!({"action": "sandbox.start"})).await;
-    assert_eq!(d["allow"], true, "{d}");
+    assert!(d.allow, "{d:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -208,8 +213,11 @@ async fn spend_and_balance_equal_the_hand_computed_values() {
         .post_json(&format!("/v1/orgs/{org}/grants"), &grant("0.5", Some("2025-08-15T00:00:00Z"), 10))
         .await;
     assert_eq!(status, 201, "{g1}");
+    let g1: Grant = g1.json();
     let (status, g2) = gw.post_json(&format!("/v1/orgs/{org}/grants"), &grant("0.2", None, 60)).await;
     assert_eq!(status, 201, "{g2}");
+    let g2: Grant = g2.json();
+    assert_eq!((&g1.amount, &g2.amount), (&q("0.5"), &q("0.2")));
 
     // Before G1 expires: 8 vCPU, 4096 MiB for 10 h → 288,000 vCPU-s × 0.000014
     // = 4.032 and 144,000 GiB-s × 0.0000045 = 0.648: $4.68. Burns G1 (priority
@@ -227,34 +235,31 @@ async fn spend_and_balance_equal_the_hand_computed_values() {
     )
     .await;
 
-    let (status, c) = gw.get(&format!("/v1/orgs/{org}/grants")).await;
-    assert_eq!(status, 200, "{c}");
-    assert_eq!(c["spend"], "4.7889", "{c}");
-    assert_eq!(c["uncovered"], "0", "{c}");
+    let (status, body) = gw.get(&format!("/v1/orgs/{org}/grants")).await;
+    assert_eq!(status, 200, "{body}");
+    let c = body.json::<OrgCredits>().credits;
+    assert_eq!(c.spend, q("4.7889"), "{body}");
+    assert_eq!(c.uncovered, q("0"), "{body}");
     // 100 − 4.18 − 0.1089 = 95.7111, plus G2's untouched 0.2.
-    assert_eq!(c["balance"], "95.9111", "{c}");
-    let by_source: BTreeMap<String, (String, String, String)> = c["grants"]
-        .as_array()
-        .unwrap()
+    assert_eq!(c.balance, q("95.9111"), "{body}");
+    let by_source: BTreeMap<String, (String, String, GrantStatus)> = c
+        .grants
         .iter()
         .map(|g| {
-            let key = format!("{}:{}", g["source"].as_str().unwrap(), g["amount"].as_str().unwrap());
-            let fields = ["used", "remaining", "status"].map(|f| g[f].as_str().unwrap().to_owned());
-            (key, (fields[0].clone(), fields[1].clone(), fields[2].clone()))
+            let key = format!("{}:{}", g.grant.source, g.grant.amount);
+            (key, (g.used.to_string(), g.remaining.to_string(), g.status))
         })
         .collect();
-    let expect = |used: &str, remaining: &str, status: &str| {
-        (used.to_owned(), remaining.to_owned(), status.to_owned())
-    };
-    assert_eq!(by_source["api:0.5"], expect("0.5", "0", "expired"), "{c}");
-    assert_eq!(by_source["plan:hobby:100"], expect("4.2889", "95.7111", "active"), "{c}");
-    assert_eq!(by_source["api:0.2"], expect("0", "0.2", "active"), "{c}");
+    let expect =
+        |used: &str, remaining: &str, status: GrantStatus| (used.to_owned(), remaining.to_owned(), status);
+    assert_eq!(by_source["api:0.5"], expect("0.5", "0", GrantStatus::Expired), "{body}");
+    assert_eq!(by_source["plan:hobby:100"], expect("4.2889", "95.7111", GrantStatus::Active), "{body}");
+    assert_eq!(by_source["api:0.2"], expect("0", "0.2", GrantStatus::Active), "{body}");
     // The order grants burn in: priority first.
-    let order: Vec<&str> =
-        c["grants"].as_array().unwrap().iter().map(|g| g["amount"].as_str().unwrap()).collect();
+    let order: Vec<&str> = c.grants.iter().map(|g| g.grant.amount.0.as_str()).collect();
     assert_eq!(order, ["0.5", "100", "0.2"]);
     // Entitlements carry the same credit numbers.
-    assert_eq!(entitlements(&gw, org).await["credits"]["balance"], "95.9111");
+    assert_eq!(entitlements(&gw, org).await.credits.balance, q("95.9111"));
 
     for (body, says) in [
         (json!({"amount": "1", "currency": "EUR"}), "currency"),
@@ -268,12 +273,14 @@ async fn spend_and_balance_equal_the_hand_computed_values() {
     ] {
         let (status, answer) = gw.post_json(&format!("/v1/orgs/{org}/grants"), &body).await;
         assert_eq!(status, 400, "{body}: {answer}");
-        assert!(answer["error"]["message"].as_str().unwrap().contains(says), "{body}: {answer}");
+        assert!(error_message(&answer).contains(says), "{body}: {answer}");
     }
 }
 
 /// A local webhook receiver that verifies every signature and can be
-/// switched down (answers 503).
+/// switched down (answers 503). The notices it gets are read as JSON by
+/// key: they are the gateway's outgoing webhooks, not API answers, and
+/// `meterd::api` has no type for them.
 #[derive(Default)]
 struct Receiver {
     up: std::sync::atomic::AtomicBool,
@@ -403,12 +410,12 @@ async fn thresholds_notify_once_signed_and_survive_a_down_receiver_and_a_restart
     );
     receiver.wait_for("n1|concurrency:2").await;
     let e = entitlements(&gw, "n1").await;
-    assert_eq!(e["sessions"]["limit_seconds"], 60, "{e}");
-    let over = e["sessions"]["over_limit"].as_array().unwrap();
-    assert_eq!(over.len(), 1, "only sbx-long runs longer than 60 s: {e}");
-    assert_eq!((over[0]["sandbox"].as_str(), over[0]["ended_at"].is_null()), (Some("sbx-long"), true), "{e}");
-    let seconds: f64 = over[0]["seconds"].as_str().unwrap().parse().unwrap();
-    assert!((120.0..180.0).contains(&seconds), "running for about 120 s: {e}");
+    assert_eq!(e.sessions.limit_seconds, Some(60), "{e:?}");
+    let over = &e.sessions.over_limit;
+    assert_eq!(over.len(), 1, "only sbx-long runs longer than 60 s: {e:?}");
+    assert_eq!((over[0].sandbox.as_str(), over[0].ended_at.is_none()), ("sbx-long", true), "{e:?}");
+    let seconds: f64 = over[0].seconds.0.parse().expect("seconds are a decimal");
+    assert!((120.0..180.0).contains(&seconds), "running for about 120 s: {e:?}");
     // n1 has the hobby credit (from the start) and metered's $5: $105, less
     // 10 vCPU-s × 0.000014 = 0.00014 and 7,500 MiB·ms of RAM
     // (0.00732421875 GiB-s × 0.0000045): 104.999859967041015625 < 104.9999.
@@ -498,10 +505,10 @@ async fn a_session_spanning_the_month_start_keeps_its_start_across_a_restart() {
     .await;
     for round in ["before", "after"] {
         let e = entitlements(&gw, "s").await;
-        let over = e["sessions"]["over_limit"].as_array().unwrap();
-        assert_eq!(over.len(), 1, "{round} the restart: {e}");
-        assert_eq!(over[0]["started_at"], rfc(started).replace(".000Z", "Z"), "{round} the restart: {e}");
-        assert_eq!(e["concurrency"]["running"], 1, "{round} the restart: {e}");
+        let over = &e.sessions.over_limit;
+        assert_eq!(over.len(), 1, "{round} the restart: {e:?}");
+        assert_eq!(over[0].started_at.0, rfc(started).replace(".000Z", "Z"), "{round} the restart: {e:?}");
+        assert_eq!(e.concurrency.running, 1, "{round} the restart: {e:?}");
         gw.restart();
     }
 }

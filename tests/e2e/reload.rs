@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use meterd::api::ops::{Plugin, Plugins, Reload};
+use meterd::api::orgs::CheckAnswer;
+use serde_json::json;
 use support::{Gateway, Options, e2b_event};
 
 /// Webhooks sent continuously by a few clients until stopped.
@@ -105,31 +107,36 @@ fn replace_atomically(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-async fn plugins(gw: &Gateway) -> Value {
+async fn plugins(gw: &Gateway) -> Plugins {
     let (status, body) = gw.get("/v1/plugins").await;
     assert_eq!(status, 200, "{body}");
-    body
+    body.json()
 }
 
-fn plugin<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["plugins"].as_array()?.iter().find(|p| p["name"] == name)
+fn plugin<'a>(status: &'a Plugins, name: &str) -> Option<&'a Plugin> {
+    status.plugins.iter().find(|p| p.name == name)
+}
+
+/// Hot reload's part of the status (there once the gateway serves).
+fn reload(status: &Plugins) -> &Reload {
+    status.reload.as_ref().unwrap_or_else(|| panic!("no reload status: {status:#?}"))
 }
 
 /// Polls `/v1/plugins` until `check` holds; returns how long it took.
-async fn wait_for(gw: &Gateway, what: &str, check: impl Fn(&Value) -> bool) -> Duration {
+async fn wait_for(gw: &Gateway, what: &str, check: impl Fn(&Plugins) -> bool) -> Duration {
     let start = Instant::now();
     loop {
         let status = plugins(gw).await;
         if check(&status) {
             return start.elapsed();
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "never saw {what}: {status:#}");
+        assert!(start.elapsed() < Duration::from_secs(30), "never saw {what}: {status:#?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-fn version_is(status: &Value, version: &str) -> bool {
-    plugin(status, "e2b").is_some_and(|p| p["version"] == version)
+fn version_is(status: &Plugins, version: &str) -> bool {
+    plugin(status, "e2b").is_some_and(|p| p.version == version)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,9 +147,10 @@ async fn plugins_are_swapped_refused_added_and_removed_under_load_without_a_fail
     let original = std::fs::read(&e2b_file).unwrap();
     let rebuilt = std::fs::read(meterd_plugin_build::test_component("e2b").unwrap()).unwrap();
     let status = plugins(&gw).await;
-    assert_eq!(status["reload"]["watching"], true, "{status}");
-    let old_version = plugin(&status, "e2b").unwrap()["version"].as_str().unwrap().to_owned();
-    assert_eq!(plugin(&status, "e2b").unwrap()["wit_version"], "0.1.0");
+    assert!(reload(&status).watching, "{status:?}");
+    let e2b = plugin(&status, "e2b").expect("e2b loaded");
+    let old_version = e2b.version.clone();
+    assert_eq!(e2b.wit_version, "0.1.0");
 
     let load = Load::start(&gw, 8);
     load.wait_for_progress(50).await;
@@ -165,25 +173,24 @@ async fn plugins_are_swapped_refused_added_and_removed_under_load_without_a_fail
     ] {
         // Plain writes (truncate, then write): the watcher may see the file
         // half-written; it must never load it.
-        let refusals = plugins(&gw).await["reload"]["plugin_reload_failures"].as_u64().unwrap();
+        let refusals = reload(&plugins(&gw).await).plugin_reload_failures;
         std::fs::write(&e2b_file, bytes).unwrap();
         wait_for(&gw, says, |s| {
-            s["reload"]["plugin_reload_failures"].as_u64().unwrap() > refusals
-                && plugin(s, "e2b").is_some_and(|p| {
-                    p["last_reload_error"]["error"].as_str().is_some_and(|e| e.contains(says))
-                })
+            reload(s).plugin_reload_failures > refusals
+                && plugin(s, "e2b")
+                    .is_some_and(|p| p.last_reload_error.as_ref().is_some_and(|e| e.error.contains(says)))
         })
         .await;
         let status = plugins(&gw).await;
-        assert!(version_is(&status, "0.1.1-next"), "the rebuilt version still serves: {status:#}");
-        let failure = &status["failures"][0];
-        assert!(failure["file"].as_str().unwrap().ends_with("e2b.wasm"), "{status:#}");
+        assert!(version_is(&status, "0.1.1-next"), "the rebuilt version still serves: {status:#?}");
+        let failure = status.failures.first().unwrap_or_else(|| panic!("a failure: {status:#?}"));
+        assert!(failure.file.ends_with("e2b.wasm"), "{status:#?}");
         load.wait_for_progress(20).await;
     }
-    let error = plugin(&plugins(&gw).await, "e2b").unwrap()["last_reload_error"]["error"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let error = plugin(&plugins(&gw).await, "e2b")
+        .and_then(|p| p.last_reload_error.clone())
+        .expect("e2b's last reload error")
+        .error;
     assert!(error.contains("accepts meterd:provider@0.1.x"), "names both versions: {error}");
     // The CLI shows the same from the running gateway, and exits 1.
     let listed = support::meterd_command()
@@ -202,7 +209,7 @@ async fn plugins_are_swapped_refused_added_and_removed_under_load_without_a_fail
     // The original comes back: it serves and the error is gone.
     std::fs::write(&e2b_file, &original).unwrap();
     wait_for(&gw, "the original e2b back", |s| {
-        version_is(s, &old_version) && plugin(s, "e2b").is_some_and(|p| p["last_reload_error"].is_null())
+        version_is(s, &old_version) && plugin(s, "e2b").is_some_and(|p| p.last_reload_error.is_none())
     })
     .await;
 
@@ -223,7 +230,7 @@ async fn plugins_are_swapped_refused_added_and_removed_under_load_without_a_fail
     // Every acknowledged webhook was committed, once.
     assert_eq!(gw.count_rows("deliveries").await, acknowledged as i64 + 1, "plus the one chaos call");
     let status = plugins(&gw).await;
-    assert!(status["reload"]["plugin_reload_failures"].as_u64().unwrap() >= 3, "{:#}", status["reload"]);
+    assert!(reload(&status).plugin_reload_failures >= 3, "{:#?}", status.reload);
 }
 
 /// `base` (the config `Gateway::start` wrote, up to its plan) with the
@@ -240,7 +247,7 @@ async fn allows(gw: &Gateway, quantity: &str) -> bool {
         .post_json("/v1/orgs/acme/check", &json!({"meter": "sandbox_cpu_core_seconds", "quantity": quantity}))
         .await;
     assert_eq!(status, 200, "{answer}");
-    answer["allow"].as_bool().unwrap()
+    answer.json::<CheckAnswer>().allow
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -260,7 +267,7 @@ async fn a_valid_config_replaces_the_running_one_and_an_invalid_one_is_refused()
     let valid = config_with_quota(&base, "1000");
     replace_atomically(&path, format!("bogus_key = 1\n{valid}").as_bytes());
     wait_for(&gw, "the config error", |s| {
-        s["reload"]["config"]["last_error"].as_str().is_some_and(|e| e.contains("bogus_key"))
+        reload(s).config.last_error.as_deref().is_some_and(|e| e.contains("bogus_key"))
     })
     .await;
     assert!(!allows(&gw, "500").await, "the old quota still applies");
@@ -271,11 +278,11 @@ async fn a_valid_config_replaces_the_running_one_and_an_invalid_one_is_refused()
     let moved = valid.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
     assert_ne!(moved, valid);
     replace_atomically(&path, moved.as_bytes());
-    wait_for(&gw, "the new config", |s| s["reload"]["config"]["last_error"].is_null()).await;
+    wait_for(&gw, "the new config", |s| reload(s).config.last_error.is_none()).await;
     assert!(allows(&gw, "500").await, "the new quota of 1000 applies");
     let status = plugins(&gw).await;
-    let restart = status["reload"]["config"]["restart_required"].as_array().unwrap();
-    assert!(restart.iter().any(|r| r.as_str().unwrap().starts_with("listen")), "{status:#}");
+    let restart = &reload(&status).config.restart_required;
+    assert!(restart.iter().any(|r| r.starts_with("listen")), "{status:#?}");
 
     // Edited in place (not renamed), as some editors do.
     std::fs::write(&path, config_with_quota(&base, "100")).unwrap();
@@ -294,10 +301,10 @@ async fn a_valid_config_replaces_the_running_one_and_an_invalid_one_is_refused()
 async fn with_no_watch_file_changes_are_left_alone() {
     let gw = Gateway::start(Options { serve_args: vec!["--no-watch"], ..Options::default() });
     let status = plugins(&gw).await;
-    assert_eq!(status["reload"]["watching"], false, "{status}");
-    let old_version = plugin(&status, "e2b").unwrap()["version"].clone();
+    assert!(!reload(&status).watching, "{status:?}");
+    let old_version = plugin(&status, "e2b").expect("e2b loaded").version.clone();
     let rebuilt = std::fs::read(meterd_plugin_build::test_component("e2b").unwrap()).unwrap();
     replace_atomically(&gw.dir.path().join("plugins").join("e2b.wasm"), &rebuilt);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(plugin(&plugins(&gw).await, "e2b").unwrap()["version"], old_version);
+    assert_eq!(plugin(&plugins(&gw).await, "e2b").expect("e2b loaded").version, old_version);
 }

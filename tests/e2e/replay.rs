@@ -15,10 +15,17 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
+use meterd::api::ErrorBody;
+use meterd::api::keys::CreatedKey;
+use meterd::api::ops::Plugins;
+use meterd::api::orgs::Entitlements;
+use meterd::api::replays::{ReplayJob, ReplayState};
+use meterd::api::usage::Usage;
+use meterd::replay::report::{ChangeKind, DeliveryCounts, RecordCounts};
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::postgres::TestDatabase;
-use support::{ADMIN_TOKEN, Gateway, Options, e2b_event, meterd_command};
+use support::{ADMIN_TOKEN, Body, Gateway, Options, e2b_event, meterd_command};
 
 const PLANS: &str = r#"
 [plans.metered.quotas]
@@ -90,14 +97,12 @@ async fn standing(gw: &Gateway) -> Standing {
             let (status, body) =
                 gw.get(&format!("/v1/orgs/{org}/usage?meter={meter}&from={from}&to={to}")).await;
             assert_eq!(status, 200, "{body}");
-            totals.insert((org.to_owned(), meter.to_owned()), q(body["total"].as_str().unwrap()));
+            totals.insert((org.to_owned(), meter.to_owned()), q(&body.json::<Usage>().total.0));
         }
         let (status, e) = gw.get(&format!("/v1/orgs/{org}/entitlements")).await;
         assert_eq!(status, 200, "{e}");
-        for m in e["meters"].as_array().unwrap() {
-            if let Some(u) = m["used"].as_str() {
-                used.insert((org.to_owned(), m["meter"].as_str().unwrap().to_owned()), q(u));
-            }
+        for m in e.json::<Entitlements>().meters {
+            used.insert((org.to_owned(), m.meter), q(&m.used.0));
         }
     }
     Standing { totals, used }
@@ -117,12 +122,20 @@ fn replay(gw: &Gateway, args: &[&str]) -> Output {
         .expect("running meterd replay")
 }
 
-fn replay_json(gw: &Gateway, args: &[&str]) -> Value {
+/// `meterd replay … --json`: the job as the API shows it.
+fn replay_json(gw: &Gateway, args: &[&str]) -> ReplayJob {
     let mut all = args.to_vec();
     all.push("--json");
     let out = replay(gw, &all);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("--json prints the job")
+    Body(String::from_utf8_lossy(&out.stdout).into_owned()).json()
+}
+
+/// A replay job read from an answer (starting one, or `GET /v1/replays/{id}`).
+async fn fetch_job(gw: &Gateway, id: &str) -> ReplayJob {
+    let (status, job) = gw.get(&format!("/v1/replays/{id}")).await;
+    assert_eq!(status, 200, "{job}");
+    job.json()
 }
 
 /// (old, new) of every correction, from the gateway's database.
@@ -150,9 +163,9 @@ fn replace_atomically(path: &Path, bytes: &[u8]) {
 async fn e2b_version(gw: &Gateway) -> String {
     let (status, body) = gw.get("/v1/plugins").await;
     assert_eq!(status, 200, "{body}");
-    let plugins = body["plugins"].as_array().unwrap();
-    let e2b = plugins.iter().find(|p| p["name"] == "e2b").expect("e2b is loaded");
-    e2b["version"].as_str().unwrap().to_owned()
+    let plugins: Plugins = body.json();
+    let e2b = plugins.plugins.into_iter().find(|p| p.name == "e2b").expect("e2b is loaded");
+    e2b.version
 }
 
 async fn replay_after_a_plugin_fix_corrects_exactly_the_meter_it_computed_wrong(db: Option<TestDatabase>) {
@@ -203,34 +216,40 @@ async fn replay_after_a_plugin_fix_corrects_exactly_the_meter_it_computed_wrong(
 
     // A dry run says what would change and changes nothing.
     let dry = replay_json(&gw, &["--plugin", "e2b", "--dry-run"]);
-    let report = &dry["report"];
+    let report = &dry.report;
     let deliveries = (2 * SANDBOXES + OTHER_EVENTS) as u64;
-    assert_eq!((dry["state"].as_str(), dry["dry_run"].as_bool()), (Some("done"), Some(true)), "{dry:#}");
+    assert_eq!((dry.state, dry.dry_run), (ReplayState::Done, true), "{dry:#?}");
+    let sandboxes = SANDBOXES as u64;
     assert_eq!(
-        report["deliveries"],
-        json!({"total": deliveries, "done": deliveries, "changed": SANDBOXES, "unchanged": deliveries - SANDBOXES as u64, "purged": 0, "failed": 0})
+        report.deliveries,
+        DeliveryCounts {
+            total: deliveries,
+            done: deliveries,
+            changed: sandboxes,
+            unchanged: deliveries - sandboxes,
+            purged: 0,
+            failed: 0
+        }
     );
     assert_eq!(
-        report["records"],
-        json!({"corrected": SANDBOXES, "withdrawn": 0, "added": 0, "unchanged": 3 * SANDBOXES, "superseded": 0, "conflicts": 0})
+        report.records,
+        RecordCounts {
+            corrected: sandboxes,
+            withdrawn: 0,
+            added: 0,
+            unchanged: 3 * sandboxes,
+            superseded: 0,
+            conflicts: 0
+        }
     );
-    let by_metric = report["by_metric"].as_array().unwrap();
+    let by_metric = &report.by_metric;
     assert_eq!(by_metric.len(), ORGS.len(), "only RAM changes, in each org: {by_metric:#?}");
     for (m, org) in by_metric.iter().zip(ORGS) {
-        assert_eq!((m["org_id"].as_str(), m["metric"].as_str()), (Some(org), Some(RAM)));
+        assert_eq!((m.org_id.as_str(), m.metric.as_str()), (org, RAM));
         let key = (org.to_owned(), RAM.to_owned());
-        assert_eq!(
-            (q(m["before"].as_str().unwrap()), q(m["after"].as_str().unwrap())),
-            (before.totals[&key], right_ram[org])
-        );
+        assert_eq!((q(&m.before.0), q(&m.after.0)), (before.totals[&key], right_ram[org]));
     }
-    assert!(
-        report["changes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["metric"] == RAM && c["change"] == "corrected")
-    );
+    assert!(report.changes.iter().all(|c| c.metric == RAM && c.change == ChangeKind::Corrected));
     assert_eq!(standing(&gw).await, before, "a dry run writes nothing");
     assert!(corrections(&gw, db.as_ref()).await.is_empty());
 
@@ -278,8 +297,8 @@ async fn replay_after_a_plugin_fix_corrects_exactly_the_meter_it_computed_wrong(
 
     // Again: nothing left to do.
     let again = replay_json(&gw, &["--plugin", "e2b"]);
-    assert_eq!(again["report"]["records"]["corrected"], 0, "{again:#}");
-    assert_eq!(again["report"]["records"]["unchanged"], 4 * SANDBOXES);
+    assert_eq!(again.report.records.corrected, 0, "{again:#?}");
+    assert_eq!(again.report.records.unchanged, 4 * SANDBOXES as u64);
     assert_eq!(corrections(&gw, db.as_ref()).await.len(), SANDBOXES);
 
     // Rebuilt from the database, the standings are the ones kept in memory.
@@ -312,21 +331,21 @@ async fn payloads_emptied_by_retention_are_counted_not_replayed() {
     assert_eq!(gw.e2b(&body).await.0, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, job) = gw.post_json("/v1/replays", &json!({"plugin": "e2b", "dry_run": true})).await;
-        let id = job["id"].as_str().unwrap().to_owned();
+        let (_, started) = gw.post_json("/v1/replays", &json!({"plugin": "e2b", "dry_run": true})).await;
+        let id = started.json::<ReplayJob>().id;
         let job = loop {
-            let (_, job) = gw.get(&format!("/v1/replays/{id}")).await;
-            if job["state"] != "running" {
+            let job = fetch_job(&gw, &id).await;
+            if job.state != ReplayState::Running {
                 break job;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        if job["report"]["deliveries"]["purged"] == 1 {
-            assert_eq!(job["report"]["deliveries"]["done"], 1, "{job:#}");
-            assert_eq!(job["report"]["records"]["unchanged"], 0);
+        if job.report.deliveries.purged == 1 {
+            assert_eq!(job.report.deliveries.done, 1, "{job:#?}");
+            assert_eq!(job.report.records.unchanged, 0);
             break;
         }
-        assert!(Instant::now() < deadline, "the payload was never purged: {job:#}");
+        assert!(Instant::now() < deadline, "the payload was never purged: {job:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -362,13 +381,13 @@ async fn replay_refuses_what_it_cannot_do_with_a_clear_error() {
     assert_eq!(anonymous.status(), 401);
     let (status, created) = gw.post_json("/v1/keys", &json!({"orgs": ["acme"]})).await;
     assert_eq!(status, 201, "{created}");
-    let tenant = created["key"].as_str().unwrap();
+    let tenant = created.json::<CreatedKey>().token;
     let denied =
-        gw.client.post(&url).bearer_auth(tenant).json(&json!({"plugin": "e2b"})).send().await.unwrap();
+        gw.client.post(&url).bearer_auth(&tenant).json(&json!({"plugin": "e2b"})).send().await.unwrap();
     assert_eq!(denied.status(), 403);
     let (status, body) = gw.post_json("/v1/replays", &json!({"plugin": "e2b", "dryrun": true})).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("dryrun"), "{body}");
+    assert!(body.json::<ErrorBody>().error.message.contains("dryrun"), "{body}");
     let (status, body) = gw.get("/v1/replays/rpl_0000000000000000").await;
     assert_eq!(status, 404, "{body}");
 }
@@ -438,9 +457,9 @@ async fn a_payload_the_plugin_now_refuses_is_reported_and_left_as_stored() {
     let body =
         e2b_event("rotated-1", "killed", "2025-08-06T10:00:00Z", "sbx-1", "acme", Some((2, 512, 1500)));
     assert_eq!(gw.e2b(&body).await.0, 200);
-    let loaded_at = |status: Value| {
-        let plugins = status["plugins"].as_array().cloned().unwrap_or_default();
-        plugins.iter().find(|p| p["name"] == "e2b").map(|p| p["loaded_at"].clone())
+    let loaded_at = |status: Body| {
+        let plugins: Plugins = status.json();
+        plugins.plugins.into_iter().find(|p| p.name == "e2b").map(|p| p.loaded_at)
     };
     let before = loaded_at(gw.get("/v1/plugins").await.1);
     let config = std::fs::read_to_string(gw.config_path()).unwrap();
@@ -509,18 +528,18 @@ async fn replays_under_concurrent_ingest_replay_exactly_what_they_counted(db: Op
         tokio::time::sleep(Duration::from_millis(150)).await;
         let (status, job) = gw.post_json("/v1/replays", &json!({"plugin": "e2b", "dry_run": true})).await;
         assert_eq!(status, 202, "{job}");
-        let id = job["id"].as_str().expect("job id").to_owned();
+        let id = job.json::<ReplayJob>().id;
         let job = loop {
-            let (_, job) = gw.get(&format!("/v1/replays/{id}")).await;
-            if job["state"] != "running" {
+            let job = fetch_job(&gw, &id).await;
+            if job.state != ReplayState::Running {
                 break job;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        assert_eq!(job["state"], "done", "{job:#}");
-        let deliveries = &job["report"]["deliveries"];
-        assert_eq!(deliveries["done"], deliveries["total"], "{job:#}");
-        totals.push(deliveries["total"].as_u64().expect("total"));
+        assert_eq!(job.state, ReplayState::Done, "{job:#?}");
+        let deliveries = &job.report.deliveries;
+        assert_eq!(deliveries.done, deliveries.total, "{job:#?}");
+        totals.push(deliveries.total);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut sent = 0;

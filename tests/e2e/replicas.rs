@@ -16,8 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike as _, SecondsFormat, Utc};
+use meterd::api::ops::Poll;
+use meterd::api::orgs::{CheckAnswer, Entitlements};
+use meterd::api::usage::Usage;
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use support::Body;
 use support::daytona::{MINUTE, daytona_section_with, now_minute, start_upstream};
 use support::postgres::TestDatabase;
 use support::{E2B_SECRET, Gateway, Options, e2b_event, e2b_signature};
@@ -184,14 +190,15 @@ fn iso(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-async fn get(client: &reqwest::Client, url: String) -> Value {
+async fn get<T: Serialize + DeserializeOwned>(client: &reqwest::Client, url: String) -> T {
     let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(response.status(), 200, "GET {url}");
-    response.json().await.unwrap()
+    let (status, body) = Body::of(response).await;
+    assert_eq!(status, 200, "GET {url}: {body}");
+    body.json()
 }
 
 /// The poll state of the Daytona target as a replica reports it.
-async fn poll_state(gw: &Gateway) -> Option<Value> {
+async fn poll_state(gw: &Gateway) -> Option<Poll> {
     gw.poll_state("daytona", support::daytona::ORG).await
 }
 
@@ -247,7 +254,7 @@ async fn three_replicas_count_every_event_once_through_a_kill_9_and_hand_over_po
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let state = poll_state(&gateways[0]).await.expect("the Daytona target has a poll state");
-    let holder = state["lease_holder"].as_str().expect("a lease holder").to_owned();
+    let holder = state.lease_holder.expect("a lease holder");
     let victim = gateways
         .iter()
         .position(|g| g.pid().is_some_and(|pid| holder.split(':').nth(1) == Some(&pid.to_string())))
@@ -280,7 +287,7 @@ async fn three_replicas_count_every_event_once_through_a_kill_9_and_hand_over_po
     let month = now_minute() - 40 * 24 * 60 * MINUTE;
     for (org, expected) in expected_cpu.iter().enumerate() {
         for gw in &live {
-            let usage = get(
+            let usage: Usage = get(
                 &client,
                 gw.url(&format!(
                     "/v1/orgs/r-org-{org}/usage?meter=sandbox_cpu_core_seconds&from={}&to={}",
@@ -289,7 +296,7 @@ async fn three_replicas_count_every_event_once_through_a_kill_9_and_hand_over_po
                 )),
             )
             .await;
-            let total: Decimal = usage["total"].as_str().unwrap().parse().unwrap();
+            let total: Decimal = usage.total.0.parse().expect("a decimal total");
             assert_eq!(total, *expected, "org {org} on {}", gw.base);
         }
     }
@@ -298,18 +305,18 @@ async fn three_replicas_count_every_event_once_through_a_kill_9_and_hand_over_po
         let mut views = BTreeMap::new();
         for gw in &live {
             for org in 0..ORGS {
-                let e = get(&client, gw.url(&format!("/v1/orgs/r-org-{org}/entitlements"))).await;
-                let cpu = e["meters"]
-                    .as_array()
-                    .unwrap()
+                let e: Entitlements =
+                    get(&client, gw.url(&format!("/v1/orgs/r-org-{org}/entitlements"))).await;
+                let cpu = e
+                    .meters
                     .iter()
-                    .find(|m| m["meter"] == "sandbox_cpu_core_seconds")
-                    .unwrap()["used"]
-                    .as_str()
-                    .unwrap()
+                    .find(|m| m.meter == "sandbox_cpu_core_seconds")
+                    .expect("the CPU meter")
+                    .used
+                    .0
                     .parse::<Decimal>()
-                    .unwrap();
-                views.insert((gw.base.clone(), org), (cpu, e["concurrency"]["running"].as_u64()));
+                    .expect("a decimal");
+                views.insert((gw.base.clone(), org), (cpu, Some(e.concurrency.running)));
             }
         }
         let right =
@@ -334,8 +341,9 @@ async fn three_replicas_count_every_event_once_through_a_kill_9_and_hand_over_po
                 )
                 .await;
             assert_eq!(status, 200, "{d}");
-            if d["allow"] == false {
-                assert_eq!(d["reasons"][0]["code"], "quota_exhausted", "{d}");
+            let decision: CheckAnswer = d.json();
+            if !decision.allow {
+                assert_eq!(decision.reasons[0].code, "quota_exhausted", "{d}");
                 break;
             }
             assert!(Instant::now() < deadline, "{} never saw the plan change: {d}", gw.base);
@@ -349,16 +357,16 @@ async fn three_replicas_count_every_event_once_through_a_kill_9_and_hand_over_po
     let deadline = Instant::now() + Duration::from_secs(90);
     let state = loop {
         if let Some(s) = poll_state(live[0]).await
-            && s["cursor"].as_str().and_then(|c| c.parse::<i64>().ok()).is_some_and(|c| c >= settled)
+            && s.cursor.as_deref().and_then(|c| c.parse::<i64>().ok()).is_some_and(|c| c >= settled)
         {
             break s;
         }
         assert!(Instant::now() < deadline, "the polls were not taken over and caught up within 90 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let new_holder = state["lease_holder"].as_str().unwrap();
+    let new_holder = state.lease_holder.as_deref().expect("a lease holder");
     assert_ne!(new_holder, holder, "another replica holds the lease");
-    let cursor: i64 = state["cursor"].as_str().unwrap().parse().unwrap();
+    let cursor: i64 = state.cursor.as_deref().and_then(|c| c.parse().ok()).expect("a cursor");
     let (requests, arrived) = {
         let u = upstream.lock().unwrap();
         (u.requests.clone(), u.arrived.clone())
@@ -380,7 +388,7 @@ async fn three_replicas_count_every_event_once_through_a_kill_9_and_hand_over_po
     let takeover = arrived[retaken].duration_since(killed_at);
     eprintln!("poll lease taken over {takeover:?} after the kill (lease {POLL_LEASE_S} s)");
     let minutes = (cursor - start) / MINUTE;
-    let usage = get(
+    let usage: Usage = get(
         &client,
         live[1].url(&format!(
             "/v1/orgs/acme/usage?meter=sandbox_cpu_core_seconds&from={}&to={}",
@@ -389,5 +397,5 @@ async fn three_replicas_count_every_event_once_through_a_kill_9_and_hand_over_po
         )),
     )
     .await;
-    assert_eq!(usage["total"], (60 * minutes).to_string(), "each window counted once");
+    assert_eq!(usage.total.0, (60 * minutes).to_string(), "each window counted once");
 }

@@ -8,6 +8,8 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use meterd::api::ops::Poll;
+use meterd::api::usage::Usage;
 use rust_decimal::Decimal;
 use support::s3::S3Server;
 use support::{Gateway, Options};
@@ -44,7 +46,7 @@ async fn usage(gw: &Gateway, org: &str, meter: &str, from: i64, to: i64) -> Deci
     let (status, body) =
         gw.get(&format!("/v1/orgs/{org}/usage?meter={meter}&from={}&to={}", iso(from), iso(to))).await;
     assert_eq!(status, 200, "{body}");
-    body["total"].as_str().unwrap().parse().unwrap()
+    body.json::<Usage>().total.0.parse().expect("a decimal total")
 }
 
 /// The org's current level of a `latest` meter.
@@ -68,12 +70,7 @@ async fn wait_for(gw: &Gateway, org: &str, meter: &str, expected: u64) {
 }
 
 /// Waits until `check` holds for a target's poll state.
-async fn wait_for_state(
-    gw: &Gateway,
-    target: &str,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+async fn wait_for_state(gw: &Gateway, target: &str, what: &str, check: impl Fn(&Poll) -> bool) -> Poll {
     gw.wait_for_poll_state("s3-storage", target, what, check).await
 }
 
@@ -119,8 +116,8 @@ async fn moto_listings_are_metered_exactly_across_pages_orgs_and_polls() {
     assert_eq!(current(&gw, "globex", "storage_objects").await, Decimal::from(3));
 
     // A missing bucket is a clear poll error and records nothing.
-    let ghost = wait_for_state(&gw, "missing-bucket/", "an error", |s| s["last_error"].is_string()).await;
-    let error = ghost["last_error"].as_str().unwrap();
+    let ghost = wait_for_state(&gw, "missing-bucket/", "an error", |s| s.last_error.is_some()).await;
+    let error = ghost.last_error.as_deref().expect("the last error");
     assert!(error.contains("NoSuchBucket") && error.contains("missing-bucket"), "{error}");
     assert_eq!(current(&gw, "ghost", "storage_bytes").await, Decimal::ZERO);
 
@@ -166,13 +163,13 @@ async fn a_listing_longer_than_one_run_resumes_from_its_saved_point_even_after_k
         [[plugins.s3-storage.targets]]\norg = \"acme\"\nbucket = \"big\"\n";
     let mut gw = gateway(section(&s3, &s3.secret_key, targets));
     let state = wait_for_state(&gw, "big/", "a scan in progress", |s| {
-        s["cursor"].as_str().is_some_and(|c| c.contains("\"scan\""))
+        s.cursor.as_deref().is_some_and(|c| c.contains("\"scan\""))
     })
     .await;
     assert_eq!(
         current(&gw, "acme", "storage_bytes").await,
         Decimal::ZERO,
-        "a partial listing published: {state}"
+        "a partial listing published: {state:?}"
     );
     gw.restart_after_kill9();
     wait_for(&gw, "acme", "storage_bytes", 4_500).await;
@@ -193,12 +190,12 @@ async fn s3s_fs_accepts_our_signatures_and_wrong_credentials_record_nothing() {
     let good = gateway(section(&s3, &s3.secret_key, target));
     wait_for(&good, "acme", "storage_bytes", 1_861).await;
     assert_eq!(current(&good, "acme", "storage_objects").await, Decimal::from(8));
-    let state = good.poll_state("s3-storage", "acme-data/2026/").await.unwrap();
-    assert!(state["last_error"].is_null(), "{state}");
+    let state = good.poll_state("s3-storage", "acme-data/2026/").await.expect("the target's poll state");
+    assert!(state.last_error.is_none(), "{state:?}");
 
     let bad = gateway(section(&s3, "not-the-secret", target));
-    let state = wait_for_state(&bad, "acme-data/2026/", "an error", |s| s["last_error"].is_string()).await;
-    let error = state["last_error"].as_str().unwrap();
+    let state = wait_for_state(&bad, "acme-data/2026/", "an error", |s| s.last_error.is_some()).await;
+    let error = state.last_error.as_deref().expect("the last error");
     assert!(error.contains("refused") && error.contains("acme-data") && error.contains("403"), "{error}");
     assert!(!error.contains("not-the-secret"), "the secret leaked into the error: {error}");
     assert_eq!(bad.count_rows("usage_records").await, 0);

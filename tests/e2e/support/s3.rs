@@ -203,6 +203,7 @@ impl S3Server {
 
     /// Runs `tests/s3/s3ctl.py ARGS` with this server's credentials and
     /// returns its one-line JSON answer; panics with its output on failure.
+    /// (Untyped: the answer is the test script's, no `meterd::api` type.)
     pub fn ctl(&self, args: &[&str]) -> serde_json::Value {
         self.ctl_with_credentials(&self.access_key, &self.secret_key, args)
     }

@@ -1,7 +1,8 @@
 //! What meterd's end-to-end tests, store tests and benchmarks share, so
 //! each exists once: E2B webhook signing, the repository's fixtures, the
-//! plugin components built from `plugins/`, a `meterd serve` process and
-//! its listening line ([`gateway`]), and a PostgreSQL database per test or
+//! plugin components built from `plugins/`, a `meterd serve` process, its
+//! listening line and the e2e tests' `Gateway` with its typed answers
+//! ([`gateway`]), and a PostgreSQL database per test or
 //! run ([`postgres`]). Dev-only: nothing here ships in the gateway.
 
 pub mod gateway;
