@@ -60,7 +60,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,9 +73,13 @@ use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
 
+use meterd::api::Quantity;
+use meterd::api::orgs::{CheckAnswer, Entitlements};
+use meterd::api::usage::Usage as UsageAnswer;
 use meterd::meter::Kind;
 use meterd::meter::period::{Range, month_containing};
 use meterd::orgs::Orgs;
@@ -84,7 +88,7 @@ use meterd::plans::standing::{Effect, Run};
 use meterd::record::UsageRecord;
 use meterd::store::{CommitHook, Delivery, OrgEffect, SqliteStore, Store};
 
-use support::{E2B_SECRET, format_ns, percentile, signal, wait_for_listening};
+use support::{E2B_SECRET, format_ns, percentile, wait_for_listening};
 
 /// The plan every bench org is on: a hard quota far away (so a check
 /// compares real numbers and allows), a soft one, and a concurrency limit
@@ -211,15 +215,7 @@ impl Gateway {
         );
         let config_path = dir.path().join("meterd.toml");
         std::fs::write(&config_path, config).expect("writing the config");
-        let mut child = meterd_testkit::gateway::command(env!("CARGO_BIN_EXE_meterd"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .env("METERD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting meterd");
+        let mut child = support::spawn_meterd(&config_path, dir.path());
         let addr = wait_for_listening(&mut child);
         Self { child, _dir: dir, addr }
     }
@@ -230,15 +226,7 @@ impl Gateway {
 
     /// SIGTERM and wait: a graceful stop drains the commit queue.
     fn stop(mut self) {
-        signal(self.pid(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("meterd did not stop within 30 s of SIGTERM; killing it");
+        support::stop_gracefully(&mut self.child, Duration::from_secs(30));
     }
 }
 
@@ -548,7 +536,7 @@ fn judge(probe: Probe, status: StatusCode, body: &[u8], tally: &mut ProbeTally) 
         tally.answered += 1;
         return;
     };
-    let allow = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v["allow"].as_bool());
+    let allow = serde_json::from_slice::<CheckAnswer>(body).ok().map(|answer| answer.allow);
     match allow {
         Some(allow) if allow == expected => {
             tally.answered += 1;
@@ -1146,7 +1134,12 @@ impl Bench {
     }
 }
 
-async fn get_json(sender: &mut Sender, addr: SocketAddr, uri: &str) -> Result<serde_json::Value, String> {
+/// `GET uri`, its 200 answer read as `T`.
+async fn get_json<T: DeserializeOwned>(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    uri: &str,
+) -> Result<T, String> {
     let (status, body) = exchange(sender, addr, get(&host_header(addr), uri)).await?;
     if status != StatusCode::OK {
         return Err(format!("GET {uri}: {status}: {}", String::from_utf8_lossy(&body)));
@@ -1154,8 +1147,8 @@ async fn get_json(sender: &mut Sender, addr: SocketAddr, uri: &str) -> Result<se
     serde_json::from_slice(&body).map_err(|e| format!("GET {uri}: {e}"))
 }
 
-fn decimal(value: &serde_json::Value) -> Option<Decimal> {
-    value.as_str().and_then(|t| Decimal::from_str(t).ok())
+fn decimal(value: &Quantity) -> Option<Decimal> {
+    Decimal::from_str(&value.0).ok()
 }
 
 async fn verify(addr: SocketAddr, expected: Vec<(Decimal, u64)>, period: Range) -> Vec<String> {
@@ -1164,15 +1157,14 @@ async fn verify(addr: SocketAddr, expected: Vec<(Decimal, u64)>, period: Range) 
     let mut problems = Vec::new();
     for (i, (core_seconds, running)) in expected.into_iter().enumerate() {
         let org = org_name(i);
-        let usage = get_json(&mut sender, addr, &format!("/v1/orgs/{org}/usage?meter={METER}&{range}")).await;
-        let stored = usage.map(|u| decimal(&u["total"]));
-        let entitlements = get_json(&mut sender, addr, &format!("/v1/orgs/{org}/entitlements")).await;
+        let usage: Result<UsageAnswer, _> =
+            get_json(&mut sender, addr, &format!("/v1/orgs/{org}/usage?meter={METER}&{range}")).await;
+        let stored = usage.map(|u| decimal(&u.total));
+        let entitlements: Result<Entitlements, _> =
+            get_json(&mut sender, addr, &format!("/v1/orgs/{org}/entitlements")).await;
         let memory = entitlements.map(|e| {
-            let used = e["meters"]
-                .as_array()
-                .and_then(|m| m.iter().find(|m| m["meter"] == METER))
-                .and_then(|m| decimal(&m["used"]));
-            (used, e["concurrency"]["running"].as_u64())
+            let used = e.meters.iter().find(|m| m.meter == METER).and_then(|m| decimal(&m.used));
+            (used, Some(e.concurrency.running))
         });
         match (stored, memory) {
             (Ok(Some(total)), Ok((Some(used), Some(now_running))))

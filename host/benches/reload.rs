@@ -18,11 +18,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use meterd::api::ops::Plugins;
 use support::{E2B_SECRET, e2b_signature, env_number, env_seconds, filters, format_ns, percentile, selected};
 
 struct Gateway {
@@ -48,12 +49,8 @@ impl Gateway {
             ),
         )
         .expect("config");
-        let mut child = meterd_testkit::gateway::command(env!("CARGO_BIN_EXE_meterd"))
-            .args(["serve", "--config"])
-            .arg(&config)
+        let mut child = support::serve_command(&config, dir.path())
             .env("METERD_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("starting meterd");
         let addr = meterd_testkit::gateway::listening(&mut child, Duration::from_secs(120))
@@ -85,16 +82,15 @@ fn replace_atomically(path: &Path, bytes: &[u8]) {
 }
 
 async fn serving_version(client: &reqwest::Client, base: &str) -> String {
-    let body: serde_json::Value = client
+    let body: Plugins = client
         .get(format!("{base}/v1/plugins"))
         .send()
         .await
         .expect("GET /v1/plugins")
         .json()
         .await
-        .expect("JSON");
-    let plugins = body["plugins"].as_array().cloned().unwrap_or_default();
-    plugins.iter().find(|p| p["name"] == "e2b").and_then(|p| p["version"].as_str()).unwrap_or("-").to_owned()
+        .expect("the plugins' status");
+    body.plugins.into_iter().find(|p| p.name == "e2b").map_or_else(|| "-".to_owned(), |p| p.version)
 }
 
 /// Renames `bytes` into place and waits until `version` serves.

@@ -64,8 +64,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use meterd::api::Time;
+use meterd::api::ops::Plugins;
+use meterd::api::replays::{ReplayJob, ReplayState, Report};
+use meterd::api::usage::Usage;
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
 use sqlx::Connection as _;
 
 use support::{
@@ -166,17 +172,27 @@ impl Gateway {
         format!("http://{}{path}", self.addr)
     }
 
-    async fn get(&self, path: &str) -> (reqwest::StatusCode, Value, usize) {
+    /// `GET path`: its status, the answer read as `T` (panics, showing the
+    /// body, on any other status or shape) and its size in bytes.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> (reqwest::StatusCode, T, usize) {
         let response =
             self.api.get(self.url(path)).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let status = response.status();
         let body = response.bytes().await.unwrap_or_else(|e| panic!("GET {path}: reading the body: {e}"));
-        let json = serde_json::from_slice(&body)
-            .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {}", String::from_utf8_lossy(&body)));
-        (status, json, body.len())
+        assert!(status.is_success(), "GET {path}: {status} {}", String::from_utf8_lossy(&body));
+        let answer = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "GET {path}: not a {} ({e}): {}",
+                std::any::type_name::<T>(),
+                String::from_utf8_lossy(&body)
+            )
+        });
+        (status, answer, body.len())
     }
 
-    async fn post(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+    /// `POST path` with a JSON body: its status and the answer read as `T`
+    /// (panics, showing the body, on any other status or shape).
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> (reqwest::StatusCode, T) {
         let response = self
             .api
             .post(self.url(path))
@@ -185,31 +201,32 @@ impl Gateway {
             .await
             .unwrap_or_else(|e| panic!("POST {path}: {e}"));
         let status = response.status();
-        let json = response.json().await.unwrap_or_else(|e| panic!("POST {path}: not JSON: {e}"));
-        (status, json)
+        let body = response.bytes().await.unwrap_or_else(|e| panic!("POST {path}: reading the body: {e}"));
+        assert!(status.is_success(), "POST {path}: {status} {}", String::from_utf8_lossy(&body));
+        let answer = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "POST {path}: not a {} ({e}): {}",
+                std::any::type_name::<T>(),
+                String::from_utf8_lossy(&body)
+            )
+        });
+        (status, answer)
     }
 
     /// The e2b plugin's `info()` version as `GET /v1/plugins` shows it.
     async fn e2b_version(&self) -> String {
-        let (status, body, _) = self.get("/v1/plugins").await;
-        assert!(status.is_success(), "GET /v1/plugins: {status} {body}");
-        let plugins = body["plugins"].as_array().cloned().unwrap_or_default();
-        plugins
-            .iter()
-            .find(|p| p["name"] == "e2b")
-            .and_then(|p| p["version"].as_str())
-            .unwrap_or("-")
-            .to_owned()
+        let (status, body, _) = self.get::<Plugins>("/v1/plugins").await;
+        assert!(status.is_success(), "GET /v1/plugins: {status} {body:?}");
+        body.plugins.into_iter().find(|p| p.name == "e2b").map_or_else(|| "-".to_owned(), |p| p.version)
     }
 
     /// The usage API's `total` of `meter` for `org` in the benchmark month.
     async fn usage_total(&self, org: &str, meter: &str) -> Decimal {
-        let (status, body, _) = self.get(&format!("/v1/orgs/{org}/usage?meter={meter}&{USAGE_RANGE}")).await;
-        assert!(status.is_success(), "usage query of {meter}: {status} {body}");
-        body["total"]
-            .as_str()
-            .and_then(|t| Decimal::from_str(t).ok())
-            .unwrap_or_else(|| panic!("the usage answer has no decimal `total`: {body}"))
+        let (status, body, _) =
+            self.get::<Usage>(&format!("/v1/orgs/{org}/usage?meter={meter}&{USAGE_RANGE}")).await;
+        assert!(status.is_success(), "usage query of {meter}: {status} {body:?}");
+        Decimal::from_str(&body.total.0)
+            .unwrap_or_else(|_| panic!("the usage answer has no decimal `total`: {body:?}"))
     }
 
     /// SIGTERM, then wait (killed after 30 s).
@@ -344,7 +361,7 @@ impl Kind {
 struct Phase {
     kind: Kind,
     /// The finished job, as `GET /v1/replays/{id}` showed it.
-    job: Value,
+    job: ReplayJob,
     /// `finished_at` − `started_at` of the job.
     job_seconds: f64,
     /// POST sent → the poll that saw it finished.
@@ -368,16 +385,8 @@ struct Phase {
 }
 
 impl Phase {
-    fn report(&self) -> &Value {
-        &self.job["report"]
-    }
-
-    fn count(&self, path: &str) -> u64 {
-        let mut at = self.report();
-        for key in path.split('.') {
-            at = &at[key];
-        }
-        at.as_u64().unwrap_or_else(|| panic!("the job's report has no count {path}: {}", self.job))
+    fn report(&self) -> &Report {
+        &self.job.report
     }
 
     /// Busy CPU seconds of everything but the gateway, PostgreSQL and this
@@ -387,12 +396,12 @@ impl Phase {
     }
 
     fn deliveries_per_second(&self) -> f64 {
-        self.count("deliveries.done") as f64 / self.job_seconds.max(1e-9)
+        self.report().deliveries.done as f64 / self.job_seconds.max(1e-9)
     }
 }
 
-fn job_time(job: &Value, field: &str) -> chrono::DateTime<chrono::FixedOffset> {
-    let text = job[field].as_str().unwrap_or_else(|| panic!("the job has no {field}: {job}"));
+fn job_time(time: Option<&Time>, field: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    let text = &time.unwrap_or_else(|| panic!("the job has no {field}")).0;
     chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("the job's {field} {text:?}: {e}"))
 }
 
@@ -410,26 +419,26 @@ async fn phase(gw: &Gateway, pg: Option<&str>, kind: Kind, poll: Duration) -> Ph
     );
     let start = Instant::now();
     let (status, job) =
-        gw.post("/v1/replays", &json!({"plugin": "e2b", "dry_run": kind == Kind::DryRun})).await;
-    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "POST /v1/replays ({}): {job}", kind.name());
-    let id = job["id"].as_str().unwrap_or_else(|| panic!("the new job has no id: {job}")).to_owned();
+        gw.post::<ReplayJob>("/v1/replays", &json!({"plugin": "e2b", "dry_run": kind == Kind::DryRun})).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "POST /v1/replays ({}): {job:?}", kind.name());
+    let id = job.id;
     // (seconds since start, deliveries done) at each poll.
     let mut progress: Vec<(f64, u64)> = Vec::new();
     let (mut polls, mut largest_answer) = (0, 0);
     let mut anon_peak = (memory_before.anon, 0);
     let job = loop {
         tokio::time::sleep(poll).await;
-        let (status, job, size) = gw.get(&format!("/v1/replays/{id}")).await;
-        assert!(status.is_success(), "GET /v1/replays/{id}: {status} {job}");
+        let (status, job, size) = gw.get::<ReplayJob>(&format!("/v1/replays/{id}")).await;
+        assert!(status.is_success(), "GET /v1/replays/{id}: {status} {job:?}");
         polls += 1;
         largest_answer = largest_answer.max(size);
-        let done = job["report"]["deliveries"]["done"].as_u64().unwrap_or(0);
+        let done = job.report.deliveries.done;
         progress.push((start.elapsed().as_secs_f64(), done));
         let anon = Memory::of(pid).anon;
         if anon > anon_peak.0 {
             anon_peak = (anon, done);
         }
-        if job["state"] != "running" {
+        if job.state != ReplayState::Running {
             break job;
         }
         assert!(start.elapsed() < Duration::from_secs(3_600), "the {} job ran for an hour", kind.name());
@@ -442,10 +451,12 @@ async fn phase(gw: &Gateway, pg: Option<&str>, kind: Kind, poll: Duration) -> Ph
         machine_cpu().0,
     );
     let memory = Memory::of(pid);
-    assert_eq!(job["state"], "done", "the {} job did not finish cleanly: {job}", kind.name());
-    let job_seconds =
-        (job_time(&job, "finished_at") - job_time(&job, "started_at")).num_milliseconds() as f64 / 1000.0;
-    let halves = rate_halves(&progress, job["report"]["deliveries"]["total"].as_u64().unwrap_or(0));
+    assert_eq!(job.state, ReplayState::Done, "the {} job did not finish cleanly: {job:?}", kind.name());
+    let job_seconds = (job_time(job.finished_at.as_ref(), "finished_at")
+        - job_time(Some(&job.started_at), "started_at"))
+    .num_milliseconds() as f64
+        / 1000.0;
+    let halves = rate_halves(&progress, job.report.deliveries.total);
     Phase {
         kind,
         job,
@@ -553,24 +564,24 @@ async fn run(setup: &Setup, settings: &Settings, pg: Option<&PgDatabase>) -> Run
         let p = phase(&gw, pg_name, kind, settings.poll).await;
         let what = kind.name();
         let n = n as u64;
-        expect(name, &format!("{what}: deliveries.total"), p.count("deliveries.total"), n);
-        expect(name, &format!("{what}: deliveries.done"), p.count("deliveries.done"), n);
-        expect(name, &format!("{what}: deliveries.failed"), p.count("deliveries.failed"), 0);
-        expect(name, &format!("{what}: deliveries.purged"), p.count("deliveries.purged"), 0);
-        expect(name, &format!("{what}: records.conflicts"), p.count("records.conflicts"), 0);
-        expect(name, &format!("{what}: records.superseded"), p.count("records.superseded"), 0);
-        expect(name, &format!("{what}: records.withdrawn"), p.count("records.withdrawn"), 0);
-        expect(name, &format!("{what}: records.added"), p.count("records.added"), 0);
-        let listed = p.report()["changes"].as_array().map_or(0, Vec::len);
+        expect(name, &format!("{what}: deliveries.total"), p.report().deliveries.total, n);
+        expect(name, &format!("{what}: deliveries.done"), p.report().deliveries.done, n);
+        expect(name, &format!("{what}: deliveries.failed"), p.report().deliveries.failed, 0);
+        expect(name, &format!("{what}: deliveries.purged"), p.report().deliveries.purged, 0);
+        expect(name, &format!("{what}: records.conflicts"), p.report().records.conflicts, 0);
+        expect(name, &format!("{what}: records.superseded"), p.report().records.superseded, 0);
+        expect(name, &format!("{what}: records.withdrawn"), p.report().records.withdrawn, 0);
+        expect(name, &format!("{what}: records.added"), p.report().records.added, 0);
+        let listed = p.report().changes.len();
         match kind {
             Kind::DryRun | Kind::Apply => {
-                expect(name, &format!("{what}: records.corrected"), p.count("records.corrected"), n);
-                expect(name, &format!("{what}: records.unchanged"), p.count("records.unchanged"), 2 * n);
+                expect(name, &format!("{what}: records.corrected"), p.report().records.corrected, n);
+                expect(name, &format!("{what}: records.unchanged"), p.report().records.unchanged, 2 * n);
                 expect(name, &format!("{what}: change lines listed"), listed, (n as usize).min(LISTED));
             }
             Kind::ApplyAgain => {
-                expect(name, &format!("{what}: records.corrected"), p.count("records.corrected"), 0);
-                expect(name, &format!("{what}: records.unchanged"), p.count("records.unchanged"), 3 * n);
+                expect(name, &format!("{what}: records.corrected"), p.report().records.corrected, 0);
+                expect(name, &format!("{what}: records.unchanged"), p.report().records.unchanged, 3 * n);
                 expect(name, &format!("{what}: change lines listed"), listed, 0);
             }
         }
@@ -595,7 +606,7 @@ fn print_phase(name: &str, p: &Phase) {
     println!(
         "  {name} {}: {} deliveries in {:.2} s (job), {:.2} s observed ({} polls, largest answer {} KiB); first half → second half {halves}; CPU s: machine {:.2}, client {:.2}, other {:.2}; RSS before {}, after {}, anon peak seen {:.0} MiB at {} done; verified{}",
         p.kind.name(),
-        p.count("deliveries.done"),
+        p.report().deliveries.done,
         p.job_seconds,
         p.wall_seconds,
         p.polls,
@@ -638,11 +649,11 @@ fn print_table(run: &Run) {
         println!(
             "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} | {:.2} | {:.0} / {:.0} |",
             p.kind.name(),
-            p.count("deliveries.done"),
+            p.report().deliveries.done,
             p.job_seconds,
             p.deliveries_per_second(),
             p.halves.map_or("–".to_owned(), |(a, b)| format!("{a:.0} → {b:.0}")),
-            p.count("records.corrected"),
+            p.report().records.corrected,
             p.gateway_cpu,
             pg_cpu(p.postgres_cpu),
             p.other_cpu(),

@@ -92,8 +92,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
+use meterd::api::Quantity;
+use meterd::api::orgs::{CheckAnswer, Entitlements};
+use meterd::api::usage::Usage;
 use rust_decimal::Decimal;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 use sqlx::{ConnectOptions as _, Connection as _};
 
 use meterd::meter::period::{Range, WindowSize, month_containing};
@@ -1066,16 +1069,18 @@ impl Client {
         (status, bytes)
     }
 
-    /// A 200 with a JSON body, or a panic naming the request.
-    async fn json(&mut self, method: Method, path: &str, body: Option<&str>) -> Value {
+    /// A 200 whose body is a `T`, or a panic naming the request.
+    async fn json<T: DeserializeOwned>(&mut self, method: Method, path: &str, body: Option<&str>) -> T {
         let (status, bytes) = self.call(method, path, body).await;
         assert_eq!(status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&bytes));
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: not JSON: {e}"))
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!("{path}: not a {} ({e}): {}", std::any::type_name::<T>(), String::from_utf8_lossy(&bytes))
+        })
     }
 }
 
-fn decimal(value: &Value) -> Decimal {
-    value.as_str().and_then(|t| Decimal::from_str(t).ok()).unwrap_or_else(|| panic!("not a decimal: {value}"))
+fn decimal(value: &Quantity) -> Decimal {
+    Decimal::from_str(&value.0).unwrap_or_else(|_| panic!("not a decimal: {value}"))
 }
 
 const CHECK_BODY: &str = r#"{"action":"sandbox.start","vcpu":2,"memory_mb":1024}"#;
@@ -1086,14 +1091,12 @@ async fn http_timings(addr: SocketAddr, settings: &Settings, expected: &Expected
     let mut out = Vec::new();
     for case in USAGE_CASES.into_iter().filter(|c| !settings.skips(c.name)) {
         let path = case.path();
-        let answer = client.json(Method::GET, &path, None).await;
-        let windows: Vec<(Option<String>, Decimal)> = answer["windows"]
-            .as_array()
-            .expect("windows")
-            .iter()
-            .map(|w| (w["group"].as_str().map(str::to_owned), decimal(&w["value"])))
-            .collect();
-        verify_usage(&case, expected, decimal(&answer["total"]), &windows, "HTTP");
+        let answer: Usage = client.json(Method::GET, &path, None).await;
+        // A window's group: `None` both without grouping and for records
+        // without the attribute.
+        let windows: Vec<(Option<String>, Decimal)> =
+            answer.windows.iter().map(|w| (w.group.clone().flatten(), decimal(&w.value))).collect();
+        verify_usage(&case, expected, decimal(&answer.total), &windows, "HTTP");
         let samples = sample!(settings.requests, settings.query_budget, {
             let (status, body) = client.call(Method::GET, &path, None).await;
             assert_eq!(status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&body));
@@ -1104,22 +1107,19 @@ async fn http_timings(addr: SocketAddr, settings: &Settings, expected: &Expected
     let entitlements = format!("/v1/orgs/{ORG}/entitlements");
     let grants = format!("/v1/orgs/{ORG}/grants");
     let check = format!("/v1/orgs/{ORG}/check");
-    let e = client.json(Method::GET, &entitlements, None).await;
-    let cpu_used = e["meters"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["meter"] == CPU))
-        .map(|m| decimal(&m["used"]));
+    let e: Entitlements = client.json(Method::GET, &entitlements, None).await;
+    let cpu_used = e.meters.iter().find(|m| m.meter == CPU).map(|m| decimal(&m.used));
     println!(
-        "    entitlements: plan {}, concurrency {}, {CPU} used {}",
-        e["plan"],
-        e["concurrency"],
+        "    entitlements: plan {:?}, concurrency {:?}, {CPU} used {}",
+        e.org.plan,
+        e.concurrency,
         cpu_used.map_or("-".to_owned(), |d| d.to_string())
     );
     if let Some(used) = cpu_used {
         assert_eq!(used, expected.cpu, "entitlements: {CPU} used");
     }
-    let c = client.json(Method::POST, &check, Some(CHECK_BODY)).await;
-    println!("    check: {c}");
+    let c: CheckAnswer = client.json(Method::POST, &check, Some(CHECK_BODY)).await;
+    println!("    check: {c:?}");
     for (name, method, path, body) in [
         ("GET entitlements", Method::GET, &entitlements, None),
         ("GET grants", Method::GET, &grants, None),

@@ -143,40 +143,30 @@ pub fn write_config(dir: &Path, component: &Path, cache_dir: &Path, database: &s
     path
 }
 
-/// `meterd serve --config PATH` (the binary cargo built), stdout piped
-/// (for the listening line), stderr inherited, warnings logged.
+/// `meterd serve --config PATH` (the binary cargo built, started as the
+/// test kit starts every gateway): stdout piped (for the listening line),
+/// stderr inherited, warnings logged.
+pub fn serve_command(config: &Path, dir: &Path) -> std::process::Command {
+    let mut command = meterd_testkit::gateway::serve(env!("CARGO_BIN_EXE_meterd"), config, dir);
+    command.stderr(Stdio::inherit());
+    command
+}
+
+/// [`serve_command`], started.
 pub fn spawn_meterd(config: &Path, dir: &Path) -> Child {
-    meterd_testkit::gateway::command(env!("CARGO_BIN_EXE_meterd"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .current_dir(dir)
-        .env("METERD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting meterd")
+    serve_command(config, dir).spawn().expect("starting meterd")
 }
 
 /// SIGTERM, then wait up to `within`; a gateway still running then is left
 /// for the caller's drop to kill.
 pub fn stop_gracefully(child: &mut Child, within: Duration) {
     let pid = child.id();
-    signal(pid, "TERM");
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                if !status.success() {
-                    eprintln!("meterd (pid {pid}) exited with {status} after SIGTERM");
-                }
-                return;
-            }
-            _ if std::time::Instant::now() >= deadline => {
-                eprintln!("meterd (pid {pid}) did not stop within {within:?} of SIGTERM; killing it");
-                return;
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
+    match meterd_testkit::gateway::terminate(child, within) {
+        Some(status) if !status.success() => {
+            eprintln!("meterd (pid {pid}) exited with {status} after SIGTERM")
         }
+        Some(_) => {}
+        None => eprintln!("meterd (pid {pid}) did not stop within {within:?} of SIGTERM; killing it"),
     }
 }
 
@@ -341,7 +331,9 @@ pub fn ingest_request(host: &HeaderValue, webhook: &Prepared) -> Request<Full<By
 }
 
 /// Sends one request and reads the whole answer; `Ok` only for a 200 that
-/// is not a duplicate.
+/// is not a duplicate. (The receipt is searched for `"duplicate":false`
+/// rather than read as a `meterd::api::ops::Receipt`: this runs for every
+/// request of a load run, and the client's CPU is part of what is measured.)
 pub async fn send(sender: &mut Sender, request: Request<Full<Bytes>>) -> Result<(), String> {
     sender.ready().await.map_err(|e| format!("connection: {e}"))?;
     let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
@@ -373,8 +365,9 @@ pub async fn usage_total(addr: SocketAddr, org: &str) -> Decimal {
     let status = response.status();
     let body = response.into_body().collect().await.expect("usage body").to_bytes();
     assert_eq!(status, StatusCode::OK, "usage query failed: {}", String::from_utf8_lossy(&body));
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("usage answer is JSON");
-    json["total"].as_str().and_then(|t| t.parse().ok()).expect("usage answer has a decimal `total`")
+    let usage: meterd::api::usage::Usage = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("not a usage answer ({e}): {}", String::from_utf8_lossy(&body)));
+    usage.total.0.parse().expect("usage answer has a decimal `total`")
 }
 
 // ---------------------------------------------------------------------------
