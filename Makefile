@@ -5,14 +5,15 @@
 #   make test   build everything and run every test: unit, plugin (native),
 #               end-to-end (real binary, real SQLite file, real components,
 #               real S3-compatible servers installed by tests/s3/install.sh,
-#               the machine's PostgreSQL, started by tests/postgres/ensure.sh),
+#               the machine's PostgreSQL, started by tests/postgres/ensure.sh,
+#               headless Debian Chromium for the dashboard, tests/ui/install.sh),
 #               after a short run of the plugin fuzz targets (`make fuzz`)
 #   make fuzz   the plugin fuzz targets (tests/fuzz, cargo-fuzz, native),
 #               each for FUZZ_SECONDS (default 6); `make fuzz-long` is the
 #               10-minute run: 600 s in all, shared equally by the targets
 
 CARGO ?= cargo
-.PHONY: run test plugins build bench check s3-servers postgres fuzz fuzz-long
+.PHONY: run test plugins build bench check s3-servers postgres fuzz fuzz-long ui-browser
 
 # `make run` serves the components built into target/plugins unless told
 # otherwise (only here: tests and benches configure their own).
@@ -21,7 +22,7 @@ run: plugins
 	$(CARGO) run --release -p meterd -- serve
 
 # The fuzz run goes first: CI reads cargo test's closing lines last.
-test: s3-servers postgres fuzz
+test: s3-servers postgres ui-browser fuzz
 	$(CARGO) test --release --workspace
 
 FUZZ_SECONDS ?= 6
@@ -33,6 +34,11 @@ fuzz-long:
 
 postgres:
 	bash tests/postgres/ensure.sh
+
+# Debian's chromium and tests/ui/node_modules (playwright-core) for the
+# dashboard's browser test (tests/e2e/ui.rs); quick when already there.
+ui-browser:
+	bash tests/ui/install.sh
 
 s3-servers:
 	bash tests/s3/install.sh

@@ -355,10 +355,17 @@
 
   // --- Charts --------------------------------------------------------------------
 
-  /** The range a chart of `window` covers: the period by day; the last 48 hours (in the period) by hour. */
+  /**
+   * The range a chart of `window` covers: by day, the period up to the end of
+   * today (later days hold nothing but carried levels); by hour, the last 48
+   * hours within the period.
+   */
   function chartRange(period, window) {
-    if (window === "day") return { from: period.start, to: period.end };
     const now = Date.now();
+    if (window === "day") {
+      const day = 86400 * 1000;
+      return { from: period.start, to: isoHour(Math.min(ms(period.end), Math.floor(now / day) * day + day)) };
+    }
     const hour = 3600 * 1000;
     const from = Math.max(ms(period.start), Math.floor((now - 47 * hour) / hour) * hour);
     const to = Math.min(ms(period.end), Math.ceil((now + 1) / hour) * hour);
@@ -368,7 +375,7 @@
   async function renderCharts(org, ent, card, stale) {
     const window = sessionStorage.getItem("meterd.window") === "hour" ? "hour" : "day";
     const picker = h("select", { id: "window", "aria-label": "Window" },
-      h("option", { value: "day", selected: window === "day" }, "by day, this period"),
+      h("option", { value: "day", selected: window === "day" }, "by day, this period so far"),
       h("option", { value: "hour", selected: window === "hour" }, "by hour, last 48 hours"));
     picker.addEventListener("change", () => {
       sessionStorage.setItem("meterd.window", picker.value);
@@ -410,6 +417,12 @@
     }
     const xs = usage.windows.map((w) => ms(w.start) / 1000);
     const ys = usage.windows.map((w) => toFloat(w.value));
+    el.setAttribute("data-points", String(xs.length));
+    const half = (window === "hour" ? 3600 : 86400) / 2;
+    if (!xs.length) {
+      el.append(h("p", { class: "muted" }, "(no windows in this range)"));
+      return;
+    }
     const width = Math.max(260, el.clientWidth || 360);
     const bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.7, 40] }) : undefined;
     const opts = {
@@ -417,7 +430,11 @@
       height: 170,
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+      scales: {
+        // Half a window of room on each side, so the first and last bars show whole.
+        x: { time: true, range: () => [xs[0] - half, xs[xs.length - 1] + half] },
+        y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
+      },
       axes: [
         { stroke: "#5b6573", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#d5d9df" } },
         { stroke: "#5b6573", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#d5d9df" }, size: 60 },
@@ -429,7 +446,6 @@
       ],
     };
     charts.push(new uPlot(opts, [xs, ys], el));
-    el.setAttribute("data-points", String(xs.length));
     el.setAttribute("title", usage.meter + " by " + window);
   }
 
@@ -450,7 +466,7 @@
         h("td", { "data-field": "version" }, p.version),
         h("td", { "data-field": "status", class: p.last_reload_error ? "status-failing" : "status-ok" },
           p.last_reload_error ? "loaded; last reload refused: " + p.last_reload_error.error : "loaded"),
-        h("td", {}, p.modes.join(", ")),
+        h("td", {}, p.modes),
         h("td", {}, p.wit_version),
         h("td", {}, p.loaded_at),
         h("td", { class: "hash" }, p.hash.slice(0, 12))));
@@ -462,7 +478,8 @@
           h("td", { "data-field": "status", class: s.consecutive_failures ? "status-failing" : "status-ok" },
             pollStatus(s)),
           h("td", {}, s.last_success || "never"),
-          h("td", { class: "error-text" }, s.last_error ? s.last_error + " (" + s.last_error_at + ")" : "—"),
+          h("td", { class: "error-text", "data-field": "last-error" },
+            s.last_error ? s.last_error + " (" + s.last_error_at + ")" : "—"),
           h("td", {}, s.next_run),
           h("td", {}, s.lease_holder || "—")));
       }

@@ -20,3 +20,4 @@ mod replicas;
 mod rollups;
 mod s3;
 mod sandbox;
+mod ui;
