@@ -25,6 +25,7 @@ pub mod registry;
 pub mod reload;
 pub mod replay;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod table;

@@ -10,6 +10,7 @@ mod cli;
 mod daytona;
 mod ingest;
 mod keys;
+mod languages;
 mod metrics;
 mod openapi;
 mod operations;

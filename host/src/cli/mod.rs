@@ -204,6 +204,20 @@ enum PluginsCommand {
         #[arg(long, value_name = "DIR")]
         fixtures: PathBuf,
     },
+    /// Scaffold a Rust plugin crate NAME: a signed-webhook adapter on the
+    /// plugin SDK with unit tests and conformance cases (`conformance/`)
+    /// that `plugins test` runs against its component. Inside meterd's
+    /// checkout it joins the workspace.
+    New {
+        /// The plugin's name: its ingest route and file name (a-z, 0-9, '-').
+        name: String,
+        /// Where to create the crate directory.
+        #[arg(long, value_name = "DIR", default_value = "plugins")]
+        dir: PathBuf,
+        /// meterd's plugin SDK (plugins/sdk); found above DIR by default.
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
 }
 
 /// A failure that exits with its own status rather than 1.
@@ -255,6 +269,9 @@ pub fn run() -> ExitCode {
             Command::Keys { command } => keys::manage(&config, command).await,
             Command::Plugins { command: PluginsCommand::Test { plugin, fixtures } } => {
                 plugins::test(&config, &plugin, &fixtures)
+            }
+            Command::Plugins { command: PluginsCommand::New { name, dir, sdk } } => {
+                plugins::new(&name, &dir, sdk.as_deref())
             }
             Command::Usage(args) => usage::show(&config, args).await,
             Command::Replay(args) => replay::run(&config, args).await,

@@ -1,4 +1,4 @@
-//! `meterd plugins list|test`.
+//! `meterd plugins list|test|new`.
 
 use meterd::config::Config;
 
@@ -108,4 +108,33 @@ pub(super) fn test(config: &Config, plugin: &str, fixtures: &std::path::Path) ->
                 .into())
         }
     }
+}
+
+/// `plugins new`: writes the crate and says how to build and test it;
+/// exit 2 when it cannot (bad name, existing directory, no SDK).
+pub(super) fn new(name: &str, dir: &std::path::Path, sdk: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let made =
+        meterd::scaffold::create(name, dir, sdk).map_err(|e| Exit { code: 2, message: e.to_string() })?;
+    println!("created {} ({})", made.dir.display(), made.package);
+    let conformance = made.dir.join("conformance");
+    match &made.joined_workspace {
+        Some(manifest) => {
+            println!("added it to the workspace members in {}", manifest.display());
+            println!("next: make plugins   # builds target/plugins/{name}.wasm");
+            println!(
+                "      meterd plugins test target/plugins/{name}.wasm --fixtures {}",
+                conformance.display()
+            );
+        }
+        None => {
+            println!("next: in meterd's checkout:");
+            println!("      cargo run --release -p meterd-plugin-build -- --crate {}", made.dir.display());
+            println!(
+                "      meterd plugins test target/lone-plugins/{name}.wasm --fixtures {}",
+                conformance.display()
+            );
+        }
+    }
+    println!("      cargo test --manifest-path {}   # its unit tests", made.dir.join("Cargo.toml").display());
+    Ok(())
 }

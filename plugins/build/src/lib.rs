@@ -136,18 +136,44 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
 }
 
 /// Builds one plugin crate outside this workspace (e.g. one `meterd plugins
-/// new` made) with the same toolchain, into `target/lone-plugins/`, and
-/// returns its component (written beside the crate's manifest as
-/// `<package>.wasm` under that directory). The crate needs a Cargo.lock or
-/// network access for its dependencies.
-pub fn build_lone_crate(crate_dir: &Path, package: &str) -> Result<PathBuf> {
+/// new` made) with the same toolchain, and returns its component:
+/// `target/lone-plugins/<plugin>.wasm` of this workspace. Its dependencies
+/// are resolved from this workspace's Cargo.lock (copied in when the crate
+/// has none), so it builds with the versions meterd's plugins use.
+pub fn build_lone_crate(crate_dir: &Path) -> Result<PathBuf> {
     let workspace = workspace_root()?;
+    let crate_dir =
+        crate_dir.canonicalize().with_context(|| format!("{} does not exist", crate_dir.display()))?;
+    let manifest = crate_dir.join("Cargo.toml");
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .context("running cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata on {} failed: {}", manifest.display(), String::from_utf8_lossy(&output.stderr));
+    }
+    let metadata: Metadata = serde_json::from_slice(&output.stdout).context("reading cargo metadata")?;
+    let plugins = plugin_crates(metadata.packages, &workspace.join("tests"))?;
+    let [plugin] = plugins.as_slice() else {
+        bail!("{} holds {} plugin crates; expected one", crate_dir.display(), plugins.len());
+    };
+    let lock = crate_dir.join("Cargo.lock");
+    if !lock.exists() {
+        std::fs::copy(workspace.join("Cargo.lock"), &lock)
+            .with_context(|| format!("seeding {}", lock.display()))?;
+    }
     let toolchain = Toolchain::detect()?;
-    let target_dir = workspace.join("target").join("lone-plugins");
-    toolchain.build(crate_dir, &target_dir, &[package], false)?;
-    let core =
-        target_dir.join(WASM_TARGET).join("release").join(format!("{}.wasm", package.replace('-', "_")));
-    let out = target_dir.join(format!("{package}.wasm"));
+    // The workspace's own wasm target directory: its standard library
+    // (built from source with Debian's toolchain) and shared dependencies
+    // are reused, so this takes seconds after the workspace's plugins.
+    let target_dir = workspace.join("target").join("wasm");
+    toolchain.build(&crate_dir, &target_dir, &[&plugin.package], false)?;
+    let core = target_dir
+        .join(WASM_TARGET)
+        .join("release")
+        .join(format!("{}.wasm", plugin.package.replace('-', "_")));
+    let out = workspace.join("target").join("lone-plugins").join(format!("{}.wasm", plugin.file));
     componentize(&core, &out)?;
     Ok(out)
 }
