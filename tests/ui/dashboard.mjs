@@ -121,6 +121,17 @@ async function settled() {
   return page.evaluate(() => document.body.dataset.state);
 }
 
+/** Waits for the error state with a message matching `pattern` (a stale
+ * error of the page before must not count). */
+async function errorShown(pattern) {
+  await page.waitForFunction(
+    (source) => document.body.dataset.state === "error" &&
+      new RegExp(source).test(document.getElementById("message").textContent),
+    pattern.source,
+  );
+  return text("#message");
+}
+
 async function signIn(key) {
   await page.fill("#key", key);
   await page.click("#key-form button[type=submit]");
@@ -221,8 +232,7 @@ try {
 
   // --- A wrong key --------------------------------------------------------------
   await signIn("mk_000000000000_" + "0".repeat(64));
-  eq(await settled(), "error", "a wrong key is refused");
-  check(/refused/.test(await text("#message")), "the refused message", await text("#message"));
+  check(/refused/.test(await errorShown(/refused/)), "a wrong key gets the refused message");
   await page.click("#sign-out");
   eq(await settled(), "signed-out", "forgetting the key");
 
@@ -273,16 +283,14 @@ try {
   const direct = await api(TENANT, `/v1/orgs/${encodeURIComponent(ORG_B)}/entitlements`);
   eq(direct.status, 404, "the API hides org B from the tenant");
   await page.goto(`${BASE}/ui#/orgs/${encodeURIComponent(ORG_B)}`);
-  await page.waitForFunction(() => document.body.dataset.state === "error");
-  const notFound = await text("#message");
+  const notFound = await errorShown(/^Not found: /);
   check(/^Not found: org .* does not exist or this key may not read it\.$/.test(notFound) && notFound.includes(ORG_B),
     "org B shows the not-found message", notFound);
   eq(await page.locator("#org").count(), 0, "no data of org B is shown");
   check(!(await page.locator("#nav").textContent()).includes(ORG_B), "org B is not in the nav");
   // Admin pages need an admin key.
   await page.goto(`${BASE}/ui#/admin`);
-  await page.waitForFunction(() => document.body.dataset.state === "error");
-  check(/needs an admin key/.test(await text("#message")), "a tenant on the plugins page", await text("#message"));
+  check(/needs an admin key/.test(await errorShown(/needs an admin key/)), "a tenant on the plugins page");
   eq(await page.locator("#plugins").count(), 0, "no plugin is shown to a tenant");
 
   // --- The admin: every org, and the plugins -------------------------------------------
