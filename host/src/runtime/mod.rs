@@ -496,4 +496,39 @@ mod tests {
         }
         assert_eq!(accepted_wit_versions(), "meterd:provider@0.1.x");
     }
+
+    /// A Python plugin (componentize-py, so it imports WASI p2) reaches no
+    /// environment, file, socket or name, and its wall clock is the pinned
+    /// `now-ms` of the call.
+    #[test]
+    fn a_python_plugin_sees_no_env_files_or_sockets_and_the_pinned_clock() {
+        let file = meterd_plugin_build::languages::language_component("wasi-probe-py")
+            .expect("building the other-language plugins");
+        let bytes = std::fs::read(file).expect("reading the probe");
+        let runtime = Runtime::new(RuntimeSettings::default()).expect("runtime");
+        let plugin = runtime.load(&bytes, PluginSettings::default()).expect("the probe loads");
+        let request = InboundRequest {
+            method: "POST".to_owned(),
+            path: "/".to_owned(),
+            query: None,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let pinned = 1_754_513_976_123;
+        let outcome = plugin.handle_webhook_at(&request, Some(pinned)).expect("the probe answers");
+        let seen: std::collections::BTreeMap<String, String> =
+            outcome.records[0].attributes.iter().cloned().collect();
+        assert_eq!(seen["env"], "0", "{seen:?}");
+        for reach in ["read_file", "list_root", "write_file", "connect", "resolve"] {
+            assert_ne!(seen[reach], "allowed", "{reach}: {seen:?}");
+        }
+        assert_eq!(seen["wall_ms"], pinned.to_string(), "WASI's wall clock is now-ms: {seen:?}");
+        assert_eq!(seen["now_ms"], pinned.to_string());
+        // Unpinned, both read the real clock.
+        let outcome = plugin.handle_webhook(&request).expect("the probe answers");
+        let seen: std::collections::BTreeMap<String, String> =
+            outcome.records[0].attributes.iter().cloned().collect();
+        let wall: i64 = seen["wall_ms"].parse().expect("a number");
+        assert!((wall - crate::clock::now_ms()).abs() < 60_000, "{seen:?}");
+    }
 }
