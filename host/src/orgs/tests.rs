@@ -40,6 +40,27 @@ async fn replica(url: &str) -> Replica {
     Replica { store, orgs, _stop: stop }
 }
 
+/// A replica whose feed the test can hold back: while `hold` is true,
+/// what the feed reports waits (in order) before the replica sees it.
+async fn replica_with_held_feed(url: &str) -> (Replica, watch::Sender<bool>) {
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(url).await.expect("open"));
+    let mut feed = store.listen().await.expect("listen").expect("PostgreSQL has a feed");
+    let orgs = Orgs::load(store.clone(), policy(), crate::clock::now_ms()).await.expect("load");
+    store.set_commit_hook(orgs.clone());
+    let (hold, mut held) = watch::channel(false);
+    let (forward, delayed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = feed.recv().await {
+            if held.wait_for(|h| !h).await.is_err() || forward.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(orgs.clone().follow(delayed, stopped));
+    (Replica { store, orgs, _stop: stop }, hold)
+}
+
 /// This month, `offset_ms` after it began (never after now).
 fn this_month(offset_ms: i64) -> i64 {
     let now = crate::clock::now_ms();
@@ -225,4 +246,29 @@ async fn a_cut_feed_connection_is_repaired_by_a_rebuild_while_commits_go_on() {
     }
     commit_twice(&replicas, 200..240).await;
     assert_converges(&replicas).await;
+}
+
+/// The race of a replica's own commit against the feed: replica 1 starts
+/// sandbox sbx-2 (event 4), then replica 0 stops it (event 5) while its
+/// feed has not yet brought event 4. Replica 0 applies its own commit's
+/// effects first ("remove the open run, add the closed one"), then event 4
+/// ("add the open run") arrives: the sandbox must end stopped, as the
+/// database has it, not running forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_applied_before_the_feed_brings_its_start_is_not_lost() {
+    let engine: Engine = postgres().await;
+    let (slow, hold) = replica_with_held_feed(&engine.url).await;
+    let replicas = [slow, replica(&engine.url).await];
+    hold.send_replace(true);
+    replicas[1].store.commit(&[delivery(4)]).await.expect("start on replica 1");
+    replicas[0].store.commit(&[delivery(5)]).await.expect("stop on replica 0");
+    let now = crate::clock::now_ms();
+    let (_, e) = replicas[0].orgs.entitlements("org-2", now).await.expect("entitlements");
+    assert_eq!(e.concurrency.running, 0, "before the feed brought the start");
+    hold.send_replace(false);
+    assert_converges(&replicas).await;
+    for r in &replicas {
+        let (_, e) = r.orgs.entitlements("org-2", crate::clock::now_ms()).await.expect("entitlements");
+        assert_eq!(e.concurrency.running, 0);
+    }
 }

@@ -17,6 +17,14 @@
 //! does not hold — the peak level (`Max` meters) and closed sessions — the
 //! store answers ([`StoreFacts`]).
 //!
+//! Effects commute: applying one commit's effects before or after
+//! another's gives the same standing. Sums are sums; an open run is kept
+//! as the number of times it was added less the times it was removed
+//! ([`OpenRuns`]), so a removal that arrives before its addition (a
+//! replica's own commit stopping a sandbox applied before the feed brings
+//! the other replica's earlier commit that started it) is remembered and
+//! cancels the addition when it comes.
+//!
 //! The values equal `meter::aggregate` over the same records (tests check
 //! it on random histories). Effects stamped after the period are held
 //! aside and applied when it rolls over; steps before it move the carry.
@@ -241,8 +249,58 @@ pub struct OrgStanding {
     metrics: HashMap<String, MetricStanding>,
     /// Effects stamped after the period, applied when it rolls over.
     ahead: Vec<(String, Effect)>,
-    /// Open sandbox runs: subject → start.
-    open_runs: HashMap<String, i64>,
+    open_runs: OpenRuns,
+}
+
+/// The open sandbox runs, kept so that the order their effects arrive in
+/// does not matter: per run (subject, start) the number of times it was
+/// added less the number of times it was removed. A run is open while that
+/// is above zero. Every commit's effects applied once, in any order, leave
+/// each run at 1 (open in the store) or 0 (not): the same as commit order.
+/// In between a removal applied before its addition is held as −1 (and a
+/// subject may briefly count two open runs; it is counted running once,
+/// from its latest start). Zero counts are dropped, so the memory is the
+/// open runs plus removals still waiting for their addition.
+#[derive(Debug, Clone, Default)]
+struct OpenRuns {
+    /// subject → start → additions − removals (never 0).
+    counts: HashMap<String, BTreeMap<i64, i64>>,
+    /// Subjects with a run above zero (what `running` answers).
+    running: usize,
+}
+
+impl OpenRuns {
+    fn is_open(starts: Option<&BTreeMap<i64, i64>>) -> bool {
+        starts.is_some_and(|s| s.values().any(|n| *n > 0))
+    }
+
+    /// Adds `by` (+1: added, −1: removed) to the run of `subject` from
+    /// `started_ms`.
+    fn change(&mut self, subject: &str, started_ms: i64, by: i64) {
+        let was_open = Self::is_open(self.counts.get(subject));
+        let starts = self.counts.entry(subject.to_owned()).or_default();
+        let n = starts.entry(started_ms).or_insert(0);
+        *n += by;
+        if *n == 0 {
+            starts.remove(&started_ms);
+        }
+        let is_open = Self::is_open(Some(starts));
+        if starts.is_empty() {
+            self.counts.remove(subject);
+        }
+        match (was_open, is_open) {
+            (false, true) => self.running += 1,
+            (true, false) => self.running -= 1,
+            _ => {}
+        }
+    }
+
+    /// Each running subject with the start of its latest open run.
+    fn open(&self) -> impl Iterator<Item = (&String, i64)> + '_ {
+        self.counts.iter().filter_map(|(subject, starts)| {
+            starts.iter().rev().find(|(_, n)| **n > 0).map(|(&started_ms, _)| (subject, started_ms))
+        })
+    }
 }
 
 impl OrgStanding {
@@ -254,7 +312,7 @@ impl OrgStanding {
             settled_to: period.from_ms,
             metrics: HashMap::new(),
             ahead: Vec::new(),
-            open_runs: HashMap::new(),
+            open_runs: OpenRuns::default(),
         }
     }
 
@@ -313,11 +371,7 @@ impl OrgStanding {
             }
             Effect::Run { run, added } => {
                 if run.ended_ms.is_none() {
-                    if *added {
-                        self.open_runs.insert(run.subject.clone(), run.started_ms);
-                    } else if self.open_runs.get(&run.subject) == Some(&run.started_ms) {
-                        self.open_runs.remove(&run.subject);
-                    }
+                    self.open_runs.change(&run.subject, run.started_ms, if *added { 1 } else { -1 });
                 }
             }
         }
@@ -376,7 +430,7 @@ impl OrgStanding {
 
     /// Seeds an open run (start-up).
     pub fn seed_open_run(&mut self, subject: &str, started_ms: i64) {
-        self.open_runs.insert(subject.to_owned(), started_ms);
+        self.open_runs.change(subject, started_ms, 1);
     }
 
     /// The instant steps are settled to (what a start-up seed must read
@@ -406,14 +460,14 @@ impl OrgStanding {
 
     /// Sandboxes running now (open runs).
     pub fn running(&self) -> usize {
-        self.open_runs.len()
+        self.open_runs.running
     }
 
     /// Runs still open that have lasted longer than `limit_ms` by `now_ms`.
     pub fn open_sessions_over(&self, limit_ms: i64, now_ms: i64) -> Vec<Session> {
         self.open_runs
-            .iter()
-            .map(|(subject, &started_ms)| {
+            .open()
+            .map(|(subject, started_ms)| {
                 Session::of(&Run { subject: subject.clone(), started_ms, ended_ms: None }, now_ms)
             })
             .filter(|s| s.length_ms > limit_ms)

@@ -14,7 +14,7 @@ use super::check::{self, Action, CheckError, Decision, MeterEntitlement};
 use super::credits::{self, Grant, GrantStatus};
 use super::rules::{self, Rules};
 use super::standing::ledger::Ledger;
-use super::standing::{Change, Effect, OrgStanding, Session, StoreFacts, Usage};
+use super::standing::{Change, Effect, OrgStanding, Run, Session, StoreFacts, Usage};
 use super::{Enforcement, Plan, Quota, SANDBOX_ACTIVE_METRIC};
 use crate::meter::period::{Range, month_containing};
 use crate::meter::{Aggregation, Kind, MeterDef, Point, UsageQuery, default_meters};
@@ -866,6 +866,96 @@ fn correcting_the_carried_in_step_keeps_the_session_start() {
             length_ms: now - (NOV + 20 * DAY),
         }]
     );
+}
+
+// ------------------------------------------------------- order of effects
+
+/// A replica applies its own commit's effects inside the transaction and
+/// other replicas' commits when the change feed delivers them, so a commit
+/// that stopped a sandbox may be applied before the earlier commit (of
+/// another replica) that started it. The stop must not be lost: applied
+/// after its start arrives, the start must not leave the sandbox running.
+#[test]
+fn a_stop_applied_before_its_start_is_remembered() {
+    let open = Run { subject: "sbx-2".to_owned(), started_ms: NOW - H, ended_ms: None };
+    let closed = Run { ended_ms: Some(NOW - 1), ..open.clone() };
+    let start = [Effect::Run { run: open.clone(), added: true }];
+    // What the store reports for the stop: the open run removed, the closed one added.
+    let stop = [Effect::Run { run: open.clone(), added: false }, Effect::Run { run: closed, added: true }];
+    let mut in_order = OrgStanding::new(NOW);
+    let mut stop_first = OrgStanding::new(NOW);
+    for e in start.iter().chain(&stop) {
+        in_order.apply(SANDBOX_ACTIVE_METRIC, e).unwrap();
+    }
+    for e in stop.iter().chain(&start) {
+        stop_first.apply(SANDBOX_ACTIVE_METRIC, e).unwrap();
+    }
+    assert_eq!(in_order.running(), 0);
+    assert_eq!(stop_first.running(), 0, "the late start left the stopped sandbox running");
+    assert!(stop_first.open_sessions_over(0, NOW).is_empty());
+    // Until the start arrives nothing runs.
+    let mut only_stop = OrgStanding::new(NOW);
+    for e in &stop {
+        only_stop.apply(SANDBOX_ACTIVE_METRIC, e).unwrap();
+    }
+    assert_eq!(only_stop.running(), 0);
+    // Reverting the stop (its transaction failed) leaves exactly the start.
+    for e in stop.iter().rev() {
+        stop_first.revert(SANDBOX_ACTIVE_METRIC, e).unwrap();
+    }
+    assert_eq!(stop_first.running(), 1);
+    assert_eq!(
+        stop_first.open_sessions_over(0, NOW),
+        vec![Session { subject: "sbx-2".to_owned(), started_ms: NOW - H, ended_ms: None, length_ms: H }]
+    );
+}
+
+/// Each commit's effects (one change each, computed in commit order as the
+/// store computes them) applied to a standing in any order of commits —
+/// some applied early and others late, as a replica's own commits and the
+/// feed's interleave — give the standing that applying them in commit
+/// order gives; so does a commit applied and reverted anywhere in between
+/// (one that failed). Every value, the running count and the sessions.
+#[test]
+fn commits_applied_in_any_order_give_the_same_standing() {
+    for seed in 0..400 {
+        let mut rng = Rng::new(7_000 + seed);
+        let (subjects, pool, records) = history(&mut rng, &IN_NOV);
+        let mut org = Org::new(NOW);
+        apply_all(&mut org, &schedule(&mut rng, &records));
+        let at = nows(&mut rng, NOW, org.period(), &pool);
+        let mut commits: Vec<Vec<(String, Effect)>> = org.applied.iter().map(|(_, e)| e.clone()).collect();
+        for i in (1..commits.len()).rev() {
+            commits.swap(i, rng.below(i + 1));
+        }
+        // A failed commit: effects of one more change, applied and reverted.
+        let failed = {
+            let mut ledger = org.ledger.clone();
+            ledger.effects(&random_record(&mut rng, &subjects, &pool).change(0))
+        };
+        let (fail_at, undo_at) = {
+            let a = rng.below(commits.len() + 1);
+            (a, a + rng.below(commits.len() + 1 - a))
+        };
+        let mut shuffled = Org { standing: OrgStanding::new(NOW), ..org.clone() };
+        for i in 0..=commits.len() {
+            if i == fail_at {
+                for (metric, effect) in &failed {
+                    shuffled.standing.apply(metric, effect).unwrap();
+                }
+            }
+            if i == undo_at {
+                for (metric, effect) in failed.iter().rev() {
+                    shuffled.standing.revert(metric, effect).unwrap();
+                }
+            }
+            for (metric, effect) in commits.get(i).into_iter().flatten() {
+                shuffled.standing.apply(metric, effect).unwrap();
+            }
+        }
+        assert_eq!(snapshot(&shuffled, &at), snapshot(&org, &at), "seed {seed}: order {commits:#?}");
+        assert_sessions_match(&shuffled, &records, &at, &format!("seed {seed}, shuffled"));
+    }
 }
 
 // ------------------------------------------------------------------- check
