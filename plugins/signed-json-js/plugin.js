@@ -22,69 +22,6 @@ class AdapterError extends Error {
 }
 const malformed = (message) => new AdapterError('malformed', message);
 
-// SHA-256 (FIPS 180-4) and HMAC (RFC 2104) over Uint8Array: the engine has
-// no synchronous digest, and the body must be hashed byte for byte.
-const K = new Uint32Array([
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-]);
-
-function sha256(data) {
-  const bitLength = data.length * 8;
-  const padded = new Uint8Array(((data.length + 9 + 63) >> 6) << 6);
-  padded.set(data);
-  padded[data.length] = 0x80;
-  const view = new DataView(padded.buffer);
-  view.setUint32(padded.length - 8, Math.floor(bitLength / 0x100000000));
-  view.setUint32(padded.length - 4, bitLength >>> 0);
-  const h = new Uint32Array([
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-  ]);
-  const w = new Uint32Array(64);
-  const rotr = (x, n) => (x >>> n) | (x << (32 - n));
-  for (let block = 0; block < padded.length; block += 64) {
-    for (let i = 0; i < 16; i++) w[i] = view.getUint32(block + i * 4);
-    for (let i = 16; i < 64; i++) {
-      const s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >>> 3);
-      const s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >>> 10);
-      w[i] = (w[i - 16] + s0 + w[i - 7] + s1) >>> 0;
-    }
-    let [a, b, c, d, e, f, g, hh] = h;
-    for (let i = 0; i < 64; i++) {
-      const t1 = (hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i]) >>> 0;
-      const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) >>> 0;
-      hh = g; g = f; f = e; e = (d + t1) >>> 0; d = c; c = b; b = a; a = (t1 + t2) >>> 0;
-    }
-    const add = [a, b, c, d, e, f, g, hh];
-    for (let i = 0; i < 8; i++) h[i] = (h[i] + add[i]) >>> 0;
-  }
-  const out = new Uint8Array(32);
-  const outView = new DataView(out.buffer);
-  for (let i = 0; i < 8; i++) outView.setUint32(i * 4, h[i]);
-  return out;
-}
-
-function hmacSha256Hex(key, message) {
-  let k = key.length > 64 ? sha256(key) : key;
-  const block = new Uint8Array(64);
-  block.set(k);
-  const inner = new Uint8Array(64 + message.length);
-  const outer = new Uint8Array(64 + 32);
-  for (let i = 0; i < 64; i++) {
-    inner[i] = block[i] ^ 0x36;
-    outer[i] = block[i] ^ 0x5c;
-  }
-  inner.set(message, 64);
-  outer.set(sha256(inner), 64);
-  return Array.from(sha256(outer), (b) => b.toString(16).padStart(2, '0')).join('');
-}
-
 // Compares without stopping at the first difference.
 function sameText(a, b) {
   if (a.length !== b.length) return false;
@@ -154,7 +91,9 @@ function toRecord(eventId, org, index, item) {
   };
 }
 
-function verify(headers, body) {
+// HMAC-SHA256 through the engine's WebCrypto (native code; a SHA-256
+// written in JavaScript cost ~2.4 ms a call in the interpreter).
+async function verify(headers, body) {
   const secret = config('signature_secret');
   if (!secret) throw new AdapterError('config', 'signature_secret is not configured');
   const name = (config('signature_header') || DEFAULT_HEADER).toLowerCase();
@@ -163,7 +102,9 @@ function verify(headers, body) {
   if (!given[1].startsWith('sha256=')) {
     throw new AdapterError('unauthorized', `${name} must be sha256=<hex of HMAC-SHA256 of the body>`);
   }
-  const expected = hmacSha256Hex(new TextEncoder().encode(secret), body);
+  const key = await crypto.subtle.importKey('raw', new TextEncoder().encode(secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+  const mac = new Uint8Array(await crypto.subtle.sign('HMAC', key, body));
+  const expected = Array.from(mac, (b) => b.toString(16).padStart(2, '0')).join('');
   if (!sameText(given[1].slice('sha256='.length).trim().toLowerCase(), expected)) {
     throw new AdapterError('unauthorized', 'signature does not match the body');
   }
@@ -179,8 +120,10 @@ export const adapter = {
     };
   },
 
-  handleWebhook(req) {
-    verify(req.headers, req.body);
+  // Async for WebCrypto; componentize-js runs the promise to completion
+  // inside the call, so the export stays a plain synchronous function.
+  async handleWebhook(req) {
+    await verify(req.headers, req.body);
     let doc;
     try {
       doc = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(req.body));
