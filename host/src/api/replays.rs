@@ -4,8 +4,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::text::{Quantity, Time};
-use crate::replay::report::{self, ChangeKind, DeliveryCounts, RecordCounts};
+use crate::replay::report;
 use crate::replay::{JobState, JobView};
+
+/// Parts of a [`Report`] that are the replay's own types, on the wire as they are.
+pub use crate::replay::report::{ChangeKind, DeliveryCounts, RecordCounts};
 
 /// `POST /v1/replays`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
