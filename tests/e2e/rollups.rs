@@ -12,8 +12,8 @@ use std::process::Output;
 
 use chrono::{Datelike as _, Duration, SecondsFormat, Utc};
 use meterd::api::orgs::{Entitlements, OrgCredits};
+use meterd::api::rollups::RollupCheck;
 use meterd::api::usage::Usage;
-use serde_json::Value;
 use support::Body;
 use support::postgres::TestDatabase;
 use support::{Gateway, Options, e2b_event, meterd_command};
@@ -68,10 +68,19 @@ fn ragged_range() -> String {
     )
 }
 
+/// One answer read as its type. `Body::json` refuses an answer with a field
+/// the type does not hold, so equal values are equal answers.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Usage(Usage),
+    Entitlements(Entitlements),
+    Credits(OrgCredits),
+}
+
 /// Everything the API says about `acme`'s usage that rollups feed: each
-/// answer read as its type, and kept as it came so that whole answers are
-/// compared (not only the fields a test names).
-async fn answers(gw: &Gateway, ragged: &str) -> Vec<(String, Body)> {
+/// answer read whole as its type, so that whole answers are compared (not
+/// only the fields a test names).
+async fn answers(gw: &Gateway, ragged: &str) -> Vec<(String, Answer)> {
     let mut out = Vec::new();
     for meter in [
         "sandbox_cpu_core_seconds",
@@ -84,24 +93,23 @@ async fn answers(gw: &Gateway, ragged: &str) -> Vec<(String, Body)> {
             let path = format!("/v1/orgs/acme/usage?meter={meter}{extra}");
             let (status, answer) = gw.get(&path).await;
             assert_eq!(status, 200, "{path}: {answer}");
-            answer.json::<Usage>();
-            out.push((path, answer));
+            out.push((path, Answer::Usage(answer.json())));
         }
     }
     for path in ["/v1/orgs/acme/entitlements", "/v1/orgs/acme/grants", "/v1/orgs/other/entitlements"] {
         let (status, answer) = gw.get(path).await;
         assert_eq!(status, 200, "{path}: {answer}");
-        if path.ends_with("/grants") {
-            answer.json::<OrgCredits>();
+        let answer = if path.ends_with("/grants") {
+            Answer::Credits(answer.json())
         } else {
-            answer.json::<Entitlements>();
-        }
+            Answer::Entitlements(answer.json())
+        };
         out.push((path.to_owned(), answer));
     }
     out
 }
 
-fn assert_same(before: &[(String, Body)], after: &[(String, Body)], when: &str) {
+fn assert_same(before: &[(String, Answer)], after: &[(String, Answer)], when: &str) {
     for ((path, a), (_, b)) in before.iter().zip(after) {
         assert_eq!(a, b, "{when}: {path}");
     }
@@ -112,6 +120,11 @@ fn rollups_cli(gw: &Gateway, args: &[&str]) -> Output {
     let mut all = vec!["--config", config.to_str().expect("UTF-8"), "rollups"];
     all.extend_from_slice(args);
     meterd_command().args(&all).env("METERD_LOG", "error").output().expect("running meterd")
+}
+
+/// The report `rollups check --json` printed, read whole as its type.
+fn check_report(out: &Output) -> RollupCheck {
+    Body(String::from_utf8_lossy(&out.stdout).into_owned()).json()
 }
 
 fn text(out: &Output) -> String {
@@ -150,7 +163,8 @@ async fn same_answers_across_restart_and_backfill(mut gw: Gateway, db: Db<'_>) {
     let ragged = ragged_range();
     let before = answers(&gw, &ragged).await;
     assert!(
-        before.iter().any(|(p, v)| p.contains("sandbox_active_seconds") && v.json::<Usage>().total.0 != "0"),
+        before.iter().any(|(p, v)| p.contains("sandbox_active_seconds")
+            && matches!(v, Answer::Usage(usage) if usage.total.0 != "0")),
         "the history has usage: {before:?}"
     );
 
@@ -181,13 +195,11 @@ async fn same_answers_across_restart_and_backfill(mut gw: Gateway, db: Db<'_>) {
         .await;
     let out = rollups_cli(&gw, &["check", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    // The CLI's own report, not an HTTP answer: `meterd::api` has no type
-    // for it, so it is read by key.
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    assert_eq!(report["differences"], 2, "the stored row and the computed one: {report}");
+    let report = check_report(&out);
+    assert_eq!(report.differences, 2, "the stored row and the computed one: {report:?}");
     assert!(
-        report["examples"][0].as_str().is_some_and(|e| e.starts_with("hours acme/sandbox_active@")),
-        "{report}"
+        report.examples.first().is_some_and(|e| e.starts_with("hours acme/sandbox_active@")),
+        "{report:?}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 rollup rows differ"), "{}", text(&out));
     let out = rollups_cli(&gw, &["rebuild"]);
@@ -206,8 +218,8 @@ async fn same_answers_across_restart_and_backfill(mut gw: Gateway, db: Db<'_>) {
     assert_same(&before, &answers(&gw, &ragged).await, "with group hours for template_id");
     let out = rollups_cli(&gw, &["check", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    assert!(report["group_hours"].as_u64().is_some_and(|n| n > 0), "{report}");
+    let report = check_report(&out);
+    assert!(report.group_hours > 0, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -92,7 +92,7 @@ impl From<&ApiKey> for Key {
 }
 
 /// The answer to `POST /v1/keys`: the only place the key itself appears.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: Key,
@@ -102,13 +102,13 @@ pub struct CreatedKey {
 }
 
 /// The answer to `GET /v1/keys`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Keys {
     pub keys: Vec<Key>,
 }
 
 /// The answer to `DELETE /v1/keys/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Revoked {
     pub id: String,
     pub revoked_at: Time,

@@ -6,11 +6,15 @@
 //!
 //! Times are RFC 3339 text and quantities and money exact decimal text
 //! (`text`), so no float ever carries a quantity over the wire.
+//!
+//! `rollups` is the one contract here that is not HTTP: the JSON report of
+//! `meterd rollups check --json`.
 
 pub mod keys;
 pub mod ops;
 pub mod orgs;
 pub mod replays;
+pub mod rollups;
 pub mod text;
 pub mod usage;
 

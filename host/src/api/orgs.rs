@@ -58,7 +58,7 @@ impl From<&OrgView> for Org {
 /// The answer to `GET /v1/orgs`: the orgs the caller's key may read. An
 /// admin sees every org the gateway knows now (assigned a plan, or with
 /// usage this period); a tenant key exactly the orgs of its scope.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrgList {
     /// The caller's kind of key: `admin` (or the admin token) or `orgs`.
     pub scope: super::keys::KeyScope,
@@ -68,7 +68,7 @@ pub struct OrgList {
 
 /// The answer to `PUT /v1/orgs/{org}`: the org on its plan, with the plan's
 /// credit if this assignment granted it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AssignedOrg {
     #[serde(flatten)]
     pub org: Org,
@@ -184,7 +184,7 @@ impl From<&CreditsOf> for Credits {
 }
 
 /// The answer to `GET /v1/orgs/{org}/grants`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrgCredits {
     pub org: String,
     #[serde(flatten)]
@@ -244,7 +244,7 @@ pub struct Sessions {
 }
 
 /// The answer to `GET /v1/orgs/{org}/entitlements`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Entitlements {
     #[serde(flatten)]
     pub org: Org,

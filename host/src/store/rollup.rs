@@ -731,7 +731,9 @@ impl RollupCheck {
 }
 
 /// What the check found: how many rows differ per table, and the first few.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// Also the report `meterd rollups check --json` prints (a CLI contract,
+/// `api::rollups::RollupCheck`), so it reads back as well as it writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RollupCheck {
     pub records: u64,
     pub hours: u64,
