@@ -38,6 +38,16 @@ const FORBIDDEN: (u16, &str) = (403, "A tenant key on a route that needs an admi
 const OUT_OF_SCOPE: (u16, &str) =
     (404, "A tenant key asking about an org outside its scope (as for an org that does not exist)");
 
+/// A route any key may call, about no org in particular (`GET /v1/orgs`).
+pub struct KeyErrors;
+
+impl utoipa::IntoResponses for KeyErrors {
+    fn responses()
+    -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+        auth_responses(&[UNAUTHORIZED])
+    }
+}
+
 /// A route a tenant key may call for its own orgs.
 pub struct OrgReadErrors;
 

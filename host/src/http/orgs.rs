@@ -9,7 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 
-use super::error::{ErrorBody, OrgAdminErrors, OrgReadErrors};
+use super::error::{ErrorBody, KeyErrors, OrgAdminErrors, OrgReadErrors};
 use super::usage::parse_time;
 use super::{ApiError, AppState};
 use crate::api::orgs::{
@@ -32,7 +32,7 @@ fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
                    plan, or with usage this period. A tenant key sees exactly the orgs of its scope.",
     responses(
         (status = 200, description = "The caller's scope and its orgs, by id", body = OrgList),
-        (status = 401, description = "No bearer token, or not an active API key nor the admin token", body = ErrorBody),
+        KeyErrors,
     ),
     security(("bearer" = []))
 )]
