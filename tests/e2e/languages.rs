@@ -32,6 +32,12 @@ fn meterd(args: &[&str], dir: &Path) -> Output {
     meterd_command().args(args).current_dir(dir).env("METERD_LOG", "error").output().expect("running meterd")
 }
 
+/// `meterd plugins test COMPONENT --fixtures FIXTURES`.
+fn plugins_test(component: &Path, fixtures: &Path, dir: &Path) -> Output {
+    let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
+    meterd(&["plugins", "test", &path(component), "--fixtures", &path(fixtures)], dir)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -47,17 +53,7 @@ fn python_and_javascript_plugins_pass_the_same_conformance_cases() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fixtures = repo_path("tests/conformance/signed-json");
     for name in PLUGINS {
-        let component = language_component(name);
-        let out = meterd(
-            &[
-                "plugins",
-                "test",
-                component.to_str().expect("a UTF-8 path"),
-                "--fixtures",
-                fixtures.to_str().expect("a UTF-8 path"),
-            ],
-            dir.path(),
-        );
+        let out = plugins_test(&language_component(name), &fixtures, dir.path());
         let stdout = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{name}: {stdout}{}", text(&out.stderr));
         for case in
@@ -120,17 +116,13 @@ fn a_scaffolded_plugin_builds_and_passes_its_own_conformance_cases() {
     let sdk = repo_path("plugins/sdk");
     let parent = dir.path().join("work");
     let parent_arg = parent.to_str().expect("a UTF-8 path");
-    let out = meterd(
-        &["plugins", "new", "acme-cloud", "--dir", parent_arg, "--sdk", sdk.to_str().expect("a UTF-8 path")],
-        dir.path(),
-    );
+    let sdk_arg = sdk.to_str().expect("a UTF-8 path");
+    let new_acme = ["plugins", "new", "acme-cloud", "--dir", parent_arg, "--sdk", sdk_arg];
+    let out = meterd(&new_acme, dir.path());
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stdout).contains("meterd-plugin-build -- --crate"), "{}", text(&out.stdout));
     // The same name again is refused with a line that says why, exit 2.
-    let again = meterd(
-        &["plugins", "new", "acme-cloud", "--dir", parent_arg, "--sdk", sdk.to_str().expect("a UTF-8 path")],
-        dir.path(),
-    );
+    let again = meterd(&new_acme, dir.path());
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again.stderr).contains("already exists"), "{}", text(&again.stderr));
     let bad = meterd(&["plugins", "new", "Acme Cloud", "--dir", parent_arg], dir.path());
@@ -140,17 +132,7 @@ fn a_scaffolded_plugin_builds_and_passes_its_own_conformance_cases() {
     let crate_dir = parent.join("acme-cloud");
     let component =
         meterd_plugin_build::build_lone_crate(&crate_dir).expect("building the scaffolded plugin for wasm");
-    let fixtures = crate_dir.join("conformance");
-    let out = meterd(
-        &[
-            "plugins",
-            "test",
-            component.to_str().expect("a UTF-8 path"),
-            "--fixtures",
-            fixtures.to_str().expect("a UTF-8 path"),
-        ],
-        dir.path(),
-    );
+    let out = plugins_test(&component, &crate_dir.join("conformance"), dir.path());
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.ends_with("acme-cloud: 5 cases, 5 ok, 0 failed\n"), "{stdout}");
