@@ -11,6 +11,7 @@ mod group_commit;
 mod postgres;
 mod postgres_rollup;
 mod rollup;
+mod rows;
 mod sqlite;
 mod sqlite_rollup;
 mod tails;

@@ -17,27 +17,27 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::mpsc;
 
 use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::postgres_rollup;
 use super::rollup::RollupTx;
+use super::rows;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
-    OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointKey,
-    PointQuery, PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet,
-    RollupCheck, Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord,
-    declared, fix_change, key_from_columns, key_scope_columns, org_change, paged_sql, payload_from_columns,
-    with_seqs,
+    OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PointKey, PointQuery,
+    PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet, RollupCheck,
+    Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, declared,
+    fix_change, key_scope_columns, org_change, paged_sql, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::SeriesKey;
 use crate::meter::rollup::groups::GroupInput;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
-use crate::meter::{Aggregation, Kind, Point};
+use crate::meter::{Aggregation, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Run;
 use crate::record::UsageRecord;
@@ -203,29 +203,6 @@ async fn insert_notices(
     Ok((rows, fired))
 }
 
-pub(super) fn point_from_row(row: &PgRow) -> Result<Point, StoreError> {
-    let kind: String = row.try_get("kind")?;
-    Ok(Point {
-        kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
-        subject: row.try_get("subject")?,
-        quantity: row.try_get("quantity")?,
-        at_ms: row.try_get("at_ms")?,
-        group: row.try_get("grp")?,
-    })
-}
-
-fn grant_from_row(row: &PgRow) -> Result<Grant, StoreError> {
-    Ok(Grant {
-        id: Some(row.try_get("id")?),
-        amount: row.try_get("amount")?,
-        effective_at_ms: row.try_get("effective_at_ms")?,
-        expires_at_ms: row.try_get("expires_at_ms")?,
-        priority: row.try_get("priority")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        source: row.try_get("source")?,
-    })
-}
-
 async fn insert_grant(tx: &mut PgConnection, g: &NewGrant) -> Result<Option<Grant>, StoreError> {
     let row = sqlx::query(
         "INSERT INTO grants (org_id, amount, currency, effective_at_ms, expires_at_ms, priority, created_at_ms, source, plan)
@@ -242,7 +219,7 @@ async fn insert_grant(tx: &mut PgConnection, g: &NewGrant) -> Result<Option<Gran
     .bind(&g.plan)
     .fetch_optional(&mut *tx)
     .await?;
-    row.as_ref().map(grant_from_row).transpose()
+    row.as_ref().map(rows::grant).transpose()
 }
 
 /// Insert / duplicate / correction by (plugin, event id, seq), as the SQLite
@@ -429,40 +406,6 @@ async fn insert_records(
     Ok(inserted)
 }
 
-fn payload_from_row(row: &PgRow, what: &str) -> Result<Payload, StoreError> {
-    let headers: String = row.try_get("headers")?;
-    payload_from_columns(
-        row.try_get("payload_purged_at_ms")?,
-        row.try_get("path")?,
-        row.try_get("query")?,
-        &headers,
-        row.try_get("body")?,
-        what,
-    )
-}
-
-fn stored_record_from_row(row: &PgRow) -> Result<StoredRecord, StoreError> {
-    let kind: String = row.try_get("kind")?;
-    let attributes: String = row.try_get("attributes")?;
-    Ok(StoredRecord {
-        id: row.try_get("id")?,
-        delivery_id: row.try_get("delivery_id")?,
-        seq: row.try_get("seq")?,
-        record: UsageRecord {
-            event_id: row.try_get("event_id")?,
-            org_id: row.try_get("org_id")?,
-            subject: row.try_get("subject")?,
-            metric: row.try_get("metric")?,
-            kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
-            quantity: row.try_get("quantity")?,
-            at_ms: row.try_get("at_ms")?,
-            window_start_ms: row.try_get("window_start_ms")?,
-            attributes: serde_json::from_str(&attributes)
-                .map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))?,
-        },
-    })
-}
-
 async fn org_plans(conn: &mut PgConnection) -> Result<Vec<OrgPlan>, StoreError> {
     let rows = sqlx::query("SELECT org_id, plan, assigned_at_ms FROM org_plans").fetch_all(conn).await?;
     rows.iter()
@@ -534,21 +477,6 @@ async fn follow_feed(pool: PgPool, mut listener: PgListener, sender: mpsc::Unbou
             return;
         }
     }
-}
-
-fn poll_state_from_row(row: &PgRow) -> Result<PollState, StoreError> {
-    Ok(PollState {
-        plugin: row.try_get("plugin")?,
-        target: row.try_get("target")?,
-        cursor: row.try_get("cursor")?,
-        lease_holder: row.try_get("lease_holder")?,
-        lease_expires_ms: row.try_get("lease_expires_ms")?,
-        last_success_ms: row.try_get("last_success_ms")?,
-        last_error: row.try_get("last_error")?,
-        last_error_ms: row.try_get("last_error_ms")?,
-        consecutive_failures: row.try_get("consecutive_failures")?,
-        next_run_ms: row.try_get("next_run_ms")?,
-    })
 }
 
 #[async_trait]
@@ -699,7 +627,7 @@ impl Records for PostgresStore {
         .bind(q.range.to_ms)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(point_from_row).collect()
+        rows.iter().map(rows::point).collect()
     }
 
     async fn carry_in(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
@@ -717,7 +645,7 @@ impl Records for PostgresStore {
         .bind(q.range.from_ms)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(point_from_row).collect()
+        rows.iter().map(rows::point).collect()
     }
 
     async fn points_page(
@@ -740,7 +668,7 @@ impl Records for PostgresStore {
             .await?;
         rows.iter()
             .map(|row| {
-                let point = point_from_row(row)?;
+                let point = rows::point(row)?;
                 Ok(((point.at_ms, row.try_get("id")?), point))
             })
             .collect()
@@ -778,7 +706,7 @@ impl Records for PostgresStore {
             .bind(last)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(point_from_row).collect()
+        rows.iter().map(rows::point).collect()
     }
 }
 
@@ -807,7 +735,7 @@ impl Polls for PostgresStore {
         .bind(now_ms)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(poll_state_from_row).transpose()
+        row.as_ref().map(rows::poll_state).transpose()
     }
 
     async fn commit_poll(&self, poll: &PollCommit) -> Result<RecordCounts, StoreError> {
@@ -875,7 +803,7 @@ impl Polls for PostgresStore {
     async fn poll_states(&self) -> Result<Vec<PollState>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM poll_state ORDER BY plugin, target").fetch_all(&self.pool).await?;
-        rows.iter().map(poll_state_from_row).collect()
+        rows.iter().map(rows::poll_state).collect()
     }
 }
 
@@ -968,7 +896,7 @@ impl Plans for PostgresStore {
             .bind(org_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(grant_from_row).collect()
+        rows.iter().map(rows::grant).collect()
     }
 
     async fn record_notices(&self, notices: &[Notice], now_ms: i64) -> Result<usize, StoreError> {
@@ -1137,17 +1065,7 @@ impl Deliveries for PostgresStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                let event_id: String = row.try_get("event_id")?;
-                Ok(StoredDelivery {
-                    id: row.try_get("id")?,
-                    payload: payload_from_row(row, &format!("{plugin}/{event_id}"))?,
-                    received_at_ms: row.try_get("received_at_ms")?,
-                    event_id,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| rows::delivery(row, plugin)).collect()
     }
 
     async fn delivery_records(
@@ -1183,7 +1101,7 @@ impl Deliveries for PostgresStore {
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
             if row.try_get::<String, _>("plugin")? == plugin {
-                records.push(stored_record_from_row(row)?);
+                records.push(rows::stored_record(row)?);
             }
         }
         Ok(records)
@@ -1288,20 +1206,7 @@ impl Keys for PostgresStore {
     async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM api_keys ORDER BY created_at_ms, id").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                let orgs: String = row.try_get("orgs")?;
-                key_from_columns(
-                    row.try_get("id")?,
-                    row.try_get("secret_hash")?,
-                    row.try_get("admin")?,
-                    &orgs,
-                    row.try_get("label")?,
-                    row.try_get("created_at_ms")?,
-                    row.try_get("revoked_at_ms")?,
-                )
-            })
-            .collect()
+        rows.iter().map(rows::api_key).collect()
     }
 
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {

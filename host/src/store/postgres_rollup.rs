@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 use super::StoreError;
@@ -16,6 +15,7 @@ use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
     SubjectKey, attributes_of, build_state, fold_records,
 };
+use super::rows::{self, StoredRow as _};
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
@@ -29,31 +29,6 @@ const TABLES: [&str; 5] = ["hours", "steps", "months", "runs", "group_hours"];
 /// The advisory lock a rebuild holds (replicas starting together back-fill
 /// once).
 const REBUILD_LOCK: i64 = 0x6d65_7465_7264_0001;
-
-fn hour_from_row(row: &PgRow) -> Result<Hour, StoreError> {
-    Ok(Hour {
-        delta_sum: row.try_get("delta_sum")?,
-        records: row.try_get("records")?,
-        level_step: row.try_get("level_step")?,
-        level_moment: row.try_get("level_moment")?,
-        level_open: row.try_get("level_open")?,
-        level_peak: row.try_get("level_peak")?,
-        level_last_at: row.try_get("level_last_at_ms")?,
-    })
-}
-
-fn month_from_row(row: &PgRow) -> Result<Month, StoreError> {
-    Ok(Month {
-        delta_sum: row.try_get("delta_sum")?,
-        records: row.try_get("records")?,
-        level_step: row.try_get("level_step")?,
-        level_moment: row.try_get("level_moment")?,
-    })
-}
-
-fn key_from_row(row: &PgRow, time: &str) -> Result<(SeriesKey, i64), StoreError> {
-    Ok((SeriesKey { org_id: row.try_get("org_id")?, metric: row.try_get("metric")? }, row.try_get(time)?))
-}
 
 /// (orgs, metrics, times) columns of a key list.
 fn columns<'a>(keys: impl Iterator<Item = &'a (SeriesKey, i64)>) -> (Vec<&'a str>, Vec<&'a str>, Vec<i64>) {
@@ -100,21 +75,6 @@ async fn add_values(
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-fn run_from_row(row: &PgRow) -> Result<(String, Run), StoreError> {
-    Ok((
-        row.try_get("org_id")?,
-        Run {
-            subject: row.try_get("subject")?,
-            started_ms: row.try_get("started_ms")?,
-            ended_ms: row.try_get("ended_ms")?,
-        },
-    ))
-}
-
-fn series_from_row(row: &PgRow) -> Result<SeriesKey, StoreError> {
-    Ok(SeriesKey { org_id: row.try_get("org_id")?, metric: row.try_get("metric")? })
 }
 
 async fn write_runs(conn: &mut PgConnection, table: &str, rows: &[(String, Run)]) -> Result<(), StoreError> {
@@ -168,7 +128,7 @@ async fn load_hours(
     .bind(&times)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(|row| Ok((key_from_row(row, "hour_ms")?, hour_from_row(row)?))).collect()
+    rows.iter().map(|row| Ok((rows::series_at(row, "hour_ms")?, rows::hour(row)?))).collect()
 }
 
 async fn save_hours(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Hour)]) -> Result<(), StoreError> {
@@ -362,7 +322,7 @@ impl RollupTx for PgConnection {
                     metric: row.try_get("metric")?,
                     subject: row.try_get("subject")?,
                     at_ms: row.try_get("at_ms")?,
-                    quantity: row.try_get("quantity")?,
+                    quantity: row.decimal("quantity")?,
                 })
             })
             .collect()
@@ -397,9 +357,9 @@ impl RollupTx for PgConnection {
         rows.iter()
             .map(|row| {
                 Ok((
-                    (series_from_row(row)?, row.try_get("subject")?),
+                    (rows::series(row)?, row.try_get("subject")?),
                     row.try_get("at_ms")?,
-                    row.try_get("quantity")?,
+                    row.decimal("quantity")?,
                 ))
             })
             .collect()
@@ -416,7 +376,7 @@ impl RollupTx for PgConnection {
         .bind(&names)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(run_from_row).collect()
+        rows.iter().map(rows::run).collect()
     }
 
     async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError> {
@@ -424,7 +384,7 @@ impl RollupTx for PgConnection {
             .bind(month_ms)
             .fetch_all(&mut *self)
             .await?;
-        rows.iter().map(|row| Ok((series_from_row(row)?, row.try_get("level_step")?))).collect()
+        rows.iter().map(|row| Ok((rows::series(row)?, row.decimal("level_step")?))).collect()
     }
 
     async fn hours_from(&mut self, from_ms: i64) -> Result<Vec<(SeriesKey, i64, Hour)>, StoreError> {
@@ -433,9 +393,7 @@ impl RollupTx for PgConnection {
                 .bind(from_ms)
                 .fetch_all(&mut *self)
                 .await?;
-        rows.iter()
-            .map(|row| Ok((series_from_row(row)?, row.try_get("hour_ms")?, hour_from_row(row)?)))
-            .collect()
+        rows.iter().map(|row| Ok((rows::series(row)?, row.try_get("hour_ms")?, rows::hour(row)?))).collect()
     }
 
     async fn steps_after(
@@ -456,15 +414,13 @@ impl RollupTx for PgConnection {
         .bind(after_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter()
-            .map(|row| Ok((series_from_row(row)?, row.try_get("at_ms")?, row.try_get("step")?)))
-            .collect()
+        rows.iter().map(|row| Ok((rows::series(row)?, row.try_get("at_ms")?, row.decimal("step")?))).collect()
     }
 
     async fn open_runs(&mut self) -> Result<Vec<(String, Run)>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM rollup_runs WHERE ended_ms IS NULL").fetch_all(&mut *self).await?;
-        rows.iter().map(run_from_row).collect()
+        rows.iter().map(rows::run).collect()
     }
 
     async fn long_runs(
@@ -482,7 +438,7 @@ impl RollupTx for PgConnection {
         .bind(ended_after_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(|row| Ok(run_from_row(row)?.1)).collect()
+        rows.iter().map(|row| Ok(rows::run(row)?.1)).collect()
     }
 
     async fn months_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Month)>, StoreError> {
@@ -495,7 +451,7 @@ impl RollupTx for PgConnection {
         .bind(range.to_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(|row| Ok((row.try_get("month_ms")?, month_from_row(row)?))).collect()
+        rows.iter().map(|row| Ok((row.try_get("month_ms")?, rows::month(row)?))).collect()
     }
 
     async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
@@ -508,7 +464,7 @@ impl RollupTx for PgConnection {
         .bind(range.to_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(|row| Ok((row.try_get("hour_ms")?, hour_from_row(row)?))).collect()
+        rows.iter().map(|row| Ok((row.try_get("hour_ms")?, rows::hour(row)?))).collect()
     }
 
     async fn steps_in(
@@ -525,7 +481,7 @@ impl RollupTx for PgConnection {
         .bind(range.to_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(|row| Ok((row.try_get("at_ms")?, row.try_get("step")?))).collect()
+        rows.iter().map(|row| Ok((row.try_get("at_ms")?, row.decimal("step")?))).collect()
     }
 
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError> {
@@ -561,7 +517,7 @@ impl RollupTx for PgConnection {
         .bind(group_by)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(super::postgres::point_from_row).collect()
+        rows.iter().map(rows::point).collect()
     }
 
     async fn group_hours_in(
@@ -584,7 +540,7 @@ impl RollupTx for PgConnection {
         rows.iter()
             .map(|row| {
                 let group = GroupHour {
-                    delta_sum: row.try_get("delta_sum")?,
+                    delta_sum: row.decimal("delta_sum")?,
                     records: row.try_get("records")?,
                     deltas: row.try_get("deltas")?,
                 };
@@ -697,7 +653,7 @@ impl RebuildTx for Rebuild<'_> {
                     metric: row.try_get("metric")?,
                     subject: row.try_get("subject")?,
                     kind: row.try_get("kind")?,
-                    quantity: row.try_get("quantity")?,
+                    quantity: row.decimal("quantity")?,
                     at_ms: row.try_get("at_ms")?,
                     attributes: attributes_of(&row.try_get::<String, _>("attributes")?)?,
                 })

@@ -8,22 +8,20 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::checkpoint::{self, Checkpointer};
 use super::rollup::{Maintained, RollupTx, SubjectKey};
+use super::rows;
 use super::sqlite_rollup;
 use super::tails::TailMemory;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
-    OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Payload, Plans, PointKey,
-    PointQuery, PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet,
-    RollupCheck, Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord,
-    declared, fix_change, key_from_columns, key_scope_columns, org_change, paged_sql, payload_from_columns,
-    with_seqs,
+    OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PointKey, PointQuery,
+    PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet, RollupCheck,
+    Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, declared,
+    fix_change, key_scope_columns, org_change, paged_sql, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
@@ -31,7 +29,7 @@ use crate::meter::rollup::SeriesKey;
 use crate::meter::rollup::groups::GroupInput;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::tail::Tail;
-use crate::meter::{Aggregation, Kind, Point};
+use crate::meter::{Aggregation, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Run;
 use crate::record::UsageRecord;
@@ -198,20 +196,6 @@ async fn insert_notices(
     Ok(rows)
 }
 
-fn grant_from_row(row: &SqliteRow) -> Result<Grant, StoreError> {
-    let amount: String = row.try_get("amount")?;
-    Ok(Grant {
-        id: Some(row.try_get("id")?),
-        amount: meterd_units::parse_quantity(&amount)
-            .map_err(|e| StoreError::Corrupt(format!("stored grant amount: {e}")))?,
-        effective_at_ms: row.try_get("effective_at_ms")?,
-        expires_at_ms: row.try_get("expires_at_ms")?,
-        priority: row.try_get("priority")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        source: row.try_get("source")?,
-    })
-}
-
 /// Inserts a grant; `None` when it is a plan credit already stored.
 async fn insert_grant(tx: &mut SqliteConnection, g: &NewGrant) -> Result<Option<Grant>, StoreError> {
     let row = sqlx::query(
@@ -229,26 +213,13 @@ async fn insert_grant(tx: &mut SqliteConnection, g: &NewGrant) -> Result<Option<
     .bind(&g.plan)
     .fetch_optional(&mut *tx)
     .await?;
-    row.as_ref().map(grant_from_row).transpose()
+    row.as_ref().map(rows::grant).transpose()
 }
 
 /// `$."key"`: a JSON path naming one attribute (keys are validated to
 /// contain no quotes), or none when not grouping.
 pub(super) fn group_path(group_by: Option<&str>) -> Option<String> {
     group_by.map(|key| format!("$.\"{key}\""))
-}
-
-pub(super) fn point_from_row(row: &SqliteRow) -> Result<Point, StoreError> {
-    let kind: String = row.try_get("kind")?;
-    let quantity: String = row.try_get("quantity")?;
-    Ok(Point {
-        kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
-        subject: row.try_get("subject")?,
-        quantity: meterd_units::parse_quantity(&quantity)
-            .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))?,
-        at_ms: row.try_get("at_ms")?,
-        group: row.try_get("grp")?,
-    })
 }
 
 /// Writes records by their dedup key (plugin, event id, seq): a new key is
@@ -523,57 +494,6 @@ fn record_insert<'q>(rows: &[&'q RecordRow<'q>], before: &str, after: &str) -> Q
     insert
 }
 
-fn payload_from_row(row: &SqliteRow, what: &str) -> Result<Payload, StoreError> {
-    let headers: String = row.try_get("headers")?;
-    payload_from_columns(
-        row.try_get("payload_purged_at_ms")?,
-        row.try_get("path")?,
-        row.try_get("query")?,
-        &headers,
-        row.try_get("body")?,
-        what,
-    )
-}
-
-fn stored_record_from_row(row: &SqliteRow) -> Result<StoredRecord, StoreError> {
-    let kind: String = row.try_get("kind")?;
-    let quantity: String = row.try_get("quantity")?;
-    let attributes: String = row.try_get("attributes")?;
-    Ok(StoredRecord {
-        id: row.try_get("id")?,
-        delivery_id: row.try_get("delivery_id")?,
-        seq: row.try_get("seq")?,
-        record: UsageRecord {
-            event_id: row.try_get("event_id")?,
-            org_id: row.try_get("org_id")?,
-            subject: row.try_get("subject")?,
-            metric: row.try_get("metric")?,
-            kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("record kind {kind:?}")))?,
-            quantity: meterd_units::parse_quantity(&quantity)
-                .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))?,
-            at_ms: row.try_get("at_ms")?,
-            window_start_ms: row.try_get("window_start_ms")?,
-            attributes: serde_json::from_str(&attributes)
-                .map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))?,
-        },
-    })
-}
-
-fn poll_state_from_row(row: &SqliteRow) -> Result<PollState, StoreError> {
-    Ok(PollState {
-        plugin: row.try_get("plugin")?,
-        target: row.try_get("target")?,
-        cursor: row.try_get("cursor")?,
-        lease_holder: row.try_get("lease_holder")?,
-        lease_expires_ms: row.try_get("lease_expires_ms")?,
-        last_success_ms: row.try_get("last_success_ms")?,
-        last_error: row.try_get("last_error")?,
-        last_error_ms: row.try_get("last_error_ms")?,
-        consecutive_failures: row.try_get("consecutive_failures")?,
-        next_run_ms: row.try_get("next_run_ms")?,
-    })
-}
-
 #[async_trait]
 impl Rollups for SqliteStore {
     async fn rollup_input(
@@ -696,7 +616,7 @@ impl Records for SqliteStore {
         .bind(q.range.to_ms)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter().map(point_from_row).collect()
+        rows.iter().map(rows::point).collect()
     }
 
     async fn carry_in(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
@@ -714,7 +634,7 @@ impl Records for SqliteStore {
         .bind(q.range.from_ms)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter().map(point_from_row).collect()
+        rows.iter().map(rows::point).collect()
     }
 
     async fn points_page(
@@ -737,7 +657,7 @@ impl Records for SqliteStore {
             .await?;
         rows.iter()
             .map(|row| {
-                let point = point_from_row(row)?;
+                let point = rows::point(row)?;
                 Ok(((point.at_ms, row.try_get("id")?), point))
             })
             .collect()
@@ -775,7 +695,7 @@ impl Records for SqliteStore {
             .bind(last)
             .fetch_all(&self.readers)
             .await?;
-        rows.iter().map(point_from_row).collect()
+        rows.iter().map(rows::point).collect()
     }
 }
 
@@ -804,7 +724,7 @@ impl Polls for SqliteStore {
         .bind(now_ms)
         .fetch_optional(&self.writer)
         .await?;
-        row.as_ref().map(poll_state_from_row).transpose()
+        row.as_ref().map(rows::poll_state).transpose()
     }
 
     async fn commit_poll(&self, poll: &PollCommit) -> Result<RecordCounts, StoreError> {
@@ -869,7 +789,7 @@ impl Polls for SqliteStore {
     async fn poll_states(&self) -> Result<Vec<PollState>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM poll_state ORDER BY plugin, target").fetch_all(&self.readers).await?;
-        rows.iter().map(poll_state_from_row).collect()
+        rows.iter().map(rows::poll_state).collect()
     }
 }
 
@@ -951,7 +871,7 @@ impl Plans for SqliteStore {
             .bind(org_id)
             .fetch_all(&self.readers)
             .await?;
-        rows.iter().map(grant_from_row).collect()
+        rows.iter().map(rows::grant).collect()
     }
 
     async fn record_notices(&self, notices: &[Notice], now_ms: i64) -> Result<usize, StoreError> {
@@ -1106,17 +1026,7 @@ impl Deliveries for SqliteStore {
             .bind(limit)
             .fetch_all(&self.readers)
             .await?;
-        rows.iter()
-            .map(|row| {
-                let event_id: String = row.try_get("event_id")?;
-                Ok(StoredDelivery {
-                    id: row.try_get("id")?,
-                    payload: payload_from_row(row, &format!("{plugin}/{event_id}"))?,
-                    received_at_ms: row.try_get("received_at_ms")?,
-                    event_id,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| rows::delivery(row, plugin)).collect()
     }
 
     async fn delivery_records(
@@ -1141,7 +1051,7 @@ impl Deliveries for SqliteStore {
         .bind(serde_json::to_string(event_ids).unwrap_or_else(|_| "[]".to_owned()))
         .fetch_all(&self.readers)
         .await?;
-        rows.iter().map(stored_record_from_row).collect()
+        rows.iter().map(rows::stored_record).collect()
     }
 
     async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError> {
@@ -1224,20 +1134,7 @@ impl Keys for SqliteStore {
     async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM api_keys ORDER BY created_at_ms, id").fetch_all(&self.readers).await?;
-        rows.iter()
-            .map(|row| {
-                let orgs: String = row.try_get("orgs")?;
-                key_from_columns(
-                    row.try_get("id")?,
-                    row.try_get("secret_hash")?,
-                    row.try_get("admin")?,
-                    &orgs,
-                    row.try_get("label")?,
-                    row.try_get("created_at_ms")?,
-                    row.try_get("revoked_at_ms")?,
-                )
-            })
-            .collect()
+        rows.iter().map(rows::api_key).collect()
     }
 
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {

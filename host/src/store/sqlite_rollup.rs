@@ -6,7 +6,6 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
-use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::StoreError;
@@ -14,6 +13,7 @@ use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
     SubjectKey, attributes_of, build_state, fold_records,
 };
+use super::rows::{self, StoredRow as _};
 use crate::meter::Point;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
@@ -23,10 +23,6 @@ use crate::plans::standing::Run;
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const ROWS_PER_WRITE: usize = 2_000;
-
-fn quantity(text: &str) -> Result<Decimal, StoreError> {
-    meterd_units::parse_quantity(text).map_err(|e| StoreError::Corrupt(format!("stored rollup: {e}")))
-}
 
 fn text(d: Decimal) -> String {
     meterd_units::format_quantity(d)
@@ -155,32 +151,6 @@ const ROLLUP_ROWS: &str = "
     ON CONFLICT (org_id, subject, started_ms) DO UPDATE SET ended_ms = excluded.ended_ms,
         length_ms = excluded.length_ms";
 
-fn hour_from_row(row: &SqliteRow) -> Result<Hour, StoreError> {
-    let peak: Option<String> = row.try_get("level_peak")?;
-    Ok(Hour {
-        delta_sum: quantity(&row.try_get::<String, _>("delta_sum")?)?,
-        records: row.try_get("records")?,
-        level_step: quantity(&row.try_get::<String, _>("level_step")?)?,
-        level_moment: quantity(&row.try_get::<String, _>("level_moment")?)?,
-        level_open: quantity(&row.try_get::<String, _>("level_open")?)?,
-        level_peak: peak.as_deref().map(quantity).transpose()?,
-        level_last_at: row.try_get("level_last_at_ms")?,
-    })
-}
-
-fn month_from_row(row: &SqliteRow) -> Result<Month, StoreError> {
-    Ok(Month {
-        delta_sum: quantity(&row.try_get::<String, _>("delta_sum")?)?,
-        records: row.try_get("records")?,
-        level_step: quantity(&row.try_get::<String, _>("level_step")?)?,
-        level_moment: quantity(&row.try_get::<String, _>("level_moment")?)?,
-    })
-}
-
-fn key_from_row(row: &SqliteRow, time: &str) -> Result<(SeriesKey, i64), StoreError> {
-    Ok((SeriesKey { org_id: row.try_get("org_id")?, metric: row.try_get("metric")? }, row.try_get(time)?))
-}
-
 /// Table names, so a check can rebuild into temporary copies.
 #[derive(Clone, Copy)]
 struct Tables {
@@ -205,21 +175,6 @@ const CHECK: Tables = Tables {
     runs: "check_runs",
     group_hours: "check_group_hours",
 };
-
-fn run_from_row(row: &SqliteRow) -> Result<(String, Run), StoreError> {
-    Ok((
-        row.try_get("org_id")?,
-        Run {
-            subject: row.try_get("subject")?,
-            started_ms: row.try_get("started_ms")?,
-            ended_ms: row.try_get("ended_ms")?,
-        },
-    ))
-}
-
-fn series_from_row(row: &SqliteRow) -> Result<SeriesKey, StoreError> {
-    Ok(SeriesKey { org_id: row.try_get("org_id")?, metric: row.try_get("metric")? })
-}
 
 async fn write_runs(
     conn: &mut SqliteConnection,
@@ -345,17 +300,17 @@ impl RollupTx for SqliteConnection {
                 stored.data_version = Some(row.try_get("at_ms")?);
                 continue;
             }
-            let key = key_from_row(row, "at_ms")?;
+            let key = rows::series_at(row, "at_ms")?;
             match tbl.as_str() {
                 "h" => {
-                    stored.hours.insert(key, hour_from_row(row)?);
+                    stored.hours.insert(key, rows::hour(row)?);
                 }
                 "s" => {
-                    stored.steps.insert(key, quantity(&row.try_get::<String, _>("delta_sum")?)?);
+                    stored.steps.insert(key, row.decimal("delta_sum")?);
                 }
                 "g" => {
                     let group = GroupHour {
-                        delta_sum: quantity(&row.try_get::<String, _>("delta_sum")?)?,
+                        delta_sum: row.decimal("delta_sum")?,
                         records: row.try_get("records")?,
                         deltas: row.try_get("deltas")?,
                     };
@@ -365,7 +320,7 @@ impl RollupTx for SqliteConnection {
                         .insert((series, row.try_get("group_key")?, row.try_get("cell")?, hour), group);
                 }
                 _ => {
-                    stored.months.insert(key, month_from_row(row)?);
+                    stored.months.insert(key, rows::month(row)?);
                 }
             }
         }
@@ -536,7 +491,7 @@ impl RollupTx for SqliteConnection {
                     metric: row.try_get("metric")?,
                     subject: row.try_get("subject")?,
                     at_ms: row.try_get("at_ms")?,
-                    quantity: quantity(&row.try_get::<String, _>("quantity")?)?,
+                    quantity: row.decimal("quantity")?,
                 })
             })
             .collect()
@@ -562,8 +517,8 @@ impl RollupTx for SqliteConnection {
         .await?;
         rows.iter()
             .map(|row| {
-                let key = (series_from_row(row)?, row.try_get("subject")?);
-                Ok((key, row.try_get("at_ms")?, quantity(&row.try_get::<String, _>("quantity")?)?))
+                let key = (rows::series(row)?, row.try_get("subject")?);
+                Ok((key, row.try_get("at_ms")?, row.decimal("quantity")?))
             })
             .collect()
     }
@@ -576,7 +531,7 @@ impl RollupTx for SqliteConnection {
         .bind(json(&subjects))
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(run_from_row).collect()
+        rows.iter().map(rows::run).collect()
     }
 
     async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError> {
@@ -584,9 +539,7 @@ impl RollupTx for SqliteConnection {
             .bind(month_ms)
             .fetch_all(&mut *self)
             .await?;
-        rows.iter()
-            .map(|row| Ok((series_from_row(row)?, quantity(&row.try_get::<String, _>("level_step")?)?)))
-            .collect()
+        rows.iter().map(|row| Ok((rows::series(row)?, row.decimal("level_step")?))).collect()
     }
 
     async fn hours_from(&mut self, from_ms: i64) -> Result<Vec<(SeriesKey, i64, Hour)>, StoreError> {
@@ -595,9 +548,7 @@ impl RollupTx for SqliteConnection {
                 .bind(from_ms)
                 .fetch_all(&mut *self)
                 .await?;
-        rows.iter()
-            .map(|row| Ok((series_from_row(row)?, row.try_get("hour_ms")?, hour_from_row(row)?)))
-            .collect()
+        rows.iter().map(|row| Ok((rows::series(row)?, row.try_get("hour_ms")?, rows::hour(row)?))).collect()
     }
 
     async fn steps_after(
@@ -615,21 +566,13 @@ impl RollupTx for SqliteConnection {
         .bind(after_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    series_from_row(row)?,
-                    row.try_get("at_ms")?,
-                    quantity(&row.try_get::<String, _>("step")?)?,
-                ))
-            })
-            .collect()
+        rows.iter().map(|row| Ok((rows::series(row)?, row.try_get("at_ms")?, row.decimal("step")?))).collect()
     }
 
     async fn open_runs(&mut self) -> Result<Vec<(String, Run)>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM rollup_runs WHERE ended_ms IS NULL").fetch_all(&mut *self).await?;
-        rows.iter().map(run_from_row).collect()
+        rows.iter().map(rows::run).collect()
     }
 
     async fn long_runs(
@@ -647,7 +590,7 @@ impl RollupTx for SqliteConnection {
         .bind(ended_after_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(|row| Ok(run_from_row(row)?.1)).collect()
+        rows.iter().map(|row| Ok(rows::run(row)?.1)).collect()
     }
 
     async fn months_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Month)>, StoreError> {
@@ -660,7 +603,7 @@ impl RollupTx for SqliteConnection {
         .bind(range.to_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(|row| Ok((row.try_get("month_ms")?, month_from_row(row)?))).collect()
+        rows.iter().map(|row| Ok((row.try_get("month_ms")?, rows::month(row)?))).collect()
     }
 
     async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
@@ -673,7 +616,7 @@ impl RollupTx for SqliteConnection {
         .bind(range.to_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(|row| Ok((row.try_get("hour_ms")?, hour_from_row(row)?))).collect()
+        rows.iter().map(|row| Ok((row.try_get("hour_ms")?, rows::hour(row)?))).collect()
     }
 
     async fn steps_in(
@@ -690,9 +633,7 @@ impl RollupTx for SqliteConnection {
         .bind(range.to_ms)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("at_ms")?, quantity(&row.try_get::<String, _>("step")?)?)))
-            .collect()
+        rows.iter().map(|row| Ok((row.try_get("at_ms")?, row.decimal("step")?))).collect()
     }
 
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError> {
@@ -715,7 +656,7 @@ impl RollupTx for SqliteConnection {
         let mut level = Decimal::ZERO;
         for row in &rows {
             level = level
-                .checked_add(quantity(&row.try_get::<String, _>("v")?)?)
+                .checked_add(row.decimal("v")?)
                 .ok_or_else(|| StoreError::Corrupt("level overflows".to_owned()))?;
         }
         Ok(level)
@@ -738,7 +679,7 @@ impl RollupTx for SqliteConnection {
         .bind(super::sqlite::group_path(group_by))
         .fetch_all(&mut *self)
         .await?;
-        rows.iter().map(super::sqlite::point_from_row).collect()
+        rows.iter().map(rows::point).collect()
     }
 
     async fn group_hours_in(
@@ -761,7 +702,7 @@ impl RollupTx for SqliteConnection {
         rows.iter()
             .map(|row| {
                 let group = GroupHour {
-                    delta_sum: quantity(&row.try_get::<String, _>("delta_sum")?)?,
+                    delta_sum: row.decimal("delta_sum")?,
                     records: row.try_get("records")?,
                     deltas: row.try_get("deltas")?,
                 };
@@ -826,7 +767,7 @@ impl RebuildTx for Rebuild<'_> {
                 metric: row.try_get("metric")?,
                 subject: row.try_get("subject")?,
                 kind: row.try_get("kind")?,
-                quantity: quantity(&row.try_get::<String, _>("quantity")?)?,
+                quantity: row.decimal("quantity")?,
                 at_ms: row.try_get("at_ms")?,
                 attributes: attributes_of(&row.try_get::<String, _>("attributes")?)?,
             };
