@@ -88,7 +88,7 @@ use meterd::plans::standing::{Effect, Run};
 use meterd::record::UsageRecord;
 use meterd::store::{CommitHook, Delivery, OrgEffect, SqliteStore, Store};
 
-use support::{E2B_SECRET, format_ns, percentile, wait_for_listening};
+use support::{E2B_SECRET, cpu_seconds, format_ns, percentile, wait_for_listening};
 
 /// The plan every bench org is on: a hard quota far away (so a check
 /// compares real numbers and allows), a soft one, and a concurrency limit
@@ -119,9 +119,6 @@ const NOT_DUPLICATE: &[u8] = b"\"duplicate\":false";
 const P99_TARGET: Duration = Duration::from_millis(1);
 const START_BODY: &str = r#"{"action":"sandbox.start","vcpu":2,"memory_mb":512}"#;
 const CONSUME_BODY: &str = r#"{"meter":"sandbox_cpu_core_seconds","quantity":"1"}"#;
-/// Linux reports process CPU time in USER_HZ ticks, 100 per second on every
-/// mainstream architecture.
-const TICKS_PER_SECOND: f64 = 100.0;
 
 /// What to run, from the environment (see the module docs).
 struct Settings {
@@ -821,19 +818,6 @@ fn client_thread<T: Send + 'static>(
 // ---------------------------------------------------------------------------
 // Resource use: CPU of the gateway, of this process, of the machine
 // ---------------------------------------------------------------------------
-
-/// CPU seconds (user + system) from a /proc `stat` file.
-fn cpu_seconds(stat_path: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(stat_path) else {
-        return 0.0;
-    };
-    // Fields after the parenthesized command name: utime and stime are the
-    // 12th and 13th.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / TICKS_PER_SECOND
-}
 
 /// Per live thread of `pid` (by thread id): name, seconds running, seconds
 /// runnable but waiting for a CPU (/proc/PID/task/TID/schedstat).

@@ -260,14 +260,8 @@ struct Memory {
 
 impl Memory {
     fn of(pid: u32) -> Self {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-                .map_or(f64::NAN, |kib| kib / 1024.0)
-        };
+        let status = support::ProcStatus::of(pid);
+        let field = |name: &str| status.mib(name);
         Self {
             rss: field("VmRSS:"),
             hwm: field("VmHWM:"),

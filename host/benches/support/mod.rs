@@ -194,6 +194,24 @@ pub fn cpu_seconds(stat_path: &str) -> f64 {
     (ticks(11) + ticks(12)) / TICKS_PER_SECOND
 }
 
+/// A field of /proc/PID/status given in kB (`VmRSS:`, `VmHWM:`, …), in
+/// MiB; NaN when the process or the field is gone.
+pub struct ProcStatus(String);
+
+impl ProcStatus {
+    pub fn of(pid: u32) -> Self {
+        Self(std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
+    }
+
+    pub fn mib(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    }
+}
+
 /// CPU seconds of the PostgreSQL processes on this machine that work for
 /// `database`: the backends connected to it (their process title names
 /// it) and the server's own processes (postmaster, WAL writer,
