@@ -62,7 +62,9 @@ pub struct PluginState {
     /// the real clock, or pinned by a replay to when the payload was first
     /// received.
     clock: PinnedClock,
-    wasi: Wasi,
+    /// Made on the first WASI call: Rust plugins import no WASI and never
+    /// pay for it.
+    wasi: Option<Wasi>,
 }
 
 /// CPU time of one call: wall time since it started minus time spent
@@ -90,8 +92,6 @@ impl PluginState {
         cpu_budget: Duration,
     ) -> Self {
         let plugin: Arc<str> = if plugin.is_empty() { Arc::from("(loading)") } else { Arc::from(plugin) };
-        let clock = PinnedClock::new();
-        let wasi = Wasi::new(&plugin, &clock);
         Self {
             plugin,
             settings,
@@ -102,8 +102,8 @@ impl PluginState {
                 hit: false,
             },
             cpu: CpuAccount { budget: cpu_budget, started: Instant::now(), waiting: Duration::ZERO },
-            clock,
-            wasi,
+            clock: PinnedClock::new(),
+            wasi: None,
         }
     }
 
@@ -172,7 +172,8 @@ impl wit::Host for PluginState {}
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi.ctx, table: &mut self.wasi.table }
+        let wasi = self.wasi.get_or_insert_with(|| Wasi::new(&self.plugin, &self.clock));
+        WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
     }
 }
 
