@@ -6,12 +6,14 @@
 //! deliveries into one transaction (one fsync for many requests).
 
 mod checkpoint;
+mod engine;
 mod feed;
 mod group_commit;
 mod postgres;
 mod postgres_rollup;
 mod rollup;
 mod rows;
+mod shared;
 mod sqlite;
 mod sqlite_rollup;
 mod tails;
@@ -544,50 +546,6 @@ pub type PointKey = (i64, i64);
 pub struct ReplaySet {
     pub up_to_id: i64,
     pub total: u64,
-}
-
-/// The replay's statements, one text for both engines ($1 plugin, $2 and
-/// $3 the range).
-pub(super) mod replay_sql {
-    /// The set's (greatest id, count).
-    pub const SET: &str = "SELECT COALESCE(MAX(id), 0) AS up_to_id, COUNT(*) AS total FROM deliveries
-         WHERE plugin = $1 AND received_at_ms >= $2 AND received_at_ms < $3";
-    /// A page of the set: $4 its greatest id, $5 and $6 the cursor, $7 the limit.
-    pub const PAGE: &str =
-        "SELECT id, event_id, received_at_ms, path, query, headers, body, payload_purged_at_ms
-         FROM deliveries
-         WHERE plugin = $1 AND received_at_ms >= $2 AND received_at_ms < $3 AND id <= $4
-           AND (received_at_ms, id) > ($5, $6)
-         ORDER BY received_at_ms, id LIMIT $7";
-}
-
-/// The paged reads' SQL, the same on both engines but for how an attribute
-/// is read (`group`: an expression of `$1`, the attribute).
-pub(super) mod paged_sql {
-    /// $2 org, $3 metric, $4 from (the later of the range start and the
-    /// cursor's time), $5 to, $6 and $7 the cursor (time, id), $8 limit.
-    pub fn points_page(group: &str) -> String {
-        format!(
-            "SELECT id, kind, subject, quantity, at_ms, {group} AS grp FROM usage_records
-             WHERE org_id = $2 AND metric = $3 AND at_ms >= $4 AND at_ms < $5 AND (at_ms > $6 OR id > $7)
-             ORDER BY at_ms, id LIMIT $8"
-        )
-    }
-
-    /// $1 org, $2 metric, $3 to, $4 after ('' for the first page: subjects
-    /// are never empty), $5 limit.
-    pub const LEVEL_SUBJECTS: &str = "SELECT DISTINCT subject FROM usage_records
-         WHERE org_id = $1 AND metric = $2 AND kind = 'level' AND at_ms < $3 AND subject > $4
-         ORDER BY subject LIMIT $5";
-
-    /// $2 org, $3 metric, $4 to, $5 after (as above), $6 last.
-    pub fn levels_of_subjects(group: &str) -> String {
-        format!(
-            "SELECT kind, subject, quantity, at_ms, {group} AS grp FROM usage_records
-             WHERE org_id = $2 AND metric = $3 AND kind = 'level' AND at_ms < $4
-                   AND subject > $5 AND subject <= $6"
-        )
-    }
 }
 
 /// Pull ingestion: leases, fenced poll commits and poller state.

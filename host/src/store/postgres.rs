@@ -25,12 +25,13 @@ use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::postgres_rollup;
 use super::rollup::RollupTx;
 use super::rows;
+use super::shared;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
     OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PointKey, PointQuery,
     PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet, RollupCheck,
     Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, declared,
-    fix_change, key_scope_columns, org_change, paged_sql, with_seqs,
+    fix_change, org_change, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
@@ -109,7 +110,7 @@ impl PostgresStore {
         let hook = self.hook.get();
         let notices = hook.map(|h| h.records_written(Some(id), &effects, now_ms)).unwrap_or_default();
         let result = async {
-            let (rows, fired) = insert_notices(&mut tx, &notices, now_ms).await?;
+            let (rows, fired) = shared::insert_notices::<Postgres>(&mut tx, &notices, now_ms).await?;
             notify(&mut tx, id, &FeedMessage { effects: effects.clone(), fired, ..FeedMessage::default() })
                 .await?;
             tx.commit().await?;
@@ -157,69 +158,6 @@ async fn notify_current(conn: &mut PgConnection, message: &FeedMessage) -> Resul
     }
     let id = current_tx(conn).await?;
     notify(conn, id, message).await
-}
-
-/// Stores fired marks and, for the marks that are new, outbox rows.
-/// Returns the outbox rows added and the (org, rule, period) newly fired.
-async fn insert_notices(
-    tx: &mut PgConnection,
-    notices: &[Notice],
-    now_ms: i64,
-) -> Result<(usize, Vec<(String, String, i64)>), StoreError> {
-    let mut rows = 0;
-    let mut fired = Vec::new();
-    for notice in notices {
-        let fresh = sqlx::query(
-            "INSERT INTO notifications_fired (org_id, rule, period_start_ms, fired_at_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&notice.org_id)
-        .bind(&notice.rule)
-        .bind(notice.period_start_ms)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            continue;
-        }
-        fired.push((notice.org_id.clone(), notice.rule.clone(), notice.period_start_ms));
-        for endpoint in &notice.endpoints {
-            sqlx::query(
-                "INSERT INTO outbox (message_id, endpoint, event_type, payload, created_at_ms, next_attempt_ms)
-                 VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (message_id) DO NOTHING",
-            )
-            .bind(notice.message_id(endpoint))
-            .bind(endpoint)
-            .bind(&notice.event_type)
-            .bind(&notice.payload)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            rows += 1;
-        }
-    }
-    Ok((rows, fired))
-}
-
-async fn insert_grant(tx: &mut PgConnection, g: &NewGrant) -> Result<Option<Grant>, StoreError> {
-    let row = sqlx::query(
-        "INSERT INTO grants (org_id, amount, currency, effective_at_ms, expires_at_ms, priority, created_at_ms, source, plan)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (org_id, plan) DO NOTHING RETURNING *",
-    )
-    .bind(&g.org_id)
-    .bind(g.amount)
-    .bind(&g.currency)
-    .bind(g.effective_at_ms)
-    .bind(g.expires_at_ms)
-    .bind(g.priority)
-    .bind(g.created_at_ms)
-    .bind(&g.source)
-    .bind(&g.plan)
-    .fetch_optional(&mut *tx)
-    .await?;
-    row.as_ref().map(rows::grant).transpose()
 }
 
 /// Insert / duplicate / correction by (plugin, event id, seq), as the SQLite
@@ -404,27 +342,6 @@ async fn insert_records(
         }
     }
     Ok(inserted)
-}
-
-async fn org_plans(conn: &mut PgConnection) -> Result<Vec<OrgPlan>, StoreError> {
-    let rows = sqlx::query("SELECT org_id, plan, assigned_at_ms FROM org_plans").fetch_all(conn).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(OrgPlan {
-                org_id: row.try_get("org_id")?,
-                plan: row.try_get("plan")?,
-                assigned_at_ms: row.try_get("assigned_at_ms")?,
-            })
-        })
-        .collect()
-}
-
-async fn fired(conn: &mut PgConnection, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
-    let rows = sqlx::query("SELECT org_id, rule FROM notifications_fired WHERE period_start_ms = $1")
-        .bind(period_start_ms)
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(|row| Ok((row.try_get("org_id")?, row.try_get("rule")?))).collect()
 }
 
 /// A listener whose `LISTEN` has taken effect.
@@ -615,37 +532,11 @@ impl Ingest for PostgresStore {
 #[async_trait]
 impl Records for PostgresStore {
     async fn points(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, subject, quantity, at_ms, attributes ->> $1 AS grp
-             FROM usage_records
-             WHERE org_id = $2 AND metric = $3 AND at_ms >= $4 AND at_ms < $5",
-        )
-        .bind(q.group_by)
-        .bind(q.org_id)
-        .bind(q.metric)
-        .bind(q.range.from_ms)
-        .bind(q.range.to_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::point).collect()
+        shared::points::<Postgres>(&mut *self.pool.acquire().await?, q).await
     }
 
     async fn carry_in(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, subject, quantity, at_ms, grp FROM (
-                 SELECT kind, subject, quantity, at_ms, attributes ->> $1 AS grp,
-                        RANK() OVER (PARTITION BY subject ORDER BY at_ms DESC) AS latest
-                 FROM usage_records
-                 WHERE org_id = $2 AND metric = $3 AND kind = 'level' AND at_ms < $4
-             ) last WHERE latest = 1",
-        )
-        .bind(q.group_by)
-        .bind(q.org_id)
-        .bind(q.metric)
-        .bind(q.range.from_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::point).collect()
+        shared::carry_in::<Postgres>(&mut *self.pool.acquire().await?, q).await
     }
 
     async fn points_page(
@@ -654,24 +545,7 @@ impl Records for PostgresStore {
         after: Option<PointKey>,
         limit: u32,
     ) -> Result<Vec<(PointKey, Point)>, StoreError> {
-        let (at, id) = after.unwrap_or((i64::MIN, i64::MIN));
-        let rows = sqlx::query(&paged_sql::points_page("attributes ->> $1"))
-            .bind(q.group_by)
-            .bind(q.org_id)
-            .bind(q.metric)
-            .bind(q.range.from_ms.max(at))
-            .bind(q.range.to_ms)
-            .bind(at)
-            .bind(id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let point = rows::point(row)?;
-                Ok(((point.at_ms, row.try_get("id")?), point))
-            })
-            .collect()
+        shared::points_page::<Postgres>(&mut *self.pool.acquire().await?, q, after, limit).await
     }
 
     async fn level_subjects(
@@ -680,15 +554,7 @@ impl Records for PostgresStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(paged_sql::LEVEL_SUBJECTS)
-            .bind(q.org_id)
-            .bind(q.metric)
-            .bind(q.range.to_ms)
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|row| Ok(row.try_get("subject")?)).collect()
+        shared::level_subjects::<Postgres>(&mut *self.pool.acquire().await?, q, after, limit).await
     }
 
     async fn levels_of_subjects(
@@ -697,16 +563,7 @@ impl Records for PostgresStore {
         after: Option<&str>,
         last: &str,
     ) -> Result<Vec<Point>, StoreError> {
-        let rows = sqlx::query(&paged_sql::levels_of_subjects("attributes ->> $1"))
-            .bind(q.group_by)
-            .bind(q.org_id)
-            .bind(q.metric)
-            .bind(q.range.to_ms)
-            .bind(after.unwrap_or(""))
-            .bind(last)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(rows::point).collect()
+        shared::levels_of_subjects::<Postgres>(&mut *self.pool.acquire().await?, q, after, last).await
     }
 }
 
@@ -720,22 +577,8 @@ impl Polls for PostgresStore {
         now_ms: i64,
         expires_ms: i64,
     ) -> Result<Option<PollState>, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO poll_state (plugin, target, lease_holder, lease_expires_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (plugin, target) DO UPDATE
-                 SET lease_holder = excluded.lease_holder, lease_expires_ms = excluded.lease_expires_ms
-                 WHERE poll_state.lease_holder IS NULL OR poll_state.lease_holder = excluded.lease_holder
-                       OR poll_state.lease_expires_ms <= $5
-             RETURNING *",
-        )
-        .bind(plugin)
-        .bind(target)
-        .bind(holder)
-        .bind(expires_ms)
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(rows::poll_state).transpose()
+        let mut conn = self.pool.acquire().await?;
+        shared::acquire_lease::<Postgres>(&mut conn, plugin, target, holder, now_ms, expires_ms).await
     }
 
     async fn commit_poll(&self, poll: &PollCommit) -> Result<RecordCounts, StoreError> {
@@ -759,19 +602,7 @@ impl Polls for PostgresStore {
             .collect();
         let mut changes = Vec::new();
         let counts = write_records(&mut tx, &rows, poll.now_ms, &mut changes, &self.group_by).await?;
-        sqlx::query(
-            "UPDATE poll_state SET cursor = COALESCE($3, cursor), last_success_ms = $4, consecutive_failures = 0,
-                 next_run_ms = $5, lease_expires_ms = $6
-             WHERE plugin = $1 AND target = $2",
-        )
-        .bind(&poll.plugin)
-        .bind(&poll.target)
-        .bind(&poll.next_cursor)
-        .bind(poll.now_ms)
-        .bind(poll.next_run_ms)
-        .bind(poll.lease_expires_ms)
-        .execute(&mut *tx)
-        .await?;
+        shared::poll_succeeded::<Postgres>(&mut tx, poll).await?;
         self.finish(tx, changes, poll.now_ms).await?;
         Ok(counts)
     }
@@ -785,25 +616,13 @@ impl Polls for PostgresStore {
         now_ms: i64,
         next_run_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE poll_state SET last_error = $4, last_error_ms = $5, consecutive_failures = consecutive_failures + 1, next_run_ms = $6
-             WHERE plugin = $1 AND target = $2 AND lease_holder = $3",
-        )
-        .bind(plugin)
-        .bind(target)
-        .bind(holder)
-        .bind(error)
-        .bind(now_ms)
-        .bind(next_run_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        shared::record_poll_failure::<Postgres>(&mut conn, plugin, target, holder, error, now_ms, next_run_ms)
+            .await
     }
 
     async fn poll_states(&self) -> Result<Vec<PollState>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM poll_state ORDER BY plugin, target").fetch_all(&self.pool).await?;
-        rows.iter().map(rows::poll_state).collect()
+        shared::poll_states::<Postgres>(&mut *self.pool.acquire().await?).await
     }
 }
 
@@ -821,8 +640,8 @@ impl Standings for PostgresStore {
         let snapshot = StandingSnapshot {
             series: super::rollup::series_seeds(&mut *tx, now_ms).await?,
             open_runs: RollupTx::open_runs(&mut *tx).await?,
-            plans: org_plans(&mut tx).await?,
-            fired: fired(&mut tx, month_containing(now_ms).from_ms).await?,
+            plans: shared::org_plans::<Postgres>(&mut tx).await?,
+            fired: shared::fired::<Postgres>(&mut tx, month_containing(now_ms).from_ms).await?,
             visibility: Some(visibility),
         };
         tx.commit().await?;
@@ -852,23 +671,15 @@ impl Standings for PostgresStore {
 #[async_trait]
 impl Plans for PostgresStore {
     async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError> {
-        org_plans(&mut *self.pool.acquire().await?).await
+        shared::org_plans::<Postgres>(&mut *self.pool.acquire().await?).await
     }
 
     async fn assign_plan(&self, plan: &OrgPlan, grants: &[NewGrant]) -> Result<Vec<Grant>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO org_plans (org_id, plan, assigned_at_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (org_id) DO UPDATE SET plan = excluded.plan, assigned_at_ms = excluded.assigned_at_ms",
-        )
-        .bind(&plan.org_id)
-        .bind(&plan.plan)
-        .bind(plan.assigned_at_ms)
-        .execute(&mut *tx)
-        .await?;
+        shared::assign_plan::<Postgres>(&mut tx, plan).await?;
         let mut stored = Vec::new();
         for grant in grants {
-            stored.extend(insert_grant(&mut tx, grant).await?);
+            stored.extend(shared::insert_grant::<Postgres>(&mut tx, grant).await?);
         }
         let message = FeedMessage {
             plans: vec![plan.clone()],
@@ -882,7 +693,7 @@ impl Plans for PostgresStore {
 
     async fn insert_grant(&self, grant: &NewGrant) -> Result<Grant, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let stored = insert_grant(&mut tx, grant)
+        let stored = shared::insert_grant::<Postgres>(&mut tx, grant)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("grant for {} not stored", grant.org_id)))?;
         let message = FeedMessage { grants: vec![grant.org_id.clone()], ..FeedMessage::default() };
@@ -892,11 +703,7 @@ impl Plans for PostgresStore {
     }
 
     async fn grants(&self, org_id: &str) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM grants WHERE org_id = $1 ORDER BY id")
-            .bind(org_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(rows::grant).collect()
+        shared::grants::<Postgres>(&mut *self.pool.acquire().await?, org_id).await
     }
 
     async fn record_notices(&self, notices: &[Notice], now_ms: i64) -> Result<usize, StoreError> {
@@ -904,14 +711,14 @@ impl Plans for PostgresStore {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
-        let (rows, fired) = insert_notices(&mut tx, notices, now_ms).await?;
+        let (rows, fired) = shared::insert_notices::<Postgres>(&mut tx, notices, now_ms).await?;
         notify_current(&mut tx, &FeedMessage { fired, ..FeedMessage::default() }).await?;
         tx.commit().await?;
         Ok(rows)
     }
 
     async fn fired(&self, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
-        fired(&mut *self.pool.acquire().await?, period_start_ms).await
+        shared::fired::<Postgres>(&mut *self.pool.acquire().await?, period_start_ms).await
     }
 }
 
@@ -935,31 +742,13 @@ impl Outbox for PostgresStore {
         .bind(OUTBOX_CLAIM_MS)
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<OutboxMessage> = rows
-            .iter()
-            .map(|row| {
-                Ok(OutboxMessage {
-                    id: row.try_get("id")?,
-                    message_id: row.try_get("message_id")?,
-                    endpoint: row.try_get("endpoint")?,
-                    event_type: row.try_get("event_type")?,
-                    payload: row.try_get("payload")?,
-                    created_at_ms: row.try_get("created_at_ms")?,
-                    attempts: row.try_get("attempts")?,
-                })
-            })
-            .collect::<Result<_, StoreError>>()?;
+        let mut out: Vec<OutboxMessage> = rows.iter().map(rows::outbox_message).collect::<Result<_, _>>()?;
         out.sort_by_key(|m| m.id);
         Ok(out)
     }
 
     async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET delivered_at_ms = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1")
-            .bind(id)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        shared::outbox_delivered::<Postgres>(&mut *self.pool.acquire().await?, id, now_ms).await
     }
 
     async fn outbox_attempt_failed(
@@ -969,19 +758,8 @@ impl Outbox for PostgresStore {
         now_ms: i64,
         retry_at_ms: Option<i64>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
-                 next_attempt_ms = COALESCE($3, next_attempt_ms),
-                 gave_up_at_ms = CASE WHEN $3::BIGINT IS NULL THEN $4 ELSE NULL END
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(error)
-        .bind(retry_at_ms)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        shared::outbox_attempt_failed::<Postgres>(&mut conn, id, error, now_ms, retry_at_ms).await
     }
 
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
@@ -1035,15 +813,9 @@ impl Deliveries for PostgresStore {
         // greatest has committed or rolled back, and later ids are greater.
         let mut tx = self.pool.begin().await?;
         sqlx::query("LOCK TABLE deliveries IN SHARE MODE").execute(&mut *tx).await?;
-        let row = sqlx::query(super::replay_sql::SET)
-            .bind(plugin)
-            .bind(range.from_ms)
-            .bind(range.to_ms)
-            .fetch_one(&mut *tx)
-            .await?;
+        let set = shared::replay_set::<Postgres>(&mut tx, plugin, range).await?;
         tx.commit().await?;
-        let total: i64 = row.try_get("total")?;
-        Ok(ReplaySet { up_to_id: row.try_get("up_to_id")?, total: total.max(0) as u64 })
+        Ok(set)
     }
 
     async fn deliveries(
@@ -1054,18 +826,8 @@ impl Deliveries for PostgresStore {
         after: Option<DeliveryCursor>,
         limit: i64,
     ) -> Result<Vec<StoredDelivery>, StoreError> {
-        let (after_at, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
-        let rows = sqlx::query(super::replay_sql::PAGE)
-            .bind(plugin)
-            .bind(range.from_ms)
-            .bind(range.to_ms)
-            .bind(set.up_to_id)
-            .bind(after_at)
-            .bind(after_id)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|row| rows::delivery(row, plugin)).collect()
+        let mut conn = self.pool.acquire().await?;
+        shared::deliveries::<Postgres>(&mut conn, plugin, range, set, after, limit).await
     }
 
     async fn delivery_records(
@@ -1170,52 +932,21 @@ impl Deliveries for PostgresStore {
         plugin: &str,
         event_id: &str,
     ) -> Result<Vec<(i64, Decimal, Decimal)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, old_quantity, new_quantity FROM corrections WHERE plugin = $1 AND event_id = $2 ORDER BY id",
-        )
-        .bind(plugin)
-        .bind(event_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("seq")?, row.try_get("old_quantity")?, row.try_get("new_quantity")?)))
-            .collect()
+        shared::corrections::<Postgres>(&mut *self.pool.acquire().await?, plugin, event_id).await
     }
 }
 
 #[async_trait]
 impl Keys for PostgresStore {
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let (admin, orgs) = key_scope_columns(&key.scope);
-        sqlx::query(
-            "INSERT INTO api_keys (id, secret_hash, admin, orgs, label, created_at_ms, revoked_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&key.id)
-        .bind(&key.secret_hash)
-        .bind(admin)
-        .bind(orgs)
-        .bind(&key.label)
-        .bind(key.created_at_ms)
-        .bind(key.revoked_at_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        shared::insert_api_key::<Postgres>(&mut *self.pool.acquire().await?, key).await
     }
 
     async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM api_keys ORDER BY created_at_ms, id").fetch_all(&self.pool).await?;
-        rows.iter().map(rows::api_key).collect()
+        shared::api_keys::<Postgres>(&mut *self.pool.acquire().await?).await
     }
 
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE api_keys SET revoked_at_ms = $2 WHERE id = $1 AND revoked_at_ms IS NULL")
-                .bind(id)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() == 1)
+        shared::revoke_api_key::<Postgres>(&mut *self.pool.acquire().await?, id, now_ms).await
     }
 }

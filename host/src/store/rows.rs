@@ -10,7 +10,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Decode, Postgres, Row as _, Sqlite, Type};
 
 use super::{
-    Payload, PollState, StoreError, StoredDelivery, StoredRecord, key_from_columns, payload_from_columns,
+    OrgPlan, OutboxMessage, Payload, PollState, StoreError, StoredDelivery, StoredRecord, key_from_columns,
+    payload_from_columns,
 };
 use crate::keys::ApiKey;
 use crate::meter::rollup::{Hour, Month, SeriesKey};
@@ -150,6 +151,26 @@ pub(super) fn poll_state(row: &impl StoredRow) -> Result<PollState, StoreError> 
         last_error_ms: row.column("last_error_ms")?,
         consecutive_failures: row.column("consecutive_failures")?,
         next_run_ms: row.column("next_run_ms")?,
+    })
+}
+
+pub(super) fn org_plan(row: &impl StoredRow) -> Result<OrgPlan, StoreError> {
+    Ok(OrgPlan {
+        org_id: row.column("org_id")?,
+        plan: row.column("plan")?,
+        assigned_at_ms: row.column("assigned_at_ms")?,
+    })
+}
+
+pub(super) fn outbox_message(row: &impl StoredRow) -> Result<OutboxMessage, StoreError> {
+    Ok(OutboxMessage {
+        id: row.column("id")?,
+        message_id: row.column("message_id")?,
+        endpoint: row.column("endpoint")?,
+        event_type: row.column("event_type")?,
+        payload: row.column("payload")?,
+        created_at_ms: row.column("created_at_ms")?,
+        attempts: row.column("attempts")?,
     })
 }
 

@@ -14,6 +14,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use super::checkpoint::{self, Checkpointer};
 use super::rollup::{Maintained, RollupTx, SubjectKey};
 use super::rows;
+use super::shared;
 use super::sqlite_rollup;
 use super::tails::TailMemory;
 use super::{
@@ -21,7 +22,7 @@ use super::{
     OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PointKey, PointQuery,
     PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet, RollupCheck,
     Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, declared,
-    fix_change, key_scope_columns, org_change, paged_sql, with_seqs,
+    fix_change, org_change, with_seqs,
 };
 use crate::keys::ApiKey;
 use crate::meter::period::{Range, month_containing};
@@ -137,7 +138,7 @@ impl SqliteStore {
         };
         let notices = hook.records_written(None, &effects, now_ms);
         let result = async {
-            let rows = insert_notices(&mut tx, &notices, now_ms).await?;
+            let (rows, _) = shared::insert_notices::<Sqlite>(&mut tx, &notices, now_ms).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(rows)
         }
@@ -153,73 +154,6 @@ impl SqliteStore {
             }
         }
     }
-}
-
-/// Stores fired marks and, for the marks that are new, outbox rows.
-async fn insert_notices(
-    tx: &mut SqliteConnection,
-    notices: &[Notice],
-    now_ms: i64,
-) -> Result<usize, StoreError> {
-    let mut rows = 0;
-    for notice in notices {
-        let fresh = sqlx::query(
-            "INSERT INTO notifications_fired (org_id, rule, period_start_ms, fired_at_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&notice.org_id)
-        .bind(&notice.rule)
-        .bind(notice.period_start_ms)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            continue;
-        }
-        for endpoint in &notice.endpoints {
-            sqlx::query(
-                "INSERT INTO outbox (message_id, endpoint, event_type, payload, created_at_ms, next_attempt_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (message_id) DO NOTHING",
-            )
-            .bind(notice.message_id(endpoint))
-            .bind(endpoint)
-            .bind(&notice.event_type)
-            .bind(&notice.payload)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            rows += 1;
-        }
-    }
-    Ok(rows)
-}
-
-/// Inserts a grant; `None` when it is a plan credit already stored.
-async fn insert_grant(tx: &mut SqliteConnection, g: &NewGrant) -> Result<Option<Grant>, StoreError> {
-    let row = sqlx::query(
-        "INSERT INTO grants (org_id, amount, currency, effective_at_ms, expires_at_ms, priority, created_at_ms, source, plan)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (org_id, plan) DO NOTHING RETURNING *",
-    )
-    .bind(&g.org_id)
-    .bind(meterd_units::format_quantity(g.amount))
-    .bind(&g.currency)
-    .bind(g.effective_at_ms)
-    .bind(g.expires_at_ms)
-    .bind(g.priority)
-    .bind(g.created_at_ms)
-    .bind(&g.source)
-    .bind(&g.plan)
-    .fetch_optional(&mut *tx)
-    .await?;
-    row.as_ref().map(rows::grant).transpose()
-}
-
-/// `$."key"`: a JSON path naming one attribute (keys are validated to
-/// contain no quotes), or none when not grouping.
-pub(super) fn group_path(group_by: Option<&str>) -> Option<String> {
-    group_by.map(|key| format!("$.\"{key}\""))
 }
 
 /// Writes records by their dedup key (plugin, event id, seq): a new key is
@@ -604,37 +538,11 @@ impl Ingest for SqliteStore {
 #[async_trait]
 impl Records for SqliteStore {
     async fn points(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, subject, quantity, at_ms, json_extract(attributes, ?1) AS grp
-             FROM usage_records
-             WHERE org_id = ?2 AND metric = ?3 AND at_ms >= ?4 AND at_ms < ?5",
-        )
-        .bind(group_path(q.group_by))
-        .bind(q.org_id)
-        .bind(q.metric)
-        .bind(q.range.from_ms)
-        .bind(q.range.to_ms)
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter().map(rows::point).collect()
+        shared::points::<Sqlite>(&mut *self.readers.acquire().await?, q).await
     }
 
     async fn carry_in(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, subject, quantity, at_ms, grp FROM (
-                 SELECT kind, subject, quantity, at_ms, json_extract(attributes, ?1) AS grp,
-                        RANK() OVER (PARTITION BY subject ORDER BY at_ms DESC) AS latest
-                 FROM usage_records
-                 WHERE org_id = ?2 AND metric = ?3 AND kind = 'level' AND at_ms < ?4
-             ) WHERE latest = 1",
-        )
-        .bind(group_path(q.group_by))
-        .bind(q.org_id)
-        .bind(q.metric)
-        .bind(q.range.from_ms)
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter().map(rows::point).collect()
+        shared::carry_in::<Sqlite>(&mut *self.readers.acquire().await?, q).await
     }
 
     async fn points_page(
@@ -643,24 +551,7 @@ impl Records for SqliteStore {
         after: Option<PointKey>,
         limit: u32,
     ) -> Result<Vec<(PointKey, Point)>, StoreError> {
-        let (at, id) = after.unwrap_or((i64::MIN, i64::MIN));
-        let rows = sqlx::query(&paged_sql::points_page("json_extract(attributes, $1)"))
-            .bind(group_path(q.group_by))
-            .bind(q.org_id)
-            .bind(q.metric)
-            .bind(q.range.from_ms.max(at))
-            .bind(q.range.to_ms)
-            .bind(at)
-            .bind(id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let point = rows::point(row)?;
-                Ok(((point.at_ms, row.try_get("id")?), point))
-            })
-            .collect()
+        shared::points_page::<Sqlite>(&mut *self.readers.acquire().await?, q, after, limit).await
     }
 
     async fn level_subjects(
@@ -669,15 +560,7 @@ impl Records for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(paged_sql::LEVEL_SUBJECTS)
-            .bind(q.org_id)
-            .bind(q.metric)
-            .bind(q.range.to_ms)
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(|row| Ok(row.try_get("subject")?)).collect()
+        shared::level_subjects::<Sqlite>(&mut *self.readers.acquire().await?, q, after, limit).await
     }
 
     async fn levels_of_subjects(
@@ -686,16 +569,7 @@ impl Records for SqliteStore {
         after: Option<&str>,
         last: &str,
     ) -> Result<Vec<Point>, StoreError> {
-        let rows = sqlx::query(&paged_sql::levels_of_subjects("json_extract(attributes, $1)"))
-            .bind(group_path(q.group_by))
-            .bind(q.org_id)
-            .bind(q.metric)
-            .bind(q.range.to_ms)
-            .bind(after.unwrap_or(""))
-            .bind(last)
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(rows::point).collect()
+        shared::levels_of_subjects::<Sqlite>(&mut *self.readers.acquire().await?, q, after, last).await
     }
 }
 
@@ -709,22 +583,8 @@ impl Polls for SqliteStore {
         now_ms: i64,
         expires_ms: i64,
     ) -> Result<Option<PollState>, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO poll_state (plugin, target, lease_holder, lease_expires_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (plugin, target) DO UPDATE
-                 SET lease_holder = excluded.lease_holder, lease_expires_ms = excluded.lease_expires_ms
-                 WHERE poll_state.lease_holder IS NULL OR poll_state.lease_holder = excluded.lease_holder
-                       OR poll_state.lease_expires_ms <= ?5
-             RETURNING *",
-        )
-        .bind(plugin)
-        .bind(target)
-        .bind(holder)
-        .bind(expires_ms)
-        .bind(now_ms)
-        .fetch_optional(&self.writer)
-        .await?;
-        row.as_ref().map(rows::poll_state).transpose()
+        let mut conn = self.writer.acquire().await?;
+        shared::acquire_lease::<Sqlite>(&mut conn, plugin, target, holder, now_ms, expires_ms).await
     }
 
     async fn commit_poll(&self, poll: &PollCommit) -> Result<RecordCounts, StoreError> {
@@ -745,19 +605,7 @@ impl Polls for SqliteStore {
             .collect();
         let mut changes = Vec::new();
         let counts = write_records(&mut tx, &rows, poll.now_ms, &mut changes, &self.group_by).await?;
-        sqlx::query(
-            "UPDATE poll_state SET cursor = COALESCE(?3, cursor), last_success_ms = ?4, consecutive_failures = 0,
-                 next_run_ms = ?5, lease_expires_ms = ?6
-             WHERE plugin = ?1 AND target = ?2",
-        )
-        .bind(&poll.plugin)
-        .bind(&poll.target)
-        .bind(&poll.next_cursor)
-        .bind(poll.now_ms)
-        .bind(poll.next_run_ms)
-        .bind(poll.lease_expires_ms)
-        .execute(&mut *tx)
-        .await?;
+        shared::poll_succeeded::<Sqlite>(&mut tx, poll).await?;
         self.finish(tx, changes, poll.now_ms).await?;
         Ok(counts)
     }
@@ -771,25 +619,13 @@ impl Polls for SqliteStore {
         now_ms: i64,
         next_run_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE poll_state SET last_error = ?4, last_error_ms = ?5, consecutive_failures = consecutive_failures + 1, next_run_ms = ?6
-             WHERE plugin = ?1 AND target = ?2 AND lease_holder = ?3",
-        )
-        .bind(plugin)
-        .bind(target)
-        .bind(holder)
-        .bind(error)
-        .bind(now_ms)
-        .bind(next_run_ms)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut conn = self.writer.acquire().await?;
+        shared::record_poll_failure::<Sqlite>(&mut conn, plugin, target, holder, error, now_ms, next_run_ms)
+            .await
     }
 
     async fn poll_states(&self) -> Result<Vec<PollState>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM poll_state ORDER BY plugin, target").fetch_all(&self.readers).await?;
-        rows.iter().map(rows::poll_state).collect()
+        shared::poll_states::<Sqlite>(&mut *self.readers.acquire().await?).await
     }
 }
 
@@ -824,34 +660,15 @@ impl Standings for SqliteStore {
 #[async_trait]
 impl Plans for SqliteStore {
     async fn org_plans(&self) -> Result<Vec<OrgPlan>, StoreError> {
-        let rows = sqlx::query("SELECT org_id, plan, assigned_at_ms FROM org_plans")
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OrgPlan {
-                    org_id: row.try_get("org_id")?,
-                    plan: row.try_get("plan")?,
-                    assigned_at_ms: row.try_get("assigned_at_ms")?,
-                })
-            })
-            .collect()
+        shared::org_plans::<Sqlite>(&mut *self.readers.acquire().await?).await
     }
 
     async fn assign_plan(&self, plan: &OrgPlan, grants: &[NewGrant]) -> Result<Vec<Grant>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO org_plans (org_id, plan, assigned_at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (org_id) DO UPDATE SET plan = excluded.plan, assigned_at_ms = excluded.assigned_at_ms",
-        )
-        .bind(&plan.org_id)
-        .bind(&plan.plan)
-        .bind(plan.assigned_at_ms)
-        .execute(&mut *tx)
-        .await?;
+        shared::assign_plan::<Sqlite>(&mut tx, plan).await?;
         let mut stored = Vec::new();
         for grant in grants {
-            stored.extend(insert_grant(&mut tx, grant).await?);
+            stored.extend(shared::insert_grant::<Sqlite>(&mut tx, grant).await?);
         }
         tx.commit().await?;
         Ok(stored)
@@ -859,7 +676,7 @@ impl Plans for SqliteStore {
 
     async fn insert_grant(&self, grant: &NewGrant) -> Result<Grant, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let stored = insert_grant(&mut tx, grant)
+        let stored = shared::insert_grant::<Sqlite>(&mut tx, grant)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("grant for {} not stored", grant.org_id)))?;
         tx.commit().await?;
@@ -867,11 +684,7 @@ impl Plans for SqliteStore {
     }
 
     async fn grants(&self, org_id: &str) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM grants WHERE org_id = ?1 ORDER BY id")
-            .bind(org_id)
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(rows::grant).collect()
+        shared::grants::<Sqlite>(&mut *self.readers.acquire().await?, org_id).await
     }
 
     async fn record_notices(&self, notices: &[Notice], now_ms: i64) -> Result<usize, StoreError> {
@@ -879,17 +692,13 @@ impl Plans for SqliteStore {
             return Ok(0);
         }
         let mut tx = self.writer.begin().await?;
-        let rows = insert_notices(&mut tx, notices, now_ms).await?;
+        let (rows, _) = shared::insert_notices::<Sqlite>(&mut tx, notices, now_ms).await?;
         tx.commit().await?;
         Ok(rows)
     }
 
     async fn fired(&self, period_start_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT org_id, rule FROM notifications_fired WHERE period_start_ms = ?1")
-            .bind(period_start_ms)
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(|row| Ok((row.try_get("org_id")?, row.try_get("rule")?))).collect()
+        shared::fired::<Sqlite>(&mut *self.readers.acquire().await?, period_start_ms).await
     }
 }
 
@@ -905,28 +714,11 @@ impl Outbox for SqliteStore {
         .bind(limit)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxMessage {
-                    id: row.try_get("id")?,
-                    message_id: row.try_get("message_id")?,
-                    endpoint: row.try_get("endpoint")?,
-                    event_type: row.try_get("event_type")?,
-                    payload: row.try_get("payload")?,
-                    created_at_ms: row.try_get("created_at_ms")?,
-                    attempts: row.try_get("attempts")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::outbox_message).collect()
     }
 
     async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET delivered_at_ms = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1")
-            .bind(id)
-            .bind(now_ms)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        shared::outbox_delivered::<Sqlite>(&mut *self.writer.acquire().await?, id, now_ms).await
     }
 
     async fn outbox_attempt_failed(
@@ -936,19 +728,8 @@ impl Outbox for SqliteStore {
         now_ms: i64,
         retry_at_ms: Option<i64>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
-                 next_attempt_ms = COALESCE(?3, next_attempt_ms),
-                 gave_up_at_ms = CASE WHEN ?3 IS NULL THEN ?4 ELSE NULL END
-             WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(error)
-        .bind(retry_at_ms)
-        .bind(now_ms)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut conn = self.writer.acquire().await?;
+        shared::outbox_attempt_failed::<Sqlite>(&mut conn, id, error, now_ms, retry_at_ms).await
     }
 
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
@@ -997,14 +778,7 @@ impl Deliveries for SqliteStore {
     async fn replay_set(&self, plugin: &str, range: Range) -> Result<ReplaySet, StoreError> {
         // One writer commits in id order: every delivery up to the greatest
         // id this snapshot sees has committed, and later ones get greater ids.
-        let row = sqlx::query(super::replay_sql::SET)
-            .bind(plugin)
-            .bind(range.from_ms)
-            .bind(range.to_ms)
-            .fetch_one(&self.readers)
-            .await?;
-        let total: i64 = row.try_get("total")?;
-        Ok(ReplaySet { up_to_id: row.try_get("up_to_id")?, total: total.max(0) as u64 })
+        shared::replay_set::<Sqlite>(&mut *self.readers.acquire().await?, plugin, range).await
     }
 
     async fn deliveries(
@@ -1015,18 +789,8 @@ impl Deliveries for SqliteStore {
         after: Option<DeliveryCursor>,
         limit: i64,
     ) -> Result<Vec<StoredDelivery>, StoreError> {
-        let (after_at, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
-        let rows = sqlx::query(super::replay_sql::PAGE)
-            .bind(plugin)
-            .bind(range.from_ms)
-            .bind(range.to_ms)
-            .bind(set.up_to_id)
-            .bind(after_at)
-            .bind(after_id)
-            .bind(limit)
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(|row| rows::delivery(row, plugin)).collect()
+        let mut conn = self.readers.acquire().await?;
+        shared::deliveries::<Sqlite>(&mut conn, plugin, range, set, after, limit).await
     }
 
     async fn delivery_records(
@@ -1088,62 +852,21 @@ impl Deliveries for SqliteStore {
         plugin: &str,
         event_id: &str,
     ) -> Result<Vec<(i64, rust_decimal::Decimal, rust_decimal::Decimal)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, old_quantity, new_quantity FROM corrections WHERE plugin = ?1 AND event_id = ?2 ORDER BY id",
-        )
-        .bind(plugin)
-        .bind(event_id)
-        .fetch_all(&self.readers)
-        .await?;
-        let quantity = |text: String| {
-            meterd_units::parse_quantity(&text)
-                .map_err(|e| StoreError::Corrupt(format!("stored quantity: {e}")))
-        };
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("seq")?,
-                    quantity(row.try_get("old_quantity")?)?,
-                    quantity(row.try_get("new_quantity")?)?,
-                ))
-            })
-            .collect()
+        shared::corrections::<Sqlite>(&mut *self.readers.acquire().await?, plugin, event_id).await
     }
 }
 
 #[async_trait]
 impl Keys for SqliteStore {
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let (admin, orgs) = key_scope_columns(&key.scope);
-        sqlx::query(
-            "INSERT INTO api_keys (id, secret_hash, admin, orgs, label, created_at_ms, revoked_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .bind(&key.id)
-        .bind(&key.secret_hash)
-        .bind(admin)
-        .bind(orgs)
-        .bind(&key.label)
-        .bind(key.created_at_ms)
-        .bind(key.revoked_at_ms)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        shared::insert_api_key::<Sqlite>(&mut *self.writer.acquire().await?, key).await
     }
 
     async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM api_keys ORDER BY created_at_ms, id").fetch_all(&self.readers).await?;
-        rows.iter().map(rows::api_key).collect()
+        shared::api_keys::<Sqlite>(&mut *self.readers.acquire().await?).await
     }
 
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE api_keys SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL")
-                .bind(id)
-                .bind(now_ms)
-                .execute(&self.writer)
-                .await?;
-        Ok(done.rows_affected() == 1)
+        shared::revoke_api_key::<Sqlite>(&mut *self.writer.acquire().await?, id, now_ms).await
     }
 }

@@ -9,6 +9,7 @@ use rust_decimal::Decimal;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::StoreError;
+use super::engine::Engine;
 use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
     SubjectKey, attributes_of, build_state, fold_records,
@@ -676,7 +677,7 @@ impl RollupTx for SqliteConnection {
         .bind(&series.metric)
         .bind(range.from_ms)
         .bind(range.to_ms)
-        .bind(super::sqlite::group_path(group_by))
+        .bind(<Sqlite as Engine>::attribute_key(group_by))
         .fetch_all(&mut *self)
         .await?;
         rows.iter().map(rows::point).collect()
