@@ -17,6 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 
+use sqlx::Database;
+
+use super::engine::Engine;
+use super::shared;
 use super::{OrgChange, OrgEffect, SeriesSeed, StoreError};
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::{Fold, FoldError, FoldOutput, FoldRecord};
@@ -52,6 +56,13 @@ pub(super) struct LevelRow {
 /// takes keys receives them sorted.
 #[async_trait]
 pub(super) trait RollupTx: Send {
+    /// The engine: the reads that are the same on both are provided, written
+    /// once (`store::shared`).
+    type Engine: Engine;
+
+    /// The connection the provided reads run on.
+    fn conn(&mut self) -> &mut <Self::Engine as Database>::Connection;
+
     /// Serializes writers of these subjects' levels until the transaction
     /// ends (a no-op with one writer).
     async fn lock_subjects(&mut self, subjects: &[SubjectKey]) -> Result<(), StoreError>;
@@ -87,9 +98,13 @@ pub(super) trait RollupTx: Send {
     // Reads for standings.
 
     /// Every month's net step before `month_ms`.
-    async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError>;
+    async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError> {
+        shared::months_before::<Self::Engine>(self.conn(), month_ms).await
+    }
     /// Every hour from `from_ms` on, by series then time.
-    async fn hours_from(&mut self, from_ms: i64) -> Result<Vec<(SeriesKey, i64, Hour)>, StoreError>;
+    async fn hours_from(&mut self, from_ms: i64) -> Result<Vec<(SeriesKey, i64, Hour)>, StoreError> {
+        shared::hours_from::<Self::Engine>(self.conn(), from_ms).await
+    }
     /// The steps after `after_ms` of every series with an hour from
     /// `hours_from_ms` on (one seek per series).
     async fn steps_after(
@@ -98,24 +113,37 @@ pub(super) trait RollupTx: Send {
         after_ms: i64,
     ) -> Result<Vec<(SeriesKey, i64, Decimal)>, StoreError>;
     /// Every open sandbox run, by org.
-    async fn open_runs(&mut self) -> Result<Vec<(String, Run)>, StoreError>;
+    async fn open_runs(&mut self) -> Result<Vec<(String, Run)>, StoreError> {
+        shared::open_runs::<Self::Engine>(self.conn()).await
+    }
     /// See `Standings::long_runs`.
     async fn long_runs(
         &mut self,
         org_id: &str,
         ended_after_ms: i64,
         longer_than_ms: i64,
-    ) -> Result<Vec<Run>, StoreError>;
+    ) -> Result<Vec<Run>, StoreError> {
+        shared::long_runs::<Self::Engine>(self.conn(), org_id, ended_after_ms, longer_than_ms).await
+    }
 
     // Reads for usage queries.
 
     /// Month summaries of `series` starting in `range`, in time order.
-    async fn months_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Month)>, StoreError>;
+    async fn months_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Month)>, StoreError> {
+        shared::months_in::<Self::Engine>(self.conn(), series, range).await
+    }
     /// Hour summaries of `series` starting in `range`, in time order.
-    async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError>;
+    async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
+        shared::hours_in::<Self::Engine>(self.conn(), series, range).await
+    }
     /// Steps of `series` in `range`, in time order.
-    async fn steps_in(&mut self, series: &SeriesKey, range: Range)
-    -> Result<Vec<(i64, Decimal)>, StoreError>;
+    async fn steps_in(
+        &mut self,
+        series: &SeriesKey,
+        range: Range,
+    ) -> Result<Vec<(i64, Decimal)>, StoreError> {
+        shared::steps_in::<Self::Engine>(self.conn(), series, range).await
+    }
     /// The org level just before `at_ms`: months before its month, hours of
     /// its month before its hour, steps of its hour before it.
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError>;
@@ -126,7 +154,9 @@ pub(super) trait RollupTx: Send {
         series: &SeriesKey,
         range: Range,
         group_by: Option<&str>,
-    ) -> Result<Vec<Point>, StoreError>;
+    ) -> Result<Vec<Point>, StoreError> {
+        shared::points_in::<Self::Engine>(self.conn(), series, range, group_by).await
+    }
     /// The group hours of `series` under `key` starting in `range`, every
     /// cell: (cell, hour start, hour).
     async fn group_hours_in(
@@ -134,7 +164,9 @@ pub(super) trait RollupTx: Send {
         series: &SeriesKey,
         key: &str,
         range: Range,
-    ) -> Result<Vec<(String, i64, GroupHour)>, StoreError>;
+    ) -> Result<Vec<(String, i64, GroupHour)>, StoreError> {
+        shared::group_hours_in::<Self::Engine>(self.conn(), series, key, range).await
+    }
 }
 
 /// See [`RollupTx::load_rows`].

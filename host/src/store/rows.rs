@@ -14,6 +14,7 @@ use super::{
     payload_from_columns,
 };
 use crate::keys::ApiKey;
+use crate::meter::rollup::groups::GroupHour;
 use crate::meter::rollup::{Hour, Month, SeriesKey};
 use crate::meter::{Kind, Point};
 use crate::plans::credits::Grant;
@@ -197,6 +198,14 @@ pub(super) fn hour(row: &impl StoredRow) -> Result<Hour, StoreError> {
         level_open: row.decimal("level_open")?,
         level_peak: row.decimal_opt("level_peak")?,
         level_last_at: row.column("level_last_at_ms")?,
+    })
+}
+
+pub(super) fn group_hour(row: &impl StoredRow) -> Result<GroupHour, StoreError> {
+    Ok(GroupHour {
+        delta_sum: row.decimal("delta_sum")?,
+        records: row.column("records")?,
+        deltas: row.column("deltas")?,
     })
 }
 

@@ -1,11 +1,14 @@
 //! The statements that are the same on both engines, written once over
 //! [`Engine`] and called by both engines' trait impls: record reads for
 //! grouped queries, poll state, plans, grants and fired notices, the
-//! outbox's bookkeeping, replay sets and pages, corrections, API keys.
+//! outbox's bookkeeping, replay sets and pages, corrections, API keys,
+//! and the rollup reads (`RollupTx`'s provided methods).
 //! What really differs stays with each engine: the commit path (SQLite's
 //! one writer and its savepoints, PostgreSQL's replica-safe inserts),
 //! locking (`FOR UPDATE`, `SKIP LOCKED`, table locks), the feed, and
 //! statements whose dialects differ.
+
+use rust_decimal::Decimal;
 
 use super::engine::{Engine, sql};
 use super::rows::{self, StoredRow as _};
@@ -16,8 +19,10 @@ use super::{
 use crate::keys::ApiKey;
 use crate::meter::Point;
 use crate::meter::period::Range;
+use crate::meter::rollup::groups::GroupHour;
+use crate::meter::rollup::{Hour, Month, SeriesKey};
 use crate::plans::credits::Grant;
-use rust_decimal::Decimal;
+use crate::plans::standing::Run;
 
 // Reading raw records (`Records`).
 
@@ -496,4 +501,155 @@ pub(super) async fn revoke_api_key<DB: Engine>(
         .execute(conn)
         .await?;
     Ok(done == 1)
+}
+
+// Rollup reads (`RollupTx`'s provided methods).
+
+/// See `RollupTx::months_before`.
+pub(super) async fn months_before<DB: Engine>(
+    conn: &mut DB::Connection,
+    month_ms: i64,
+) -> Result<Vec<(SeriesKey, Decimal)>, StoreError> {
+    let rows = sql::<DB>("SELECT org_id, metric, level_step FROM rollup_months WHERE month_ms < $1")
+        .bind(month_ms)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|row| Ok((rows::series(row)?, row.decimal("level_step")?))).collect()
+}
+
+/// See `RollupTx::hours_from`.
+pub(super) async fn hours_from<DB: Engine>(
+    conn: &mut DB::Connection,
+    from_ms: i64,
+) -> Result<Vec<(SeriesKey, i64, Hour)>, StoreError> {
+    let rows = sql::<DB>("SELECT * FROM rollup_hours WHERE hour_ms >= $1 ORDER BY org_id, metric, hour_ms")
+        .bind(from_ms)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|row| Ok((rows::series(row)?, row.column("hour_ms")?, rows::hour(row)?))).collect()
+}
+
+/// See `RollupTx::open_runs`.
+pub(super) async fn open_runs<DB: Engine>(
+    conn: &mut DB::Connection,
+) -> Result<Vec<(String, Run)>, StoreError> {
+    let rows = sql::<DB>("SELECT * FROM rollup_runs WHERE ended_ms IS NULL").fetch_all(conn).await?;
+    rows.iter().map(rows::run).collect()
+}
+
+/// See `Standings::long_runs`.
+pub(super) async fn long_runs<DB: Engine>(
+    conn: &mut DB::Connection,
+    org_id: &str,
+    ended_after_ms: i64,
+    longer_than_ms: i64,
+) -> Result<Vec<Run>, StoreError> {
+    let rows = sql::<DB>(
+        "SELECT * FROM rollup_runs WHERE org_id = $1 AND length_ms > $2 AND ended_ms > $3
+         ORDER BY started_ms, subject",
+    )
+    .bind(org_id)
+    .bind(longer_than_ms)
+    .bind(ended_after_ms)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|row| Ok(rows::run(row)?.1)).collect()
+}
+
+/// See `RollupTx::months_in`.
+pub(super) async fn months_in<DB: Engine>(
+    conn: &mut DB::Connection,
+    series: &SeriesKey,
+    range: Range,
+) -> Result<Vec<(i64, Month)>, StoreError> {
+    let rows = sql::<DB>(
+        "SELECT * FROM rollup_months WHERE org_id = $1 AND metric = $2 AND month_ms >= $3 AND month_ms < $4 ORDER BY month_ms",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(range.from_ms)
+    .bind(range.to_ms)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|row| Ok((row.column("month_ms")?, rows::month(row)?))).collect()
+}
+
+/// See `RollupTx::hours_in`.
+pub(super) async fn hours_in<DB: Engine>(
+    conn: &mut DB::Connection,
+    series: &SeriesKey,
+    range: Range,
+) -> Result<Vec<(i64, Hour)>, StoreError> {
+    let rows = sql::<DB>(
+        "SELECT * FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4 ORDER BY hour_ms",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(range.from_ms)
+    .bind(range.to_ms)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|row| Ok((row.column("hour_ms")?, rows::hour(row)?))).collect()
+}
+
+/// See `RollupTx::steps_in`.
+pub(super) async fn steps_in<DB: Engine>(
+    conn: &mut DB::Connection,
+    series: &SeriesKey,
+    range: Range,
+) -> Result<Vec<(i64, Decimal)>, StoreError> {
+    let rows = sql::<DB>(
+        "SELECT at_ms, step FROM rollup_steps WHERE org_id = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4 ORDER BY at_ms",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(range.from_ms)
+    .bind(range.to_ms)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|row| Ok((row.column("at_ms")?, row.decimal("step")?))).collect()
+}
+
+/// See `RollupTx::points_in`.
+pub(super) async fn points_in<DB: Engine>(
+    conn: &mut DB::Connection,
+    series: &SeriesKey,
+    range: Range,
+    group_by: Option<&str>,
+) -> Result<Vec<Point>, StoreError> {
+    let text = format!(
+        "SELECT kind, subject, quantity, at_ms, {} AS grp FROM usage_records
+         WHERE org_id = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4",
+        DB::attribute("$5")
+    );
+    let rows = sql::<DB>(&text)
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .bind(DB::attribute_key(group_by))
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(rows::point).collect()
+}
+
+/// See `RollupTx::group_hours_in`.
+pub(super) async fn group_hours_in<DB: Engine>(
+    conn: &mut DB::Connection,
+    series: &SeriesKey,
+    key: &str,
+    range: Range,
+) -> Result<Vec<(String, i64, GroupHour)>, StoreError> {
+    let rows = sql::<DB>(
+        "SELECT cell, hour_ms, delta_sum, records, deltas FROM rollup_group_hours
+         WHERE org_id = $1 AND metric = $2 AND group_key = $3 AND hour_ms >= $4 AND hour_ms < $5",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(key)
+    .bind(range.from_ms)
+    .bind(range.to_ms)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|row| Ok((row.column("cell")?, row.column("hour_ms")?, rows::group_hour(row)?))).collect()
 }

@@ -9,14 +9,12 @@ use rust_decimal::Decimal;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::StoreError;
-use super::engine::Engine;
 use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
     SubjectKey, attributes_of, build_state, fold_records,
 };
 use super::rows::{self, StoredRow as _};
-use crate::meter::Point;
-use crate::meter::period::{Range, month_containing};
+use crate::meter::period::month_containing;
 use crate::meter::rollup::fold::FoldOutput;
 use crate::meter::rollup::groups::{GroupHour, GroupHourKey};
 use crate::meter::rollup::{Hour, Month, SeriesKey, hour_of};
@@ -280,6 +278,12 @@ async fn write_values(
 
 #[async_trait]
 impl RollupTx for SqliteConnection {
+    type Engine = Sqlite;
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        self
+    }
+
     async fn load_rows(
         &mut self,
         hours: &[(SeriesKey, i64)],
@@ -310,15 +314,9 @@ impl RollupTx for SqliteConnection {
                     stored.steps.insert(key, row.decimal("delta_sum")?);
                 }
                 "g" => {
-                    let group = GroupHour {
-                        delta_sum: row.decimal("delta_sum")?,
-                        records: row.try_get("records")?,
-                        deltas: row.try_get("deltas")?,
-                    };
                     let (series, hour) = key;
-                    stored
-                        .group_hours
-                        .insert((series, row.try_get("group_key")?, row.try_get("cell")?, hour), group);
+                    let group_key = (series, row.try_get("group_key")?, row.try_get("cell")?, hour);
+                    stored.group_hours.insert(group_key, rows::group_hour(row)?);
                 }
                 _ => {
                     stored.months.insert(key, rows::month(row)?);
@@ -535,23 +533,6 @@ impl RollupTx for SqliteConnection {
         rows.iter().map(rows::run).collect()
     }
 
-    async fn months_before(&mut self, month_ms: i64) -> Result<Vec<(SeriesKey, Decimal)>, StoreError> {
-        let rows = sqlx::query("SELECT org_id, metric, level_step FROM rollup_months WHERE month_ms < ?1")
-            .bind(month_ms)
-            .fetch_all(&mut *self)
-            .await?;
-        rows.iter().map(|row| Ok((rows::series(row)?, row.decimal("level_step")?))).collect()
-    }
-
-    async fn hours_from(&mut self, from_ms: i64) -> Result<Vec<(SeriesKey, i64, Hour)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM rollup_hours WHERE hour_ms >= ?1 ORDER BY org_id, metric, hour_ms")
-                .bind(from_ms)
-                .fetch_all(&mut *self)
-                .await?;
-        rows.iter().map(|row| Ok((rows::series(row)?, row.try_get("hour_ms")?, rows::hour(row)?))).collect()
-    }
-
     async fn steps_after(
         &mut self,
         hours_from_ms: i64,
@@ -568,73 +549,6 @@ impl RollupTx for SqliteConnection {
         .fetch_all(&mut *self)
         .await?;
         rows.iter().map(|row| Ok((rows::series(row)?, row.try_get("at_ms")?, row.decimal("step")?))).collect()
-    }
-
-    async fn open_runs(&mut self) -> Result<Vec<(String, Run)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM rollup_runs WHERE ended_ms IS NULL").fetch_all(&mut *self).await?;
-        rows.iter().map(rows::run).collect()
-    }
-
-    async fn long_runs(
-        &mut self,
-        org_id: &str,
-        ended_after_ms: i64,
-        longer_than_ms: i64,
-    ) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM rollup_runs WHERE org_id = ?1 AND length_ms > ?2 AND ended_ms > ?3
-             ORDER BY started_ms, subject",
-        )
-        .bind(org_id)
-        .bind(longer_than_ms)
-        .bind(ended_after_ms)
-        .fetch_all(&mut *self)
-        .await?;
-        rows.iter().map(|row| Ok(rows::run(row)?.1)).collect()
-    }
-
-    async fn months_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Month)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM rollup_months WHERE org_id = ?1 AND metric = ?2 AND month_ms >= ?3 AND month_ms < ?4 ORDER BY month_ms",
-        )
-        .bind(&series.org_id)
-        .bind(&series.metric)
-        .bind(range.from_ms)
-        .bind(range.to_ms)
-        .fetch_all(&mut *self)
-        .await?;
-        rows.iter().map(|row| Ok((row.try_get("month_ms")?, rows::month(row)?))).collect()
-    }
-
-    async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4 ORDER BY hour_ms",
-        )
-        .bind(&series.org_id)
-        .bind(&series.metric)
-        .bind(range.from_ms)
-        .bind(range.to_ms)
-        .fetch_all(&mut *self)
-        .await?;
-        rows.iter().map(|row| Ok((row.try_get("hour_ms")?, rows::hour(row)?))).collect()
-    }
-
-    async fn steps_in(
-        &mut self,
-        series: &SeriesKey,
-        range: Range,
-    ) -> Result<Vec<(i64, Decimal)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT at_ms, step FROM rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4 ORDER BY at_ms",
-        )
-        .bind(&series.org_id)
-        .bind(&series.metric)
-        .bind(range.from_ms)
-        .bind(range.to_ms)
-        .fetch_all(&mut *self)
-        .await?;
-        rows.iter().map(|row| Ok((row.try_get("at_ms")?, row.decimal("step")?))).collect()
     }
 
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError> {
@@ -661,55 +575,6 @@ impl RollupTx for SqliteConnection {
                 .ok_or_else(|| StoreError::Corrupt("level overflows".to_owned()))?;
         }
         Ok(level)
-    }
-
-    async fn points_in(
-        &mut self,
-        series: &SeriesKey,
-        range: Range,
-        group_by: Option<&str>,
-    ) -> Result<Vec<Point>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, subject, quantity, at_ms, json_extract(attributes, ?5) AS grp FROM usage_records
-             WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4",
-        )
-        .bind(&series.org_id)
-        .bind(&series.metric)
-        .bind(range.from_ms)
-        .bind(range.to_ms)
-        .bind(<Sqlite as Engine>::attribute_key(group_by))
-        .fetch_all(&mut *self)
-        .await?;
-        rows.iter().map(rows::point).collect()
-    }
-
-    async fn group_hours_in(
-        &mut self,
-        series: &SeriesKey,
-        key: &str,
-        range: Range,
-    ) -> Result<Vec<(String, i64, GroupHour)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT cell, hour_ms, delta_sum, records, deltas FROM rollup_group_hours
-             WHERE org_id = ?1 AND metric = ?2 AND group_key = ?3 AND hour_ms >= ?4 AND hour_ms < ?5",
-        )
-        .bind(&series.org_id)
-        .bind(&series.metric)
-        .bind(key)
-        .bind(range.from_ms)
-        .bind(range.to_ms)
-        .fetch_all(&mut *self)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let group = GroupHour {
-                    delta_sum: row.decimal("delta_sum")?,
-                    records: row.try_get("records")?,
-                    deltas: row.try_get("deltas")?,
-                };
-                Ok((row.try_get("cell")?, row.try_get("hour_ms")?, group))
-            })
-            .collect()
     }
 }
 
