@@ -8,7 +8,9 @@
 
 use std::future::Future;
 
+use async_trait::async_trait;
 use rust_decimal::Decimal;
+use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Postgres, Sqlite, Type};
 
@@ -162,4 +164,18 @@ impl<'q, DB: Engine> Sql<'q, DB> {
     pub(super) async fn execute(self, conn: &mut DB::Connection) -> Result<u64, StoreError> {
         Ok(DB::execute(self.0, conn).await?)
     }
+}
+
+/// Where a store's statements run, for the parts of the store traits
+/// written once for both engines (`store::shared`).
+#[async_trait]
+pub(super) trait Connections: Send + Sync {
+    type Engine: Engine;
+
+    /// A connection to read on (SQLite: of the reader pool).
+    async fn reader(&self) -> Result<PoolConnection<Self::Engine>, StoreError>;
+
+    /// A connection to write on outside a transaction (SQLite: the one
+    /// writer).
+    async fn writer(&self) -> Result<PoolConnection<Self::Engine>, StoreError>;
 }

@@ -179,6 +179,43 @@ pub(super) struct RecordRow<'a> {
     pub record: &'a UsageRecord,
 }
 
+/// What committing `batch` does, given the ids of the deliveries that were
+/// new by key (both engines): one outcome per delivery (the first of a new
+/// key claims its id; any other is a duplicate), and the records of the
+/// new ones to write.
+pub(super) fn new_records<'a>(
+    batch: &'a [Delivery],
+    mut new_ids: std::collections::HashMap<(String, String), i64>,
+) -> (Vec<CommitOutcome>, Vec<RecordRow<'a>>) {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut rows = Vec::new();
+    for d in batch {
+        match new_ids.remove(&(d.plugin.clone(), d.event_id.clone())) {
+            Some(id) => {
+                outcomes.push(CommitOutcome { duplicate: false });
+                rows.extend(with_seqs(&d.records).into_iter().map(|(seq, record)| RecordRow {
+                    plugin: &d.plugin,
+                    delivery_id: Some(id),
+                    seq,
+                    record,
+                }));
+            }
+            None => outcomes.push(CommitOutcome { duplicate: true }),
+        }
+    }
+    (outcomes, rows)
+}
+
+impl PollCommit {
+    /// The poll's records to write (set by no delivery).
+    pub(super) fn record_rows(&self) -> Vec<RecordRow<'_>> {
+        with_seqs(&self.records)
+            .into_iter()
+            .map(|(seq, record)| RecordRow { plugin: &self.plugin, delivery_id: None, seq, record })
+            .collect()
+    }
+}
+
 /// The change a written record makes, for the commit hook: an insert
 /// (`previous` is `None`) or a correction from `previous`, with the
 /// record's values of the `group_by` keys (the only attributes the

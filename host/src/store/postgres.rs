@@ -17,28 +17,28 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::mpsc;
 
+use super::engine::Connections;
 use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::postgres_rollup;
 use super::rollup::RollupTx;
 use super::rows;
 use super::shared;
 use super::{
-    CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, Keys, NewGrant, Notice,
-    OrgChange, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PointKey, PointQuery,
-    PollCommit, PollState, Polls, RecordCounts, RecordFix, RecordRow, Records, ReplaySet, RollupCheck,
-    Rollups, StandingSnapshot, Standings, Store, StoreError, StoredDelivery, StoredRecord, declared,
-    fix_change, org_change, with_seqs,
+    CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, NewGrant, Notice, OrgChange,
+    OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PollCommit, PollState, Polls,
+    RecordCounts, RecordFix, RecordRow, ReplaySet, RollupCheck, Rollups, StandingSnapshot, Standings, Store,
+    StoreError, StoredDelivery, StoredRecord, declared, fix_change, new_records, org_change,
 };
-use crate::keys::ApiKey;
+use crate::meter::Aggregation;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::SeriesKey;
 use crate::meter::rollup::groups::GroupInput;
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
-use crate::meter::{Aggregation, Point};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Run;
 use crate::record::UsageRecord;
@@ -499,22 +499,7 @@ impl Ingest for PostgresStore {
                 new_ids.insert((row.try_get("plugin")?, row.try_get("event_id")?), row.try_get("id")?);
             }
         }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut rows = Vec::new();
-        for d in batch {
-            match new_ids.remove(&(d.plugin.clone(), d.event_id.clone())) {
-                Some(id) => {
-                    outcomes.push(CommitOutcome { duplicate: false });
-                    rows.extend(with_seqs(&d.records).into_iter().map(|(seq, record)| RecordRow {
-                        plugin: &d.plugin,
-                        delivery_id: Some(id),
-                        seq,
-                        record,
-                    }));
-                }
-                None => outcomes.push(CommitOutcome { duplicate: true }),
-            }
-        }
+        let (outcomes, rows) = new_records(batch, new_ids);
         let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
         let mut changes = Vec::new();
         write_records(&mut tx, &rows, now_ms, &mut changes, &self.group_by).await?;
@@ -530,40 +515,15 @@ impl Ingest for PostgresStore {
 }
 
 #[async_trait]
-impl Records for PostgresStore {
-    async fn points(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
-        shared::points::<Postgres>(&mut *self.pool.acquire().await?, q).await
+impl Connections for PostgresStore {
+    type Engine = Postgres;
+
+    async fn reader(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        Ok(self.pool.acquire().await?)
     }
 
-    async fn carry_in(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
-        shared::carry_in::<Postgres>(&mut *self.pool.acquire().await?, q).await
-    }
-
-    async fn points_page(
-        &self,
-        q: &PointQuery<'_>,
-        after: Option<PointKey>,
-        limit: u32,
-    ) -> Result<Vec<(PointKey, Point)>, StoreError> {
-        shared::points_page::<Postgres>(&mut *self.pool.acquire().await?, q, after, limit).await
-    }
-
-    async fn level_subjects(
-        &self,
-        q: &PointQuery<'_>,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        shared::level_subjects::<Postgres>(&mut *self.pool.acquire().await?, q, after, limit).await
-    }
-
-    async fn levels_of_subjects(
-        &self,
-        q: &PointQuery<'_>,
-        after: Option<&str>,
-        last: &str,
-    ) -> Result<Vec<Point>, StoreError> {
-        shared::levels_of_subjects::<Postgres>(&mut *self.pool.acquire().await?, q, after, last).await
+    async fn writer(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        Ok(self.pool.acquire().await?)
     }
 }
 
@@ -596,10 +556,7 @@ impl Polls for PostgresStore {
         if holder.as_deref() != Some(poll.holder.as_str()) {
             return Err(StoreError::LeaseLost { plugin: poll.plugin.clone(), target: poll.target.clone() });
         }
-        let rows: Vec<RecordRow> = with_seqs(&poll.records)
-            .into_iter()
-            .map(|(seq, record)| RecordRow { plugin: &poll.plugin, delivery_id: None, seq, record })
-            .collect();
+        let rows = poll.record_rows();
         let mut changes = Vec::new();
         let counts = write_records(&mut tx, &rows, poll.now_ms, &mut changes, &self.group_by).await?;
         shared::poll_succeeded::<Postgres>(&mut tx, poll).await?;
@@ -933,20 +890,5 @@ impl Deliveries for PostgresStore {
         event_id: &str,
     ) -> Result<Vec<(i64, Decimal, Decimal)>, StoreError> {
         shared::corrections::<Postgres>(&mut *self.pool.acquire().await?, plugin, event_id).await
-    }
-}
-
-#[async_trait]
-impl Keys for PostgresStore {
-    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        shared::insert_api_key::<Postgres>(&mut *self.pool.acquire().await?, key).await
-    }
-
-    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        shared::api_keys::<Postgres>(&mut *self.pool.acquire().await?).await
-    }
-
-    async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        shared::revoke_api_key::<Postgres>(&mut *self.pool.acquire().await?, id, now_ms).await
     }
 }

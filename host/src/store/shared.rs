@@ -1,5 +1,6 @@
 //! The statements that are the same on both engines, written once over
-//! [`Engine`] and called by both engines' trait impls: record reads for
+//! [`Engine`] and called by both engines' trait impls (`Records` and `Keys`
+//! are implemented here, once, for any store with [`Connections`]): record reads for
 //! grouped queries, poll state, plans, grants and fired notices, the
 //! outbox's bookkeeping, replay sets and pages, corrections, API keys,
 //! and the rollup reads (`RollupTx`'s provided methods).
@@ -8,13 +9,14 @@
 //! locking (`FOR UPDATE`, `SKIP LOCKED`, table locks), the feed, and
 //! statements whose dialects differ.
 
+use async_trait::async_trait;
 use rust_decimal::Decimal;
 
-use super::engine::{Engine, sql};
+use super::engine::{Connections, Engine, sql};
 use super::rows::{self, StoredRow as _};
 use super::{
-    DeliveryCursor, NewGrant, Notice, OrgPlan, PointKey, PointQuery, PollCommit, PollState, ReplaySet,
-    StoreError, StoredDelivery, key_scope_columns,
+    DeliveryCursor, Keys, NewGrant, Notice, OrgPlan, PointKey, PointQuery, PollCommit, PollState, Records,
+    ReplaySet, StoreError, StoredDelivery, key_scope_columns,
 };
 use crate::keys::ApiKey;
 use crate::meter::Point;
@@ -152,6 +154,44 @@ pub(super) async fn levels_of_subjects<DB: Engine>(
         .fetch_all(conn)
         .await?;
     rows.iter().map(rows::point).collect()
+}
+
+#[async_trait]
+impl<S: Connections> Records for S {
+    async fn points(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
+        points::<S::Engine>(&mut *self.reader().await?, q).await
+    }
+
+    async fn carry_in(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
+        carry_in::<S::Engine>(&mut *self.reader().await?, q).await
+    }
+
+    async fn points_page(
+        &self,
+        q: &PointQuery<'_>,
+        after: Option<PointKey>,
+        limit: u32,
+    ) -> Result<Vec<(PointKey, Point)>, StoreError> {
+        points_page::<S::Engine>(&mut *self.reader().await?, q, after, limit).await
+    }
+
+    async fn level_subjects(
+        &self,
+        q: &PointQuery<'_>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        level_subjects::<S::Engine>(&mut *self.reader().await?, q, after, limit).await
+    }
+
+    async fn levels_of_subjects(
+        &self,
+        q: &PointQuery<'_>,
+        after: Option<&str>,
+        last: &str,
+    ) -> Result<Vec<Point>, StoreError> {
+        levels_of_subjects::<S::Engine>(&mut *self.reader().await?, q, after, last).await
+    }
 }
 
 // Pull ingestion (`Polls`).
@@ -501,6 +541,21 @@ pub(super) async fn revoke_api_key<DB: Engine>(
         .execute(conn)
         .await?;
     Ok(done == 1)
+}
+
+#[async_trait]
+impl<S: Connections> Keys for S {
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        insert_api_key::<S::Engine>(&mut *self.writer().await?, key).await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        api_keys::<S::Engine>(&mut *self.reader().await?).await
+    }
+
+    async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        revoke_api_key::<S::Engine>(&mut *self.writer().await?, id, now_ms).await
+    }
 }
 
 // Rollup reads (`RollupTx`'s provided methods).
