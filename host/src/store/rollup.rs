@@ -155,7 +155,8 @@ pub(super) trait RollupTx: Send {
         range: Range,
         group_by: Option<&str>,
     ) -> Result<Vec<Point>, StoreError> {
-        shared::points_in::<Self::Engine>(self.conn(), series, range, group_by).await
+        let of = (group_by, series.org_id.as_str(), series.metric.as_str());
+        shared::points::<Self::Engine>(self.conn(), of, range).await
     }
     /// The group hours of `series` under `key` starting in `range`, every
     /// cell: (cell, hour start, hour).

@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 
-use super::engine::{Connections, Engine, sql};
+use super::engine::{Connections, Engine, Sql, sql};
 use super::rows::{self, StoredRow as _};
 use super::{
     DeliveryCursor, Keys, NewGrant, Notice, OrgPlan, PointKey, PointQuery, PollCommit, PollState, Records,
@@ -28,23 +28,35 @@ use crate::plans::standing::Run;
 
 // Reading raw records (`Records`).
 
-/// See `Records::points`.
+/// `select` with `{grp}` the value of the grouping attribute, its key
+/// bound as $1 (see [`of_metric`]).
+fn grouped<DB: Engine>(select: &str) -> String {
+    select.replace("{grp}", &DB::attribute("$1"))
+}
+
+/// A [`grouped`] read of one org's metric, with $1 the grouping
+/// attribute's key, $2 the org and $3 the metric bound.
+fn of_metric<'q, DB: Engine>(
+    text: &'q str,
+    (group_by, org_id, metric): (Option<&str>, &'q str, &'q str),
+) -> Sql<'q, DB> {
+    sql::<DB>(text).bind(DB::attribute_key(group_by)).bind(org_id).bind(metric)
+}
+
+/// Records of one org and metric with `at` in `range` (`Records::points`,
+/// `RollupTx::points_in`).
 pub(super) async fn points<DB: Engine>(
     conn: &mut DB::Connection,
-    q: &PointQuery<'_>,
+    (group_by, org_id, metric): (Option<&str>, &str, &str),
+    range: Range,
 ) -> Result<Vec<Point>, StoreError> {
-    let text = format!(
-        "SELECT kind, subject, quantity, at_ms, {} AS grp
-         FROM usage_records
+    let text = grouped::<DB>(
+        "SELECT kind, subject, quantity, at_ms, {grp} AS grp FROM usage_records
          WHERE org_id = $2 AND metric = $3 AND at_ms >= $4 AND at_ms < $5",
-        DB::attribute("$1")
     );
-    let rows = sql::<DB>(&text)
-        .bind(DB::attribute_key(q.group_by))
-        .bind(q.org_id)
-        .bind(q.metric)
-        .bind(q.range.from_ms)
-        .bind(q.range.to_ms)
+    let rows = of_metric::<DB>(&text, (group_by, org_id, metric))
+        .bind(range.from_ms)
+        .bind(range.to_ms)
         .fetch_all(conn)
         .await?;
     rows.iter().map(rows::point).collect()
@@ -55,19 +67,15 @@ pub(super) async fn carry_in<DB: Engine>(
     conn: &mut DB::Connection,
     q: &PointQuery<'_>,
 ) -> Result<Vec<Point>, StoreError> {
-    let text = format!(
+    let text = grouped::<DB>(
         "SELECT kind, subject, quantity, at_ms, grp FROM (
-             SELECT kind, subject, quantity, at_ms, {} AS grp,
+             SELECT kind, subject, quantity, at_ms, {grp} AS grp,
                     RANK() OVER (PARTITION BY subject ORDER BY at_ms DESC) AS latest
              FROM usage_records
              WHERE org_id = $2 AND metric = $3 AND kind = 'level' AND at_ms < $4
          ) ranked WHERE latest = 1",
-        DB::attribute("$1")
     );
-    let rows = sql::<DB>(&text)
-        .bind(DB::attribute_key(q.group_by))
-        .bind(q.org_id)
-        .bind(q.metric)
+    let rows = of_metric::<DB>(&text, (q.group_by, q.org_id, q.metric))
         .bind(q.range.from_ms)
         .fetch_all(conn)
         .await?;
@@ -83,16 +91,12 @@ pub(super) async fn points_page<DB: Engine>(
 ) -> Result<Vec<(PointKey, Point)>, StoreError> {
     let (at, id) = after.unwrap_or((i64::MIN, i64::MIN));
     // $4 is the later of the range start and the cursor's time.
-    let text = format!(
-        "SELECT id, kind, subject, quantity, at_ms, {} AS grp FROM usage_records
+    let text = grouped::<DB>(
+        "SELECT id, kind, subject, quantity, at_ms, {grp} AS grp FROM usage_records
          WHERE org_id = $2 AND metric = $3 AND at_ms >= $4 AND at_ms < $5 AND (at_ms > $6 OR id > $7)
          ORDER BY at_ms, id LIMIT $8",
-        DB::attribute("$1")
     );
-    let rows = sql::<DB>(&text)
-        .bind(DB::attribute_key(q.group_by))
-        .bind(q.org_id)
-        .bind(q.metric)
+    let rows = of_metric::<DB>(&text, (q.group_by, q.org_id, q.metric))
         .bind(q.range.from_ms.max(at))
         .bind(q.range.to_ms)
         .bind(at)
@@ -138,16 +142,12 @@ pub(super) async fn levels_of_subjects<DB: Engine>(
     after: Option<&str>,
     last: &str,
 ) -> Result<Vec<Point>, StoreError> {
-    let text = format!(
-        "SELECT kind, subject, quantity, at_ms, {} AS grp FROM usage_records
+    let text = grouped::<DB>(
+        "SELECT kind, subject, quantity, at_ms, {grp} AS grp FROM usage_records
          WHERE org_id = $2 AND metric = $3 AND kind = 'level' AND at_ms < $4
                AND subject > $5 AND subject <= $6",
-        DB::attribute("$1")
     );
-    let rows = sql::<DB>(&text)
-        .bind(DB::attribute_key(q.group_by))
-        .bind(q.org_id)
-        .bind(q.metric)
+    let rows = of_metric::<DB>(&text, (q.group_by, q.org_id, q.metric))
         .bind(q.range.to_ms)
         .bind(after.unwrap_or(""))
         .bind(last)
@@ -159,7 +159,8 @@ pub(super) async fn levels_of_subjects<DB: Engine>(
 #[async_trait]
 impl<S: Connections> Records for S {
     async fn points(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
-        points::<S::Engine>(&mut *self.reader().await?, q).await
+        let conn = &mut *self.reader().await?;
+        points::<S::Engine>(conn, (q.group_by, q.org_id, q.metric), q.range).await
     }
 
     async fn carry_in(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
@@ -611,21 +612,33 @@ pub(super) async fn long_runs<DB: Engine>(
     rows.iter().map(|row| Ok(rows::run(row)?.1)).collect()
 }
 
+/// The rows of `table` of `series` with `time` in `range`, in time order:
+/// a rollup table's summaries over a range.
+async fn series_in<DB: Engine>(
+    conn: &mut DB::Connection,
+    (columns, table, time): (&str, &str, &str),
+    series: &SeriesKey,
+    range: Range,
+) -> Result<Vec<DB::Row>, StoreError> {
+    let text = format!(
+        "SELECT {columns} FROM {table} WHERE org_id = $1 AND metric = $2 AND {time} >= $3 AND {time} < $4 ORDER BY {time}"
+    );
+    sql::<DB>(&text)
+        .bind(&series.org_id)
+        .bind(&series.metric)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(conn)
+        .await
+}
+
 /// See `RollupTx::months_in`.
 pub(super) async fn months_in<DB: Engine>(
     conn: &mut DB::Connection,
     series: &SeriesKey,
     range: Range,
 ) -> Result<Vec<(i64, Month)>, StoreError> {
-    let rows = sql::<DB>(
-        "SELECT * FROM rollup_months WHERE org_id = $1 AND metric = $2 AND month_ms >= $3 AND month_ms < $4 ORDER BY month_ms",
-    )
-    .bind(&series.org_id)
-    .bind(&series.metric)
-    .bind(range.from_ms)
-    .bind(range.to_ms)
-    .fetch_all(conn)
-    .await?;
+    let rows = series_in::<DB>(conn, ("*", "rollup_months", "month_ms"), series, range).await?;
     rows.iter().map(|row| Ok((row.column("month_ms")?, rows::month(row)?))).collect()
 }
 
@@ -635,15 +648,7 @@ pub(super) async fn hours_in<DB: Engine>(
     series: &SeriesKey,
     range: Range,
 ) -> Result<Vec<(i64, Hour)>, StoreError> {
-    let rows = sql::<DB>(
-        "SELECT * FROM rollup_hours WHERE org_id = $1 AND metric = $2 AND hour_ms >= $3 AND hour_ms < $4 ORDER BY hour_ms",
-    )
-    .bind(&series.org_id)
-    .bind(&series.metric)
-    .bind(range.from_ms)
-    .bind(range.to_ms)
-    .fetch_all(conn)
-    .await?;
+    let rows = series_in::<DB>(conn, ("*", "rollup_hours", "hour_ms"), series, range).await?;
     rows.iter().map(|row| Ok((row.column("hour_ms")?, rows::hour(row)?))).collect()
 }
 
@@ -653,39 +658,8 @@ pub(super) async fn steps_in<DB: Engine>(
     series: &SeriesKey,
     range: Range,
 ) -> Result<Vec<(i64, Decimal)>, StoreError> {
-    let rows = sql::<DB>(
-        "SELECT at_ms, step FROM rollup_steps WHERE org_id = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4 ORDER BY at_ms",
-    )
-    .bind(&series.org_id)
-    .bind(&series.metric)
-    .bind(range.from_ms)
-    .bind(range.to_ms)
-    .fetch_all(conn)
-    .await?;
+    let rows = series_in::<DB>(conn, ("at_ms, step", "rollup_steps", "at_ms"), series, range).await?;
     rows.iter().map(|row| Ok((row.column("at_ms")?, row.decimal("step")?))).collect()
-}
-
-/// See `RollupTx::points_in`.
-pub(super) async fn points_in<DB: Engine>(
-    conn: &mut DB::Connection,
-    series: &SeriesKey,
-    range: Range,
-    group_by: Option<&str>,
-) -> Result<Vec<Point>, StoreError> {
-    let text = format!(
-        "SELECT kind, subject, quantity, at_ms, {} AS grp FROM usage_records
-         WHERE org_id = $1 AND metric = $2 AND at_ms >= $3 AND at_ms < $4",
-        DB::attribute("$5")
-    );
-    let rows = sql::<DB>(&text)
-        .bind(&series.org_id)
-        .bind(&series.metric)
-        .bind(range.from_ms)
-        .bind(range.to_ms)
-        .bind(DB::attribute_key(group_by))
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(rows::point).collect()
 }
 
 /// See `RollupTx::group_hours_in`.
