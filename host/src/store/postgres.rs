@@ -728,11 +728,7 @@ impl Outbox for PostgresStore {
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(OutboxCounts {
-            pending: row.try_get("pending")?,
-            delivered: row.try_get("delivered")?,
-            gave_up: row.try_get("gave_up")?,
-        })
+        rows::outbox_counts(&row)
     }
 }
 

@@ -13,7 +13,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use super::StoreError;
 use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
-    SubjectKey, attributes_of, build_state, fold_records,
+    SubjectKey, build_state, fold_records,
 };
 use super::rows::{self, StoredRow as _};
 use crate::meter::period::month_containing;
@@ -319,18 +319,7 @@ impl RollupTx for PgConnection {
         .bind(&cols.3)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LevelRow {
-                    count: row.try_get("n")?,
-                    org_id: row.try_get("org_id")?,
-                    metric: row.try_get("metric")?,
-                    subject: row.try_get("subject")?,
-                    at_ms: row.try_get("at_ms")?,
-                    quantity: row.decimal("quantity")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::level_row).collect()
     }
 
     async fn subject_levels(
@@ -359,15 +348,7 @@ impl RollupTx for PgConnection {
         .bind(&cols.3)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    (rows::series(row)?, row.try_get("subject")?),
-                    row.try_get("at_ms")?,
-                    row.decimal("quantity")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(rows::subject_level).collect()
     }
 
     async fn stored_runs(&mut self, subjects: &[(String, String)]) -> Result<Vec<(String, Run)>, StoreError> {
@@ -518,19 +499,7 @@ impl RebuildTx for Rebuild<'_> {
         let rows = sqlx::query(&format!("FETCH {REBUILD_PAGE} FROM rollup_records"))
             .fetch_all(&mut *self.conn)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RebuildRow {
-                    org_id: row.try_get("org_id")?,
-                    metric: row.try_get("metric")?,
-                    subject: row.try_get("subject")?,
-                    kind: row.try_get("kind")?,
-                    quantity: row.decimal("quantity")?,
-                    at_ms: row.try_get("at_ms")?,
-                    attributes: attributes_of(&row.try_get::<String, _>("attributes")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::rebuild_row).collect()
     }
 
     async fn write_rows(&mut self, out: FoldOutput) -> Result<(), StoreError> {

@@ -9,9 +9,10 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Decode, Postgres, Row as _, Sqlite, Type};
 
+use super::rollup::{LevelRow, RebuildRow, SubjectKey, attributes_of};
 use super::{
-    OrgPlan, OutboxMessage, Payload, PollState, StoreError, StoredDelivery, StoredRecord, key_from_columns,
-    payload_from_columns,
+    OrgPlan, OutboxCounts, OutboxMessage, Payload, PollState, StoreError, StoredDelivery, StoredRecord,
+    key_from_columns, payload_from_columns,
 };
 use crate::keys::ApiKey;
 use crate::meter::rollup::groups::GroupHour;
@@ -175,6 +176,14 @@ pub(super) fn outbox_message(row: &impl StoredRow) -> Result<OutboxMessage, Stor
     })
 }
 
+pub(super) fn outbox_counts(row: &impl StoredRow) -> Result<OutboxCounts, StoreError> {
+    Ok(OutboxCounts {
+        pending: row.column("pending")?,
+        delivered: row.column("delivered")?,
+        gave_up: row.column("gave_up")?,
+    })
+}
+
 /// An API key (`orgs` as a JSON array).
 pub(super) fn api_key(row: &impl StoredRow) -> Result<ApiKey, StoreError> {
     let orgs: String = row.column("orgs")?;
@@ -237,4 +246,35 @@ pub(super) fn run(row: &impl StoredRow) -> Result<(String, Run), StoreError> {
             ended_ms: row.column("ended_ms")?,
         },
     ))
+}
+
+/// Level records of a subject at an instant, grouped (`n`: how many).
+pub(super) fn level_row(row: &impl StoredRow) -> Result<LevelRow, StoreError> {
+    Ok(LevelRow {
+        count: row.column("n")?,
+        org_id: row.column("org_id")?,
+        metric: row.column("metric")?,
+        subject: row.column("subject")?,
+        at_ms: row.column("at_ms")?,
+        quantity: row.decimal("quantity")?,
+    })
+}
+
+/// A subject's level at an instant: (subject, instant, quantity).
+pub(super) fn subject_level(row: &impl StoredRow) -> Result<(SubjectKey, i64, Decimal), StoreError> {
+    Ok(((series(row)?, row.column("subject")?), row.column("at_ms")?, row.decimal("quantity")?))
+}
+
+/// A record as a rebuild folds it (`attributes` as JSON text).
+pub(super) fn rebuild_row(row: &impl StoredRow) -> Result<RebuildRow, StoreError> {
+    let attributes: String = row.column("attributes")?;
+    Ok(RebuildRow {
+        org_id: row.column("org_id")?,
+        metric: row.column("metric")?,
+        subject: row.column("subject")?,
+        kind: row.column("kind")?,
+        quantity: row.decimal("quantity")?,
+        at_ms: row.column("at_ms")?,
+        attributes: attributes_of(&attributes)?,
+    })
 }

@@ -697,11 +697,7 @@ impl Outbox for SqliteStore {
         )
         .fetch_one(&self.readers)
         .await?;
-        Ok(OutboxCounts {
-            pending: row.try_get("pending")?,
-            delivered: row.try_get("delivered")?,
-            gave_up: row.try_get("gave_up")?,
-        })
+        rows::outbox_counts(&row)
     }
 }
 

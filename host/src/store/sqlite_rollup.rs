@@ -11,7 +11,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use super::StoreError;
 use super::rollup::{
     DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
-    SubjectKey, attributes_of, build_state, fold_records,
+    SubjectKey, build_state, fold_records,
 };
 use super::rows::{self, StoredRow as _};
 use crate::meter::period::month_containing;
@@ -482,18 +482,7 @@ impl RollupTx for SqliteConnection {
         .bind(json(&list))
         .fetch_all(&mut *self)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LevelRow {
-                    count: row.try_get("n")?,
-                    org_id: row.try_get("org_id")?,
-                    metric: row.try_get("metric")?,
-                    subject: row.try_get("subject")?,
-                    at_ms: row.try_get("at_ms")?,
-                    quantity: row.decimal("quantity")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::level_row).collect()
     }
 
     async fn subject_levels(
@@ -514,12 +503,7 @@ impl RollupTx for SqliteConnection {
         .bind(json(&list))
         .fetch_all(&mut *self)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let key = (rows::series(row)?, row.try_get("subject")?);
-                Ok((key, row.try_get("at_ms")?, row.decimal("quantity")?))
-            })
-            .collect()
+        rows.iter().map(rows::subject_level).collect()
     }
 
     async fn stored_runs(&mut self, subjects: &[(String, String)]) -> Result<Vec<(String, Run)>, StoreError> {
@@ -628,15 +612,7 @@ impl RebuildTx for Rebuild<'_> {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let record = RebuildRow {
-                org_id: row.try_get("org_id")?,
-                metric: row.try_get("metric")?,
-                subject: row.try_get("subject")?,
-                kind: row.try_get("kind")?,
-                quantity: row.decimal("quantity")?,
-                at_ms: row.try_get("at_ms")?,
-                attributes: attributes_of(&row.try_get::<String, _>("attributes")?)?,
-            };
+            let record = rows::rebuild_row(row)?;
             self.after = (record.org_id.clone(), record.metric.clone(), record.at_ms, row.try_get("id")?);
             out.push(record);
         }
