@@ -15,10 +15,9 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use meterd::plugin::{InboundRequest, PluginSettings};
 use meterd::runtime::{LoadedPlugin, Runtime, RuntimeSettings};
-use sha2::Sha256;
+use meterd_testkit::signed_json_signature;
 
 use support::{E2B_SECRET, component, e2b_signature, fixture, format_ns, median, percentile};
 
@@ -34,14 +33,11 @@ struct Subject {
 
 fn signed_json_request() -> InboundRequest {
     let body = r#"{"id":"evt-bench","org":"acme","records":[{"subject":"sbx-1","metric":"sandbox_cpu_core_seconds","kind":"delta","quantity":"144.246","at":"2025-08-06T20:59:36.123Z","window_start":"2025-08-06T20:58:24Z","attributes":{"template_id":"base"}},{"subject":"sbx-1","metric":"sandbox_ram_gibi_seconds","kind":"delta","quantity":"36.0615","at":"2025-08-06T20:59:36.123Z","window_start":"2025-08-06T20:58:24Z","attributes":{"template_id":"base"}},{"subject":"sbx-1","metric":"sandbox_active","kind":"level","quantity":"0","at":"2025-08-06T20:59:36.123Z"}]}"#;
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(body.as_bytes());
-    let signature: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     InboundRequest {
         method: "POST".to_owned(),
         path: "/".to_owned(),
         query: None,
-        headers: vec![("x-meterd-signature".to_owned(), format!("sha256={signature}"))],
+        headers: vec![("x-meterd-signature".to_owned(), signed_json_signature(SECRET, body.as_bytes()))],
         body: body.as_bytes().to_vec(),
     }
 }
@@ -61,7 +57,7 @@ fn e2b_request() -> InboundRequest {
 fn subjects() -> Vec<Subject> {
     let signed_json = |name: &'static str| Subject {
         name,
-        component: meterd_plugin_build::languages::language_component(name).expect("building the plugins"),
+        component: meterd_testkit::language_component(name),
         settings: PluginSettings::from([("signature_secret".to_owned(), SECRET.to_owned())]),
         request: signed_json_request(),
     };

@@ -10,9 +10,8 @@ use crate::support;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use hmac::{Hmac, Mac};
 use meterd::api::ErrorBody;
-use sha2::Sha256;
+use meterd_testkit::{language_component, signed_json_signature};
 use support::{Gateway, Options, meterd_command};
 
 const SECRET: &str = "signed-json-e2e-secret";
@@ -20,12 +19,6 @@ const PLUGINS: [&str; 2] = ["signed-json-py", "signed-json-js"];
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
-}
-
-/// A Python or JavaScript plugin's component, built (or found unchanged)
-/// by meterd-plugin-build.
-fn language_component(name: &str) -> PathBuf {
-    meterd_plugin_build::languages::language_component(name).expect("building the other-language plugins")
 }
 
 fn meterd(args: &[&str], dir: &Path) -> Output {
@@ -43,9 +36,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn sign(body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(body.as_bytes());
-    format!("sha256={}", mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>())
+    signed_json_signature(SECRET, body.as_bytes())
 }
 
 #[test]
