@@ -25,8 +25,15 @@ use wasmtime_wasi::{HostWallClock, ResourceTable, WasiCtx};
 
 /// A pinned `now-ms` shared by the `host` interface and the WASI wall clock:
 /// [`PinnedClock::REAL`] means the real clock.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PinnedClock(Arc<AtomicI64>);
+
+/// The real clock (a derived default would pin it to 1970).
+impl Default for PinnedClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl PinnedClock {
     const REAL: i64 = i64::MIN;
@@ -203,6 +210,8 @@ mod tests {
 
     #[test]
     fn a_pinned_clock_is_what_wasi_reads_and_real_otherwise() {
+        let unpinned = HostWallClock::now(&PinnedClock::default()).as_millis() as i64;
+        assert!((unpinned - crate::clock::now_ms()).abs() < 5_000, "a new clock reads the real time");
         let clock = PinnedClock::new();
         clock.pin(Some(1_754_513_976_123));
         assert_eq!(HostWallClock::now(&clock), Duration::from_millis(1_754_513_976_123));
