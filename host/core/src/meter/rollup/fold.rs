@@ -4,16 +4,18 @@
 //!
 //! Records must arrive grouped by (org, metric) and in time order within
 //! each; memory is the levels
-//! in force of one series' subjects (those not at 0), whatever the number
+//! in force of one series' subjects (those not at 0, with their cells when
+//! keys are declared), whatever the number
 //! of records. Output accumulates in [`Fold::output`] for the caller to
-//! write in batches.
+//! write in batches. The declared keys' group levels come out as series of
+//! their own (`groups::level_series`), folded beside their metric.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use meterd_units::QuantityError;
 use rust_decimal::Decimal;
 
-use super::groups::{GroupHour, GroupHourKey, cell_of};
+use super::groups::{GroupHour, GroupHourKey, cell_of, level_series};
 use super::{Hour, Month, SeriesKey, hour_of};
 use crate::meter::Kind;
 use crate::meter::period::month_containing;
@@ -76,13 +78,17 @@ pub struct Fold {
     /// Series already read: a series' records must be contiguous (in
     /// whatever order the database sorts series).
     finished: HashSet<SeriesKey>,
-    /// Each subject's level in force, absent when 0.
-    in_force: HashMap<String, Decimal>,
-    /// The instant being read and each subject's greatest quantity at it.
+    /// Each subject's level in force and its cells (one per declared key),
+    /// absent when 0.
+    in_force: HashMap<String, (Decimal, Vec<String>)>,
+    /// The instant being read and each subject's record in force at it:
+    /// the greatest quantity and, per key, the greatest cell among the
+    /// records holding it (the engine's tie rule).
     instant: Option<i64>,
-    at_instant: HashMap<String, Decimal>,
-    hour: Option<(i64, Hour)>,
-    month: Option<(i64, Month)>,
+    at_instant: HashMap<String, (Decimal, Vec<String>)>,
+    summaries: Summaries,
+    /// The current series' group levels, by level series.
+    group_levels: BTreeMap<String, Summaries>,
     /// Sandbox series only: each running subject's run start.
     run_starts: HashMap<String, i64>,
     pub output: FoldOutput,
@@ -120,13 +126,12 @@ impl Fold {
             }
         }
         let start = hour_of(r.at_ms);
-        if self.hour.as_ref().is_none_or(|(h, _)| *h != start) {
+        if self.summaries.hour.as_ref().is_none_or(|(h, _)| *h != start) {
             self.finish_hour()?;
-            self.hour = Some((start, Hour::default()));
         }
         let delta = if r.kind == Kind::Delta { r.quantity } else { Decimal::ZERO };
-        if let Some((_, hour)) = &mut self.hour {
-            hour.add_record(delta, true)?;
+        if let Some(series) = &self.series {
+            self.summaries.hour_at(series, r.at_ms, &mut self.output)?.add_record(delta, true)?;
         }
         for key in &self.group_by {
             let cell = cell_of(r.attributes.get(key).map(String::as_str));
@@ -134,8 +139,22 @@ impl Fold {
             group.add(&GroupHour::of_record(r.kind, r.quantity, true))?;
         }
         if r.kind == Kind::Level {
-            let q = self.at_instant.entry(r.subject.to_owned()).or_insert(r.quantity);
-            *q = (*q).max(r.quantity);
+            let cells: Vec<String> =
+                self.group_by.iter().map(|k| cell_of(r.attributes.get(k).map(String::as_str))).collect();
+            match self.at_instant.get_mut(r.subject) {
+                None => {
+                    self.at_instant.insert(r.subject.to_owned(), (r.quantity, cells));
+                }
+                Some((q, held)) if r.quantity > *q => (*q, *held) = (r.quantity, cells),
+                Some((q, held)) if r.quantity == *q => {
+                    for (h, c) in held.iter_mut().zip(cells) {
+                        if c > *h {
+                            *h = c;
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -150,8 +169,12 @@ impl Fold {
     fn finish_series(&mut self) -> Result<(), FoldError> {
         self.finish_instant()?;
         self.finish_hour()?;
-        self.finish_month();
         if let Some(series) = &self.series {
+            self.summaries.finish(series, &mut self.output)?;
+            for (metric, mut levels) in std::mem::take(&mut self.group_levels) {
+                let group = SeriesKey { metric, ..series.clone() };
+                levels.finish(&group, &mut self.output)?;
+            }
             for (subject, started_ms) in self.run_starts.drain() {
                 self.output.runs.push((series.org_id.clone(), Run { subject, started_ms, ended_ms: None }));
             }
@@ -160,38 +183,26 @@ impl Fold {
         Ok(())
     }
 
-    /// Writes the hour out and adds it to its month.
+    /// Writes the group hours of the hour being read out (the hour itself
+    /// goes out with its summaries, when the next one starts).
     fn finish_hour(&mut self) -> Result<(), FoldError> {
-        let (Some(series), Some((start, hour))) = (&self.series, self.hour.take()) else { return Ok(()) };
-        let series = series.clone();
+        let (Some(series), Some((start, _))) = (&self.series, &self.summaries.hour) else { return Ok(()) };
         for ((key, cell), group) in std::mem::take(&mut self.group_hour) {
-            self.output.group_hours.push(((series.clone(), key, cell, start), group));
+            self.output.group_hours.push(((series.clone(), key, cell, *start), group));
         }
-        let month = month_containing(start).from_ms;
-        if self.month.as_ref().is_some_and(|(m, _)| *m != month) {
-            self.finish_month();
-        }
-        let (_, sum) = self.month.get_or_insert_with(|| (month, Month::default()));
-        sum.add(&Month::of_hour(&hour, start - month)?)?;
-        self.output.hours.push((series, start, hour));
         Ok(())
     }
 
-    fn finish_month(&mut self) {
-        if let (Some(series), Some((month, sum))) = (&self.series, self.month.take())
-            && !sum.is_zero()
-        {
-            self.output.months.push((series.clone(), month, sum));
-        }
-    }
-
-    /// The org level's step at the instant just read.
+    /// The org level's step at the instant just read, and the groups'.
     fn finish_instant(&mut self) -> Result<(), FoldError> {
         let Some(at) = self.instant.take() else { return Ok(()) };
+        let overflow = || QuantityError::Overflow("level step");
         let mut step = Decimal::ZERO;
+        // (key, cell) → the change of that group's level at `at`.
+        let mut moves: BTreeMap<(usize, String), Decimal> = BTreeMap::new();
         let sandboxes = self.series.as_ref().is_some_and(|s| s.metric == SANDBOX_ACTIVE_METRIC);
-        for (subject, q) in self.at_instant.drain() {
-            let was = self.in_force.get(&subject).copied().unwrap_or(Decimal::ZERO);
+        for (subject, (q, cells)) in self.at_instant.drain() {
+            let was = self.in_force.get(&subject).map(|(q, _)| *q).unwrap_or(Decimal::ZERO);
             if sandboxes {
                 let (running, runs) = (was > Decimal::ZERO, q > Decimal::ZERO);
                 if !running && runs {
@@ -204,23 +215,89 @@ impl Fold {
                     self.output.runs.push((series.org_id.clone(), run));
                 }
             }
-            step = step
-                .checked_add(q.checked_sub(was).ok_or(QuantityError::Overflow("level step"))?)
-                .ok_or(QuantityError::Overflow("level step"))?;
+            step = step.checked_add(q.checked_sub(was).ok_or_else(overflow)?).ok_or_else(overflow)?;
+            let leaving = self.in_force.get(&subject).map(|(q, cells)| (-*q, cells.as_slice()));
+            for (amount, held) in leaving.into_iter().chain([(q, cells.as_slice())]) {
+                for (key, cell) in held.iter().enumerate() {
+                    let sum = moves.entry((key, cell.clone())).or_default();
+                    *sum = sum.checked_add(amount).ok_or_else(overflow)?;
+                }
+            }
             if q.is_zero() {
                 self.in_force.remove(&subject);
             } else {
-                self.in_force.insert(subject, q);
+                self.in_force.insert(subject, (q, cells));
             }
         }
-        if step.is_zero() {
-            return Ok(());
+        let Some(series) = self.series.clone() else { return Ok(()) };
+        for ((key, cell), change) in moves.into_iter().filter(|(_, c)| !c.is_zero()) {
+            let metric = level_series(&series.metric, &self.group_by[key], &cell);
+            let group = SeriesKey { metric: metric.clone(), ..series.clone() };
+            let levels = self.group_levels.entry(metric).or_default();
+            levels.step(&group, at, change, &mut self.output)?;
         }
-        let Some(series) = &self.series else { return Ok(()) };
-        self.output.steps.push((series.clone(), at, step));
-        if let Some((start, hour)) = &mut self.hour {
-            hour.append_steps(*start, &[(at, step)])?;
+        if !step.is_zero() {
+            self.summaries.step(&series, at, step, &mut self.output)?;
         }
+        Ok(())
+    }
+}
+
+/// One series' hour and month being summed, written out as each ends.
+#[derive(Debug, Default)]
+struct Summaries {
+    hour: Option<(i64, Hour)>,
+    month: Option<(i64, Month)>,
+}
+
+impl Summaries {
+    /// The hour holding `at`, the hour before it written out first.
+    fn hour_at(&mut self, series: &SeriesKey, at: i64, out: &mut FoldOutput) -> Result<&mut Hour, FoldError> {
+        let start = hour_of(at);
+        if self.hour.as_ref().is_some_and(|(h, _)| *h != start) {
+            self.finish_hour(series, out)?;
+        }
+        Ok(&mut self.hour.get_or_insert_with(|| (start, Hour::default())).1)
+    }
+
+    /// A step of the series' level, in time order.
+    fn step(
+        &mut self,
+        series: &SeriesKey,
+        at: i64,
+        step: Decimal,
+        out: &mut FoldOutput,
+    ) -> Result<(), FoldError> {
+        out.steps.push((series.clone(), at, step));
+        let start = hour_of(at);
+        self.hour_at(series, at, out)?.append_steps(start, &[(at, step)])?;
+        Ok(())
+    }
+
+    /// Writes the hour out and adds it to its month.
+    fn finish_hour(&mut self, series: &SeriesKey, out: &mut FoldOutput) -> Result<(), FoldError> {
+        let Some((start, hour)) = self.hour.take() else { return Ok(()) };
+        let month = month_containing(start).from_ms;
+        if self.month.as_ref().is_some_and(|(m, _)| *m != month) {
+            self.finish_month(series, out);
+        }
+        let (_, sum) = self.month.get_or_insert_with(|| (month, Month::default()));
+        sum.add(&Month::of_hour(&hour, start - month)?)?;
+        out.hours.push((series.clone(), start, hour));
+        Ok(())
+    }
+
+    fn finish_month(&mut self, series: &SeriesKey, out: &mut FoldOutput) {
+        if let Some((month, sum)) = self.month.take()
+            && !sum.is_zero()
+        {
+            out.months.push((series.clone(), month, sum));
+        }
+    }
+
+    fn finish(&mut self, series: &SeriesKey, out: &mut FoldOutput) -> Result<(), FoldError> {
+        self.finish_hour(series, out)?;
+        self.finish_month(series, out);
         Ok(())
     }
 }

@@ -1,17 +1,29 @@
-//! Grouped rollups: per (org, metric, attribute key, attribute value) and
-//! UTC hour, the sum of delta quantities and the record counts, for the
-//! attribute keys the operator declares (`rollup_group_by`). A sum or count
-//! grouped by such a key reads these hours and raw records only at the
-//! range's ragged ends, like an ungrouped one. Levels are not rolled up per
-//! group: a subject's level belongs to the group of the record in force,
-//! which moves between groups, so grouped integrals, latest and max still
-//! read raw records (a page of subjects at a time).
+//! Grouped rollups, for the attribute keys the operator declares
+//! (`rollup_group_by`).
+//!
+//! **Sums and counts**: per (org, metric, attribute key, attribute value)
+//! and UTC hour, the sum of delta quantities and the record counts. A sum
+//! or count grouped by such a key reads these hours and raw records only at
+//! the range's ragged ends, like an ungrouped one.
+//!
+//! **Levels** (integral, latest, max): a subject's level belongs to the
+//! group of the record in force, so the level of one group is a step
+//! function like the org level, summed over the subjects whose record in
+//! force carries that value. The rollup tables keep it as a series of its
+//! own, [`level_series`] (`metric/key/cell` — neither a metric nor a key
+//! may hold `/`), in the same hours, steps and months as every metric, so
+//! the ungrouped query answers each group. A level record written moves
+//! level between groups at its instant and at its subject's next instant
+//! ([`GroupNeighbourhood::level_changes`]), as it changes the org level's
+//! steps there. A group is named by a level record carrying its value
+//! stamped before the range's end ([`merge_levels`]).
 //!
 //! A record without the key belongs to the group `None` (the engine's
 //! rule). The stored `cell` text keeps the two apart: `""` for `None`,
-//! `"=" + value` otherwise.
+//! `"=" + value` otherwise; cells order as the engine orders groups.
 
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
 
 use meterd_units::QuantityError;
 use rust_decimal::Decimal;
@@ -149,4 +161,118 @@ pub fn evaluate_grouped(
         merged.add_group(&part, group, named > 0)?;
     }
     Ok(merged.finish())
+}
+
+/// The rollup series that holds the level of the group `cell` of `key` on
+/// `metric`.
+pub fn level_series(metric: &str, key: &str, cell: &str) -> String {
+    format!("{metric}/{key}/{cell}")
+}
+
+/// Whether a rollup series is a group's level (see [`level_series`]) rather
+/// than a metric: standings and the change feed follow metrics only.
+pub fn is_level_series(metric: &str) -> bool {
+    metric.contains('/')
+}
+
+/// A level record's quantity and its cell under each declared key (in the
+/// order of `rollup_group_by`).
+pub type CellRecord = (Decimal, Vec<String>);
+
+/// One subject's level records around the instants a transaction wrote,
+/// with their cells: [`super::write::Neighbourhood`] for groups.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupNeighbourhood {
+    /// Instant → every record stored at it now (after the writes), for each
+    /// written instant and the subject's instants just before and after it.
+    pub stored: BTreeMap<i64, Vec<CellRecord>>,
+    /// Instant → what the transaction wrote there: (quantity now, quantity
+    /// before: `None` for an insert, cells). A correction keeps the cells.
+    pub written: BTreeMap<i64, Vec<(Decimal, Option<Decimal>, Vec<String>)>>,
+}
+
+/// The record in force after an instant holding `records`, under the key
+/// at `key`: the greatest (quantity, cell), the engine's tie rule.
+fn in_force_cell(records: &[CellRecord], key: usize) -> Option<(Decimal, &str)> {
+    records.iter().filter_map(|(q, cells)| Some((*q, cells.get(key)?.as_str()))).max()
+}
+
+impl GroupNeighbourhood {
+    /// The records at `at` before the transaction's writes, undone last
+    /// first.
+    fn before(&self, at: i64) -> Vec<CellRecord> {
+        let mut records = self.stored.get(&at).cloned().unwrap_or_default();
+        for (now, was, cells) in self.written.get(&at).into_iter().flatten().rev() {
+            if let Some(i) = records.iter().position(|(q, c)| q == now && c == cells) {
+                records.swap_remove(i);
+            }
+            records.extend(was.map(|q| (q, cells.clone())));
+        }
+        records
+    }
+
+    /// The level each group gains at `at` in one state (`records` gives an
+    /// instant's records in that state): the record in force at `at` adds
+    /// its quantity to its group, the one before it takes its own away.
+    fn moves(
+        &self,
+        at: i64,
+        key: usize,
+        records: &impl Fn(i64) -> Vec<CellRecord>,
+    ) -> Vec<(String, Decimal)> {
+        let here = records(at);
+        let Some((q, cell)) = in_force_cell(&here, key) else { return Vec::new() };
+        let mut out = vec![(cell.to_owned(), q)];
+        let earlier = self.stored.range(..at).rev().map(|(&t, _)| records(t));
+        let was = earlier.filter_map(|r| in_force_cell(&r, key).map(|(q, c)| (q, c.to_owned()))).next();
+        if let Some((was, was_cell)) = was {
+            out.push((was_cell, -was));
+        }
+        out
+    }
+
+    /// How the groups' levels change, per declared key (by index among
+    /// `keys` keys): (key, cell, instant, change), non-zero only, in order.
+    pub fn level_changes(&self, keys: usize) -> Result<Vec<(usize, String, i64, Decimal)>, QuantityError> {
+        let mut touched: Vec<i64> = Vec::new();
+        for &at in self.written.keys() {
+            touched.push(at);
+            if let Some((&next, _)) = self.stored.range((Excluded(at), Unbounded)).next() {
+                touched.push(next);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let now = |t: i64| self.stored.get(&t).cloned().unwrap_or_default();
+        let before = |t: i64| self.before(t);
+        let mut changes: BTreeMap<(usize, String, i64), Decimal> = BTreeMap::new();
+        for key in 0..keys {
+            for &at in &touched {
+                let after = self.moves(at, key, &now);
+                let undone = self.moves(at, key, &before).into_iter().map(|(c, q)| (c, -q));
+                for (cell, q) in after.into_iter().chain(undone) {
+                    let sum = changes.entry((key, cell, at)).or_default();
+                    *sum = sum.checked_add(q).ok_or(QuantityError::Overflow("group level step"))?;
+                }
+            }
+        }
+        Ok(changes.into_iter().filter(|(_, q)| !q.is_zero()).map(|((k, c, at), q)| (k, c, at, q)).collect())
+    }
+}
+
+/// A level aggregation grouped by a declared key, from reports the rollups
+/// answer: `ungrouped`, the org level's (its total: a maximum is not the
+/// sum of the groups'), and each named group's report from its
+/// [`level_series`]. A group is named when a level record carrying its
+/// value is stamped before the range ends (its value may be 0 throughout).
+pub fn merge_levels(
+    query: &UsageQuery,
+    ungrouped: &UsageReport,
+    groups: Vec<(Option<String>, UsageReport)>,
+) -> Result<UsageReport, EngineError> {
+    let mut merged = Merged::new(query)?;
+    for (group, part) in groups {
+        merged.add_group(&part, group, true)?;
+    }
+    Ok(UsageReport { total: ungrouped.total, ..merged.finish() })
 }

@@ -343,3 +343,114 @@ fn sums_counts_and_integrals_over_one_window_read_whole_months() {
         assert!(p.months.is_empty(), "{aggregation:?} {window:?}: {p:?}");
     }
 }
+
+/// The rows of one series of a fold's output.
+fn only(out: &FoldOutput, metric: &str) -> FoldOutput {
+    FoldOutput {
+        steps: out.steps.iter().filter(|(s, _, _)| s.metric == metric).cloned().collect(),
+        hours: out.hours.iter().filter(|(s, _, _)| s.metric == metric).cloned().collect(),
+        months: out.months.iter().filter(|(s, _, _)| s.metric == metric).cloned().collect(),
+        ..FoldOutput::default()
+    }
+}
+
+fn grouped_point(r: &Rec) -> Point {
+    Point { group: r.group.map(str::to_owned), ..point(r) }
+}
+
+/// Integral, latest and max grouped by `t`: each named group's level series
+/// (folded beside `m`) answered as an ungrouped series, merged, equals the
+/// engine grouped over the raw records with every level record before the
+/// range as carry-in (each names its group).
+#[test]
+fn group_level_series_answer_grouped_levels_as_the_engine_does() {
+    use super::groups::{cell_of, level_series, merge_levels};
+    for seed in 0..400 {
+        let mut rng = Rng::new(seed);
+        let records = history(&mut rng);
+        let out = fold_grouped(&records, &["t".to_owned()]);
+        let plain = only(&out, "m");
+        let ungrouped_out = fold(&records);
+        assert_eq!(
+            (&plain.steps, &plain.hours, &plain.months),
+            (&ungrouped_out.steps, &ungrouped_out.hours, &ungrouped_out.months),
+            "seed {seed}: groups leave the metric's own series alone"
+        );
+        for _ in 0..12 {
+            let query = UsageQuery { grouped: true, ..rng.usage_query(BASE) };
+            let alone = UsageQuery { grouped: false, ..query };
+            for aggregation in [Aggregation::Integral, Aggregation::Latest, Aggregation::Max] {
+                let meter = MeterDef { name: "x".into(), metric: "m".into(), aggregation, unit: "u".into() };
+                let levels = records.iter().filter(|r| r.kind == Kind::Level);
+                let carry: Vec<Point> =
+                    levels.clone().filter(|r| r.at_ms < query.range.from_ms).map(grouped_point).collect();
+                let points: Vec<Point> =
+                    records.iter().filter(|r| query.range.contains(r.at_ms)).map(grouped_point).collect();
+                let want = aggregate(&meter, &query, &carry, &points).expect("engine");
+
+                let named: std::collections::BTreeSet<Option<&str>> =
+                    levels.filter(|r| r.at_ms < query.range.to_ms).map(|r| r.group).collect();
+                let groups = named
+                    .into_iter()
+                    .map(|g| {
+                        let series = only(&out, &level_series("m", "t", &cell_of(g)));
+                        (g.map(str::to_owned), from_rollups(&meter, &alone, &series, &[]))
+                    })
+                    .collect();
+                let ungrouped = from_rollups(&meter, &alone, &plain, &records);
+                let got = merge_levels(&query, &ungrouped, groups).expect("merge");
+                assert_eq!(got, want, "seed {seed}: {aggregation:?} {query:?}, records {records:#?}");
+            }
+        }
+    }
+}
+
+/// Writing a history one record at a time, in random order and with
+/// corrections, and adding up each write's group level changes gives the
+/// group level steps the fold computes from the final records.
+#[test]
+fn group_level_changes_of_each_write_add_up_to_the_fold() {
+    use super::groups::{GroupNeighbourhood, cell_of, level_series};
+    for seed in 0..400 {
+        let mut rng = Rng::new(seed);
+        let mut records: Vec<Rec> = history(&mut rng).into_iter().filter(|r| r.kind == Kind::Level).collect();
+        // Arrival order: shuffled.
+        for i in (1..records.len()).rev() {
+            records.swap(i, rng.below(i + 1));
+        }
+        let mut stored: Vec<Rec> = Vec::new();
+        let mut steps: BTreeMap<(String, i64), Decimal> = BTreeMap::new();
+        let mut write = |stored: &mut Vec<Rec>, index: Option<usize>, r: Rec| {
+            let was = index.map(|i| std::mem::replace(&mut stored[i], r.clone()).quantity);
+            if index.is_none() {
+                stored.push(r.clone());
+            }
+            let mut hood = GroupNeighbourhood::default();
+            for s in stored.iter().filter(|s| s.subject == r.subject) {
+                hood.stored.entry(s.at_ms).or_default().push((s.quantity, vec![cell_of(s.group)]));
+            }
+            hood.written.entry(r.at_ms).or_default().push((r.quantity, was, vec![cell_of(r.group)]));
+            for (key, cell, at, change) in hood.level_changes(1).expect("changes") {
+                assert_eq!(key, 0);
+                *steps.entry((level_series("m", "t", &cell), at)).or_default() += change;
+            }
+        };
+        for r in &records {
+            write(&mut stored, None, r.clone());
+            if rng.chance(20) {
+                let i = rng.below(stored.len());
+                let corrected = Rec { quantity: rng.quantity(), ..stored[i].clone() };
+                write(&mut stored, Some(i), corrected);
+            }
+        }
+        steps.retain(|_, s| !s.is_zero());
+        let out = fold_grouped(&stored, &["t".to_owned()]);
+        let folded: BTreeMap<(String, i64), Decimal> = out
+            .steps
+            .iter()
+            .filter(|(s, _, _)| s.metric != "m")
+            .map(|(s, at, step)| ((s.metric.clone(), *at), *step))
+            .collect();
+        assert_eq!(steps, folded, "seed {seed}");
+    }
+}
