@@ -40,22 +40,23 @@
 //!    keep-alive connection: usage of `sandbox_cpu_core_seconds` (sum) and
 //!    `sandbox_active_seconds` (integral) for the default range (the
 //!    current month), with `&window=day`, with `&group_by=template_id`
-//!    (declared in `rollup_group_by` here, so the grouped sum reads group
-//!    hours; the grouped integral still reads raw records);
+//!    (declared in `rollup_group_by` here, so the grouped integral reads
+//!    the templates' level series and the grouped sum reads group
+//!    hours);
 //!    `GET …/entitlements`, `GET …/grants`,
 //!    `POST …/check` (`sandbox.start`). VmRSS and VmHWM again after them.
 //!
 //! Every answer is verified: the month totals (library, raw path and HTTP)
 //! must equal what the bench inserted, exactly (CPU: Σ core-seconds; active
 //! seconds: Σ run lengths, all runs ended before now), the day windows
-//! must add up to the total, and the grouped CPU answer must give each
-//! template its exact sum. Each query runs `METERD_BENCH_REQUESTS` times
+//! must add up to the total, and the grouped answers must give each
+//! template its exact sum (CPU) and active seconds. Each query runs `METERD_BENCH_REQUESTS` times
 //! (default 200) after 2 warm-ups, or fewer when it has used
 //! `METERD_BENCH_QUERY_SECONDS` (default 20; at least 5 samples).
 //!
 //! Cost warning: the raw path of a level meter (`carry_in`) reads every
 //! level record before the month and returns every subject ever seen. At
-//! `10m` on SQLite one grouped or raw integral call takes tens of seconds
+//! `10m` on SQLite one raw integral call takes tens of seconds
 //! and several GB in this process (see BENCHMARKS.md); lower
 //! `METERD_BENCH_QUERY_SECONDS` does not shorten the 2 warm-ups + 5
 //! samples it always takes.
@@ -71,7 +72,7 @@
 //! `METERD_BENCH_QUERY_SECONDS`, `METERD_BENCH_RSS_LIMIT_MIB`,
 //! `METERD_BENCH_SEED` (default 1), `METERD_BENCH_SKIP` (queries whose
 //! names contain any of these comma-separated words are not run: `raw`
-//! skips the grouped and raw-path queries, which take minutes at `10m`),
+//! skips the raw-path queries, which take minutes at `10m`),
 //! `METERD_BENCH_POSTGRES` (the server's
 //! admin URL; else `METERD_TEST_POSTGRES`, else
 //! `postgres://postgres@127.0.0.1:5432/postgres`).
@@ -402,6 +403,7 @@ struct Expected {
     cpu: Decimal,
     active_seconds: Decimal,
     cpu_by_template: BTreeMap<String, Decimal>,
+    active_by_template: BTreeMap<String, Decimal>,
 }
 
 impl Expected {
@@ -409,6 +411,7 @@ impl Expected {
         self.cpu += run.cpu();
         self.active_seconds += Decimal::new(run.len_ms, 3);
         *self.cpu_by_template.entry(run.template.to_owned()).or_default() += run.cpu();
+        *self.active_by_template.entry(run.template.to_owned()).or_default() += Decimal::new(run.len_ms, 3);
     }
 }
 
@@ -708,7 +711,7 @@ struct UsageCase {
     group_by: Option<&'static str>,
 }
 
-const USAGE_CASES: [UsageCase; 7] = [
+const USAGE_CASES: [UsageCase; 8] = [
     UsageCase { name: "usage cpu (sum), month", meter: CPU, window: None, group_by: None },
     UsageCase {
         name: "usage active_seconds (integral), month",
@@ -741,9 +744,15 @@ const USAGE_CASES: [UsageCase; 7] = [
         group_by: Some("template_id"),
     },
     UsageCase {
-        name: "usage active_seconds, month, group_by=template_id (raw)",
+        name: "usage active_seconds, month, group_by=template_id (group levels)",
         meter: ACTIVE_SECONDS,
         window: None,
+        group_by: Some("template_id"),
+    },
+    UsageCase {
+        name: "usage active_seconds, month, window=day, group_by=template_id (group levels)",
+        meter: ACTIVE_SECONDS,
+        window: Some(WindowSize::Day),
         group_by: Some("template_id"),
     },
 ];
@@ -780,12 +789,13 @@ fn verify_usage(
     assert_eq!(total, want, "{via}: {}: total {total}, inserted {want}", case.name);
     let sum: Decimal = windows.iter().map(|(_, v)| *v).sum();
     assert_eq!(sum, want, "{via}: {}: the windows add up to {sum}, not {want}", case.name);
-    if case.group_by.is_some() && case.meter == CPU {
+    if case.group_by.is_some() {
         let mut by_group: BTreeMap<String, Decimal> = BTreeMap::new();
         for (g, v) in windows {
             *by_group.entry(g.clone().unwrap_or_default()).or_default() += *v;
         }
-        assert_eq!(by_group, expected.cpu_by_template, "{via}: {}: per template", case.name);
+        let want = if case.meter == CPU { &expected.cpu_by_template } else { &expected.active_by_template };
+        assert_eq!(&by_group, want, "{via}: {}: per template", case.name);
     }
 }
 

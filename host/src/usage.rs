@@ -1,8 +1,9 @@
 //! Usage queries, apart from HTTP: resolve the meter, read the rollups of
 //! the range (whole hours summarized, the ends raw; `meter::rollup`) and
-//! evaluate them; a sum or count grouped by a key of `rollup_group_by`
-//! reads its group hours the same way (`meter::rollup::groups`); any other
-//! grouped query reads the range's raw records a page at a time and adds
+//! evaluate them; a query grouped by a key of `rollup_group_by` reads its
+//! group hours (sums, counts) or its groups' level series (integral,
+//! latest, max) the same way (`meter::rollup::groups`); a query grouped by
+//! any other key reads the range's raw records a page at a time and adds
 //! up the pages' reports (`meter::merge`). The query parameters' parsing
 //! lives here too (the answer's form is `api::usage`), so that the HTTP API
 //! and `meterd usage` cannot disagree.
@@ -140,17 +141,27 @@ impl UsageService {
             return Ok(UsageAnswer { meter, total: report.total, windows: report.windows });
         }
         if let Some(key) = request.group_by.as_deref()
-            && matches!(meter.aggregation, meter::Aggregation::Sum | meter::Aggregation::Count)
             && self.store.group_by().iter().any(|k| k == key)
         {
-            // A declared key: its group hours, the ragged ends raw.
             let plan = rollup::query::plan(request.range, meter.aggregation, now_ms, request.window);
-            let input = self.store.group_input(&series, key, &plan).await?;
-            let report = rollup::groups::evaluate_grouped(&meter, &engine_query, &input)?;
+            let report = if rollup::query::is_level(meter.aggregation) {
+                // A declared key's level: each group's level series, as an
+                // ungrouped query reads it.
+                let input = self
+                    .store
+                    .group_level_input(&series, key, &plan, meter.aggregation, request.range)
+                    .await?;
+                rollup::groups::evaluate_grouped_levels(&meter, &engine_query, &input)?
+            } else {
+                // A declared key's sum or count: its group hours, the
+                // ragged ends raw.
+                let input = self.store.group_input(&series, key, &plan).await?;
+                rollup::groups::evaluate_grouped(&meter, &engine_query, &input)?
+            };
             return Ok(UsageAnswer { meter, total: report.total, windows: report.windows });
         }
-        // Grouping by any other attribute (or a level aggregation) reads the
-        // range's records, a page at a time.
+        // Grouping by any other attribute reads the range's records, a page
+        // at a time.
         let query = PointQuery {
             org_id: &request.org_id,
             metric: &meter.metric,
@@ -214,8 +225,9 @@ async fn grouped_max_by_time(
     page: u32,
 ) -> Result<meter::UsageReport, UsageError> {
     let mut merged = meter::merge::MaxMerged::new(engine_query)?;
-    // The first part gets the whole carry-in, levels at 0 too: the engine
-    // names their groups.
+    // Every level record before the range names its group; the first part
+    // gets the whole carry-in, levels at 0 too.
+    merged.name_groups(store.level_groups_before(query).await?);
     let mut carry_in = store.carry_in(query).await?;
     let mut in_force = InForce::default();
     in_force.replace_with(carry_in.clone());
@@ -314,7 +326,8 @@ async fn grouped_by_time(
 }
 
 /// A grouped integral or latest, a page of subjects at a time: each
-/// subject's step function (with its carry-in) is whole in one page.
+/// subject's step function (with its history before the range as carry-in)
+/// is whole in one page.
 async fn grouped_by_subject(
     store: &dyn Store,
     meter: &MeterDef,
@@ -328,7 +341,10 @@ async fn grouped_by_subject(
         let subjects = store.level_subjects(query, after.as_deref(), page).await?;
         let Some(last) = subjects.last() else { break };
         let records = store.levels_of_subjects(query, after.as_deref(), last).await?;
-        let (carry_in, points) = meter::merge::split_carry_in(records, query.range.from_ms);
+        // Every record before the range is carry-in: the last of each
+        // subject's is in force, and each names its group.
+        let (carry_in, points): (Vec<Point>, Vec<Point>) =
+            records.into_iter().partition(|p| p.at_ms < query.range.from_ms);
         merged.add_part(meter, engine_query, &carry_in, &points)?;
         if subjects.len() < page as usize {
             break;

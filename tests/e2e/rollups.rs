@@ -3,8 +3,10 @@
 //! back to before the rollups existed (migration 0008 and its back-fill run
 //! again at start-up); `meterd rollups check` finds a tampered row and
 //! `meterd rollups rebuild` repairs it; declaring `rollup_group_by` rebuilds
-//! them with group hours, and grouped sums still answer the same. On SQLite
-//! and on PostgreSQL.
+//! them with group hours and group levels, and grouped queries (sums and
+//! levels) still answer the same, as they do after a database from before
+//! group levels (migration 0013) is rebuilt at start-up. On SQLite and on
+//! PostgreSQL.
 
 use crate::support;
 
@@ -220,6 +222,24 @@ async fn same_answers_across_restart_and_backfill(mut gw: Gateway, db: Db<'_>) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report = check_report(&out);
     assert!(report.group_hours > 0, "{report:?}");
+
+    // Back to a database from before group levels (migration 0013) that
+    // declared the key: its rollups are rebuilt once at start-up, with the
+    // templates' level series, and every answer stays the same.
+    gw.stop();
+    db.run(&[
+        "DELETE FROM rollup_steps WHERE metric LIKE '%/%'",
+        "DELETE FROM rollup_hours WHERE metric LIKE '%/%'",
+        "DELETE FROM rollup_months WHERE metric LIKE '%/%'",
+        "DROP INDEX rollup_group_hours_cells",
+        "DELETE FROM _sqlx_migrations WHERE version = 13",
+        "UPDATE meterd_state SET value = 'template_id' WHERE key = 'rollup_groups'",
+    ])
+    .await;
+    gw.restart();
+    assert_same(&before, &answers(&gw, &ragged).await, "after migration 0013's rebuild");
+    let out = rollups_cli(&gw, &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread")]

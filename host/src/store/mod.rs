@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::keys::{ApiKey, Scope};
 use crate::meter::period::Range;
-use crate::meter::rollup::groups::GroupInput;
+use crate::meter::rollup::groups::{GroupInput, GroupLevelInput};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::{Hour, SeriesKey};
 use crate::meter::{Aggregation, Point};
@@ -511,6 +511,19 @@ pub trait Rollups: Send + Sync {
         plan: &ReadPlan,
     ) -> Result<GroupInput, StoreError>;
 
+    /// What `plan` names for a level aggregation (integral, latest, max) of
+    /// one series grouped by a key of [`Rollups::group_by`]: the series'
+    /// own input and each group's level series' input (the groups a level
+    /// record names before `range` ends), read in one snapshot.
+    async fn group_level_input(
+        &self,
+        series: &SeriesKey,
+        key: &str,
+        plan: &ReadPlan,
+        aggregation: Aggregation,
+        range: Range,
+    ) -> Result<GroupLevelInput, StoreError>;
+
     /// Replaces the rollups by a recomputation from the raw records (one
     /// transaction; record writers wait); returns the records read.
     async fn rebuild_rollups(&self) -> Result<u64, StoreError>;
@@ -571,6 +584,10 @@ pub trait Records: Send + Sync {
         after: Option<&str>,
         last: &str,
     ) -> Result<Vec<Point>, StoreError>;
+    /// The values of the grouping attribute that level records stamped
+    /// before the range carry (each names its group in a grouped level
+    /// query, see `meter::rollup::groups::merge_levels`).
+    async fn level_groups_before(&self, query: &PointQuery<'_>) -> Result<Vec<Option<String>>, StoreError>;
 }
 
 /// Where a page of records ends: (time, record id).

@@ -37,7 +37,7 @@ use super::{
 use crate::meter::Aggregation;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::SeriesKey;
-use crate::meter::rollup::groups::GroupInput;
+use crate::meter::rollup::groups::{GroupInput, GroupLevelInput};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Run;
@@ -425,6 +425,22 @@ impl Rollups for PostgresStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
         let input = super::rollup::read_group_input(&mut *tx, series, key, plan).await?;
+        tx.commit().await?;
+        Ok(input)
+    }
+
+    async fn group_level_input(
+        &self,
+        series: &SeriesKey,
+        key: &str,
+        plan: &ReadPlan,
+        aggregation: Aggregation,
+        range: Range,
+    ) -> Result<GroupLevelInput, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let input =
+            super::rollup::read_group_level_input(&mut *tx, series, key, plan, aggregation, range).await?;
         tx.commit().await?;
         Ok(input)
     }

@@ -134,6 +134,25 @@ async fn save_hours(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Hour)]) 
     write_hours(conn, "rollup_hours", rows).await
 }
 
+/// Deletes hours left with no records and no steps (see
+/// `RollupWrite::hours_removed`), locked by `load_hours` already.
+async fn remove_hours(conn: &mut PgConnection, keys: &[(SeriesKey, i64)]) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (orgs, metrics, times) = columns(keys.iter());
+    sqlx::query(
+        "DELETE FROM rollup_hours t USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, at)
+         WHERE t.org_id = k.org_id AND t.metric = k.metric AND t.hour_ms = k.at",
+    )
+    .bind(&orgs)
+    .bind(&metrics)
+    .bind(&times)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 async fn add_months(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Month)]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -232,6 +251,44 @@ async fn change_runs(
     write_runs(conn, "rollup_runs", added).await
 }
 
+/// The level records around written instants (`RollupTx::neighbourhoods`),
+/// grouped by (subject, instant, quantity); the second form by attributes
+/// too. One index probe per key and bound (LATERAL … OFFSET 0: see
+/// `delivery_records`).
+static NEIGHBOURHOODS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+    let text = "WITH k AS (
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(org_id, metric, subject, at_ms)
+             ), b AS (
+                 SELECT k.org_id, k.metric, k.subject,
+                        COALESCE((SELECT p.at_ms FROM usage_records p
+                                  WHERE p.org_id = k.org_id AND p.metric = k.metric AND p.subject = k.subject
+                                        AND p.at_ms < k.at_ms AND p.kind = 'level'
+                                  ORDER BY p.at_ms DESC LIMIT 1), k.at_ms) AS lo,
+                        COALESCE((SELECT n.at_ms FROM usage_records n
+                                  WHERE n.org_id = k.org_id AND n.metric = k.metric AND n.subject = k.subject
+                                        AND n.at_ms > k.at_ms AND n.kind = 'level'
+                                  ORDER BY n.at_ms LIMIT 1), k.at_ms) AS hi
+                 FROM k
+             ), i AS (
+                 SELECT org_id, metric, subject, lo AS at_ms FROM b
+                 UNION SELECT org_id, metric, subject, at_ms FROM k
+                 UNION SELECT org_id, metric, subject, hi FROM b
+             )
+             SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity, r.attributes, r.n
+             FROM i CROSS JOIN LATERAL (
+                 SELECT org_id, metric, subject, at_ms, quantity, {attributes} AS attributes, COUNT(*) AS n
+                 FROM usage_records r
+                 WHERE r.org_id = i.org_id AND r.metric = i.metric AND r.subject = i.subject
+                       AND r.at_ms = i.at_ms AND r.kind = 'level'
+                 GROUP BY org_id, metric, subject, at_ms, quantity{group}
+                 OFFSET 0
+             ) r";
+    [
+        text.replace("{attributes}", "NULL::text").replace("{group}", ""),
+        text.replace("{attributes}", "attributes::text").replace("{group}", ", attributes::text"),
+    ]
+});
+
 #[async_trait]
 impl RollupTx for PgConnection {
     type Engine = Postgres;
@@ -255,6 +312,7 @@ impl RollupTx for PgConnection {
     async fn write_rows(&mut self, _stored: &StoredRows, write: &RollupWrite) -> Result<(), StoreError> {
         add_steps(self, &write.steps).await?;
         save_hours(self, &write.hours).await?;
+        remove_hours(self, &write.hours_removed).await?;
         add_months(self, &write.months).await?;
         add_group_hours(self, "rollup_group_hours", &write.group_hours).await?;
         change_runs(self, &write.runs_removed, &write.runs_added).await
@@ -275,7 +333,11 @@ impl RollupTx for PgConnection {
         Ok(())
     }
 
-    async fn neighbourhoods(&mut self, keys: &[(SubjectKey, i64)]) -> Result<Vec<LevelRow>, StoreError> {
+    async fn neighbourhoods(
+        &mut self,
+        keys: &[(SubjectKey, i64)],
+        with_attributes: bool,
+    ) -> Result<Vec<LevelRow>, StoreError> {
         let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
         for ((s, subject), t) in keys {
             cols.0.push(&s.org_id);
@@ -283,42 +345,13 @@ impl RollupTx for PgConnection {
             cols.2.push(subject);
             cols.3.push(*t);
         }
-        // One index probe per key and bound (LATERAL … OFFSET 0: see
-        // `delivery_records`).
-        let rows = sqlx::query(
-            "WITH k AS (
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(org_id, metric, subject, at_ms)
-             ), b AS (
-                 SELECT k.org_id, k.metric, k.subject,
-                        COALESCE((SELECT p.at_ms FROM usage_records p
-                                  WHERE p.org_id = k.org_id AND p.metric = k.metric AND p.subject = k.subject
-                                        AND p.at_ms < k.at_ms AND p.kind = 'level'
-                                  ORDER BY p.at_ms DESC LIMIT 1), k.at_ms) AS lo,
-                        COALESCE((SELECT n.at_ms FROM usage_records n
-                                  WHERE n.org_id = k.org_id AND n.metric = k.metric AND n.subject = k.subject
-                                        AND n.at_ms > k.at_ms AND n.kind = 'level'
-                                  ORDER BY n.at_ms LIMIT 1), k.at_ms) AS hi
-                 FROM k
-             ), i AS (
-                 SELECT org_id, metric, subject, lo AS at_ms FROM b
-                 UNION SELECT org_id, metric, subject, at_ms FROM k
-                 UNION SELECT org_id, metric, subject, hi FROM b
-             )
-             SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity, r.n
-             FROM i CROSS JOIN LATERAL (
-                 SELECT org_id, metric, subject, at_ms, quantity, COUNT(*) AS n FROM usage_records r
-                 WHERE r.org_id = i.org_id AND r.metric = i.metric AND r.subject = i.subject
-                       AND r.at_ms = i.at_ms AND r.kind = 'level'
-                 GROUP BY org_id, metric, subject, at_ms, quantity
-                 OFFSET 0
-             ) r",
-        )
-        .bind(&cols.0)
-        .bind(&cols.1)
-        .bind(&cols.2)
-        .bind(&cols.3)
-        .fetch_all(&mut *self)
-        .await?;
+        let rows = sqlx::query(NEIGHBOURHOODS[usize::from(with_attributes)].as_str())
+            .bind(&cols.0)
+            .bind(&cols.1)
+            .bind(&cols.2)
+            .bind(&cols.3)
+            .fetch_all(&mut *self)
+            .await?;
         rows.iter().map(rows::level_row).collect()
     }
 

@@ -24,7 +24,9 @@ use super::shared;
 use super::{OrgChange, OrgEffect, SeriesSeed, StoreError};
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::{Fold, FoldError, FoldOutput, FoldRecord};
-use crate::meter::rollup::groups::{self, GroupHour, GroupHourKey, GroupInput};
+use crate::meter::rollup::groups::{
+    self, CellWrite, GroupHour, GroupHourKey, GroupInput, GroupLevelInput, GroupNeighbourhood,
+};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::tail::Tail;
 use crate::meter::rollup::write::{Neighbourhood, Written};
@@ -50,6 +52,9 @@ pub(super) struct LevelRow {
     pub subject: String,
     pub at_ms: i64,
     pub quantity: Decimal,
+    /// The records' attributes as stored (JSON), when asked for: records
+    /// are then grouped by them too.
+    pub attributes: Option<String>,
 }
 
 /// The statements the algorithm needs, per engine. Every method that
@@ -68,8 +73,24 @@ pub(super) trait RollupTx: Send {
     async fn lock_subjects(&mut self, subjects: &[SubjectKey]) -> Result<(), StoreError>;
     /// The level records of the subject at `at`, at its last instant before
     /// `at` and at its first instant after it, for each key, grouped by
-    /// (subject, instant, quantity); each group once.
-    async fn neighbourhoods(&mut self, keys: &[(SubjectKey, i64)]) -> Result<Vec<LevelRow>, StoreError>;
+    /// (subject, instant, quantity) and, `with_attributes`, by their
+    /// attributes; each group once.
+    async fn neighbourhoods(
+        &mut self,
+        keys: &[(SubjectKey, i64)],
+        with_attributes: bool,
+    ) -> Result<Vec<LevelRow>, StoreError>;
+    /// The cells of `key` on `series` that a level record carries before
+    /// `to_ms`, in order (see `groups::merge_levels`): whole hours from the
+    /// group hours, the rest of `to_ms`'s hour from the records.
+    async fn level_cells(
+        &mut self,
+        series: &SeriesKey,
+        key: &str,
+        to_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        shared::level_cells::<Self::Engine>(self.conn(), series, key, to_ms).await
+    }
     /// The stored rows a transaction's rollup write starts from: the hours
     /// (absent: empty), locked; an engine that adds in Rust also reads the
     /// steps and months named (others leave them empty).
@@ -189,6 +210,9 @@ pub(super) struct RollupWrite {
     pub steps: Vec<((SeriesKey, i64), Decimal)>,
     /// New hour summaries.
     pub hours: Vec<((SeriesKey, i64), Hour)>,
+    /// Hours left with no records and no steps (only a group level series'
+    /// can be): their rows are deleted.
+    pub hours_removed: Vec<(SeriesKey, i64)>,
     /// Changes of each month's fields.
     pub months: Vec<((SeriesKey, i64), Month)>,
     pub runs_removed: Vec<(String, Run)>,
@@ -255,6 +279,27 @@ pub(super) async fn read_group_input(
     Ok(input)
 }
 
+/// What a level aggregation grouped by the declared `key` reads for `plan`
+/// (see `meter::rollup::groups`): the series' own input and each named
+/// group's level series' input, in one transaction (one snapshot).
+pub(super) async fn read_group_level_input(
+    tx: &mut impl RollupTx,
+    series: &SeriesKey,
+    key: &str,
+    plan: &ReadPlan,
+    aggregation: Aggregation,
+    range: Range,
+) -> Result<GroupLevelInput, StoreError> {
+    let ungrouped = read_input(tx, series, plan, aggregation, range.from_ms).await?;
+    let mut groups = Vec::new();
+    for cell in tx.level_cells(series, key, range.to_ms).await? {
+        let metric = groups::level_series(&series.metric, key, &cell);
+        let group = SeriesKey { org_id: series.org_id.clone(), metric };
+        groups.push((cell, read_input(tx, &group, plan, aggregation, range.from_ms).await?));
+    }
+    Ok(GroupLevelInput { ungrouped, groups })
+}
+
 /// What standings for the period containing `now_ms` are seeded from: per
 /// series the carry (months before the period), the hours from the period
 /// start on and the steps after `now_ms`; read by one transaction.
@@ -271,6 +316,8 @@ pub(super) async fn series_seeds(tx: &mut impl RollupTx, now_ms: i64) -> Result<
     for (key, at, step) in tx.steps_after(period.from_ms, now_ms).await? {
         seed_of(&mut out, key).steps_after.push((at, step));
     }
+    // Group level series are for grouped queries; standings follow metrics.
+    out.retain(|key, _| !groups::is_level_series(&key.metric));
     Ok(out.into_values().filter(|s| !s.carry.is_zero() || !s.hours.is_empty()).collect())
 }
 
@@ -327,7 +374,13 @@ impl Tails for NoTails {
 struct Hood {
     hood: Neighbourhood,
     tail: Option<Tail>,
+    /// With the records' cells, when keys are declared.
+    groups: Option<GroupNeighbourhood>,
 }
+
+/// A transaction's level writes with their cells (one per declared key),
+/// per subject.
+type CellWrites = BTreeMap<SubjectKey, BTreeMap<i64, Vec<CellWrite>>>;
 
 /// Brings the rollups up to date with `changes`, in the transaction that
 /// made them; returns what they changed, for the standings.
@@ -360,8 +413,10 @@ async fn maintain_with(
     let mut records: BTreeMap<(SeriesKey, i64), (Decimal, i64)> = BTreeMap::new();
     // And to its group hours.
     let mut group_hours: BTreeMap<GroupHourKey, GroupHour> = BTreeMap::new();
-    // Level writes by subject and instant.
+    // Level writes by subject and instant (with their cells too when keys
+    // are declared).
     let mut levels: LevelWrites = BTreeMap::new();
+    let mut cell_writes: CellWrites = BTreeMap::new();
     for c in changes {
         let entry = records.entry((series(c), hour_of(c.change.at_ms))).or_insert((Decimal::ZERO, 0));
         if c.change.kind == Kind::Delta {
@@ -384,21 +439,29 @@ async fn maintain_with(
             }
         }
         if c.change.kind == Kind::Level {
+            let subject = (series(c), c.change.subject.clone());
+            if !group_by.is_empty() {
+                let cells = group_by.iter().map(|k| groups::cell_of(c.attributes.get(k).map(String::as_str)));
+                let written =
+                    cell_writes.entry(subject.clone()).or_default().entry(c.change.at_ms).or_default();
+                written.push((c.change.quantity, c.change.previous, cells.collect()));
+            }
             levels
-                .entry((series(c), c.change.subject.clone()))
+                .entry(subject)
                 .or_default()
                 .entry(c.change.at_ms)
                 .or_default()
                 .push((c.change.quantity, c.change.previous));
         }
     }
-    let hoods = neighbourhoods(tx, levels, tails).await?;
+    let hoods = neighbourhoods(tx, levels, cell_writes, tails, group_by).await?;
     let steps = step_changes(&hoods)?;
+    let group_steps = group_level_changes(&hoods, group_by)?;
     let runs = runs(tx, &hoods).await?;
 
     // The hours touched (by records or steps) and their months.
     let mut by_hour: BTreeMap<(SeriesKey, i64), Vec<(i64, Decimal)>> = BTreeMap::new();
-    for ((s, at), change) in &steps {
+    for ((s, at), change) in steps.iter().chain(&group_steps) {
         by_hour.entry((s.clone(), hour_of(*at))).or_default().push((*at, *change));
     }
     let hour_keys: BTreeSet<(SeriesKey, i64)> = records.keys().chain(by_hour.keys()).cloned().collect();
@@ -406,8 +469,13 @@ async fn maintain_with(
     let month_keys: BTreeSet<(SeriesKey, i64)> =
         hour_keys.iter().map(|(s, h)| (s.clone(), month_containing(*h).from_ms)).collect();
     let month_keys: Vec<(SeriesKey, i64)> = month_keys.into_iter().collect();
-    let step_rows: Vec<((SeriesKey, i64), Decimal)> = steps.iter().map(|(k, s)| (k.clone(), *s)).collect();
-    let step_keys: Vec<(SeriesKey, i64)> = steps.keys().cloned().collect();
+    // Group level steps are written as steps (of their own series), but are
+    // no effect: standings follow metrics.
+    let all_steps: BTreeMap<&(SeriesKey, i64), Decimal> =
+        steps.iter().chain(&group_steps).map(|(k, s)| (k, *s)).collect();
+    let step_rows: Vec<((SeriesKey, i64), Decimal)> =
+        all_steps.iter().map(|(k, s)| ((*k).clone(), *s)).collect();
+    let step_keys: Vec<(SeriesKey, i64)> = all_steps.keys().map(|k| (*k).clone()).collect();
     let group_keys: Vec<GroupHourKey> = group_hours.keys().cloned().collect();
     let mut stored = tx.load_rows(&hour_keys, &step_keys, &month_keys, &group_keys).await?;
     let stale = match (tails, stored.data_version) {
@@ -419,6 +487,7 @@ async fn maintain_with(
     }
 
     let mut out = Vec::with_capacity(hour_keys.len());
+    let mut empty_hours = Vec::new();
     // Each month changes by what its hours changed by.
     let mut months: BTreeMap<(SeriesKey, i64), Month> = BTreeMap::new();
     let mut hours = std::mem::take(&mut stored.hours);
@@ -444,11 +513,18 @@ async fn maintain_with(
             .and_then(|now| now.minus(&Month::of_hour(&was, offset)?))
             .map_err(overflow)?;
         months.entry((key.0.clone(), month)).or_default().add(&change).map_err(overflow)?;
-        out.push((key, hour));
+        if hour == Hour::default() {
+            // No records and no steps (a group's level moved there and
+            // back): no row, as the fold leaves none.
+            empty_hours.push(key);
+        } else {
+            out.push((key, hour));
+        }
     }
     let write = RollupWrite {
         steps: step_rows,
         hours: out,
+        hours_removed: empty_hours,
         months: months.into_iter().filter(|(_, m)| !m.is_zero()).collect(),
         runs_removed: runs.removed,
         runs_added: runs.added,
@@ -591,23 +667,30 @@ async fn read_run_sources<'k>(
 }
 
 /// Each written subject's neighbourhood after the writes: built from its
-/// tail when that answers, else read from the store.
+/// tail when that answers, else read from the store. With keys declared
+/// (`group_by`), every neighbourhood is read, with the records' cells
+/// (tails keep no cells).
 async fn neighbourhoods(
     tx: &mut impl RollupTx,
     levels: LevelWrites,
+    mut cell_writes: CellWrites,
     tails: Option<&dyn Tails>,
+    group_by: &[String],
 ) -> Result<BTreeMap<SubjectKey, Hood>, StoreError> {
+    let keys = group_by.len();
     let mut out = BTreeMap::new();
     if levels.is_empty() {
         return Ok(out);
     }
     let subjects: Vec<SubjectKey> = levels.keys().cloned().collect();
     tx.lock_subjects(&subjects).await?;
+    let tails = tails.filter(|_| keys == 0);
     let mut unread: LevelWrites = BTreeMap::new();
     for (subject, written) in levels {
         match tails.and_then(|t| t.tail(&subject)).filter(|t| t.covers(&written)) {
             Some(tail) => {
-                out.insert(subject, Hood { hood: tail.neighbourhood(written), tail: Some(tail) });
+                let hood = Hood { hood: tail.neighbourhood(written), tail: Some(tail), groups: None };
+                out.insert(subject, hood);
             }
             None => {
                 unread.insert(subject, written);
@@ -617,19 +700,30 @@ async fn neighbourhoods(
     if unread.is_empty() {
         return Ok(out);
     }
-    let keys: Vec<(SubjectKey, i64)> =
+    let at: Vec<(SubjectKey, i64)> =
         unread.iter().flat_map(|(s, at)| at.keys().map(move |t| (s.clone(), *t))).collect();
-    let mut read: BTreeMap<SubjectKey, Neighbourhood> = BTreeMap::new();
-    for row in tx.neighbourhoods(&keys).await? {
+    let mut read: BTreeMap<SubjectKey, (Neighbourhood, GroupNeighbourhood)> = BTreeMap::new();
+    for row in tx.neighbourhoods(&at, keys > 0).await? {
         let key = (SeriesKey { org_id: row.org_id, metric: row.metric }, row.subject);
-        let stored = read.entry(key).or_default().stored.entry(row.at_ms).or_default();
+        let (hood, groups) = read.entry(key).or_default();
         let copies = usize::try_from(row.count).unwrap_or(0);
-        stored.extend(std::iter::repeat_n(row.quantity, copies));
+        hood.stored.entry(row.at_ms).or_default().extend(std::iter::repeat_n(row.quantity, copies));
+        if let Some(json) = &row.attributes {
+            let attributes = attributes_of(json)?;
+            let cells: Vec<String> =
+                group_by.iter().map(|k| groups::cell_of(attributes.get(k).map(String::as_str))).collect();
+            let stored = groups.stored.entry(row.at_ms).or_default();
+            stored.extend(std::iter::repeat_n((row.quantity, cells), copies));
+        }
     }
     for (subject, written) in unread {
-        let mut hood = read.remove(&subject).unwrap_or_default();
+        let (mut hood, groups) = read.remove(&subject).unwrap_or_default();
         hood.written = written;
-        out.insert(subject, Hood { hood, tail: None });
+        let groups = (keys > 0).then(|| GroupNeighbourhood {
+            written: cell_writes.remove(&subject).unwrap_or_default(),
+            ..groups
+        });
+        out.insert(subject, Hood { hood, tail: None, groups });
     }
     Ok(out)
 }
@@ -643,6 +737,25 @@ fn step_changes(
     for (subject, h) in hoods {
         for (at, change) in h.hood.step_changes().map_err(overflow)? {
             let sum = out.entry((subject.0.clone(), at)).or_default();
+            *sum = plus(*sum, change)?;
+        }
+    }
+    out.retain(|_, s| !s.is_zero());
+    Ok(out)
+}
+
+/// The group level steps' changes (summed over subjects) that the level
+/// writes cause, by (group level series, instant).
+fn group_level_changes(
+    hoods: &BTreeMap<SubjectKey, Hood>,
+    group_by: &[String],
+) -> Result<BTreeMap<(SeriesKey, i64), Decimal>, StoreError> {
+    let mut out: BTreeMap<(SeriesKey, i64), Decimal> = BTreeMap::new();
+    for ((series, _), h) in hoods {
+        let Some(groups) = &h.groups else { continue };
+        for (key, cell, at, change) in groups.level_changes(group_by.len()).map_err(overflow)? {
+            let metric = groups::level_series(&series.metric, &group_by[key], &cell);
+            let sum = out.entry((SeriesKey { org_id: series.org_id.clone(), metric }, at)).or_default();
             *sum = plus(*sum, change)?;
         }
     }
@@ -723,15 +836,22 @@ pub(super) mod build_state {
 
     /// Whether rollups built as `rows` (what [`READ`] returned) serve
     /// `group_by`: a database migrated from before rollups has records but
-    /// none; one built with other keys has the wrong group hours.
+    /// none; one built with other keys has the wrong group hours, and one
+    /// built before group levels (migration 0013) has no group levels.
     pub fn built(rows: &[(String, String)], group_by: &[String]) -> bool {
         let value = |key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-        value(BUILT).is_some() && value(GROUPS).unwrap_or_default() == group_by.join(",")
+        value(BUILT).is_some() && value(GROUPS).unwrap_or_default() == groups_value(group_by)
     }
 
     /// The rows [`WRITE`] stores after a build from `records` records.
     pub fn rows(records: u64, group_by: &[String]) -> [(&'static str, String); 2] {
-        [(BUILT, format!("built from {records} records")), (GROUPS, group_by.join(","))]
+        [(BUILT, format!("built from {records} records")), (GROUPS, groups_value(group_by))]
+    }
+
+    /// What the `rollup_groups` row says: the keys, marked as holding group
+    /// levels (no keys: nothing to mark, so such a database is not rebuilt).
+    fn groups_value(group_by: &[String]) -> String {
+        if group_by.is_empty() { String::new() } else { format!("levels:{}", group_by.join(",")) }
     }
 }
 

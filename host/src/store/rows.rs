@@ -257,6 +257,7 @@ pub(super) fn level_row(row: &impl StoredRow) -> Result<LevelRow, StoreError> {
         subject: row.column("subject")?,
         at_ms: row.column("at_ms")?,
         quantity: row.decimal("quantity")?,
+        attributes: row.column("attributes")?,
     })
 }
 

@@ -21,8 +21,8 @@ use super::{
 use crate::keys::ApiKey;
 use crate::meter::Point;
 use crate::meter::period::Range;
-use crate::meter::rollup::groups::GroupHour;
-use crate::meter::rollup::{Hour, Month, SeriesKey};
+use crate::meter::rollup::groups::{GroupHour, cell_of};
+use crate::meter::rollup::{Hour, Month, SeriesKey, hour_of};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Run;
 
@@ -156,8 +156,28 @@ pub(super) async fn levels_of_subjects<DB: Engine>(
     rows.iter().map(rows::point).collect()
 }
 
+/// See `Records::level_groups_before`.
+pub(super) async fn level_groups_before<DB: Engine>(
+    conn: &mut DB::Connection,
+    q: &PointQuery<'_>,
+) -> Result<Vec<Option<String>>, StoreError> {
+    let text = grouped::<DB>(
+        "SELECT DISTINCT {grp} AS grp FROM usage_records
+         WHERE org_id = $2 AND metric = $3 AND kind = 'level' AND at_ms < $4",
+    );
+    let rows = of_metric::<DB>(&text, (q.group_by, q.org_id, q.metric))
+        .bind(q.range.from_ms)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|row| row.column("grp")).collect()
+}
+
 #[async_trait]
 impl<S: Connections> Records for S {
+    async fn level_groups_before(&self, q: &PointQuery<'_>) -> Result<Vec<Option<String>>, StoreError> {
+        level_groups_before::<S::Engine>(&mut *self.reader().await?, q).await
+    }
+
     async fn points(&self, q: &PointQuery<'_>) -> Result<Vec<Point>, StoreError> {
         let conn = &mut *self.reader().await?;
         points::<S::Engine>(conn, (q.group_by, q.org_id, q.metric), q.range).await
@@ -560,6 +580,57 @@ impl<S: Connections> Keys for S {
 }
 
 // Rollup reads (`RollupTx`'s provided methods).
+
+/// See `RollupTx::level_cells`. The cells come from the group hours, one
+/// index seek each (migration 0013's index on (org, metric, key, cell,
+/// hour)), kept when an hour before `to_ms`'s holds a level record of
+/// theirs; the records of `to_ms`'s own hour before it are read raw.
+pub(super) async fn level_cells<DB: Engine>(
+    conn: &mut DB::Connection,
+    series: &SeriesKey,
+    key: &str,
+    to_ms: i64,
+) -> Result<Vec<String>, StoreError> {
+    let hour = hour_of(to_ms);
+    let rows = sql::<DB>(
+        "WITH RECURSIVE c(cell) AS (
+             SELECT MIN(cell) FROM rollup_group_hours WHERE org_id = $1 AND metric = $2 AND group_key = $3
+             UNION ALL
+             SELECT (SELECT MIN(g.cell) FROM rollup_group_hours g
+                     WHERE g.org_id = $1 AND g.metric = $2 AND g.group_key = $3 AND g.cell > c.cell)
+             FROM c WHERE c.cell IS NOT NULL
+         )
+         SELECT cell FROM c WHERE cell IS NOT NULL AND EXISTS (
+             SELECT 1 FROM rollup_group_hours g
+             WHERE g.org_id = $1 AND g.metric = $2 AND g.group_key = $3 AND g.cell = c.cell
+                   AND g.hour_ms < $4 AND g.records > g.deltas)",
+    )
+    .bind(&series.org_id)
+    .bind(&series.metric)
+    .bind(key)
+    .bind(hour)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut cells = std::collections::BTreeSet::new();
+    for row in &rows {
+        cells.insert(row.column::<String>("cell")?);
+    }
+    if hour < to_ms {
+        let text = grouped::<DB>(
+            "SELECT DISTINCT {grp} AS grp FROM usage_records
+             WHERE org_id = $2 AND metric = $3 AND kind = 'level' AND at_ms >= $4 AND at_ms < $5",
+        );
+        let rows = of_metric::<DB>(&text, (Some(key), &series.org_id, &series.metric))
+            .bind(hour)
+            .bind(to_ms)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in &rows {
+            cells.insert(cell_of(row.column::<Option<String>>("grp")?.as_deref()));
+        }
+    }
+    Ok(cells.into_iter().collect())
+}
 
 /// See `RollupTx::months_before`.
 pub(super) async fn months_before<DB: Engine>(

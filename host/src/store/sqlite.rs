@@ -28,7 +28,7 @@ use super::{
 use crate::meter::Aggregation;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::SeriesKey;
-use crate::meter::rollup::groups::GroupInput;
+use crate::meter::rollup::groups::{GroupInput, GroupLevelInput};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::tail::Tail;
 use crate::plans::credits::Grant;
@@ -456,6 +456,21 @@ impl Rollups for SqliteStore {
     ) -> Result<GroupInput, StoreError> {
         let mut tx = self.readers.begin().await?;
         let input = super::rollup::read_group_input(&mut *tx, series, key, plan).await?;
+        tx.commit().await?;
+        Ok(input)
+    }
+
+    async fn group_level_input(
+        &self,
+        series: &SeriesKey,
+        key: &str,
+        plan: &ReadPlan,
+        aggregation: Aggregation,
+        range: Range,
+    ) -> Result<GroupLevelInput, StoreError> {
+        let mut tx = self.readers.begin().await?;
+        let input =
+            super::rollup::read_group_level_input(&mut *tx, series, key, plan, aggregation, range).await?;
         tx.commit().await?;
         Ok(input)
     }

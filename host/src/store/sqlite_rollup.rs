@@ -150,6 +150,40 @@ const ROLLUP_ROWS: &str = "
     ON CONFLICT (org_id, subject, started_ms) DO UPDATE SET ended_ms = excluded.ended_ms,
         length_ms = excluded.length_ms";
 
+/// The level records around written instants (`RollupTx::neighbourhoods`),
+/// grouped by (subject, instant, quantity); the second form by attributes too.
+static NEIGHBOURHOODS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+    let text = "WITH k AS (
+                 SELECT json_extract(value, '$[0]') AS org_id, json_extract(value, '$[1]') AS metric,
+                        json_extract(value, '$[2]') AS subject, json_extract(value, '$[3]') AS at_ms
+                 FROM json_each(?1)
+             ), b AS (
+                 SELECT k.org_id, k.metric, k.subject,
+                        COALESCE((SELECT r.at_ms FROM usage_records r
+                                  WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject
+                                        AND r.at_ms < k.at_ms AND r.kind = 'level'
+                                  ORDER BY r.at_ms DESC LIMIT 1), k.at_ms) AS lo,
+                        COALESCE((SELECT r.at_ms FROM usage_records r
+                                  WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject
+                                        AND r.at_ms > k.at_ms AND r.kind = 'level'
+                                  ORDER BY r.at_ms LIMIT 1), k.at_ms) AS hi
+                 FROM k
+             ), i AS (
+                 SELECT org_id, metric, subject, lo AS at_ms FROM b
+                 UNION SELECT org_id, metric, subject, at_ms FROM k
+                 UNION SELECT org_id, metric, subject, hi FROM b
+             )
+             SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity, {attributes} AS attributes, COUNT(*) AS n
+             FROM i JOIN usage_records r
+               ON r.org_id = i.org_id AND r.metric = i.metric AND r.subject = i.subject AND r.at_ms = i.at_ms
+             WHERE r.kind = 'level'
+             GROUP BY r.org_id, r.metric, r.subject, r.at_ms, r.quantity{group}";
+    [
+        text.replace("{attributes}", "NULL").replace("{group}", ""),
+        text.replace("{attributes}", "r.attributes").replace("{group}", ", r.attributes"),
+    ]
+});
+
 /// Table names, so a check can rebuild into temporary copies.
 #[derive(Clone, Copy)]
 struct Tables {
@@ -406,9 +440,12 @@ impl RollupTx for SqliteConnection {
             .bind(group_rows_json(group_hours.iter().map(|(k, g)| (*k, g))))
             .execute(&mut *self)
             .await?;
-        for (table, time, keys) in
-            [(LIVE.steps, "at_ms", &zero_steps), (LIVE.months, "month_ms", &zero_months)]
-        {
+        let empty_hours: Vec<&(SeriesKey, i64)> = write.hours_removed.iter().collect();
+        for (table, time, keys) in [
+            (LIVE.steps, "at_ms", &zero_steps),
+            (LIVE.months, "month_ms", &zero_months),
+            (LIVE.hours, "hour_ms", &empty_hours),
+        ] {
             for (series, t) in keys.iter().copied() {
                 sqlx::query(&format!(
                     "DELETE FROM {table} WHERE org_id = ?1 AND metric = ?2 AND {time} = ?3"
@@ -447,41 +484,19 @@ impl RollupTx for SqliteConnection {
         Ok(())
     }
 
-    async fn neighbourhoods(&mut self, keys: &[(SubjectKey, i64)]) -> Result<Vec<LevelRow>, StoreError> {
+    async fn neighbourhoods(
+        &mut self,
+        keys: &[(SubjectKey, i64)],
+        with_attributes: bool,
+    ) -> Result<Vec<LevelRow>, StoreError> {
         let list: Vec<(&str, &str, &str, i64)> = keys
             .iter()
             .map(|((s, subject), t)| (s.org_id.as_str(), s.metric.as_str(), subject.as_str(), *t))
             .collect();
-        let rows = sqlx::query(
-            "WITH k AS (
-                 SELECT json_extract(value, '$[0]') AS org_id, json_extract(value, '$[1]') AS metric,
-                        json_extract(value, '$[2]') AS subject, json_extract(value, '$[3]') AS at_ms
-                 FROM json_each(?1)
-             ), b AS (
-                 SELECT k.org_id, k.metric, k.subject,
-                        COALESCE((SELECT r.at_ms FROM usage_records r
-                                  WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject
-                                        AND r.at_ms < k.at_ms AND r.kind = 'level'
-                                  ORDER BY r.at_ms DESC LIMIT 1), k.at_ms) AS lo,
-                        COALESCE((SELECT r.at_ms FROM usage_records r
-                                  WHERE r.org_id = k.org_id AND r.metric = k.metric AND r.subject = k.subject
-                                        AND r.at_ms > k.at_ms AND r.kind = 'level'
-                                  ORDER BY r.at_ms LIMIT 1), k.at_ms) AS hi
-                 FROM k
-             ), i AS (
-                 SELECT org_id, metric, subject, lo AS at_ms FROM b
-                 UNION SELECT org_id, metric, subject, at_ms FROM k
-                 UNION SELECT org_id, metric, subject, hi FROM b
-             )
-             SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity, COUNT(*) AS n
-             FROM i JOIN usage_records r
-               ON r.org_id = i.org_id AND r.metric = i.metric AND r.subject = i.subject AND r.at_ms = i.at_ms
-             WHERE r.kind = 'level'
-             GROUP BY r.org_id, r.metric, r.subject, r.at_ms, r.quantity",
-        )
-        .bind(json(&list))
-        .fetch_all(&mut *self)
-        .await?;
+        let rows = sqlx::query(NEIGHBOURHOODS[usize::from(with_attributes)].as_str())
+            .bind(json(&list))
+            .fetch_all(&mut *self)
+            .await?;
         rows.iter().map(rows::level_row).collect()
     }
 

@@ -149,6 +149,15 @@ fn query<'a>(metric: &'a str, from_ms: i64, to_ms: i64, group_by: Option<&'a str
     PointQuery { org_id: "acme", metric, range: Range::new(from_ms, to_ms).unwrap(), group_by }
 }
 
+/// Every level record of `metric` before `from_ms`, grouped by `key`: what
+/// a grouped level query passes the engine as carry-in (each names its
+/// group).
+async fn levels_before(store: &dyn Store, metric: &str, from_ms: i64, key: &str) -> Vec<Point> {
+    let before = query(metric, i64::MIN, from_ms, Some(key));
+    let points = store.points(&before).await.expect("points before");
+    points.into_iter().filter(|p| p.kind == Kind::Level).collect()
+}
+
 async fn total(store: &dyn Store) -> Decimal {
     let q = query("sandbox_cpu_core_seconds", 0, i64::MAX, None);
     store.points(&q).await.unwrap().iter().map(|p| p.quantity).sum()
@@ -833,17 +842,24 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
                     .expect("input");
                 let got = rollup_query::evaluate(&meter, query_, &input).expect("rollups");
                 assert_eq!(got, want, "{pass}: {aggregation:?} {query_:?}");
-                if !matches!(aggregation, Aggregation::Sum | Aggregation::Count) {
-                    continue;
-                }
-                // Grouped by the declared key, from the group hours.
+                // Grouped by the declared key: sums and counts from the
+                // group hours, levels from the groups' level series.
                 let grouped = UsageQuery { grouped: true, ..*query_ };
                 let raw = query(M, query_.range.from_ms, query_.range.to_ms, Some("template"));
                 let points = store.points(&raw).await.expect("points");
-                let want = aggregate(&meter, &grouped, &[], &points).expect("engine");
-                let input = store.group_input(&series, "template", &plan).await.expect("group input");
-                let got =
-                    crate::meter::rollup::groups::evaluate_grouped(&meter, &grouped, &input).expect("groups");
+                let got = if matches!(aggregation, Aggregation::Sum | Aggregation::Count) {
+                    let input = store.group_input(&series, "template", &plan).await.expect("group input");
+                    crate::meter::rollup::groups::evaluate_grouped(&meter, &grouped, &input).expect("groups")
+                } else {
+                    let input = store
+                        .group_level_input(&series, "template", &plan, aggregation, query_.range)
+                        .await
+                        .expect("group level input");
+                    crate::meter::rollup::groups::evaluate_grouped_levels(&meter, &grouped, &input)
+                        .expect("group levels")
+                };
+                let carry = levels_before(store.as_ref(), M, query_.range.from_ms, "template").await;
+                let want = aggregate(&meter, &grouped, &carry, &points).expect("engine");
                 assert_eq!(got, want, "{pass}: grouped {aggregation:?} {query_:?}");
             }
         }
@@ -947,12 +963,27 @@ async fn grouped_queries_read_in_pages_equal_the_engine_over_the_whole_range(sto
             UsageQuery { range: Range { from_ms: from, to_ms: to }, window, now_ms, grouped: true };
         let q = query("g", from, to, Some("template"));
         let points = store.points(&q).await.expect("points");
-        let carry = store.carry_in(&q).await.expect("carry-in");
+        let carry = levels_before(store.as_ref(), "g", from, "template").await;
         for aggregation in Aggregation::ALL {
             let meter = MeterDef { name: "x".into(), metric: "g".into(), aggregation, unit: "u".into() };
             let want = aggregate(&meter, &engine_query, &carry, &points).expect("engine");
             let got = grouped(store.as_ref(), &meter, &engine_query, &q, pages).await.expect("paged");
-            assert_eq!(got, want, "{aggregation:?} {engine_query:?}");
+            assert_eq!(got, want, "paged: {aggregation:?} {engine_query:?}");
+            // `template` is declared: the rollups answer the same.
+            let usage = crate::usage::UsageService::new(store.clone(), vec![meter.clone()]);
+            let request = crate::usage::UsageRequest {
+                org_id: "acme".to_owned(),
+                meter: "x".to_owned(),
+                range: engine_query.range,
+                window,
+                group_by: Some("template".to_owned()),
+            };
+            let answer = usage.usage(&request, now_ms).await.expect("usage");
+            assert_eq!(
+                (answer.total, answer.windows),
+                (want.total, want.windows),
+                "rollups: {aggregation:?}"
+            );
         }
     }
 }

@@ -70,7 +70,11 @@ pub enum EngineError {
 /// Aggregates one meter over `query.range`.
 ///
 /// `points`: the meter metric's records with range.from_ms <= at_ms < range.to_ms, in ANY order.
-/// `carry_in`: for each subject, its last Level record with at_ms < range.from_ms (zero or one per subject), any order.
+/// `carry_in`: level records stamped before range.from_ms, any order: at
+/// least each subject's records at its last instant before the range (the
+/// one in force at its start). A grouped query names the group of every
+/// carry-in record, so the store passes every level record before the
+/// range (`meter::rollup::groups::merge_levels` states the rule).
 ///
 /// Records outside those contracts are ignored rather than guessed at: a
 /// point outside the range, and a carry-in record that is not a Level record

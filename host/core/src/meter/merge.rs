@@ -140,22 +140,6 @@ impl Merged {
     }
 }
 
-/// Splits whole subjects' level records (every one stamped before the range
-/// ends) into the engine's carry-in (each subject's records at its last
-/// instant before `from_ms`) and the records from `from_ms` on.
-pub fn split_carry_in(records: Vec<Point>, from_ms: i64) -> (Vec<Point>, Vec<Point>) {
-    let mut last_before: BTreeMap<&str, i64> = BTreeMap::new();
-    for p in records.iter().filter(|p| p.at_ms < from_ms) {
-        let last = last_before.entry(&p.subject).or_insert(p.at_ms);
-        *last = (*last).max(p.at_ms);
-    }
-    let last_before: BTreeMap<String, i64> =
-        last_before.into_iter().map(|(s, t)| (s.to_owned(), t)).collect();
-    let (before, from): (Vec<Point>, Vec<Point>) = records.into_iter().partition(|p| p.at_ms < from_ms);
-    let carry = before.into_iter().filter(|p| last_before.get(&p.subject) == Some(&p.at_ms)).collect();
-    (carry, from)
-}
-
 /// The maximum over time parts of one query's range, each part a
 /// sub-range evaluated with the levels in force at its start as carry-in:
 /// a window's maximum is the greatest of its parts' maxima, and so is the
@@ -217,6 +201,12 @@ impl MaxMerged {
             self.groups.insert(w.group.clone());
         }
         Ok(())
+    }
+
+    /// Names groups no part may name: those of level records before the
+    /// range (a group named and in force in no part is 0).
+    pub fn name_groups(&mut self, groups: impl IntoIterator<Item = Option<String>>) {
+        self.groups.extend(groups);
     }
 
     /// The whole report, laid out as [`Merged::finish`] lays it out.

@@ -179,6 +179,11 @@ pub fn is_level_series(metric: &str) -> bool {
 /// order of `rollup_group_by`).
 pub type CellRecord = (Decimal, Vec<String>);
 
+/// What a transaction wrote at one instant of a subject: (quantity now,
+/// quantity before: `None` for an insert, cells). A correction keeps the
+/// cells.
+pub type CellWrite = (Decimal, Option<Decimal>, Vec<String>);
+
 /// One subject's level records around the instants a transaction wrote,
 /// with their cells: [`super::write::Neighbourhood`] for groups.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -186,9 +191,8 @@ pub struct GroupNeighbourhood {
     /// Instant → every record stored at it now (after the writes), for each
     /// written instant and the subject's instants just before and after it.
     pub stored: BTreeMap<i64, Vec<CellRecord>>,
-    /// Instant → what the transaction wrote there: (quantity now, quantity
-    /// before: `None` for an insert, cells). A correction keeps the cells.
-    pub written: BTreeMap<i64, Vec<(Decimal, Option<Decimal>, Vec<String>)>>,
+    /// Instant → what the transaction wrote there.
+    pub written: BTreeMap<i64, Vec<CellWrite>>,
 }
 
 /// The record in force after an instant holding `records`, under the key
@@ -275,4 +279,33 @@ pub fn merge_levels(
         merged.add_group(&part, group, true)?;
     }
     Ok(UsageReport { total: ungrouped.total, ..merged.finish() })
+}
+
+/// What the store read for a level aggregation grouped by a declared key:
+/// the series' own [`RollupInput`] and, per named group's cell (in order),
+/// its level series' for the same plan.
+#[derive(Debug, Clone, Default)]
+pub struct GroupLevelInput {
+    pub ungrouped: RollupInput,
+    pub groups: Vec<(String, RollupInput)>,
+}
+
+/// An integral, latest or max grouped by a declared key, from
+/// [`GroupLevelInput`]: each group's level series answered as an
+/// ungrouped series, merged by [`merge_levels`].
+pub fn evaluate_grouped_levels(
+    meter: &MeterDef,
+    query: &UsageQuery,
+    input: &GroupLevelInput,
+) -> Result<UsageReport, EngineError> {
+    if !super::query::is_level(meter.aggregation) {
+        return Err(EngineError::Plan("group level series answer integrals, latest and max only"));
+    }
+    let alone = UsageQuery { grouped: false, ..*query };
+    let ungrouped = evaluate(meter, &alone, &input.ungrouped)?;
+    let mut groups = Vec::with_capacity(input.groups.len());
+    for (cell, part) in &input.groups {
+        groups.push((value_of(cell), evaluate(meter, &alone, part)?));
+    }
+    merge_levels(query, &ungrouped, groups)
 }
