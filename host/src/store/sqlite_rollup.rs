@@ -14,7 +14,7 @@ use super::rollup::{
     SubjectKey, build_state, fold_records,
 };
 use super::rows::{self, StoredRow as _};
-use crate::meter::period::month_containing;
+use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
 use crate::meter::rollup::groups::{GroupHour, GroupHourKey};
 use crate::meter::rollup::{Hour, Month, SeriesKey, hour_of};
@@ -184,6 +184,32 @@ static NEIGHBOURHOODS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::n
     ]
 });
 
+/// The rows of a range read (`FROM …`, binding ?1 org, ?2 metric, ?3 and
+/// ?4 the range, ?5 a group key) as one JSON array built by SQLite:
+/// sqlx's SQLite driver hands each row over from its worker thread on its
+/// own (~6 µs a row under load, BENCHMARKS.md), and a usage query's hours
+/// are hundreds of rows. Decimals stay canonical text inside the JSON.
+async fn json_rows<T: serde::de::DeserializeOwned>(
+    conn: &mut SqliteConnection,
+    row: &str,
+    from: &str,
+    (series, range, key): (&SeriesKey, Range, Option<&str>),
+) -> Result<Vec<T>, StoreError> {
+    let text = format!("SELECT json_group_array(json(r)) AS rows FROM (SELECT {row} AS r FROM {from})");
+    let mut query =
+        sqlx::query(&text).bind(&series.org_id).bind(&series.metric).bind(range.from_ms).bind(range.to_ms);
+    if let Some(key) = key {
+        query = query.bind(key);
+    }
+    let json: String = query.fetch_one(&mut *conn).await?.try_get("rows")?;
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("rollup rows: {e}")))
+}
+
+fn decimal(text: &str) -> Result<Decimal, StoreError> {
+    meterd_units::parse_quantity(text)
+        .map_err(|e| StoreError::Corrupt(format!("stored decimal {text:?}: {e}")))
+}
+
 /// Table names, so a check can rebuild into temporary copies.
 #[derive(Clone, Copy)]
 struct Tables {
@@ -316,6 +342,70 @@ impl RollupTx for SqliteConnection {
 
     fn conn(&mut self) -> &mut SqliteConnection {
         self
+    }
+
+    // Range reads as one JSON row (see `json_rows`).
+
+    async fn hours_in(&mut self, series: &SeriesKey, range: Range) -> Result<Vec<(i64, Hour)>, StoreError> {
+        type Row = (i64, String, i64, String, String, String, Option<String>, Option<i64>);
+        let rows: Vec<Row> = json_rows(
+            self,
+            "json_array(hour_ms, delta_sum, records, level_step, level_moment, level_open, level_peak,
+                        level_last_at_ms)",
+            "rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4 ORDER BY hour_ms",
+            (series, range, None),
+        )
+        .await?;
+        rows.into_iter()
+            .map(|(at, delta_sum, records, step, moment, open, peak, last_at)| {
+                let hour = Hour {
+                    delta_sum: decimal(&delta_sum)?,
+                    records,
+                    level_step: decimal(&step)?,
+                    level_moment: decimal(&moment)?,
+                    level_open: decimal(&open)?,
+                    level_peak: peak.as_deref().map(decimal).transpose()?,
+                    level_last_at: last_at,
+                };
+                Ok((at, hour))
+            })
+            .collect()
+    }
+
+    async fn steps_in(
+        &mut self,
+        series: &SeriesKey,
+        range: Range,
+    ) -> Result<Vec<(i64, Decimal)>, StoreError> {
+        let rows: Vec<(i64, String)> = json_rows(
+            self,
+            "json_array(at_ms, step)",
+            "rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4 ORDER BY at_ms",
+            (series, range, None),
+        )
+        .await?;
+        rows.into_iter().map(|(at, step)| Ok((at, decimal(&step)?))).collect()
+    }
+
+    async fn group_hours_in(
+        &mut self,
+        series: &SeriesKey,
+        key: &str,
+        range: Range,
+    ) -> Result<Vec<(String, i64, GroupHour)>, StoreError> {
+        let rows: Vec<(String, i64, String, i64, i64)> = json_rows(
+            self,
+            "json_array(cell, hour_ms, delta_sum, records, deltas)",
+            "rollup_group_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms >= ?3 AND hour_ms < ?4
+             AND group_key = ?5",
+            (series, range, Some(key)),
+        )
+        .await?;
+        rows.into_iter()
+            .map(|(cell, at, delta_sum, records, deltas)| {
+                Ok((cell, at, GroupHour { delta_sum: decimal(&delta_sum)?, records, deltas }))
+            })
+            .collect()
     }
 
     async fn load_rows(
