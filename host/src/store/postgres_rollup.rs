@@ -64,15 +64,7 @@ async fn add_values(
     .bind(&values)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(&format!(
-        "DELETE FROM {table} t USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, at)
-         WHERE t.org_id = k.org_id AND t.metric = k.metric AND t.{time} = k.at AND t.{value} = 0"
-    ))
-    .bind(&orgs)
-    .bind(&metrics)
-    .bind(&times)
-    .execute(&mut *conn)
-    .await?;
+    delete_keys(conn, (table, time), rows.iter().map(|(k, _)| k), &format!("AND t.{value} = 0")).await?;
     Ok(())
 }
 
@@ -134,23 +126,34 @@ async fn save_hours(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Hour)]) 
     write_hours(conn, "rollup_hours", rows).await
 }
 
-/// Deletes hours left with no records and no steps (see
-/// `RollupWrite::hours_removed`), locked by `load_hours` already.
-async fn remove_hours(conn: &mut PgConnection, keys: &[(SeriesKey, i64)]) -> Result<(), StoreError> {
-    if keys.is_empty() {
+/// Deletes the rows of `table` at these (series, `time`) keys for which
+/// `condition` (on `t`, e.g. `AND t.step = 0`) holds.
+async fn delete_keys<'k>(
+    conn: &mut PgConnection,
+    (table, time): (&str, &str),
+    keys: impl Iterator<Item = &'k (SeriesKey, i64)>,
+    condition: &str,
+) -> Result<(), StoreError> {
+    let (orgs, metrics, times) = columns(keys);
+    if orgs.is_empty() {
         return Ok(());
     }
-    let (orgs, metrics, times) = columns(keys.iter());
-    sqlx::query(
-        "DELETE FROM rollup_hours t USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, at)
-         WHERE t.org_id = k.org_id AND t.metric = k.metric AND t.hour_ms = k.at",
-    )
+    sqlx::query(&format!(
+        "DELETE FROM {table} t USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, at)
+         WHERE t.org_id = k.org_id AND t.metric = k.metric AND t.{time} = k.at {condition}"
+    ))
     .bind(&orgs)
     .bind(&metrics)
     .bind(&times)
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Deletes hours left with no records and no steps (see
+/// `RollupWrite::hours_removed`), locked by `load_hours` already.
+async fn remove_hours(conn: &mut PgConnection, keys: &[(SeriesKey, i64)]) -> Result<(), StoreError> {
+    delete_keys(conn, ("rollup_hours", "hour_ms"), keys.iter(), "").await
 }
 
 async fn add_months(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Month)]) -> Result<(), StoreError> {
@@ -179,17 +182,8 @@ async fn add_months(conn: &mut PgConnection, rows: &[((SeriesKey, i64), Month)])
     .bind(field(|m| m.level_moment))
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "DELETE FROM rollup_months t USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(org_id, metric, at)
-         WHERE t.org_id = k.org_id AND t.metric = k.metric AND t.month_ms = k.at
-           AND t.level_step = 0 AND t.delta_sum = 0 AND t.records = 0 AND t.level_moment = 0",
-    )
-    .bind(&orgs)
-    .bind(&metrics)
-    .bind(&times)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    let zero = "AND t.level_step = 0 AND t.delta_sum = 0 AND t.records = 0 AND t.level_moment = 0";
+    delete_keys(conn, ("rollup_months", "month_ms"), rows.iter().map(|(k, _)| k), zero).await
 }
 
 /// Adds group hours into `table` (additive: replicas may add to one row at
@@ -283,10 +277,7 @@ static NEIGHBOURHOODS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::n
                  GROUP BY org_id, metric, subject, at_ms, quantity{group}
                  OFFSET 0
              ) r";
-    [
-        text.replace("{attributes}", "NULL::text").replace("{group}", ""),
-        text.replace("{attributes}", "attributes::text").replace("{group}", ", attributes::text"),
-    ]
+    super::rollup::neighbourhood_forms(text, ("NULL::text", "attributes::text"))
 });
 
 #[async_trait]

@@ -57,6 +57,17 @@ pub(super) struct LevelRow {
     pub attributes: Option<String>,
 }
 
+/// The two forms of an engine's neighbourhood statement `text` (see
+/// [`RollupTx::neighbourhoods`]), whose `{attributes}` column and
+/// `{group}` grouping are filled with `NULL` and nothing, then with the
+/// attributes (`attributes`: the engine's expressions for the two).
+pub(super) fn neighbourhood_forms(text: &str, (none, attributes): (&str, &str)) -> [String; 2] {
+    [
+        text.replace("{attributes}", none).replace("{group}", ""),
+        text.replace("{attributes}", attributes).replace("{group}", &format!(", {attributes}")),
+    ]
+}
+
 /// The statements the algorithm needs, per engine. Every method that
 /// takes keys receives them sorted.
 #[async_trait]

@@ -178,10 +178,7 @@ static NEIGHBOURHOODS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::n
                ON r.org_id = i.org_id AND r.metric = i.metric AND r.subject = i.subject AND r.at_ms = i.at_ms
              WHERE r.kind = 'level'
              GROUP BY r.org_id, r.metric, r.subject, r.at_ms, r.quantity{group}";
-    [
-        text.replace("{attributes}", "NULL").replace("{group}", ""),
-        text.replace("{attributes}", "r.attributes").replace("{group}", ", r.attributes"),
-    ]
+    super::rollup::neighbourhood_forms(text, ("NULL", "r.attributes"))
 });
 
 /// The rows of a range read (`FROM …`, binding ?1 org, ?2 metric, ?3 and

@@ -23,7 +23,6 @@
 //! `"=" + value` otherwise; cells order as the engine orders groups.
 
 use std::collections::BTreeMap;
-use std::ops::Bound::{Excluded, Unbounded};
 
 use meterd_units::QuantityError;
 use rust_decimal::Decimal;
@@ -238,15 +237,7 @@ impl GroupNeighbourhood {
     /// How the groups' levels change, per declared key (by index among
     /// `keys` keys): (key, cell, instant, change), non-zero only, in order.
     pub fn level_changes(&self, keys: usize) -> Result<Vec<(usize, String, i64, Decimal)>, QuantityError> {
-        let mut touched: Vec<i64> = Vec::new();
-        for &at in self.written.keys() {
-            touched.push(at);
-            if let Some((&next, _)) = self.stored.range((Excluded(at), Unbounded)).next() {
-                touched.push(next);
-            }
-        }
-        touched.sort_unstable();
-        touched.dedup();
+        let touched = super::write::touched(&self.written, &self.stored);
         let now = |t: i64| self.stored.get(&t).cloned().unwrap_or_default();
         let before = |t: i64| self.before(t);
         let mut changes: BTreeMap<(usize, String, i64), Decimal> = BTreeMap::new();

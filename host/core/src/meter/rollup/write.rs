@@ -29,6 +29,21 @@ pub struct Neighbourhood {
     pub written: Written,
 }
 
+/// The instants whose steps a transaction's writes can change: each written
+/// instant and the subject's next stored instant after it, in order.
+pub fn touched<W, S>(written: &BTreeMap<i64, W>, stored: &BTreeMap<i64, S>) -> Vec<i64> {
+    let mut touched: Vec<i64> = Vec::new();
+    for &at in written.keys() {
+        touched.push(at);
+        if let Some((&next, _)) = stored.range((Excluded(at), Unbounded)).next() {
+            touched.push(next);
+        }
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    touched
+}
+
 /// The level in force after an instant holding `quantities` (`None`: no
 /// record there).
 fn in_force(quantities: &[Decimal]) -> Option<Decimal> {
@@ -66,17 +81,8 @@ impl Neighbourhood {
     /// How the subject's steps change: (instant, change), non-zero only, in
     /// time order.
     pub fn step_changes(&self) -> Result<Vec<(i64, Decimal)>, QuantityError> {
-        let mut touched: Vec<i64> = Vec::new();
-        for &at in self.written.keys() {
-            touched.push(at);
-            if let Some((&next, _)) = self.stored.range((Excluded(at), Unbounded)).next() {
-                touched.push(next);
-            }
-        }
-        touched.sort_unstable();
-        touched.dedup();
         let mut out = Vec::new();
-        for at in touched {
+        for at in touched(&self.written, &self.stored) {
             let now = self.step(at, |t| self.now(t))?;
             let before = self.step(at, |t| self.before(t))?;
             let change = now.checked_sub(before).ok_or(QuantityError::Overflow("level step"))?;
