@@ -16,9 +16,10 @@ use super::rollup::{
     SubjectKey, build_state, fold_records,
 };
 use super::rows::{self, StoredRow as _};
-use crate::meter::period::month_containing;
+use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
 use crate::meter::rollup::groups::{GroupHour, GroupHourKey};
+use crate::meter::rollup::query::{ReadPlan, RollupInput};
 use crate::meter::rollup::{Hour, Month, SeriesKey, hour_of};
 use crate::plans::standing::Run;
 
@@ -410,6 +411,73 @@ impl RollupTx for PgConnection {
         rows.iter().map(|row| Ok((rows::series(row)?, row.try_get("at_ms")?, row.decimal("step")?))).collect()
     }
 
+    async fn level_inputs(
+        &mut self,
+        org_id: &str,
+        metrics: &[String],
+        plan: &ReadPlan,
+        from_ms: i64,
+    ) -> Result<Vec<RollupInput>, StoreError> {
+        let mut inputs: BTreeMap<String, RollupInput> =
+            metrics.iter().map(|m| (m.clone(), RollupInput::default())).collect();
+        let rows = sqlx::query(
+            "SELECT m.metric,
+                    COALESCE((SELECT SUM(level_step) FROM rollup_months
+                              WHERE org_id = $1 AND metric = m.metric AND month_ms < $3), 0)
+                  + COALESCE((SELECT SUM(level_step) FROM rollup_hours
+                              WHERE org_id = $1 AND metric = m.metric AND hour_ms >= $3 AND hour_ms < $4), 0)
+                  + COALESCE((SELECT SUM(step) FROM rollup_steps
+                              WHERE org_id = $1 AND metric = m.metric AND at_ms >= $4 AND at_ms < $5), 0) AS level
+             FROM unnest($2::text[]) AS m(metric)",
+        )
+        .bind(org_id)
+        .bind(metrics)
+        .bind(month_containing(from_ms).from_ms)
+        .bind(hour_of(from_ms))
+        .bind(from_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        for row in &rows {
+            if let Some(input) = inputs.get_mut(&row.try_get::<String, _>("metric")?) {
+                input.before = row.decimal("level")?;
+            }
+        }
+        // Each part of the plan for every series at once.
+        let of_metrics = |table: &str, time: &str| {
+            format!(
+                "SELECT * FROM {table} WHERE org_id = $1 AND metric = ANY($2) AND {time} >= $3 AND {time} < $4"
+            )
+        };
+        for range in plan.months.clone() {
+            for row in
+                fetch_range(self, &of_metrics("rollup_months", "month_ms"), org_id, metrics, range).await?
+            {
+                let metric: String = row.try_get("metric")?;
+                let month = (row.try_get("month_ms")?, rows::month(&row)?);
+                inputs.entry(metric).or_default().months.push(month);
+            }
+        }
+        for range in plan.hours.clone() {
+            for row in
+                fetch_range(self, &of_metrics("rollup_hours", "hour_ms"), org_id, metrics, range).await?
+            {
+                let metric: String = row.try_get("metric")?;
+                let hour = (row.try_get("hour_ms")?, rows::hour(&row)?);
+                inputs.entry(metric).or_default().hours.push(hour);
+            }
+        }
+        for (range, ahead) in plan.raw.iter().map(|r| (*r, false)).chain(plan.ahead.map(|r| (r, true))) {
+            for row in fetch_range(self, &of_metrics("rollup_steps", "at_ms"), org_id, metrics, range).await?
+            {
+                let metric: String = row.try_get("metric")?;
+                let step = (row.try_get("at_ms")?, row.decimal("step")?);
+                let input = inputs.entry(metric).or_default();
+                if ahead { input.ahead.push(step) } else { input.steps.push(step) }
+            }
+        }
+        Ok(metrics.iter().map(|m| inputs.remove(m).unwrap_or_default()).collect())
+    }
+
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError> {
         let level: Option<Decimal> = sqlx::query_scalar(
             "SELECT COALESCE((SELECT SUM(level_step) FROM rollup_months WHERE org_id = $1 AND metric = $2 AND month_ms < $3), 0)
@@ -425,6 +493,23 @@ impl RollupTx for PgConnection {
         .await?;
         Ok(level.unwrap_or(Decimal::ZERO))
     }
+}
+
+/// Rows of `text` (binding $1 org, $2 metrics, $3 and $4 a range).
+async fn fetch_range(
+    conn: &mut PgConnection,
+    text: &str,
+    org_id: &str,
+    metrics: &[String],
+    range: Range,
+) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    Ok(sqlx::query(text)
+        .bind(org_id)
+        .bind(metrics)
+        .bind(range.from_ms)
+        .bind(range.to_ms)
+        .fetch_all(conn)
+        .await?)
 }
 
 /// Writes hours, replacing what is there.

@@ -179,6 +179,27 @@ pub(super) trait RollupTx: Send {
     /// The org level just before `at_ms`: months before its month, hours of
     /// its month before its hour, steps of its hour before it.
     async fn level_before(&mut self, series: &SeriesKey, at_ms: i64) -> Result<Decimal, StoreError>;
+    /// [`read_input`] of a level aggregation for several series of one org
+    /// (a grouped level query's metric and its groups' level series), in
+    /// `metrics`' order. An engine whose every statement is a round trip
+    /// reads each part of the plan for all of them at once.
+    async fn level_inputs(
+        &mut self,
+        org_id: &str,
+        metrics: &[String],
+        plan: &ReadPlan,
+        from_ms: i64,
+    ) -> Result<Vec<RollupInput>, StoreError>
+    where
+        Self: Sized,
+    {
+        let mut out = Vec::with_capacity(metrics.len());
+        for metric in metrics {
+            let series = SeriesKey { org_id: org_id.to_owned(), metric: metric.clone() };
+            out.push(read_input(self, &series, plan, Aggregation::Integral, from_ms).await?);
+        }
+        Ok(out)
+    }
     /// Raw records of `series` in `range` (any order), with `group` the
     /// value of the attribute `group_by` names (none: `None`).
     async fn points_in(
@@ -301,14 +322,15 @@ pub(super) async fn read_group_level_input(
     aggregation: Aggregation,
     range: Range,
 ) -> Result<GroupLevelInput, StoreError> {
-    let ungrouped = read_input(tx, series, plan, aggregation, range.from_ms).await?;
-    let mut groups = Vec::new();
-    for cell in tx.level_cells(series, key, range.to_ms).await? {
-        let metric = groups::level_series(&series.metric, key, &cell);
-        let group = SeriesKey { org_id: series.org_id.clone(), metric };
-        groups.push((cell, read_input(tx, &group, plan, aggregation, range.from_ms).await?));
+    if !crate::meter::rollup::query::is_level(aggregation) {
+        return Err(StoreError::Corrupt(format!("group level series hold levels, not a {aggregation:?}")));
     }
-    Ok(GroupLevelInput { ungrouped, groups })
+    let cells = tx.level_cells(series, key, range.to_ms).await?;
+    let mut metrics = vec![series.metric.clone()];
+    metrics.extend(cells.iter().map(|cell| groups::level_series(&series.metric, key, cell)));
+    let mut inputs = tx.level_inputs(&series.org_id, &metrics, plan, range.from_ms).await?.into_iter();
+    let ungrouped = inputs.next().unwrap_or_default();
+    Ok(GroupLevelInput { ungrouped, groups: cells.into_iter().zip(inputs).collect() })
 }
 
 /// What standings for the period containing `now_ms` are seeded from: per
