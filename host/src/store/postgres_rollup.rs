@@ -448,22 +448,18 @@ impl RollupTx for PgConnection {
                 "SELECT * FROM {table} WHERE org_id = $1 AND metric = ANY($2) AND {time} >= $3 AND {time} < $4"
             )
         };
-        for range in plan.months.clone() {
-            for row in
-                fetch_range(self, &of_metrics("rollup_months", "month_ms"), org_id, metrics, range).await?
-            {
-                let metric: String = row.try_get("metric")?;
-                let month = (row.try_get("month_ms")?, rows::month(&row)?);
-                inputs.entry(metric).or_default().months.push(month);
-            }
-        }
-        for range in plan.hours.clone() {
-            for row in
-                fetch_range(self, &of_metrics("rollup_hours", "hour_ms"), org_id, metrics, range).await?
-            {
-                let metric: String = row.try_get("metric")?;
-                let hour = (row.try_get("hour_ms")?, rows::hour(&row)?);
-                inputs.entry(metric).or_default().hours.push(hour);
+        for (ranges, table, time) in
+            [(&plan.months, "rollup_months", "month_ms"), (&plan.hours, "rollup_hours", "hour_ms")]
+        {
+            for range in ranges.iter().copied() {
+                for row in fetch_range(self, &of_metrics(table, time), org_id, metrics, range).await? {
+                    let input = inputs.entry(row.try_get("metric")?).or_default();
+                    let at: i64 = row.try_get(time)?;
+                    match time {
+                        "month_ms" => input.months.push((at, rows::month(&row)?)),
+                        _ => input.hours.push((at, rows::hour(&row)?)),
+                    }
+                }
             }
         }
         for (range, ahead) in plan.raw.iter().map(|r| (*r, false)).chain(plan.ahead.map(|r| (r, true))) {
