@@ -229,15 +229,15 @@ impl Fold {
                 self.in_force.insert(subject, (q, cells));
             }
         }
-        let Some(series) = self.series.clone() else { return Ok(()) };
+        let Some(series) = &self.series else { return Ok(()) };
         for ((key, cell), change) in moves.into_iter().filter(|(_, c)| !c.is_zero()) {
             let metric = level_series(&series.metric, &self.group_by[key], &cell);
-            let group = SeriesKey { metric: metric.clone(), ..series.clone() };
+            let group = SeriesKey { org_id: series.org_id.clone(), metric: metric.clone() };
             let levels = self.group_levels.entry(metric).or_default();
             levels.step(&group, at, change, &mut self.output)?;
         }
         if !step.is_zero() {
-            self.summaries.step(&series, at, step, &mut self.output)?;
+            self.summaries.step(series, at, step, &mut self.output)?;
         }
         Ok(())
     }
