@@ -147,10 +147,7 @@ impl UsageService {
             let report = if rollup::query::is_level(meter.aggregation) {
                 // A declared key's level: each group's level series, as an
                 // ungrouped query reads it.
-                let input = self
-                    .store
-                    .group_level_input(&series, key, &plan, meter.aggregation, request.range)
-                    .await?;
+                let input = self.store.group_level_input(&series, key, &plan, request.range).await?;
                 rollup::groups::evaluate_grouped_levels(&meter, &engine_query, &input)?
             } else {
                 // A declared key's sum or count: its group hours, the

@@ -520,7 +520,6 @@ pub trait Rollups: Send + Sync {
         series: &SeriesKey,
         key: &str,
         plan: &ReadPlan,
-        aggregation: Aggregation,
         range: Range,
     ) -> Result<GroupLevelInput, StoreError>;
 

@@ -434,13 +434,11 @@ impl Rollups for PostgresStore {
         series: &SeriesKey,
         key: &str,
         plan: &ReadPlan,
-        aggregation: Aggregation,
         range: Range,
     ) -> Result<GroupLevelInput, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-        let input =
-            super::rollup::read_group_level_input(&mut *tx, series, key, plan, aggregation, range).await?;
+        let input = super::rollup::read_group_level_input(&mut *tx, series, key, plan, range).await?;
         tx.commit().await?;
         Ok(input)
     }

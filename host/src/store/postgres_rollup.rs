@@ -41,6 +41,18 @@ fn columns<'a>(keys: impl Iterator<Item = &'a (SeriesKey, i64)>) -> (Vec<&'a str
     out
 }
 
+/// (orgs, metrics, subjects, times) columns of a subject key list.
+fn subject_columns(keys: &[(SubjectKey, i64)]) -> (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) {
+    let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    for ((s, subject), t) in keys {
+        cols.0.push(&s.org_id);
+        cols.1.push(&s.metric);
+        cols.2.push(subject);
+        cols.3.push(*t);
+    }
+    cols
+}
+
 /// Adds to (series, time) values, deleting those that become zero.
 async fn add_values(
     conn: &mut PgConnection,
@@ -330,13 +342,7 @@ impl RollupTx for PgConnection {
         keys: &[(SubjectKey, i64)],
         with_attributes: bool,
     ) -> Result<Vec<LevelRow>, StoreError> {
-        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
-        for ((s, subject), t) in keys {
-            cols.0.push(&s.org_id);
-            cols.1.push(&s.metric);
-            cols.2.push(subject);
-            cols.3.push(*t);
-        }
+        let cols = subject_columns(keys);
         let rows = sqlx::query(NEIGHBOURHOODS[usize::from(with_attributes)].as_str())
             .bind(&cols.0)
             .bind(&cols.1)
@@ -351,13 +357,7 @@ impl RollupTx for PgConnection {
         &mut self,
         subjects: &[(SubjectKey, i64)],
     ) -> Result<Vec<(SubjectKey, i64, Decimal)>, StoreError> {
-        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
-        for ((s, subject), from) in subjects {
-            cols.0.push(&s.org_id);
-            cols.1.push(&s.metric);
-            cols.2.push(subject);
-            cols.3.push(*from);
-        }
+        let cols = subject_columns(subjects);
         let rows = sqlx::query(
             "SELECT r.org_id, r.metric, r.subject, r.at_ms, r.quantity
              FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(org_id, metric, subject, from_ms)

@@ -319,12 +319,8 @@ pub(super) async fn read_group_level_input(
     series: &SeriesKey,
     key: &str,
     plan: &ReadPlan,
-    aggregation: Aggregation,
     range: Range,
 ) -> Result<GroupLevelInput, StoreError> {
-    if !crate::meter::rollup::query::is_level(aggregation) {
-        return Err(StoreError::Corrupt(format!("group level series hold levels, not a {aggregation:?}")));
-    }
     let cells = tx.level_cells(series, key, range.to_ms).await?;
     let mut metrics = vec![series.metric.clone()];
     metrics.extend(cells.iter().map(|cell| groups::level_series(&series.metric, key, cell)));

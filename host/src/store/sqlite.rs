@@ -465,12 +465,10 @@ impl Rollups for SqliteStore {
         series: &SeriesKey,
         key: &str,
         plan: &ReadPlan,
-        aggregation: Aggregation,
         range: Range,
     ) -> Result<GroupLevelInput, StoreError> {
         let mut tx = self.readers.begin().await?;
-        let input =
-            super::rollup::read_group_level_input(&mut *tx, series, key, plan, aggregation, range).await?;
+        let input = super::rollup::read_group_level_input(&mut *tx, series, key, plan, range).await?;
         tx.commit().await?;
         Ok(input)
     }

@@ -852,7 +852,7 @@ async fn rollups_equal_the_engine_on_random_histories_and_after_a_rebuild(store:
                     crate::meter::rollup::groups::evaluate_grouped(&meter, &grouped, &input).expect("groups")
                 } else {
                     let input = store
-                        .group_level_input(&series, "template", &plan, aggregation, query_.range)
+                        .group_level_input(&series, "template", &plan, query_.range)
                         .await
                         .expect("group level input");
                     crate::meter::rollup::groups::evaluate_grouped_levels(&meter, &grouped, &input)
