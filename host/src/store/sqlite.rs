@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::checkpoint::{self, Checkpointer};
 use super::engine::Connections;
@@ -50,6 +50,8 @@ pub struct SqliteStore {
     /// The attribute keys rolled up per group.
     group_by: Vec<String>,
     checkpointer: Checkpointer,
+    /// How to open a connection of its own (the rollup check's).
+    options: SqliteConnectOptions,
 }
 
 impl SqliteStore {
@@ -65,7 +67,16 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(
-                options.clone().pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string()),
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
+                    // A commit's savepoints journal the pages they change;
+                    // past 64 KiB SQLite moves that journal to a temporary
+                    // file, created, unlinked and written on every commit.
+                    // Kept in memory it is bounded by the batch. (The check,
+                    // whose temporary tables hold whole rollups, runs on a
+                    // connection of its own.)
+                    .pragma("temp_store", "memory"),
             )
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
@@ -74,7 +85,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
         Ok(Self {
@@ -84,6 +95,7 @@ impl SqliteStore {
             tails: TailMemory::default(),
             group_by: Vec::new(),
             checkpointer,
+            options,
         })
     }
 
@@ -480,9 +492,13 @@ impl Rollups for SqliteStore {
         Ok(records)
     }
 
+    /// On a connection of its own: its temporary tables (whole rollups)
+    /// stay on disk, and commits go on beside it (it reads one snapshot).
     async fn check_rollups(&self, examples: usize) -> Result<RollupCheck, StoreError> {
-        let mut conn = self.writer.acquire().await?;
-        sqlite_rollup::check(&mut conn, examples, &self.group_by).await
+        let mut conn = self.options.connect().await?;
+        let report = sqlite_rollup::check(&mut conn, examples, &self.group_by).await;
+        let _ = conn.close().await;
+        report
     }
 }
 
