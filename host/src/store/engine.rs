@@ -7,6 +7,7 @@
 //! Parameters are `$N` on both engines.
 
 use std::future::Future;
+use std::ops::DerefMut;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -175,7 +176,10 @@ pub(super) trait Connections: Send + Sync {
     /// A connection to read on (SQLite: of the reader pool).
     async fn reader(&self) -> Result<PoolConnection<Self::Engine>, StoreError>;
 
+    /// A connection to write on, held while this lives.
+    type Writer: DerefMut<Target = <Self::Engine as Database>::Connection> + Send;
+
     /// A connection to write on outside a transaction (SQLite: the one
     /// writer).
-    async fn writer(&self) -> Result<PoolConnection<Self::Engine>, StoreError>;
+    async fn writer(&self) -> Result<Self::Writer, StoreError>;
 }

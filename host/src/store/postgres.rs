@@ -536,7 +536,9 @@ impl Connections for PostgresStore {
         Ok(self.pool.acquire().await?)
     }
 
-    async fn writer(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+    type Writer = PoolConnection<Postgres>;
+
+    async fn writer(&self) -> Result<Self::Writer, StoreError> {
         Ok(self.pool.acquire().await?)
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
@@ -42,7 +43,10 @@ const KEYS_PER_LOOKUP: usize = 2_000;
 const READERS: u32 = 4;
 
 pub struct SqliteStore {
-    writer: SqlitePool,
+    /// The one writer connection, held rather than pooled: a pool would
+    /// ping it on every release and every acquire (sqlx's health checks),
+    /// two round trips to its worker thread in every commit's serial path.
+    writer: Arc<Mutex<SqliteConnection>>,
     pub(super) readers: SqlitePool,
     hook: OnceLock<Arc<dyn CommitHook>>,
     /// The one writer's memory of subjects' tails.
@@ -64,10 +68,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(
-                options
+        let writer = options
                     .clone()
                     .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
                     // A commit's savepoints journal the pages they change;
@@ -76,8 +77,8 @@ impl SqliteStore {
                     // Kept in memory it is bounded by the batch. (The check,
                     // whose temporary tables hold whole rollups, runs on a
                     // connection of its own.)
-                    .pragma("temp_store", "memory"),
-            )
+                    .pragma("temp_store", "memory")
+                    .connect()
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
         let checkpointer = Checkpointer::start(&options)
@@ -89,7 +90,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
         Ok(Self {
-            writer,
+            writer: Arc::new(Mutex::new(writer)),
             readers,
             hook: OnceLock::new(),
             tails: TailMemory::default(),
@@ -486,7 +487,8 @@ impl Rollups for SqliteStore {
     }
 
     async fn rebuild_rollups(&self) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin().await?;
         let records = sqlite_rollup::rebuild(&mut tx, &self.group_by).await?;
         tx.commit().await?;
         Ok(records)
@@ -505,11 +507,12 @@ impl Rollups for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer.lock().await;
         sqlx::migrate!("../migrations/sqlite")
-            .run(&self.writer)
+            .run_direct(&mut *writer)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = writer.begin().await?;
         if !sqlite_rollup::built(&mut tx, &self.group_by).await? {
             let records = sqlite_rollup::rebuild(&mut tx, &self.group_by).await?;
             tracing::info!(records, group_by = ?self.group_by, "rollups built from the stored records");
@@ -527,7 +530,8 @@ impl Store for SqliteStore {
 #[async_trait]
 impl Ingest for SqliteStore {
     async fn commit(&self, batch: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin().await?;
         // Insert the deliveries, learning the ids of the ones that are new.
         let mut new_ids: HashMap<(String, String), i64> = HashMap::with_capacity(batch.len());
         for chunk in batch.chunks(DELIVERY_ROWS_PER_INSERT) {
@@ -556,8 +560,10 @@ impl Connections for SqliteStore {
         Ok(self.readers.acquire().await?)
     }
 
-    async fn writer(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
-        Ok(self.writer.acquire().await?)
+    type Writer = OwnedMutexGuard<SqliteConnection>;
+
+    async fn writer(&self) -> Result<Self::Writer, StoreError> {
+        Ok(self.writer.clone().lock_owned().await)
     }
 }
 
@@ -571,12 +577,13 @@ impl Polls for SqliteStore {
         now_ms: i64,
         expires_ms: i64,
     ) -> Result<Option<PollState>, StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.writer.lock().await;
         shared::acquire_lease::<Sqlite>(&mut conn, plugin, target, holder, now_ms, expires_ms).await
     }
 
     async fn commit_poll(&self, poll: &PollCommit) -> Result<RecordCounts, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin().await?;
         let holder: Option<String> =
             sqlx::query_scalar("SELECT lease_holder FROM poll_state WHERE plugin = ?1 AND target = ?2")
                 .bind(&poll.plugin)
@@ -604,7 +611,7 @@ impl Polls for SqliteStore {
         now_ms: i64,
         next_run_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.writer.lock().await;
         shared::record_poll_failure::<Sqlite>(&mut conn, plugin, target, holder, error, now_ms, next_run_ms)
             .await
     }
@@ -649,7 +656,8 @@ impl Plans for SqliteStore {
     }
 
     async fn assign_plan(&self, plan: &OrgPlan, grants: &[NewGrant]) -> Result<Vec<Grant>, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin().await?;
         shared::assign_plan::<Sqlite>(&mut tx, plan).await?;
         let mut stored = Vec::new();
         for grant in grants {
@@ -660,7 +668,8 @@ impl Plans for SqliteStore {
     }
 
     async fn insert_grant(&self, grant: &NewGrant) -> Result<Grant, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin().await?;
         let stored = shared::insert_grant::<Sqlite>(&mut tx, grant)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("grant for {} not stored", grant.org_id)))?;
@@ -676,7 +685,8 @@ impl Plans for SqliteStore {
         if notices.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.writer.begin().await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin().await?;
         let (rows, _) = shared::insert_notices::<Sqlite>(&mut tx, notices, now_ms).await?;
         tx.commit().await?;
         Ok(rows)
@@ -703,7 +713,7 @@ impl Outbox for SqliteStore {
     }
 
     async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
-        shared::outbox_delivered::<Sqlite>(&mut *self.writer.acquire().await?, id, now_ms).await
+        shared::outbox_delivered::<Sqlite>(&mut *self.writer.lock().await, id, now_ms).await
     }
 
     async fn outbox_attempt_failed(
@@ -713,7 +723,7 @@ impl Outbox for SqliteStore {
         now_ms: i64,
         retry_at_ms: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.writer.lock().await;
         shared::outbox_attempt_failed::<Sqlite>(&mut conn, id, error, now_ms, retry_at_ms).await
     }
 
@@ -746,7 +756,7 @@ impl Deliveries for SqliteStore {
             .bind(before_ms)
             .bind(now_ms)
             .bind(PURGE_BATCH)
-            .execute(&self.writer)
+            .execute(&mut *self.writer.lock().await)
             .await?
             .rows_affected();
             purged += done;
@@ -800,7 +810,8 @@ impl Deliveries for SqliteStore {
     }
 
     async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin().await?;
         let mut inserts = Vec::new();
         for fix in fixes {
             match fix {
