@@ -16,6 +16,7 @@ mod rows;
 mod shared;
 mod sqlite;
 mod sqlite_rollup;
+mod sqlite_writer;
 mod tails;
 
 use std::collections::BTreeMap;

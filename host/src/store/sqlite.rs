@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Mutex, OwnedMutexGuard};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
@@ -19,6 +18,7 @@ use super::rollup::{Maintained, RollupTx, SubjectKey};
 use super::rows;
 use super::shared;
 use super::sqlite_rollup;
+use super::sqlite_writer::{WriteTx, Writer, WriterGuard};
 use super::tails::TailMemory;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, NewGrant, Notice, OrgChange,
@@ -43,10 +43,8 @@ const KEYS_PER_LOOKUP: usize = 2_000;
 const READERS: u32 = 4;
 
 pub struct SqliteStore {
-    /// The one writer connection, held rather than pooled: a pool would
-    /// ping it on every release and every acquire (sqlx's health checks),
-    /// two round trips to its worker thread in every commit's serial path.
-    writer: Arc<Mutex<SqliteConnection>>,
+    /// The one writer connection (`store::sqlite_writer`).
+    writer: Writer,
     pub(super) readers: SqlitePool,
     hook: OnceLock<Arc<dyn CommitHook>>,
     /// The one writer's memory of subjects' tails.
@@ -69,16 +67,16 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let writer = options
-                    .clone()
-                    .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
-                    // A commit's savepoints journal the pages they change;
-                    // past 64 KiB SQLite moves that journal to a temporary
-                    // file, created, unlinked and written on every commit.
-                    // Kept in memory it is bounded by the batch. (The check,
-                    // whose temporary tables hold whole rollups, runs on a
-                    // connection of its own.)
-                    .pragma("temp_store", "memory")
-                    .connect()
+            .clone()
+            .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
+            // A commit's savepoints journal the pages they change;
+            // past 64 KiB SQLite moves that journal to a temporary
+            // file, created, unlinked and written on every commit.
+            // Kept in memory it is bounded by the batch. (The check,
+            // whose temporary tables hold whole rollups, runs on a
+            // connection of its own.)
+            .pragma("temp_store", "memory")
+            .connect()
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
         let checkpointer = Checkpointer::start(&options)
@@ -90,7 +88,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
         Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Writer::new(writer),
             readers,
             hook: OnceLock::new(),
             tails: TailMemory::default(),
@@ -112,12 +110,7 @@ impl SqliteStore {
     /// hook's work if the commit fails. Remembers the tails of the subjects
     /// written once committed (and wakes the checkpointer), and forgets all
     /// tails on any error.
-    async fn finish(
-        &self,
-        tx: sqlx::Transaction<'_, Sqlite>,
-        changes: Vec<OrgChange>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    async fn finish(&self, tx: WriteTx<'_>, changes: Vec<OrgChange>, now_ms: i64) -> Result<(), StoreError> {
         // This transaction holds the one writer connection, so whoever holds
         // the guard has committed already and is only settling its tails.
         let _settling = self.tails.settle().await;
@@ -136,7 +129,7 @@ impl SqliteStore {
 
     async fn maintain_and_commit(
         &self,
-        mut tx: sqlx::Transaction<'_, Sqlite>,
+        mut tx: WriteTx<'_>,
         changes: Vec<OrgChange>,
         now_ms: i64,
     ) -> Result<Vec<(SubjectKey, Option<Tail>)>, StoreError> {
@@ -327,10 +320,11 @@ async fn correct(
 async fn insert_deliveries(
     tx: &mut SqliteConnection,
     chunk: &[Delivery],
+    before: &str,
 ) -> Result<HashMap<(String, String), i64>, StoreError> {
     let mut counted = delivery_insert(
         chunk,
-        "SAVEPOINT deliveries_insert; ",
+        &format!("{before}SAVEPOINT deliveries_insert; "),
         "; SELECT changes() AS inserted, last_insert_rowid() AS last, \
            (SELECT json_group_array(json_array(plugin, event_id) ORDER BY id) FROM deliveries \
             WHERE id > last_insert_rowid() - changes() AND id <= last_insert_rowid()) AS keys",
@@ -487,7 +481,7 @@ impl Rollups for SqliteStore {
     }
 
     async fn rebuild_rollups(&self) -> Result<u64, StoreError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin().await?;
         let records = sqlite_rollup::rebuild(&mut tx, &self.group_by).await?;
         tx.commit().await?;
@@ -507,7 +501,7 @@ impl Rollups for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         sqlx::migrate!("../migrations/sqlite")
             .run_direct(&mut *writer)
             .await
@@ -530,12 +524,16 @@ impl Store for SqliteStore {
 #[async_trait]
 impl Ingest for SqliteStore {
     async fn commit(&self, batch: &[Delivery]) -> Result<Vec<CommitOutcome>, StoreError> {
-        let mut writer = self.writer.lock().await;
-        let mut tx = writer.begin().await?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut writer = self.writer.lock().await?;
+        let mut tx = writer.begin_with_first_statement();
         // Insert the deliveries, learning the ids of the ones that are new.
         let mut new_ids: HashMap<(String, String), i64> = HashMap::with_capacity(batch.len());
-        for chunk in batch.chunks(DELIVERY_ROWS_PER_INSERT) {
-            new_ids.extend(insert_deliveries(&mut tx, chunk).await?);
+        for (i, chunk) in batch.chunks(DELIVERY_ROWS_PER_INSERT).enumerate() {
+            let begin = if i == 0 { WriteTx::BEGIN } else { "" };
+            new_ids.extend(insert_deliveries(&mut tx, chunk, begin).await?);
         }
         let (outcomes, rows) = new_records(batch, new_ids);
         let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
@@ -560,10 +558,10 @@ impl Connections for SqliteStore {
         Ok(self.readers.acquire().await?)
     }
 
-    type Writer = OwnedMutexGuard<SqliteConnection>;
+    type Writer = WriterGuard;
 
-    async fn writer(&self) -> Result<Self::Writer, StoreError> {
-        Ok(self.writer.clone().lock_owned().await)
+    async fn writer(&self) -> Result<WriterGuard, StoreError> {
+        self.writer.lock().await
     }
 }
 
@@ -577,12 +575,12 @@ impl Polls for SqliteStore {
         now_ms: i64,
         expires_ms: i64,
     ) -> Result<Option<PollState>, StoreError> {
-        let mut conn = self.writer.lock().await;
+        let mut conn = self.writer.lock().await?;
         shared::acquire_lease::<Sqlite>(&mut conn, plugin, target, holder, now_ms, expires_ms).await
     }
 
     async fn commit_poll(&self, poll: &PollCommit) -> Result<RecordCounts, StoreError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin().await?;
         let holder: Option<String> =
             sqlx::query_scalar("SELECT lease_holder FROM poll_state WHERE plugin = ?1 AND target = ?2")
@@ -611,7 +609,7 @@ impl Polls for SqliteStore {
         now_ms: i64,
         next_run_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.writer.lock().await;
+        let mut conn = self.writer.lock().await?;
         shared::record_poll_failure::<Sqlite>(&mut conn, plugin, target, holder, error, now_ms, next_run_ms)
             .await
     }
@@ -656,7 +654,7 @@ impl Plans for SqliteStore {
     }
 
     async fn assign_plan(&self, plan: &OrgPlan, grants: &[NewGrant]) -> Result<Vec<Grant>, StoreError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin().await?;
         shared::assign_plan::<Sqlite>(&mut tx, plan).await?;
         let mut stored = Vec::new();
@@ -668,7 +666,7 @@ impl Plans for SqliteStore {
     }
 
     async fn insert_grant(&self, grant: &NewGrant) -> Result<Grant, StoreError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin().await?;
         let stored = shared::insert_grant::<Sqlite>(&mut tx, grant)
             .await?
@@ -685,7 +683,7 @@ impl Plans for SqliteStore {
         if notices.is_empty() {
             return Ok(0);
         }
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin().await?;
         let (rows, _) = shared::insert_notices::<Sqlite>(&mut tx, notices, now_ms).await?;
         tx.commit().await?;
@@ -713,7 +711,7 @@ impl Outbox for SqliteStore {
     }
 
     async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
-        shared::outbox_delivered::<Sqlite>(&mut *self.writer.lock().await, id, now_ms).await
+        shared::outbox_delivered::<Sqlite>(&mut *self.writer.lock().await?, id, now_ms).await
     }
 
     async fn outbox_attempt_failed(
@@ -723,7 +721,7 @@ impl Outbox for SqliteStore {
         now_ms: i64,
         retry_at_ms: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.writer.lock().await;
+        let mut conn = self.writer.lock().await?;
         shared::outbox_attempt_failed::<Sqlite>(&mut conn, id, error, now_ms, retry_at_ms).await
     }
 
@@ -756,7 +754,7 @@ impl Deliveries for SqliteStore {
             .bind(before_ms)
             .bind(now_ms)
             .bind(PURGE_BATCH)
-            .execute(&mut *self.writer.lock().await)
+            .execute(&mut *self.writer.lock().await?)
             .await?
             .rows_affected();
             purged += done;
@@ -810,7 +808,7 @@ impl Deliveries for SqliteStore {
     }
 
     async fn apply_fixes(&self, plugin: &str, fixes: &[RecordFix], now_ms: i64) -> Result<(), StoreError> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin().await?;
         let mut inserts = Vec::new();
         for fix in fixes {

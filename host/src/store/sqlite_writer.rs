@@ -1,0 +1,194 @@
+//! The SQLite engine's one writer connection and its transactions.
+//!
+//! The connection is held (behind a mutex), not pooled: sqlx's pool pings a
+//! connection on every release and every acquire, two round trips to its
+//! worker thread in every commit's serial path. Transactions are begun and
+//! ended by plain `BEGIN` / `COMMIT` statements rather than sqlx's
+//! `Transaction`, so that a commit's `BEGIN` can ride with its first
+//! statement (one round trip fewer per webhook batch). sqlx does not track
+//! such a transaction, so one left open by a holder dropped mid-way (a
+//! failed or cancelled write) is rolled back by the next holder before it
+//! gets the connection.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use sqlx::SqliteConnection;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::StoreError;
+
+/// The writer connection; cheap to clone.
+#[derive(Clone)]
+pub(super) struct Writer(Arc<Mutex<Held>>);
+
+struct Held {
+    conn: SqliteConnection,
+    /// A transaction was begun and not yet committed or rolled back.
+    open: bool,
+}
+
+impl Writer {
+    pub(super) fn new(conn: SqliteConnection) -> Self {
+        Self(Arc::new(Mutex::new(Held { conn, open: false })))
+    }
+
+    /// The connection, once no one else holds it, with no transaction left
+    /// open.
+    pub(super) async fn lock(&self) -> Result<WriterGuard, StoreError> {
+        let mut held = self.0.clone().lock_owned().await;
+        if held.open {
+            // An error here is mostly "no transaction is active" (its BEGIN
+            // failed, or SQLite rolled it back itself); should one be open
+            // still, the next BEGIN fails and marks it again.
+            if let Err(e) = sqlx::query("ROLLBACK").execute(&mut held.conn).await {
+                tracing::debug!(error = %e, "rolling back a transaction left open");
+            }
+            held.open = false;
+        }
+        Ok(WriterGuard(held))
+    }
+}
+
+/// The writer, held until dropped; derefs to the connection.
+pub(super) struct WriterGuard(OwnedMutexGuard<Held>);
+
+impl WriterGuard {
+    /// Begins a transaction (`BEGIN`, one round trip).
+    pub(super) async fn begin(&mut self) -> Result<WriteTx<'_>, StoreError> {
+        self.0.open = true;
+        sqlx::query("BEGIN").execute(&mut self.0.conn).await?;
+        Ok(WriteTx(self))
+    }
+
+    /// A transaction whose `BEGIN` the caller sends at the start of its
+    /// first statement ([`WriteTx::BEGIN`]).
+    pub(super) fn begin_with_first_statement(&mut self) -> WriteTx<'_> {
+        self.0.open = true;
+        WriteTx(self)
+    }
+}
+
+impl Deref for WriterGuard {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.0.conn
+    }
+}
+
+impl DerefMut for WriterGuard {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.0.conn
+    }
+}
+
+/// A write transaction on the held writer; derefs to the connection.
+/// Dropped without [`WriteTx::commit`], it is rolled back (by the next
+/// holder of the writer at the latest).
+pub(super) struct WriteTx<'g>(&'g mut WriterGuard);
+
+impl WriteTx<'_> {
+    /// The statement text that begins the transaction, for the first
+    /// statement of [`WriterGuard::begin_with_first_statement`].
+    pub(super) const BEGIN: &'static str = "BEGIN; ";
+
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
+        sqlx::query("COMMIT").execute(&mut self.0.0.conn).await?;
+        self.0.0.open = false;
+        Ok(())
+    }
+}
+
+impl Deref for WriteTx<'_> {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.0.0.conn
+    }
+}
+
+impl DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.0.0.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{ConnectOptions as _, Row as _};
+
+    use super::*;
+
+    async fn writer(dir: &tempfile::TempDir) -> Writer {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("w.db"))
+            .create_if_missing(true);
+        let mut conn = options.connect().await.expect("open");
+        sqlx::query("CREATE TABLE t (n INTEGER)").execute(&mut conn).await.expect("create");
+        Writer::new(conn)
+    }
+
+    async fn count(writer: &Writer) -> i64 {
+        let mut guard = writer.lock().await.expect("lock");
+        sqlx::query("SELECT COUNT(*) AS n FROM t").fetch_one(&mut *guard).await.expect("count").get("n")
+    }
+
+    #[tokio::test]
+    async fn a_transaction_begun_with_its_first_statement_commits() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir).await;
+        let mut guard = writer.lock().await.expect("lock");
+        let mut tx = guard.begin_with_first_statement();
+        sqlx::query(&format!("{}INSERT INTO t VALUES (1)", WriteTx::BEGIN))
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        drop(guard);
+        assert_eq!(count(&writer).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_left_open_is_rolled_back_by_the_next_holder() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir).await;
+        for begin_first in [true, false] {
+            let mut guard = writer.lock().await.expect("lock");
+            let mut tx = if begin_first {
+                guard.begin().await.expect("begin")
+            } else {
+                let mut tx = guard.begin_with_first_statement();
+                sqlx::query(WriteTx::BEGIN).execute(&mut *tx).await.expect("begin");
+                tx
+            };
+            sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *tx).await.expect("insert");
+            // Dropped without a commit: a failed or cancelled write.
+            drop(guard);
+            assert_eq!(count(&writer).await, 0, "begun with its first statement: {}", !begin_first);
+        }
+        // The writer still begins and commits.
+        let mut guard = writer.lock().await.expect("lock");
+        let mut tx = guard.begin().await.expect("begin");
+        sqlx::query("INSERT INTO t VALUES (2)").execute(&mut *tx).await.expect("insert");
+        tx.commit().await.expect("commit");
+        drop(guard);
+        assert_eq!(count(&writer).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_begin_that_failed_leaves_the_writer_usable() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir).await;
+        let mut guard = writer.lock().await.expect("lock");
+        let mut tx = guard.begin_with_first_statement();
+        let wrong =
+            sqlx::query(&format!("{}INSERT INTO missing VALUES (1)", WriteTx::BEGIN)).execute(&mut *tx).await;
+        assert!(wrong.is_err());
+        drop(guard);
+        // The next holder's rollback finds the transaction the BEGIN opened.
+        let mut guard = writer.lock().await.expect("lock after a failed statement");
+        let tx = guard.begin().await.expect("begin");
+        tx.commit().await.expect("commit");
+    }
+}
