@@ -153,9 +153,9 @@ mod tests {
     async fn a_transaction_left_open_is_rolled_back_by_the_next_holder() {
         let dir = tempfile::tempdir().expect("dir");
         let writer = writer(&dir).await;
-        for begin_first in [true, false] {
+        for separate_begin in [true, false] {
             let mut guard = writer.lock().await.expect("lock");
-            let mut tx = if begin_first {
+            let mut tx = if separate_begin {
                 guard.begin().await.expect("begin")
             } else {
                 let mut tx = guard.begin_with_first_statement();
@@ -165,7 +165,7 @@ mod tests {
             sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *tx).await.expect("insert");
             // Dropped without a commit: a failed or cancelled write.
             drop(guard);
-            assert_eq!(count(&writer).await, 0, "begun with its first statement: {}", !begin_first);
+            assert_eq!(count(&writer).await, 0, "begun with its first statement: {}", !separate_begin);
         }
         // The writer still begins and commits.
         let mut guard = writer.lock().await.expect("lock");
@@ -177,7 +177,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_begin_that_failed_leaves_the_writer_usable() {
+    async fn a_failed_first_statement_leaves_the_writer_usable() {
         let dir = tempfile::tempdir().expect("dir");
         let writer = writer(&dir).await;
         let mut guard = writer.lock().await.expect("lock");
