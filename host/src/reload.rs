@@ -29,6 +29,10 @@ use crate::poller::Pollers;
 /// come as bursts (write, chmod, rename).
 pub const DEBOUNCE: Duration = Duration::from_millis(75);
 
+/// How often the config file is checked for a change (its contents
+/// compared, so an edit within one timestamp tick is seen too).
+const CONFIG_POLL: Duration = Duration::from_millis(250);
+
 /// How a config change went.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ConfigStatus {
@@ -199,52 +203,56 @@ impl Reloader {
     pub fn watch(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
         use notify::Watcher as _;
         let plugins_dir = self.state.plugins.dir().map(Path::to_path_buf);
-        let config_file = self.config_path.clone();
-        let config_name = config_file.as_deref().and_then(Path::file_name).map(|n| n.to_owned());
-        let watches_plugins = plugins_dir.is_some();
-        // Classified on the watcher's own thread, so the writes to a
-        // database beside the config (every commit) never reach the
-        // channel: only (plugins changed, config changed) does. Reads (ours
+        // Classified on the watchers' own threads, so only (plugins
+        // changed, config changed) reaches the channel. Reads (ours
         // included) are not changes.
         let (tx, mut rx) = mpsc::unbounded_channel::<(bool, bool)>();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if !(event.kind.is_create() || event.kind.is_modify() || event.kind.is_remove()) {
-                return;
+        let forward = |changed: fn(&Path) -> bool, config: bool| {
+            let tx = tx.clone();
+            move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if !(event.kind.is_create() || event.kind.is_modify() || event.kind.is_remove()) {
+                    return;
+                }
+                if event.paths.iter().any(|path| changed(path)) {
+                    let _ = tx.send((!config, config));
+                }
             }
-            let mut changed = (false, false);
-            for path in &event.paths {
-                // Only the plugins directory holds components we watch; a
-                // stray .wasm beside the config costs an idle sync.
-                changed.0 |= watches_plugins && path.extension().is_some_and(|e| e == "wasm");
-                changed.1 |= config_name.is_some() && path.file_name() == config_name.as_deref();
-            }
-            if changed.0 || changed.1 {
-                let _ = tx.send(changed);
-            }
-        })
-        .map_err(|e| format!("cannot start the file watcher: {e}"))?;
-        let mut watched_dirs = Vec::new();
+        };
+        let mut watchers: Vec<Box<dyn notify::Watcher + Send>> = Vec::new();
+        let mut watched = Vec::new();
         if let Some(dir) = &plugins_dir {
-            watched_dirs.push(dir.clone());
-        }
-        // Watch the config file's directory, not the file: editors replace
-        // the file by renaming, which a watch on the old inode would miss.
-        if let Some(parent) = config_file.as_deref().map(config_dir) {
-            watched_dirs.push(parent);
-        }
-        watched_dirs.dedup();
-        for dir in &watched_dirs {
+            // Only the plugins directory holds components we watch.
+            let is_component: fn(&Path) -> bool = |path| path.extension().is_some_and(|e| e == "wasm");
+            let mut watcher = notify::recommended_watcher(forward(is_component, false))
+                .map_err(|e| format!("cannot start the file watcher: {e}"))?;
             watcher
                 .watch(dir, notify::RecursiveMode::NonRecursive)
                 .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+            watchers.push(Box::new(watcher));
+            watched.push(dir.clone());
+        }
+        if let Some(file) = &self.config_path {
+            // Polled, not watched through its directory: the database
+            // usually sits beside the config, and a directory watch queues
+            // an event on every write to its WAL (~10 % of the gateway's
+            // CPU under webhook load, BENCHMARKS.md). A poll of the path
+            // also sees an editor's rename over it.
+            let config = notify::Config::default().with_poll_interval(CONFIG_POLL).with_compare_contents(true);
+            let mut watcher = notify::PollWatcher::new(forward(|_| true, true), config)
+                .map_err(|e| format!("cannot start the config poller: {e}"))?;
+            watcher
+                .watch(file, notify::RecursiveMode::NonRecursive)
+                .map_err(|e| format!("cannot watch {}: {e}", file.display()))?;
+            watchers.push(Box::new(watcher));
+            watched.push(file.clone());
         }
         self.watching.store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(dirs = ?watched_dirs, "watching for plugin and config changes");
+        tracing::info!(paths = ?watched, "watching for plugin and config changes");
         let this = self.clone();
         tokio::spawn(async move {
-            // The watcher lives as long as this task.
-            let _watcher = watcher;
+            // The watchers live as long as this task.
+            let _watchers = watchers;
             loop {
                 let event = tokio::select! {
                     event = rx.recv() => event,
@@ -267,13 +275,5 @@ impl Reloader {
             this.watching.store(false, std::sync::atomic::Ordering::Relaxed);
         });
         Ok(())
-    }
-}
-
-/// The directory of a config file path (`.` for a bare file name).
-fn config_dir(file: &Path) -> PathBuf {
-    match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }
