@@ -14,6 +14,7 @@ pub mod config;
 pub mod conformance;
 pub mod http;
 pub mod ingest;
+pub mod inline_calls;
 pub mod keys;
 pub mod metrics;
 pub mod notifications;

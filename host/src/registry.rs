@@ -1,5 +1,6 @@
 //! The set of loaded plugins, by name, and the way calls reach them: on a
-//! blocking thread (a call is CPU-bound wasm with a deadline), at most
+//! blocking thread (a call is CPU-bound wasm with a deadline) or, for a
+//! proven-fast compute-only plugin, inline (`inline_calls`), at most
 //! `max_concurrent_calls` at a time per plugin, and calls of compute-only
 //! plugins (no `http_allow`) at most [`compute_slots`] at a time in all.
 
@@ -10,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::inline_calls::{CallSpeed, inline_slots, thread_cpu_time};
 use crate::metrics;
 use crate::plugin::{AdapterInfo, InboundRequest, PluginSettings, PollOutcome, WebhookOutcome};
 use crate::runtime::{CallError, LoadError, LoadedPlugin, Runtime};
@@ -24,6 +26,10 @@ pub struct PluginHandle {
     /// one whose calls may wait on the network (they would hold a slot
     /// while idle).
     compute_slots: Option<Arc<Semaphore>>,
+    /// The registry's inline slots, for a compute-only plugin.
+    inline_slots: Option<Arc<Semaphore>>,
+    /// How long its calls take: whether they may run inline.
+    speed: CallSpeed,
     quarantine: crate::quarantine::Quarantine,
 }
 
@@ -83,10 +89,11 @@ impl PluginHandle {
         self.run("handle-webhook", move || this.plugin.handle_webhook_at(&request, now_ms)).await
     }
 
-    /// Runs `call` (the WIT function `call_name`) on a blocking thread once
-    /// a permit (and, compute-only, a compute slot) is free, unless the
-    /// plugin is quarantined; its time (not the wait for a permit) and any
-    /// trap go to the metrics and the quarantine.
+    /// Runs `call` (the WIT function `call_name`) once a permit (and,
+    /// compute-only, a compute slot) is free, unless the plugin is
+    /// quarantined: inline if `inline_calls` allows it, else on a blocking
+    /// thread. Its time (not the wait for a permit) goes to the metrics and
+    /// the plugin's call speed, any trap to the metrics and the quarantine.
     async fn run<R: Send + 'static>(
         &self,
         call_name: &'static str,
@@ -105,24 +112,37 @@ impl PluginHandle {
             Some(slots) => Some(slots.acquire().await.map_err(shutting_down)?),
             None => None,
         };
+        let inline = match (&self.inline_slots, &_slot) {
+            (Some(slots), Some(_)) if self.speed.inline_ok(crate::clock::now_ms()) => {
+                slots.clone().try_acquire_owned().ok()
+            }
+            _ => None,
+        };
         let plugin = name.clone();
         // The caller's span (a webhook's request id) follows the call onto
         // the blocking thread, so the plugin's log lines and traps carry it.
         let span = tracing::Span::current();
-        let result = tokio::task::spawn_blocking(move || {
+        let timed = move || {
             let _in_span = span.enter();
-            let started = std::time::Instant::now();
+            let (started, cpu_before) = (std::time::Instant::now(), thread_cpu_time());
             let result = call();
             metrics::PLUGIN_CALL_SECONDS.observe_duration([&plugin, call_name], started.elapsed());
-            result
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(CallError::Trap {
+            (result, thread_cpu_time().saturating_sub(cpu_before))
+        };
+        let ran = match inline {
+            Some(_inline_slot) => Ok(timed()),
+            None => tokio::task::spawn_blocking(timed).await,
+        };
+        let result = match ran {
+            Ok((result, cpu)) => {
+                self.speed.record(cpu, crate::clock::now_ms());
+                result
+            }
+            Err(e) => Err(CallError::Trap {
                 plugin: name.clone(),
                 message: format!("the host thread running the call failed: {e}"),
-            })
-        });
+            }),
+        };
         let kind = result.as_ref().err().and_then(CallError::trap_kind);
         if let Some(kind) = kind {
             metrics::PLUGIN_TRAPS.inc([&name, kind]);
@@ -170,6 +190,7 @@ pub struct PluginRegistry {
     dir: Option<PathBuf>,
     max_concurrent_calls: usize,
     compute_slots: Arc<Semaphore>,
+    inline_slots: Arc<Semaphore>,
     state: RwLock<RegistryState>,
 }
 
@@ -195,6 +216,7 @@ impl PluginRegistry {
             dir: None,
             max_concurrent_calls: 1,
             compute_slots: Arc::new(Semaphore::new(compute_slots())),
+            inline_slots: Arc::new(Semaphore::new(inline_slots())),
             state: RwLock::default(),
         }
     }
@@ -212,6 +234,7 @@ impl PluginRegistry {
             dir: Some(dir.to_owned()),
             max_concurrent_calls,
             compute_slots: Arc::new(Semaphore::new(compute_slots())),
+            inline_slots: Arc::new(Semaphore::new(inline_slots())),
             state: RwLock::default(),
         };
         registry.sync(config)?;
@@ -293,8 +316,11 @@ impl PluginRegistry {
                 self.write().failures.remove(file);
                 continue;
             }
-            let limits =
-                CallLimits { per_plugin: self.max_concurrent_calls, compute_slots: &self.compute_slots };
+            let limits = CallLimits {
+                per_plugin: self.max_concurrent_calls,
+                compute_slots: &self.compute_slots,
+                inline_slots: &self.inline_slots,
+            };
             match load_bytes(runtime, file, &stem, &bytes, settings, limits) {
                 Ok(handle) => {
                     tracing::info!(plugin = %stem, version = %handle.info().version, hash = %handle.hash(), wit = %handle.wit_version(), "plugin loaded");
@@ -367,6 +393,7 @@ pub fn compute_slots() -> usize {
 struct CallLimits<'a> {
     per_plugin: usize,
     compute_slots: &'a Arc<Semaphore>,
+    inline_slots: &'a Arc<Semaphore>,
 }
 
 fn load_bytes(
@@ -387,12 +414,15 @@ fn load_bytes(
         ));
     }
     let compute_slots = plugin.compute_only().then(|| limits.compute_slots.clone());
+    let inline_slots = plugin.compute_only().then(|| limits.inline_slots.clone());
     Ok(PluginHandle {
         plugin,
         file: file.to_owned(),
         loaded_at_ms: crate::clock::now_ms(),
         calls: Semaphore::new(limits.per_plugin),
         compute_slots,
+        inline_slots,
+        speed: CallSpeed::default(),
         quarantine: crate::quarantine::Quarantine::default(),
     })
 }
@@ -457,5 +487,48 @@ mod tests {
         assert_eq!(compute_only.compute_slots.available_permits(), compute_slots());
         let (_dir, networked) = chaos_registry("[plugins.chaos]\nhttp_allow = [\"http://127.0.0.1:9\"]\n");
         assert_eq!(fewest_free_slots(&networked).await, compute_slots());
+    }
+
+    /// The thread a trivial call of `plugin` runs on.
+    async fn thread_of_a_call(plugin: &Arc<PluginHandle>) -> std::thread::ThreadId {
+        plugin.run("probe", || Ok(std::thread::current().id())).await.expect("the probe call")
+    }
+
+    /// A compute-only plugin's calls run on a blocking thread until a
+    /// streak of fast ones, then on the caller's thread; one slow call (a
+    /// runaway to its deadline) sends them back to blocking threads.
+    #[tokio::test(flavor = "current_thread")]
+    async fn proven_fast_compute_only_calls_run_inline_until_one_is_slow() {
+        let (_dir, registry) = chaos_registry("");
+        let chaos = registry.get("chaos").expect("chaos is loaded");
+        let here = std::thread::current().id();
+        for _ in 0..crate::inline_calls::FAST_STREAK {
+            assert_ne!(thread_of_a_call(&chaos).await, here, "not proven fast yet");
+        }
+        assert_eq!(thread_of_a_call(&chaos).await, here, "proven fast: inline");
+        let looping = Arc::new(InboundRequest {
+            method: "POST".to_owned(),
+            path: "/".to_owned(),
+            query: None,
+            headers: Vec::new(),
+            body: b"loop".to_vec(),
+        });
+        let outcome = chaos.handle_webhook(looping).await;
+        assert!(matches!(outcome, Err(CallError::Timeout { .. })), "{outcome:?}");
+        for _ in 0..=crate::inline_calls::FAST_STREAK {
+            assert_ne!(thread_of_a_call(&chaos).await, here, "slow once: off the workers for the cool-down");
+        }
+    }
+
+    /// A plugin that may send HTTP never runs inline: its calls could wait
+    /// on the network while holding a worker.
+    #[tokio::test(flavor = "current_thread")]
+    async fn networked_calls_never_run_inline() {
+        let (_dir, registry) = chaos_registry("[plugins.chaos]\nhttp_allow = [\"http://127.0.0.1:9\"]\n");
+        let chaos = registry.get("chaos").expect("chaos is loaded");
+        let here = std::thread::current().id();
+        for _ in 0..=2 * crate::inline_calls::FAST_STREAK {
+            assert_ne!(thread_of_a_call(&chaos).await, here);
+        }
     }
 }

@@ -238,7 +238,8 @@ impl Reloader {
             // an event on every write to its WAL (~10 % of the gateway's
             // CPU under webhook load, BENCHMARKS.md). A poll of the path
             // also sees an editor's rename over it.
-            let config = notify::Config::default().with_poll_interval(CONFIG_POLL).with_compare_contents(true);
+            let config =
+                notify::Config::default().with_poll_interval(CONFIG_POLL).with_compare_contents(true);
             let mut watcher = notify::PollWatcher::new(forward(|_| true, true), config)
                 .map_err(|e| format!("cannot start the config poller: {e}"))?;
             watcher
