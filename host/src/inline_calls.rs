@@ -10,7 +10,8 @@
 //! only when all of these hold:
 //!
 //! - the plugin is compute-only (no `http_allow`: its calls never wait on
-//!   the network);
+//!   the network) and imports no WASI (WASI p2's synchronous bindings
+//!   block on the tokio runtime, which panics on one of its workers);
 //! - its last [`FAST_STREAK`] calls each took at most [`FAST_CALL`] of CPU
 //!   time, and none took longer in the last [`SLOW_COOL_DOWN_MS`] (so a
 //!   plugin that loops or is slow runs on blocking threads, and one that

@@ -26,7 +26,8 @@ pub struct PluginHandle {
     /// one whose calls may wait on the network (they would hold a slot
     /// while idle).
     compute_slots: Option<Arc<Semaphore>>,
-    /// The registry's inline slots, for a compute-only plugin.
+    /// The registry's inline slots, for a compute-only plugin that imports
+    /// no WASI (`LoadedPlugin::runs_on_async_workers`).
     inline_slots: Option<Arc<Semaphore>>,
     /// How long its calls take: whether they may run inline.
     speed: CallSpeed,
@@ -108,11 +109,11 @@ impl PluginHandle {
             message: "the plugin is shutting down".to_owned(),
         };
         let _permit = self.calls.acquire().await.map_err(shutting_down)?;
-        let _slot = match &self.compute_slots {
+        let compute_slot = match &self.compute_slots {
             Some(slots) => Some(slots.acquire().await.map_err(shutting_down)?),
             None => None,
         };
-        let inline = match (&self.inline_slots, &_slot) {
+        let inline = match (&self.inline_slots, &compute_slot) {
             (Some(slots), Some(_)) if self.speed.inline_ok(crate::clock::now_ms()) => {
                 slots.clone().try_acquire_owned().ok()
             }
@@ -129,9 +130,12 @@ impl PluginHandle {
             metrics::PLUGIN_CALL_SECONDS.observe_duration([&plugin, call_name], started.elapsed());
             (result, thread_cpu_time().saturating_sub(cpu_before))
         };
+        // A panic inline fails the call as one on a blocking thread would,
+        // not the request's task.
         let ran = match inline {
-            Some(_inline_slot) => Ok(timed()),
-            None => tokio::task::spawn_blocking(timed).await,
+            Some(_inline_slot) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(timed))
+                .map_err(|_| "the call panicked".to_owned()),
+            None => tokio::task::spawn_blocking(timed).await.map_err(|e| e.to_string()),
         };
         let result = match ran {
             Ok((result, cpu)) => {
@@ -414,7 +418,7 @@ fn load_bytes(
         ));
     }
     let compute_slots = plugin.compute_only().then(|| limits.compute_slots.clone());
-    let inline_slots = plugin.compute_only().then(|| limits.inline_slots.clone());
+    let inline_slots = plugin.runs_on_async_workers().then(|| limits.inline_slots.clone());
     Ok(PluginHandle {
         plugin,
         file: file.to_owned(),

@@ -190,6 +190,8 @@ impl Runtime {
             ),
         };
         let wit_version = wit_version_of(&self.engine, &component)?;
+        let imports_wasi =
+            component.component_type().imports(&self.engine).any(|(name, _)| name.starts_with("wasi:"));
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -206,6 +208,7 @@ impl Runtime {
             hash,
             from_cache,
             wit_version,
+            imports_wasi,
             pre,
             engine: self.engine.clone(),
             _ticker: self.ticker.clone(),
@@ -272,6 +275,8 @@ pub struct LoadedPlugin {
     from_cache: bool,
     /// The `meterd:provider` version the component was built against.
     wit_version: String,
+    /// Whether it imports any WASI interface (other languages' runtimes).
+    imports_wasi: bool,
     pre: ProviderPre<PluginState>,
     engine: Engine,
     _ticker: Arc<EpochTicker>,
@@ -309,6 +314,13 @@ impl LoadedPlugin {
     /// `http-send` refuses at once and nothing waits on the network).
     pub fn compute_only(&self) -> bool {
         self.http.allows_none()
+    }
+
+    /// Whether a call may run on an async runtime's worker thread: compute
+    /// only, and no WASI imports — WASI p2's synchronous bindings block on
+    /// the tokio runtime (`in_tokio`), which panics on a worker thread.
+    pub fn runs_on_async_workers(&self) -> bool {
+        self.compute_only() && !self.imports_wasi
     }
 
     /// Verifies and normalizes one webhook. Blocks for up to the CPU deadline.
