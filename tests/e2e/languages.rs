@@ -93,29 +93,11 @@ async fn python_and_javascript_plugins_meter_the_same_through_the_gateway() {
         assert_eq!(status, 401, "{name}: {answer}");
         assert!(answer.json::<ErrorBody>().error.message.contains("does not match the body"), "{answer}");
         assert_eq!(gw.total(&org, "sandbox_cpu_core_seconds").await, "3.875", "{name}");
-        // More fast calls than make a Rust plugin's calls run inline: these
-        // import WASI, whose stdout would block on the runtime from one of
-        // its workers, so they keep running on blocking threads.
-        for j in 0..2 * meterd::inline_calls::FAST_STREAK {
-            let body = format!(
-                r#"{{"id":"evt-more-{j}","org":"{org}","records":[{{"subject":"sbx-more","metric":"sandbox_cpu_core_seconds","kind":"delta","quantity":"1","at":"2025-08-06T21:00:00Z","attributes":{{}}}}]}}"#
-            );
-            let signature = sign(&body);
-            let headers = [("x-meterd-signature", signature.as_str()), ("content-type", "application/json")];
-            let (status, answer) = gw.ingest(name, body.as_bytes(), &headers).await;
-            assert_eq!(status, 200, "{name} evt-more-{j}: {answer}");
-        }
-        assert_eq!(gw.total(&org, "sandbox_cpu_core_seconds").await, "19.875", "{name}");
     }
     let log = gw.stderr_log();
     for name in PLUGINS {
-        for event in ["evt-2", "evt-more-15"] {
-            let line = format!("{name}: event {event} for org-{name}: 1 records");
-            assert!(
-                log.contains(&line),
-                "{line:?} (the plugin's stdout) is not in the gateway's log:\n{log}"
-            );
-        }
+        let line = format!("{name}: event evt-2 for org-{name}: 1 records");
+        assert!(log.contains(&line), "{line:?} (the plugin's stdout) is not in the gateway's log:\n{log}");
     }
 }
 

@@ -509,6 +509,40 @@ mod tests {
         assert_eq!(accepted_wit_versions(), "meterd:provider@0.1.x");
     }
 
+    /// Only a plugin without WASI imports may run on an async runtime's
+    /// workers (`inline_calls`): WASI p2's synchronous bindings block on
+    /// the tokio runtime, which panics on a worker thread — as a Python
+    /// plugin's call there does (its `print`). The Rust E2B plugin imports
+    /// no WASI and answers there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn only_plugins_without_wasi_imports_may_run_on_async_workers() {
+        let runtime = Runtime::new(RuntimeSettings::default()).expect("runtime");
+        let load = |file: std::path::PathBuf| {
+            let bytes = std::fs::read(file).expect("reading the component");
+            runtime.load(&bytes, PluginSettings::default()).expect("the component loads")
+        };
+        let on_this_worker = |plugin: &LoadedPlugin| {
+            let request = InboundRequest {
+                method: "POST".to_owned(),
+                path: "/".to_owned(),
+                query: None,
+                headers: Vec::new(),
+                body: Vec::new(),
+            };
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugin.handle_webhook(&request)))
+        };
+        let e2b = load(meterd_plugin_build::test_component("e2b").expect("building the test plugins"));
+        assert!(e2b.compute_only() && e2b.runs_on_async_workers());
+        assert!(on_this_worker(&e2b).is_ok(), "an unsigned webhook is refused, not a panic");
+        let python = load(
+            meterd_plugin_build::languages::language_component("wasi-probe-py")
+                .expect("building the other-language plugins"),
+        );
+        assert!(python.compute_only(), "no http_allow");
+        assert!(!python.runs_on_async_workers(), "it imports WASI");
+        assert!(on_this_worker(&python).is_err(), "WASI blocked on the runtime from its worker");
+    }
+
     /// A Python plugin (componentize-py, so it imports WASI p2) reaches no
     /// environment, file, socket or name, and its wall clock is the pinned
     /// `now-ms` of the call.
