@@ -451,18 +451,23 @@ mod tests {
         (dir, registry)
     }
 
-    /// Runs more looping calls (each to its deadline) than there are
-    /// compute slots, all at once, and returns the fewest slots seen free
-    /// while they ran.
-    async fn fewest_free_slots(registry: &PluginRegistry) -> usize {
-        let chaos = registry.get("chaos").expect("chaos is loaded");
-        let request = Arc::new(InboundRequest {
+    /// A webhook that makes the chaos plugin loop to its deadline.
+    fn looping() -> Arc<InboundRequest> {
+        Arc::new(InboundRequest {
             method: "POST".to_owned(),
             path: "/".to_owned(),
             query: None,
             headers: Vec::new(),
             body: b"loop".to_vec(),
-        });
+        })
+    }
+
+    /// Runs more looping calls (each to its deadline) than there are
+    /// compute slots, all at once, and returns the fewest slots seen free
+    /// while they ran.
+    async fn fewest_free_slots(registry: &PluginRegistry) -> usize {
+        let chaos = registry.get("chaos").expect("chaos is loaded");
+        let request = looping();
         let calls: Vec<_> = (0..compute_slots() + 2)
             .map(|_| {
                 let (chaos, request) = (chaos.clone(), request.clone());
@@ -510,14 +515,7 @@ mod tests {
             assert_ne!(thread_of_a_call(&chaos).await, here, "not proven fast yet");
         }
         assert_eq!(thread_of_a_call(&chaos).await, here, "proven fast: inline");
-        let looping = Arc::new(InboundRequest {
-            method: "POST".to_owned(),
-            path: "/".to_owned(),
-            query: None,
-            headers: Vec::new(),
-            body: b"loop".to_vec(),
-        });
-        let outcome = chaos.handle_webhook(looping).await;
+        let outcome = chaos.handle_webhook(looping()).await;
         assert!(matches!(outcome, Err(CallError::Timeout { .. })), "{outcome:?}");
         for _ in 0..=crate::inline_calls::FAST_STREAK {
             assert_ne!(thread_of_a_call(&chaos).await, here, "slow once: off the workers for the cool-down");

@@ -509,6 +509,17 @@ mod tests {
         assert_eq!(accepted_wit_versions(), "meterd:provider@0.1.x");
     }
 
+    /// A POST of nothing to `/`.
+    fn empty_post() -> InboundRequest {
+        InboundRequest {
+            method: "POST".to_owned(),
+            path: "/".to_owned(),
+            query: None,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
     /// Only a plugin without WASI imports may run on an async runtime's
     /// workers (`inline_calls`): WASI p2's synchronous bindings block on
     /// the tokio runtime, which panics on a worker thread — as a Python
@@ -522,13 +533,7 @@ mod tests {
             runtime.load(&bytes, PluginSettings::default()).expect("the component loads")
         };
         let on_this_worker = |plugin: &LoadedPlugin| {
-            let request = InboundRequest {
-                method: "POST".to_owned(),
-                path: "/".to_owned(),
-                query: None,
-                headers: Vec::new(),
-                body: Vec::new(),
-            };
+            let request = empty_post();
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugin.handle_webhook(&request)))
         };
         let e2b = load(meterd_plugin_build::test_component("e2b").expect("building the test plugins"));
@@ -553,13 +558,7 @@ mod tests {
         let bytes = std::fs::read(file).expect("reading the probe");
         let runtime = Runtime::new(RuntimeSettings::default()).expect("runtime");
         let plugin = runtime.load(&bytes, PluginSettings::default()).expect("the probe loads");
-        let request = InboundRequest {
-            method: "POST".to_owned(),
-            path: "/".to_owned(),
-            query: None,
-            headers: Vec::new(),
-            body: Vec::new(),
-        };
+        let request = empty_post();
         let pinned = 1_754_513_976_123;
         let outcome = plugin.handle_webhook_at(&request, Some(pinned)).expect("the probe answers");
         let seen: std::collections::BTreeMap<String, String> =
