@@ -109,12 +109,13 @@ impl PluginHandle {
             message: "the plugin is shutting down".to_owned(),
         };
         let _permit = self.calls.acquire().await.map_err(shutting_down)?;
-        let compute_slot = match &self.compute_slots {
+        let _compute_slot = match &self.compute_slots {
             Some(slots) => Some(slots.acquire().await.map_err(shutting_down)?),
             None => None,
         };
-        let inline = match (&self.inline_slots, &compute_slot) {
-            (Some(slots), Some(_)) if self.speed.inline_ok(crate::clock::now_ms()) => {
+        // Only plugins that take compute slots have inline slots.
+        let inline = match &self.inline_slots {
+            Some(slots) if self.speed.inline_ok(crate::clock::now_ms()) => {
                 slots.clone().try_acquire_owned().ok()
             }
             _ => None,

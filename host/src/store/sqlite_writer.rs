@@ -18,8 +18,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::StoreError;
 
-/// The writer connection; cheap to clone.
-#[derive(Clone)]
+/// The writer connection.
 pub(super) struct Writer(Arc<Mutex<Held>>);
 
 struct Held {
