@@ -138,7 +138,7 @@ pub async fn start(
     store.set_commit_hook(orgs.clone());
     let notifier = Notifier::new(store.clone(), orgs.clone(), config.notifications.clone())
         .context("starting the notifier")?;
-    let (committer, commit_task) = GroupCommitter::start(store.clone());
+    let (committer, commit_task) = GroupCommitter::start(store.clone()).context("starting the committer")?;
     let state = Arc::new(AppState {
         ingest: Ingest::new(plugins.clone(), committer),
         usage: UsageService::new(store.clone(), config.meters.clone()),

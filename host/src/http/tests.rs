@@ -28,7 +28,7 @@ async fn serve() -> (String, Arc<AppState>, tempfile::TempDir) {
     let notifier =
         crate::notifications::Notifier::new(store.clone(), orgs.clone(), config.notifications.clone())
             .expect("notifier");
-    let (committer, _commit_task) = crate::store::GroupCommitter::start(store.clone());
+    let (committer, _commit_task) = crate::store::GroupCommitter::start(store.clone()).expect("committer");
     let state = Arc::new(AppState {
         ingest: crate::ingest::Ingest::new(plugins.clone(), committer),
         usage: crate::usage::UsageService::new(store.clone(), config.meters.clone()),

@@ -1,6 +1,14 @@
 //! Group commit: concurrent deliveries wait together and are committed in
 //! one transaction, so they share one fsync. Each caller is answered only
 //! after the transaction that holds its delivery has committed.
+//!
+//! The committer runs on a thread of its own (`meterd-commit`), polled with
+//! the runtime's handle rather than as a task among the connections' tasks.
+//! A commit is a chain of round trips to the store (statements, then the
+//! sync); as a task, each step of that chain waited for a worker behind
+//! every ready connection task, and the one serial path of ingest grew with
+//! the load. On its own thread a step goes on as soon as its answer is in,
+//! while I/O and timers stay the runtime's (its connections, its pools).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,10 +37,23 @@ pub struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    pub fn start(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the committer thread; must be called within a Tokio runtime,
+    /// which keeps driving the store's I/O. The returned task ends when the
+    /// thread has drained the queue, and fails if the thread panicked.
+    pub fn start(store: Arc<dyn Store>) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, queue));
-        (Self { jobs }, task)
+        let runtime = tokio::runtime::Handle::current();
+        let (drained, ended) = oneshot::channel::<()>();
+        std::thread::Builder::new().name("meterd-commit".to_owned()).spawn(move || {
+            runtime.block_on(run(store, queue));
+            let _ = drained.send(());
+        })?;
+        let task = tokio::spawn(async move {
+            if ended.await.is_err() {
+                panic!("the committer thread panicked");
+            }
+        });
+        Ok((Self { jobs }, task))
     }
 
     /// Commits one delivery together with whatever else is waiting.

@@ -82,6 +82,7 @@ conformance!(
     a_notice_fires_once_and_its_outbox_rows_are_delivered_or_given_up,
     standings_load_the_period_and_the_start_of_running_sessions,
     concurrent_commits_of_one_event_count_it_once,
+    the_committer_commits_on_its_own_thread_and_drains_before_it_ends,
     api_keys_are_stored_without_secrets_and_revoked_once,
     old_payloads_are_purged_and_still_deduplicate,
     replay_reads_deliveries_in_order_and_applies_fixes_only_to_what_it_read,
@@ -444,6 +445,43 @@ async fn standings_load_the_period_and_the_start_of_running_sessions(store: Arc<
     assert_eq!(store.long_runs("acme", 0, 99).await.unwrap(), vec![run("a", 100, Some(200))]);
     let open = store.standing_snapshot(now).await.unwrap().open_runs;
     assert!(open.contains(&("acme".to_owned(), run("b", 150, None))), "{open:?}");
+}
+
+/// The names of the threads the commit hook was called on.
+#[derive(Default)]
+struct HookThreads(std::sync::Mutex<Vec<String>>);
+
+impl CommitHook for HookThreads {
+    fn records_written(&self, _: Option<TxId>, _: &[OrgEffect], _: i64) -> Vec<Notice> {
+        let name = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        self.0.lock().expect("names").push(name);
+        Vec::new()
+    }
+    fn rolled_back(&self, _: Option<TxId>, _: &[OrgEffect], _: &[Notice]) {}
+    fn committed(&self, _: usize) {}
+}
+
+async fn the_committer_commits_on_its_own_thread_and_drains_before_it_ends(store: Arc<dyn Store>) {
+    let threads = Arc::new(HookThreads::default());
+    store.set_commit_hook(threads.clone());
+    let (committer, task) = GroupCommitter::start(store.clone()).expect("committer");
+    let mut callers = Vec::new();
+    for n in 0..16 {
+        let committer = committer.clone();
+        let id = format!("own-thread-{n}");
+        callers
+            .push(tokio::spawn(async move { committer.commit(delivery(&id, vec![record(&id, 1)])).await }));
+    }
+    for caller in callers {
+        let outcome = caller.await.expect("caller").expect("commit");
+        assert!(!outcome.duplicate);
+    }
+    // The task ends once the last handle is gone and the queue is drained.
+    drop(committer);
+    task.await.expect("the committer thread ended cleanly");
+    let names = threads.0.lock().expect("names").clone();
+    assert!(!names.is_empty(), "the hook saw no commit");
+    assert!(names.iter().all(|name| name == "meterd-commit"), "commits ran on {names:?}");
 }
 
 async fn concurrent_commits_of_one_event_count_it_once(store: Arc<dyn Store>) {
