@@ -15,6 +15,7 @@ mod rollup;
 mod rows;
 mod shared;
 mod sqlite;
+mod sqlite_direct;
 mod sqlite_rollup;
 mod sqlite_writer;
 mod tails;

@@ -17,6 +17,7 @@ use super::engine::Connections;
 use super::rollup::{Maintained, RollupTx, SubjectKey};
 use super::rows;
 use super::shared;
+use super::sqlite_direct::{Direct, Value};
 use super::sqlite_rollup;
 use super::sqlite_writer::{WriteTx, Writer, WriterGuard};
 use super::tails::TailMemory;
@@ -37,8 +38,6 @@ use crate::plans::standing::Run;
 use crate::record::UsageRecord;
 
 /// SQLite allows 32,766 bound parameters per statement; stay well under.
-const DELIVERY_ROWS_PER_INSERT: usize = 2_000;
-const RECORD_ROWS_PER_INSERT: usize = 1_000;
 const KEYS_PER_LOOKUP: usize = 2_000;
 const READERS: u32 = 4;
 
@@ -176,20 +175,22 @@ async fn write_records(
     if rows.is_empty() {
         return Ok(counts);
     }
-    // Insert the first row of each key; RETURNING names the keys that were
-    // new, so the usual batch (all new) needs no lookup first.
+    // Insert the first row of each key, learning which were new; the usual
+    // batch (all new) needs no lookup.
     let mut seen = HashSet::with_capacity(rows.len());
     let first: Vec<bool> =
         rows.iter().map(|row| seen.insert((row.plugin, row.record.event_id.as_str(), row.seq))).collect();
     let firsts: Vec<&RecordRow> = rows.iter().zip(&first).filter(|(_, f)| **f).map(|(r, _)| r).collect();
-    let inserted = insert_records(tx, &firsts).await?;
+    let mut inserted = insert_records(tx, &firsts).await?.into_iter();
+    // Per row: whether this row inserted its key.
+    let new: Vec<bool> = first.iter().map(|f| *f && inserted.next().unwrap_or(false)).collect();
     // The rest are stored already: look up what they hold now.
     let stored_keys: Vec<&RecordRow> =
-        firsts.iter().copied().filter(|row| !inserted.contains(&record_key(row))).collect();
+        rows.iter().zip(first.iter().zip(&new)).filter(|(_, (f, n))| **f && !**n).map(|(r, _)| r).collect();
     let mut stored = lookup_records(tx, &stored_keys).await?;
-    for (row, first) in rows.iter().zip(first) {
+    for (row, is_new) in rows.iter().zip(new) {
         let key = record_key(row);
-        if first && inserted.contains(&key) {
+        if is_new {
             counts.inserted += 1;
             changes.push(org_change(row.record, None, group_by));
             continue;
@@ -309,130 +310,87 @@ async fn correct(
     Ok(true)
 }
 
-/// Inserts deliveries whose keys are new; returns the new ones' ids by key.
-///
-/// As for records (see [`insert_records`]), the usual batch is all new, so
-/// the chunk is inserted under a savepoint and answered with one row: how
-/// many rows went in, the last id, and the keys of the ids up to it in id
-/// order. When those keys are the chunk's, in order, each delivery's id
-/// follows from the last; otherwise (a stored key, a key twice) the
-/// chunk is undone and inserted again with `RETURNING`.
+const DELIVERY_INSERT: &str = "INSERT INTO deliveries \
+    (plugin, event_id, received_at_ms, path, query, headers, body, record_count) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (plugin, event_id) DO NOTHING";
+
+/// Inserts deliveries whose keys are new, a row at a time on the writer's
+/// own handle (`sqlite_direct`); returns the new ones' ids by key. With
+/// `begin`, the transaction begins there too (no round trip of its own).
 async fn insert_deliveries(
     tx: &mut SqliteConnection,
-    chunk: &[Delivery],
-    before: &str,
+    batch: &[Delivery],
+    begin: bool,
 ) -> Result<HashMap<(String, String), i64>, StoreError> {
-    let mut counted = delivery_insert(
-        chunk,
-        &format!("{before}SAVEPOINT deliveries_insert; "),
-        "; SELECT changes() AS inserted, last_insert_rowid() AS last, \
-           (SELECT json_group_array(json_array(plugin, event_id) ORDER BY id) FROM deliveries \
-            WHERE id > last_insert_rowid() - changes() AND id <= last_insert_rowid()) AS keys",
-    );
-    let row = counted.build().fetch_one(&mut *tx).await?;
-    let (inserted, last): (i64, i64) = (row.try_get("inserted")?, row.try_get("last")?);
-    let keys: Vec<(String, String)> = serde_json::from_str(row.try_get::<&str, _>("keys")?)
-        .map_err(|e| StoreError::Corrupt(format!("inserted delivery keys: {e}")))?;
-    let all_new = inserted == chunk.len() as i64
-        && keys.len() == chunk.len()
-        && keys
-            .iter()
-            .zip(chunk)
-            .all(|((plugin, event_id), d)| *plugin == d.plugin && *event_id == d.event_id);
-    if all_new {
-        let first = last - inserted + 1;
-        return Ok(keys.into_iter().zip(first..).collect());
+    let headers: Vec<String> =
+        batch.iter().map(|d| serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned())).collect();
+    let mut direct = Direct::lock(tx).await?;
+    if begin {
+        direct.execute_batch("BEGIN")?;
     }
-    sqlx::query("ROLLBACK TO deliveries_insert").execute(&mut *tx).await?;
-    let mut returning = delivery_insert(chunk, "", " RETURNING id, plugin, event_id");
-    let mut ids = HashMap::with_capacity(chunk.len());
-    for row in returning.build().fetch_all(&mut *tx).await? {
-        ids.insert((row.try_get("plugin")?, row.try_get("event_id")?), row.try_get("id")?);
+    let mut insert = direct.prepare(DELIVERY_INSERT)?;
+    let mut ids = HashMap::with_capacity(batch.len());
+    for (d, headers) in batch.iter().zip(&headers) {
+        let row = insert.insert(&[
+            d.plugin.as_str().into(),
+            d.event_id.as_str().into(),
+            d.received_at_ms.into(),
+            d.path.as_str().into(),
+            d.query.as_deref().into(),
+            headers.as_str().into(),
+            Value::Blob(&d.body),
+            (d.records.len() as i64).into(),
+        ])?;
+        // A key stored before, or twice in the batch, is skipped: the
+        // first delivery of a new key gets its id, the rest are duplicates.
+        if row.changes == 1 {
+            ids.insert((d.plugin.clone(), d.event_id.clone()), row.rowid);
+        }
     }
     Ok(ids)
 }
 
-/// The insert of `chunk` skipping stored keys, after `before` and ending
-/// with `after` (statement text).
-fn delivery_insert<'q>(chunk: &'q [Delivery], before: &str, after: &str) -> QueryBuilder<'q, Sqlite> {
-    let mut insert = QueryBuilder::<Sqlite>::new(format!(
-        "{before}INSERT INTO deliveries (plugin, event_id, received_at_ms, path, query, headers, body, record_count) "
-    ));
-    insert.push_values(chunk, |mut row, d| {
-        let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned());
-        row.push_bind(&d.plugin)
-            .push_bind(&d.event_id)
-            .push_bind(d.received_at_ms)
-            .push_bind(&d.path)
-            .push_bind(&d.query)
-            .push_bind(headers)
-            .push_bind(&d.body)
-            .push_bind(d.records.len() as i64);
-    });
-    insert.push(" ON CONFLICT (plugin, event_id) DO NOTHING");
-    insert.push(after);
-    insert
-}
+const RECORD_INSERT: &str = "INSERT INTO usage_records \
+    (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (plugin, event_id, seq) DO NOTHING";
 
-/// Inserts records whose keys are new, each key once; returns the keys
-/// that were (a stored key is skipped).
-///
-/// The usual batch is all new. `RETURNING` would send every inserted key
-/// back as its own row, each a hand-off between sqlx's worker thread and
-/// this task (a quarter of the committer's time under load), so each chunk
-/// is first inserted under a savepoint and only counted (one row): all
-/// inserted means every key is new. Otherwise the chunk is undone to the
-/// savepoint and inserted again with `RETURNING`. (An unreleased savepoint
-/// ends with the transaction: `COMMIT` keeps it, `ROLLBACK` undoes it.)
-async fn insert_records(
-    tx: &mut SqliteConnection,
-    rows: &[&RecordRow<'_>],
-) -> Result<HashSet<OwnedKey>, StoreError> {
-    let mut inserted = HashSet::with_capacity(rows.len());
-    for chunk in rows.chunks(RECORD_ROWS_PER_INSERT) {
-        // `changes()`, not the statements' summed rows_affected: SQLite
-        // reports a SAVEPOINT's changes as the last insert's, stale.
-        let mut counted =
-            record_insert(chunk, "SAVEPOINT records_insert; ", "; SELECT changes() AS inserted");
-        let counted: i64 = counted.build().fetch_one(&mut *tx).await?.try_get("inserted")?;
-        if counted == chunk.len() as i64 {
-            inserted.extend(chunk.iter().map(|row| record_key(row)));
-            continue;
-        }
-        sqlx::query("ROLLBACK TO records_insert").execute(&mut *tx).await?;
-        let mut returning = record_insert(chunk, "", " RETURNING plugin, event_id, seq");
-        for row in returning.build().fetch_all(&mut *tx).await? {
-            inserted.insert((row.try_get("plugin")?, row.try_get("event_id")?, row.try_get("seq")?));
-        }
+/// Inserts records whose keys are new, a row at a time on the writer's own
+/// handle (`sqlite_direct`); answers for each row whether it was inserted
+/// (a stored key is skipped).
+async fn insert_records(tx: &mut SqliteConnection, rows: &[&RecordRow<'_>]) -> Result<Vec<bool>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let texts: Vec<(String, String)> = rows
+        .iter()
+        .map(|row| {
+            let attributes =
+                serde_json::to_string(&row.record.attributes).unwrap_or_else(|_| "{}".to_owned());
+            (meterd_units::format_quantity(row.record.quantity), attributes)
+        })
+        .collect();
+    let mut direct = Direct::lock(tx).await?;
+    let mut insert = direct.prepare(RECORD_INSERT)?;
+    let mut inserted = Vec::with_capacity(rows.len());
+    for (row, (quantity, attributes)) in rows.iter().zip(&texts) {
+        let r = row.record;
+        let step = insert.insert(&[
+            row.plugin.into(),
+            r.event_id.as_str().into(),
+            row.seq.into(),
+            row.delivery_id.into(),
+            r.org_id.as_str().into(),
+            r.subject.as_str().into(),
+            r.metric.as_str().into(),
+            r.kind.as_str().into(),
+            quantity.as_str().into(),
+            r.at_ms.into(),
+            r.window_start_ms.into(),
+            attributes.as_str().into(),
+        ])?;
+        inserted.push(step.changes == 1);
     }
     Ok(inserted)
-}
-
-/// The insert of `rows` skipping stored keys, after `before` and ending
-/// with `after` (statement text).
-fn record_insert<'q>(rows: &[&'q RecordRow<'q>], before: &str, after: &str) -> QueryBuilder<'q, Sqlite> {
-    let mut insert = QueryBuilder::<Sqlite>::new(format!(
-        "{before}INSERT INTO usage_records (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes) "
-    ));
-    insert.push_values(rows, |mut b, row| {
-        let r = row.record;
-        let attributes = serde_json::to_string(&r.attributes).unwrap_or_else(|_| "{}".to_owned());
-        b.push_bind(row.plugin)
-            .push_bind(&r.event_id)
-            .push_bind(row.seq)
-            .push_bind(row.delivery_id)
-            .push_bind(&r.org_id)
-            .push_bind(&r.subject)
-            .push_bind(&r.metric)
-            .push_bind(r.kind.as_str())
-            .push_bind(meterd_units::format_quantity(r.quantity))
-            .push_bind(r.at_ms)
-            .push_bind(r.window_start_ms)
-            .push_bind(attributes);
-    });
-    insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING");
-    insert.push(after);
-    insert
 }
 
 #[async_trait]
@@ -530,11 +488,7 @@ impl Ingest for SqliteStore {
         let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with_first_statement();
         // Insert the deliveries, learning the ids of the ones that are new.
-        let mut new_ids: HashMap<(String, String), i64> = HashMap::with_capacity(batch.len());
-        for (i, chunk) in batch.chunks(DELIVERY_ROWS_PER_INSERT).enumerate() {
-            let begin = if i == 0 { WriteTx::BEGIN } else { "" };
-            new_ids.extend(insert_deliveries(&mut tx, chunk, begin).await?);
-        }
+        let new_ids = insert_deliveries(&mut tx, batch, true).await?;
         let (outcomes, rows) = new_records(batch, new_ids);
         let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
         let mut changes = Vec::new();
@@ -831,7 +785,7 @@ impl Deliveries for SqliteStore {
             }
         }
         let rows: Vec<&RecordRow> = inserts.iter().collect();
-        if insert_records(&mut tx, &rows).await?.len() != rows.len() {
+        if !insert_records(&mut tx, &rows).await?.into_iter().all(|new| new) {
             return Err(StoreError::Conflict("a record to insert was stored meanwhile".to_owned()));
         }
         self.finish(tx, fixes.iter().map(|fix| fix_change(fix, &self.group_by)).collect(), now_ms).await

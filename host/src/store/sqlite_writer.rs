@@ -60,8 +60,9 @@ impl WriterGuard {
         Ok(WriteTx(self))
     }
 
-    /// A transaction whose `BEGIN` the caller sends at the start of its
-    /// first statement ([`WriteTx::BEGIN`]).
+    /// A transaction whose `BEGIN` the caller sends itself, with its first
+    /// statement (ingest begins it in the round trip of its first inserts,
+    /// `sqlite_direct`).
     pub(super) fn begin_with_first_statement(&mut self) -> WriteTx<'_> {
         self.0.open = true;
         WriteTx(self)
@@ -88,10 +89,6 @@ impl DerefMut for WriterGuard {
 pub(super) struct WriteTx<'g>(&'g mut WriterGuard);
 
 impl WriteTx<'_> {
-    /// The statement text that begins the transaction, for the first
-    /// statement of [`WriterGuard::begin_with_first_statement`].
-    pub(super) const BEGIN: &'static str = "BEGIN; ";
-
     pub(super) async fn commit(self) -> Result<(), StoreError> {
         sqlx::query("COMMIT").execute(&mut self.0.0.conn).await?;
         self.0.0.open = false;
@@ -119,6 +116,9 @@ mod tests {
 
     use super::*;
 
+    /// A first statement's leading `BEGIN`.
+    const BEGIN: &str = "BEGIN; ";
+
     async fn writer(dir: &tempfile::TempDir) -> Writer {
         let options = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(dir.path().join("w.db"))
@@ -139,10 +139,7 @@ mod tests {
         let writer = writer(&dir).await;
         let mut guard = writer.lock().await.expect("lock");
         let mut tx = guard.begin_with_first_statement();
-        sqlx::query(&format!("{}INSERT INTO t VALUES (1)", WriteTx::BEGIN))
-            .execute(&mut *tx)
-            .await
-            .expect("insert");
+        sqlx::query(&format!("{}INSERT INTO t VALUES (1)", BEGIN)).execute(&mut *tx).await.expect("insert");
         tx.commit().await.expect("commit");
         drop(guard);
         assert_eq!(count(&writer).await, 1);
@@ -158,7 +155,7 @@ mod tests {
                 guard.begin().await.expect("begin")
             } else {
                 let mut tx = guard.begin_with_first_statement();
-                sqlx::query(WriteTx::BEGIN).execute(&mut *tx).await.expect("begin");
+                sqlx::query(BEGIN).execute(&mut *tx).await.expect("begin");
                 tx
             };
             sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *tx).await.expect("insert");
@@ -181,8 +178,7 @@ mod tests {
         let writer = writer(&dir).await;
         let mut guard = writer.lock().await.expect("lock");
         let mut tx = guard.begin_with_first_statement();
-        let wrong =
-            sqlx::query(&format!("{}INSERT INTO missing VALUES (1)", WriteTx::BEGIN)).execute(&mut *tx).await;
+        let wrong = sqlx::query(&format!("{}INSERT INTO missing VALUES (1)", BEGIN)).execute(&mut *tx).await;
         assert!(wrong.is_err());
         drop(guard);
         // The next holder's rollback finds the transaction the BEGIN opened.
