@@ -26,7 +26,15 @@ const QUEUE: usize = 4_096;
 
 struct Job {
     delivery: Delivery,
-    reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// A caller's answer, with its delivery handed back: the caller's task
+/// frees the payload and records, in parallel, rather than the committer
+/// between one batch and the next (about a tenth of its thread's time).
+struct Answer {
+    result: Result<CommitOutcome, StoreError>,
+    delivery: Delivery,
 }
 
 /// Handle to the committer task; cheap to clone. The task ends when every
@@ -61,7 +69,9 @@ impl GroupCommitter {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the committer has stopped".to_owned());
         self.jobs.send(Job { delivery, reply }).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let Answer { result, delivery } = answer.await.map_err(|_| stopped())?;
+        drop(delivery);
+        result
     }
 }
 
@@ -86,9 +96,9 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>) {
     let (deliveries, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.delivery, j.reply)).unzip();
     match timed_commit(store, &deliveries).await {
         Ok(outcomes) => {
-            for ((reply, delivery), outcome) in replies.into_iter().zip(&deliveries).zip(outcomes) {
-                count(delivery, &outcome);
-                let _ = reply.send(Ok(outcome));
+            for ((reply, delivery), outcome) in replies.into_iter().zip(deliveries).zip(outcomes) {
+                count(&delivery, &outcome);
+                let _ = reply.send(Answer { result: Ok(outcome), delivery });
             }
         }
         // One failed transaction must not fail its neighbours: retry each
@@ -102,12 +112,12 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>) {
                 if let Ok(outcome) = &result {
                     count(&delivery, outcome);
                 }
-                let _ = reply.send(result);
+                let _ = reply.send(Answer { result, delivery });
             }
         }
         Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+            for (delivery, reply) in deliveries.into_iter().zip(replies) {
+                let _ = reply.send(Answer { result: Err(e.clone()), delivery });
             }
         }
     }
