@@ -68,10 +68,11 @@ impl SqliteStore {
         let writer = options
             .clone()
             .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
-            // A commit's savepoints journal the pages they change;
-            // past 64 KiB SQLite moves that journal to a temporary
-            // file, created, unlinked and written on every commit.
-            // Kept in memory it is bounded by the batch. (The check,
+            // A multi-row statement that may have to be undone (the
+            // rollup upserts) journals the pages it changes; past 64 KiB
+            // SQLite moves that journal to a temporary file, created,
+            // unlinked and written on every commit. Kept in memory it is
+            // bounded by the batch. (The check,
             // whose temporary tables hold whole rollups, runs on a
             // connection of its own.)
             .pragma("temp_store", "memory")
