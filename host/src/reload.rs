@@ -201,7 +201,6 @@ impl Reloader {
     /// Watches the plugins directory and the config file until `stop`.
     /// Returns an error if the watcher cannot start.
     pub fn watch(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
-        use notify::Watcher as _;
         let plugins_dir = self.state.plugins.dir().map(Path::to_path_buf);
         // Classified on the watchers' own threads, so only (plugins
         // changed, config changed) reaches the channel. Reads (ours
@@ -219,18 +218,14 @@ impl Reloader {
                 }
             }
         };
-        let mut watchers: Vec<Box<dyn notify::Watcher + Send>> = Vec::new();
-        let mut watched = Vec::new();
+        // Each watcher with the path it watches, kept while watching.
+        let mut watchers: Vec<(Box<dyn notify::Watcher + Send>, PathBuf)> = Vec::new();
         if let Some(dir) = &plugins_dir {
             // Only the plugins directory holds components we watch.
             let is_component: fn(&Path) -> bool = |path| path.extension().is_some_and(|e| e == "wasm");
-            let mut watcher = notify::recommended_watcher(forward(is_component, false))
+            let watcher = notify::recommended_watcher(forward(is_component, false))
                 .map_err(|e| format!("cannot start the file watcher: {e}"))?;
-            watcher
-                .watch(dir, notify::RecursiveMode::NonRecursive)
-                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-            watchers.push(Box::new(watcher));
-            watched.push(dir.clone());
+            watchers.push(watching(watcher, dir)?);
         }
         if let Some(file) = &self.config_path {
             // Polled, not watched through its directory: the database
@@ -240,16 +235,13 @@ impl Reloader {
             // also sees an editor's rename over it.
             let config =
                 notify::Config::default().with_poll_interval(CONFIG_POLL).with_compare_contents(true);
-            let mut watcher = notify::PollWatcher::new(forward(|_| true, true), config)
+            let watcher = notify::PollWatcher::new(forward(|_| true, true), config)
                 .map_err(|e| format!("cannot start the config poller: {e}"))?;
-            watcher
-                .watch(file, notify::RecursiveMode::NonRecursive)
-                .map_err(|e| format!("cannot watch {}: {e}", file.display()))?;
-            watchers.push(Box::new(watcher));
-            watched.push(file.clone());
+            watchers.push(watching(watcher, file)?);
         }
         self.watching.store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(paths = ?watched, "watching for plugin and config changes");
+        let paths: Vec<&PathBuf> = watchers.iter().map(|(_, path)| path).collect();
+        tracing::info!(?paths, "watching for plugin and config changes");
         let this = self.clone();
         tokio::spawn(async move {
             // The watchers live as long as this task.
@@ -277,4 +269,15 @@ impl Reloader {
         });
         Ok(())
     }
+}
+
+/// `watcher` watching `path` (not its subdirectories), boxed with the path.
+fn watching(
+    mut watcher: impl notify::Watcher + Send + 'static,
+    path: &Path,
+) -> Result<(Box<dyn notify::Watcher + Send>, PathBuf), String> {
+    watcher
+        .watch(path, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| format!("cannot watch {}: {e}", path.display()))?;
+    Ok((Box::new(watcher), path.to_path_buf()))
 }

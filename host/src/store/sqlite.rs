@@ -190,12 +190,12 @@ async fn write_records(
         rows.iter().zip(first.iter().zip(&new)).filter(|(_, (f, n))| **f && !**n).map(|(r, _)| r).collect();
     let mut stored = lookup_records(tx, &stored_keys).await?;
     for (row, is_new) in rows.iter().zip(new) {
-        let key = record_key(row);
         if is_new {
             counts.inserted += 1;
             changes.push(org_change(row.record, None, group_by));
             continue;
         }
+        let key = record_key(row);
         // The key is stored: from before the batch, or by an earlier row of
         // it, which this row then revises as it would in a later batch (so
         // what is stored does not depend on how deliveries were batched).
@@ -315,20 +315,17 @@ const DELIVERY_INSERT: &str = "INSERT INTO deliveries \
     (plugin, event_id, received_at_ms, path, query, headers, body, record_count) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (plugin, event_id) DO NOTHING";
 
-/// Inserts deliveries whose keys are new, a row at a time on the writer's
-/// own handle (`sqlite_direct`); returns the new ones' ids by key. With
-/// `begin`, the transaction begins there too (no round trip of its own).
-async fn insert_deliveries(
+/// Begins the transaction and inserts deliveries whose keys are new, a row
+/// at a time on the writer's own handle (`sqlite_direct`; the `BEGIN` needs
+/// no round trip of its own); returns the new ones' ids by key.
+async fn begin_with_deliveries(
     tx: &mut SqliteConnection,
     batch: &[Delivery],
-    begin: bool,
 ) -> Result<HashMap<(String, String), i64>, StoreError> {
     let headers: Vec<String> =
         batch.iter().map(|d| serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned())).collect();
     let mut direct = Direct::lock(tx).await?;
-    if begin {
-        direct.execute_batch("BEGIN")?;
-    }
+    direct.execute_batch("BEGIN")?;
     let mut insert = direct.prepare(DELIVERY_INSERT)?;
     let mut ids = HashMap::with_capacity(batch.len());
     for (d, headers) in batch.iter().zip(&headers) {
@@ -488,8 +485,8 @@ impl Ingest for SqliteStore {
         }
         let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with_first_statement();
-        // Insert the deliveries, learning the ids of the ones that are new.
-        let new_ids = insert_deliveries(&mut tx, batch, true).await?;
+        // Begin, and insert the deliveries, learning which are new.
+        let new_ids = begin_with_deliveries(&mut tx, batch).await?;
         let (outcomes, rows) = new_records(batch, new_ids);
         let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
         let mut changes = Vec::new();
