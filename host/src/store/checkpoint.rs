@@ -23,8 +23,14 @@ use tokio::task::JoinHandle;
 pub(super) const BACKSTOP_PAGES: u32 = 10_000;
 
 /// How long the checkpointer lets commits gather after the first it hears
-/// of: one checkpoint then covers all of them.
-const GATHER: Duration = Duration::from_millis(50);
+/// of: one checkpoint then covers all of them. Short, because a checkpoint
+/// is a burst of writes to the database file and its sync, and a commit's
+/// sync of the WAL that comes meanwhile waits behind it: at 5,000
+/// webhooks/s, 50 ms of gathering made checkpoints of 3–17 ms and gave
+/// ingest a p99 of ~10 ms, 5 ms one of ~6.6 ms, at the same closed-loop
+/// throughput (BENCHMARKS.md, issue 18). Pages written again within the
+/// window are still copied once.
+const GATHER: Duration = Duration::from_millis(5);
 
 /// The background checkpointer of one database file; stops when dropped.
 pub(super) struct Checkpointer {
