@@ -1,5 +1,6 @@
 //! Row-at-a-time inserts on the writer's own `sqlite3` handle, for the
-//! rows a commit writes per delivery and per record.
+//! rows a commit writes per delivery and per record, and the `COMMIT`
+//! itself, on the committing thread.
 //!
 //! Through sqlx a batch insert is one statement text with a placeholder per
 //! value: built for each batch, parsed and planned anew for each batch size
@@ -42,7 +43,8 @@ impl<'c> Direct<'c> {
         self.handle.as_raw_handle().as_ptr()
     }
 
-    /// Runs statements that take no values and answer no rows (`BEGIN`).
+    /// Runs statements that take no values and answer no rows (`BEGIN`,
+    /// `COMMIT`).
     pub(super) fn execute_batch(&mut self, sql: &str) -> Result<(), StoreError> {
         let text = CString::new(sql).map_err(|_| StoreError::Corrupt(format!("NUL in statement {sql:?}")))?;
         let db = self.db();
