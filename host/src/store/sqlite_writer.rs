@@ -95,7 +95,8 @@ impl WriteTx<'_> {
     /// largest step of a webhook batch, and there it runs on the committer
     /// thread, already on a CPU, while sqlx's worker only hands the handle
     /// over. (Through sqlx, the worker thread had to get a CPU for all of
-    /// it: at 5,000 webhooks/s the p99 was worse in six rounds of six.)
+    /// it: at 5,000 webhooks/s the p99 was worse in seven rounds of eight
+    /// and equal in the eighth; BENCHMARKS.md, issue 18.)
     pub(super) async fn commit(self) -> Result<(), StoreError> {
         Direct::lock(&mut self.0.0.conn).await?.execute_batch("COMMIT")?;
         self.0.0.open = false;
