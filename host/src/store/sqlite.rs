@@ -72,9 +72,8 @@ impl SqliteStore {
             // rollup upserts) journals the pages it changes; past 64 KiB
             // SQLite moves that journal to a temporary file, created,
             // unlinked and written on every commit. Kept in memory it is
-            // bounded by the batch. (The check,
-            // whose temporary tables hold whole rollups, runs on a
-            // connection of its own.)
+            // bounded by the batch. (The check, whose temporary tables
+            // hold whole rollups, runs on a connection of its own.)
             .pragma("temp_store", "memory")
             .connect()
             .await
