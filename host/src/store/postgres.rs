@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
-use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{PgPool, Postgres, Row};
 use tokio::sync::mpsc;
 
 use super::engine::Connections;
@@ -43,9 +43,6 @@ use crate::plans::credits::Grant;
 use crate::plans::standing::Run;
 use crate::record::UsageRecord;
 
-/// PostgreSQL allows 65,535 bound parameters per statement; stay well under.
-const DELIVERY_ROWS_PER_INSERT: usize = 2_000;
-const RECORD_ROWS_PER_INSERT: usize = 2_000;
 const CONNECTIONS: u32 = 8;
 /// How long a replica's notifier owns the outbox rows it took.
 const OUTBOX_CLAIM_MS: i64 = 60_000;
@@ -68,6 +65,7 @@ impl PostgresStore {
             url.parse().map_err(|e| StoreError::Unavailable(format!("{}: {e}", super::redact_url(url))))?;
         // Plan each statement for its parameters: a generic plan cached
         // while the tables were small would stay (seq scans) as they grow.
+        // (The records insert is the exception: `GENERIC_PLANS`.)
         // No JIT: meterd's statements are short, and without statistics the
         // planner's cost estimates grow with the table until every replay
         // page paid 15-200 ms of JIT compilation for 5 ms of work
@@ -309,39 +307,71 @@ async fn audit(
 
 /// Inserts records under keys nothing holds; returns the keys (plugin,
 /// event id, seq) really inserted (another replica may have won a key).
+///
+/// One statement whatever the batch's size: the rows go as one array per
+/// column (`unnest`), so one prepared statement and one cached plan serve
+/// every batch (a `VALUES` row per record made a new statement text for each
+/// batch size, parsed and planned with up to 2,232 parameters).
 async fn insert_records(
     tx: &mut PgConnection,
     rows: &mut [&RecordRow<'_>],
 ) -> Result<std::collections::HashSet<(String, String, i64)>, StoreError> {
-    // Key order, as for deliveries.
+    // Key order, as for deliveries: `unnest` yields the rows in array order.
     rows.sort_by(|a, b| (a.plugin, &a.record.event_id, a.seq).cmp(&(b.plugin, &b.record.event_id, b.seq)));
-    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
-    for chunk in rows.chunks(RECORD_ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Postgres>::new(
-            "INSERT INTO usage_records (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes) ",
-        );
-        insert.push_values(chunk, |mut b, row| {
-            let r = row.record;
-            let attributes = serde_json::to_value(&r.attributes).unwrap_or_default();
-            b.push_bind(row.plugin)
-                .push_bind(&r.event_id)
-                .push_bind(row.seq)
-                .push_bind(row.delivery_id)
-                .push_bind(&r.org_id)
-                .push_bind(&r.subject)
-                .push_bind(&r.metric)
-                .push_bind(r.kind.as_str())
-                .push_bind(r.quantity)
-                .push_bind(r.at_ms)
-                .push_bind(r.window_start_ms)
-                .push_bind(attributes);
-        });
-        insert.push(" ON CONFLICT (plugin, event_id, seq) DO NOTHING RETURNING plugin, event_id, seq");
-        for row in insert.build().fetch_all(&mut *tx).await? {
-            inserted.insert((row.try_get("plugin")?, row.try_get("event_id")?, row.try_get("seq")?));
-        }
+    let attributes: Vec<String> = rows
+        .iter()
+        .map(|row| serde_json::to_string(&row.record.attributes).unwrap_or_else(|_| "{}".to_owned()))
+        .collect();
+    // Planned once per connection, not per call: see `GENERIC_PLANS`.
+    sqlx::query(GENERIC_PLANS).execute(&mut *tx).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO usage_records (plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes)
+         SELECT plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes::jsonb
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],
+                     $9::numeric[], $10::bigint[], $11::bigint[], $12::text[])
+              AS r(plugin, event_id, seq, delivery_id, org_id, subject, metric, kind, quantity, at_ms, window_start_ms, attributes)
+         ON CONFLICT (plugin, event_id, seq) DO NOTHING RETURNING plugin, event_id, seq",
+    )
+    .bind(column(rows, |row| row.plugin))
+    .bind(column(rows, |row| row.record.event_id.as_str()))
+    .bind(column(rows, |row| row.seq))
+    .bind(column(rows, |row| row.delivery_id))
+    .bind(column(rows, |row| row.record.org_id.as_str()))
+    .bind(column(rows, |row| row.record.subject.as_str()))
+    .bind(column(rows, |row| row.record.metric.as_str()))
+    .bind(column(rows, |row| row.record.kind.as_str()))
+    .bind(column(rows, |row| row.record.quantity))
+    .bind(column(rows, |row| row.record.at_ms))
+    .bind(column(rows, |row| row.record.window_start_ms))
+    .bind(&attributes)
+    .fetch_all(&mut *tx)
+    .await?;
+    // (Had the insert failed, the transaction could only roll back, and the
+    // setting with it.)
+    sqlx::query(CUSTOM_PLANS).execute(&mut *tx).await?;
+    let mut keys = std::collections::HashSet::with_capacity(inserted.len());
+    for row in inserted {
+        keys.insert((row.try_get("plugin")?, row.try_get("event_id")?, row.try_get("seq")?));
     }
-    Ok(inserted)
+    Ok(keys)
+}
+
+/// The records insert and the foreign-key checks it fires (one per row:
+/// `SELECT 1 FROM ONLY deliveries x WHERE id = $1 FOR KEY SHARE OF x`) use
+/// generic plans, cached per connection. Under the connection's
+/// `force_custom_plan` (see [`PostgresStore::open`]) every one of those
+/// checks was planned anew: ~19 µs of PostgreSQL's CPU per record, more than
+/// the check itself. Neither statement has a plan to choose: the insert reads
+/// its arrays, and the check looks up one primary key (an index scan for any
+/// table an estimate can see, as PostgreSQL takes a never-analyzed table for
+/// at least ten pages). Measured in BENCHMARKS.md (issue 18, PostgreSQL).
+const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+/// What every other statement of a transaction is planned with.
+const CUSTOM_PLANS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
+
+/// One field of every row: an array for `unnest`.
+fn column<'a, T>(rows: &[&RecordRow<'a>], field: impl Fn(&RecordRow<'a>) -> T) -> Vec<T> {
+    rows.iter().map(|row| field(row)).collect()
 }
 
 /// A listener whose `LISTEN` has taken effect.
@@ -493,25 +523,29 @@ impl Ingest for PostgresStore {
         // (no deadlock between them, only a wait).
         let mut ordered: Vec<&Delivery> = batch.iter().collect();
         ordered.sort_by(|a, b| (&a.plugin, &a.event_id).cmp(&(&b.plugin, &b.event_id)));
-        for chunk in ordered.chunks(DELIVERY_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Postgres>::new(
-                "INSERT INTO deliveries (plugin, event_id, received_at_ms, path, query, headers, body, record_count) ",
-            );
-            insert.push_values(chunk, |mut row, d| {
-                let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned());
-                row.push_bind(&d.plugin)
-                    .push_bind(&d.event_id)
-                    .push_bind(d.received_at_ms)
-                    .push_bind(&d.path)
-                    .push_bind(&d.query)
-                    .push_bind(headers)
-                    .push_bind(&d.body)
-                    .push_bind(d.records.len() as i32);
-            });
-            insert.push(" ON CONFLICT (plugin, event_id) DO NOTHING RETURNING id, plugin, event_id");
-            for row in insert.build().fetch_all(&mut *tx).await? {
-                new_ids.insert((row.try_get("plugin")?, row.try_get("event_id")?), row.try_get("id")?);
-            }
+        // One statement for any batch, as for records (`insert_records`).
+        let headers: Vec<String> = ordered
+            .iter()
+            .map(|d| serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned()))
+            .collect();
+        let inserted = sqlx::query(
+            "INSERT INTO deliveries (plugin, event_id, received_at_ms, path, query, headers, body, record_count)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                                  $7::bytea[], $8::int[])
+             ON CONFLICT (plugin, event_id) DO NOTHING RETURNING id, plugin, event_id",
+        )
+        .bind(ordered.iter().map(|d| d.plugin.as_str()).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|d| d.received_at_ms).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|d| d.path.as_str()).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|d| d.query.as_deref()).collect::<Vec<_>>())
+        .bind(&headers)
+        .bind(ordered.iter().map(|d| d.body.as_slice()).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|d| i32::try_from(d.records.len()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in inserted {
+            new_ids.insert((row.try_get("plugin")?, row.try_get("event_id")?), row.try_get("id")?);
         }
         let (outcomes, rows) = new_records(batch, new_ids);
         let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
@@ -902,5 +936,67 @@ impl Deliveries for PostgresStore {
         event_id: &str,
     ) -> Result<Vec<(i64, Decimal, Decimal)>, StoreError> {
         shared::corrections::<Postgres>(&mut *self.pool.acquire().await?, plugin, event_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::meter::Kind;
+
+    fn record(event_id: &str) -> UsageRecord {
+        UsageRecord {
+            event_id: event_id.to_owned(),
+            org_id: "acme".to_owned(),
+            subject: "sbx-1".to_owned(),
+            metric: "sandbox_cpu_core_seconds".to_owned(),
+            kind: Kind::Delta,
+            quantity: Decimal::new(15, 1),
+            at_ms: 1_754_513_976_000,
+            window_start_ms: None,
+            attributes: BTreeMap::from([("template".to_owned(), "base".to_owned())]),
+        }
+    }
+
+    async fn plan_mode(tx: &mut PgConnection) -> String {
+        sqlx::query_scalar("SELECT current_setting('plan_cache_mode')").fetch_one(tx).await.expect("setting")
+    }
+
+    /// The records insert runs with generic plans (`GENERIC_PLANS`): what
+    /// follows it in the transaction is planned per call again, and the
+    /// foreign key to the delivery is still checked.
+    #[tokio::test]
+    async fn the_records_insert_alone_uses_generic_plans_and_keeps_its_foreign_key() {
+        let database = meterd_testkit::postgres::TestDatabase::fresh("meterd_test").await;
+        let store = PostgresStore::open(&database.url).await.expect("open");
+        store.migrate().await.expect("migrate");
+        let mut tx = store.pool.begin().await.expect("begin");
+        assert_eq!(plan_mode(&mut tx).await, "force_custom_plan");
+        let delivery: i64 = sqlx::query_scalar(
+            "INSERT INTO deliveries (plugin, event_id, received_at_ms, headers, body, record_count)
+             VALUES ('e2b', 'ev-1', 0, '[]', '', 1) RETURNING id",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .expect("delivery");
+        // More rows than PostgreSQL's five custom plans before a generic one.
+        let records: Vec<UsageRecord> = (0..8).map(|i| record(&format!("ev-{i}"))).collect();
+        let rows: Vec<RecordRow> = records
+            .iter()
+            .map(|record| RecordRow { plugin: "e2b", delivery_id: Some(delivery), seq: 0, record })
+            .collect();
+        let inserted = insert_records(&mut tx, &mut rows.iter().collect::<Vec<_>>()).await.expect("insert");
+        assert_eq!(inserted.len(), 8);
+        assert_eq!(plan_mode(&mut tx).await, "force_custom_plan", "after the insert");
+        tx.commit().await.expect("commit");
+
+        // A record naming no stored delivery is refused, as before.
+        let orphan = record("ev-orphan");
+        let row = RecordRow { plugin: "e2b", delivery_id: Some(delivery + 1_000), seq: 0, record: &orphan };
+        let mut tx = store.pool.begin().await.expect("begin");
+        let refused = insert_records(&mut tx, &mut [&row]).await.expect_err("no such delivery");
+        assert!(refused.to_string().contains("foreign key"), "{refused}");
     }
 }
