@@ -361,10 +361,13 @@ async fn insert_records(
 /// generic plans, cached per connection. Under the connection's
 /// `force_custom_plan` (see [`PostgresStore::open`]) every one of those
 /// checks was planned anew: ~19 µs of PostgreSQL's CPU per record, more than
-/// the check itself. Neither statement has a plan to choose: the insert reads
-/// its arrays, and the check looks up one primary key (an index scan for any
-/// table an estimate can see, as PostgreSQL takes a never-analyzed table for
-/// at least ten pages). Measured in BENCHMARKS.md (issue 18, PostgreSQL).
+/// the check itself. The insert has no plan to choose (it reads its arrays);
+/// the check looks up one primary key, an index scan unless `deliveries`
+/// was analyzed while it had a page or so. Such a plan does not outlive the
+/// next analysis (autovacuum's, as the table grows, invalidates it) nor the
+/// pooled connection (sqlx closes each after 30 minutes), and PostgreSQL
+/// takes a never-analyzed table for at least ten pages. Measured in
+/// BENCHMARKS.md (issue 18, PostgreSQL).
 const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 /// What every other statement of a transaction is planned with.
 const CUSTOM_PLANS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
