@@ -667,6 +667,7 @@ fn main() {
         env!("CARGO_BIN_EXE_meterd"),
         support::machine_line()
     );
+    println!("{}", support::speed_line());
     println!(
         "{:?} warm-up + {:?} measured per run, closed loop over {} connections in all; fresh gateways and database per run; PostgreSQL at {}",
         settings.warmup,

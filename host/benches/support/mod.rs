@@ -103,6 +103,35 @@ pub fn machine_line() -> String {
     format!("{cores} cores, {cpu}")
 }
 
+/// How fast this machine runs right now: the median time of one native
+/// verify + normalize of the `normalize` bench's fixture (its native case),
+/// over 15 samples of 20 ms. This VM's single-thread speed changes by up to
+/// 2x between phases and days (BENCHMARKS.md "Machine"), so results of
+/// different runs compare only next to this figure.
+pub fn speed_line() -> String {
+    let body = fixture("e2b/webhook-killed.constructed.body.json");
+    let signature = e2b_signature(E2B_SECRET, &body);
+    let one = || {
+        meterd_plugin_e2b::verify_signature(E2B_SECRET, &body, Some(&signature), Some("v1"))
+            .expect("the fixture verifies");
+        meterd_plugin_e2b::normalize(&body, "tenant").expect("the fixture normalizes")
+    };
+    let mut samples: Vec<f64> = (0..15)
+        .map(|_| {
+            let (started, mut calls) = (std::time::Instant::now(), 0u32);
+            while started.elapsed() < Duration::from_millis(20) {
+                std::hint::black_box(one());
+                calls += 1;
+            }
+            started.elapsed().as_nanos() as f64 / f64::from(calls)
+        })
+        .collect();
+    format!(
+        "machine speed now: native E2B verify + normalize {} per webhook (`normalize`'s native case: 3.4–4.9 µs in the phases recorded up to 2026-12-06, 8.3 µs on 2026-12-07)",
+        format_ns(median(&mut samples))
+    )
+}
+
 /// Loads a freshly built plugin into a runtime with default settings, off
 /// the async threads (compiling a component blocks).
 pub async fn load_plugin(
