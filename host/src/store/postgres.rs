@@ -984,7 +984,7 @@ mod tests {
         .fetch_one(&mut *tx)
         .await
         .expect("delivery");
-        // More rows than PostgreSQL's five custom plans before a generic one.
+        // Eight records: eight foreign-key checks, all on the generic plan.
         let records: Vec<UsageRecord> = (0..8).map(|i| record(&format!("ev-{i}"))).collect();
         let rows: Vec<RecordRow> = records
             .iter()
