@@ -373,7 +373,7 @@ const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 const CUSTOM_PLANS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
 
 /// One field of every row: an array for `unnest`.
-fn column<'a, T>(rows: &[&RecordRow<'a>], field: impl Fn(&RecordRow<'a>) -> T) -> Vec<T> {
+fn column<'r, R, T>(rows: &[&'r R], field: impl Fn(&'r R) -> T) -> Vec<T> {
     rows.iter().map(|row| field(row)).collect()
 }
 
@@ -537,14 +537,14 @@ impl Ingest for PostgresStore {
                                   $7::bytea[], $8::int[])
              ON CONFLICT (plugin, event_id) DO NOTHING RETURNING id, plugin, event_id",
         )
-        .bind(ordered.iter().map(|d| d.plugin.as_str()).collect::<Vec<_>>())
-        .bind(ordered.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>())
-        .bind(ordered.iter().map(|d| d.received_at_ms).collect::<Vec<_>>())
-        .bind(ordered.iter().map(|d| d.path.as_str()).collect::<Vec<_>>())
-        .bind(ordered.iter().map(|d| d.query.as_deref()).collect::<Vec<_>>())
+        .bind(column(&ordered, |d| d.plugin.as_str()))
+        .bind(column(&ordered, |d| d.event_id.as_str()))
+        .bind(column(&ordered, |d| d.received_at_ms))
+        .bind(column(&ordered, |d| d.path.as_str()))
+        .bind(column(&ordered, |d| d.query.as_deref()))
         .bind(&headers)
-        .bind(ordered.iter().map(|d| d.body.as_slice()).collect::<Vec<_>>())
-        .bind(ordered.iter().map(|d| i32::try_from(d.records.len()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+        .bind(column(&ordered, |d| d.body.as_slice()))
+        .bind(column(&ordered, |d| i32::try_from(d.records.len()).unwrap_or(i32::MAX)))
         .fetch_all(&mut *tx)
         .await?;
         for row in inserted {
