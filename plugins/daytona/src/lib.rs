@@ -13,6 +13,7 @@ mod settings;
 mod svix;
 mod windows;
 
+use meterd_plugin_sdk::json::read_object;
 use meterd_plugin_sdk::time::{format_rfc3339_ms, parse_rfc3339_ms};
 use meterd_plugin_sdk::{
     AdapterError, AdapterInfo, Capabilities, Guest, HttpRequest, OutboundRequest, PollOutcome, UsageKind,
@@ -38,25 +39,6 @@ fn malformed(message: impl Into<String>) -> AdapterError {
 
 fn upstream(message: impl Into<String>) -> AdapterError {
     AdapterError::Upstream(message.into())
-}
-
-/// Reads one JSON object (nothing after it but whitespace) with errors that
-/// say where the problem is. serde would also read a struct from an array
-/// of its fields in order (`[]` as all defaults): an array is refused.
-fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, String> {
-    if body.iter().find(|b| !b" \t\r\n".contains(b)) == Some(&b'[') {
-        return Err(format!("{what}: a JSON array, not an object"));
-    }
-    let mut json = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
-        let at = match e.path().to_string() {
-            path if path == "." => String::new(),
-            path => format!(" at `{path}`"),
-        };
-        format!("{what}{at}: {}", e.inner())
-    })?;
-    json.end().map_err(|e| format!("{what}: {e} after the JSON value"))?;
-    Ok(value)
 }
 
 /// The analytics API's aggregated usage; every field is optional.
@@ -98,7 +80,7 @@ pub fn records_for_window(
     window: Window,
     gb_is_gib: bool,
 ) -> Result<Vec<UsageRecord>, AdapterError> {
-    let usage: AggregatedUsage = from_json(body, "analytics response").map_err(upstream)?;
+    let usage: AggregatedUsage = read_object(body, "analytics response").map_err(upstream)?;
     let gib = |gb_seconds: Decimal| -> Result<Decimal, AdapterError> {
         if gb_is_gib {
             Ok(gb_seconds)
@@ -182,7 +164,7 @@ pub fn normalize_webhook(
     event_id: &str,
     org_map: impl Fn(&str) -> String,
 ) -> Result<WebhookOutcome, AdapterError> {
-    let event: WebhookEvent = from_json(body, "body is not a Daytona webhook event").map_err(malformed)?;
+    let event: WebhookEvent = read_object(body, "body is not a Daytona webhook event").map_err(malformed)?;
     let outcome = |records| Ok(WebhookOutcome { event_id: event_id.to_owned(), records });
     let state = match event.event.as_str() {
         "sandbox.created" => event.state.as_deref(),

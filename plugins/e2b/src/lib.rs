@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 
+use meterd_plugin_sdk::json::read_object;
 use meterd_plugin_sdk::signature::{constant_time_eq, decode_base64_any, sha256};
 use meterd_plugin_sdk::time::parse_rfc3339_ms;
 use meterd_plugin_sdk::{
@@ -125,21 +126,9 @@ fn malformed(message: impl Into<String>) -> AdapterError {
 
 /// Turns a verified webhook body into usage records.
 pub fn normalize(body: &[u8], org_metadata_key: &str) -> Result<WebhookOutcome, AdapterError> {
-    // serde would also read the event from an array of its fields in order.
-    if body.iter().find(|b| !b" \t\r\n".contains(b)) == Some(&b'[') {
-        return Err(malformed("body is not an E2B v2 webhook event: a JSON array, not an object"));
-    }
-    let mut json = serde_json::Deserializer::from_slice(body);
-    let event: Event = serde_path_to_error::deserialize(&mut json).map_err(|e| {
-        let at = match e.path().to_string() {
-            path if path == "." => String::new(),
-            path => format!(" at `{path}`"),
-        };
-        malformed(format!("body is not an E2B v2 webhook event{at}: {}", e.inner()))
-    })?;
     // One event per body: anything after it but whitespace (a second event,
     // say) is refused, not silently dropped.
-    json.end().map_err(|e| malformed(format!("body is not an E2B v2 webhook event: {e} after the event")))?;
+    let event: Event = read_object(body, "body is not an E2B v2 webhook event").map_err(malformed)?;
     if event.id.trim().is_empty() {
         return Err(malformed("`id` is empty"));
     }

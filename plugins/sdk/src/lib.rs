@@ -25,6 +25,8 @@ pub use meterd::provider::types::{
     PollOutcome, UsageKind, UsageRecord, WebhookOutcome,
 };
 
+#[cfg(feature = "json")]
+pub mod json;
 pub mod signature;
 pub mod time;
 
