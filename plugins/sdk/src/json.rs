@@ -4,9 +4,9 @@ use serde::Deserialize;
 
 /// Reads `body` as one JSON object of type `T`, with nothing after it but
 /// whitespace. An error starts with `what` and says where the body went
-/// wrong (`at `event_data.execution.vcpu_count``). serde would also read a
-/// struct from an array of its fields in order (`[]` as all defaults): an
-/// array is refused.
+/// wrong (for example "at `event_data.execution.vcpu_count`"). serde would
+/// also read a struct from an array of its fields in order (`[]` as all
+/// defaults): an array is refused.
 ///
 /// A body that reads is read once, without tracking paths: the tracking
 /// made an E2B event's normalization about a third slower (BENCHMARKS.md,
