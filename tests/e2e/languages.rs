@@ -126,5 +126,5 @@ fn a_scaffolded_plugin_builds_and_passes_its_own_conformance_cases() {
     let out = plugins_test(&component, &crate_dir.join("conformance"), dir.path());
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.ends_with("acme-cloud: 5 cases, 5 ok, 0 failed\n"), "{stdout}");
+    assert!(stdout.ends_with("acme-cloud: 6 cases, 6 ok, 0 failed\n"), "{stdout}");
 }

@@ -168,6 +168,7 @@ fn conformance_cases(name: &str, header: &str) -> Vec<(&'static str, serde_json:
     let config = json!({ "signature_secret": CASES_SECRET });
     let body = r#"{"id":"evt-1","org":"acme","subject":"sbx-1","metric":"sandbox_cpu_core_seconds","quantity":"1.50","at":"2025-08-06T20:59:36.250Z"}"#;
     let bad_quantity = r#"{"id":"evt-2","org":"acme","subject":"sbx-1","metric":"sandbox_cpu_core_seconds","quantity":"1.5.0","at":"2025-08-06T20:59:36Z"}"#;
+    let number_quantity = r#"{"id":"evt-3","org":"acme","subject":"sbx-1","metric":"sandbox_cpu_core_seconds","quantity":1.5,"at":"2025-08-06T20:59:36Z"}"#;
     vec![
         (
             "signed",
@@ -192,6 +193,11 @@ fn conformance_cases(name: &str, header: &str) -> Vec<(&'static str, serde_json:
             "no-secret-configured",
             json!({ "headers": { header: signature(CASES_SECRET, body) }, "body": body, "config": {} }),
             json!({ "error": { "kind": "config", "message_contains": format!("[plugins.{name}]") } }),
+        ),
+        (
+            "quantity-as-a-json-number",
+            json!({ "headers": { header: signature(CASES_SECRET, number_quantity) }, "body": number_quantity, "config": config }),
+            json!({ "error": { "kind": "malformed", "message_contains": "at `quantity`" } }),
         ),
         (
             "quantity-the-host-refuses",
@@ -250,7 +256,10 @@ mod tests {
             "{workspace}"
         );
         let cargo = std::fs::read_to_string(made.dir.join("Cargo.toml")).unwrap();
-        assert!(cargo.contains("meterd-plugin-sdk = { path = \"../sdk\" }"), "{cargo}");
+        assert!(
+            cargo.contains("meterd-plugin-sdk = { path = \"../sdk\", features = [\"json\"] }"),
+            "{cargo}"
+        );
         assert!(cargo.contains("plugin = \"acme-cloud\""));
         assert!(!cargo.contains("[workspace]"));
         let lib = std::fs::read_to_string(made.dir.join("src/lib.rs")).unwrap();
