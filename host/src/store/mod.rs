@@ -249,6 +249,12 @@ pub(super) fn declared(
     group_by.iter().filter_map(|key| Some((key.clone(), attributes.get(key)?.clone()))).collect()
 }
 
+/// A delivery's headers as both engines store them: JSON text, read back
+/// by [`payload_from_columns`].
+pub(super) fn headers_column(headers: &[(String, String)]) -> String {
+    serde_json::to_string(headers).unwrap_or_else(|_| "[]".to_owned())
+}
+
 /// A delivery's payload from its stored columns (both engines); `what`
 /// names the delivery in an error.
 pub(super) fn payload_from_columns(

@@ -25,14 +25,14 @@ use tokio::sync::mpsc;
 use super::engine::Connections;
 use super::feed::{self, CHANNEL, FeedEvent, FeedMessage, TxId, Visibility};
 use super::postgres_rollup;
-use super::rollup::RollupTx;
+use super::rollup::{RollupTx, attributes_column};
 use super::rows;
 use super::shared;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, NewGrant, Notice, OrgChange,
     OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PollCommit, PollState, Polls,
     RecordCounts, RecordFix, RecordRow, ReplaySet, RollupCheck, Rollups, StandingSnapshot, Standings, Store,
-    StoreError, StoredDelivery, StoredRecord, declared, fix_change, new_records, org_change,
+    StoreError, StoredDelivery, StoredRecord, declared, fix_change, headers_column, new_records, org_change,
 };
 use crate::meter::Aggregation;
 use crate::meter::period::{Range, month_containing};
@@ -318,10 +318,6 @@ async fn insert_records(
 ) -> Result<std::collections::HashSet<(String, String, i64)>, StoreError> {
     // Key order, as for deliveries: `unnest` yields the rows in array order.
     rows.sort_by(|a, b| (a.plugin, &a.record.event_id, a.seq).cmp(&(b.plugin, &b.record.event_id, b.seq)));
-    let attributes: Vec<String> = rows
-        .iter()
-        .map(|row| serde_json::to_string(&row.record.attributes).unwrap_or_else(|_| "{}".to_owned()))
-        .collect();
     // Planned once per connection, not per call: see `GENERIC_PLANS`.
     sqlx::query(GENERIC_PLANS).execute(&mut *tx).await?;
     let inserted = sqlx::query(
@@ -343,7 +339,7 @@ async fn insert_records(
     .bind(column(rows, |row| row.record.quantity))
     .bind(column(rows, |row| row.record.at_ms))
     .bind(column(rows, |row| row.record.window_start_ms))
-    .bind(&attributes)
+    .bind(column(rows, |row| attributes_column(&row.record.attributes)))
     .fetch_all(&mut *tx)
     .await?;
     // (Had the insert failed, the transaction could only roll back, and the
@@ -527,10 +523,6 @@ impl Ingest for PostgresStore {
         let mut ordered: Vec<&Delivery> = batch.iter().collect();
         ordered.sort_by(|a, b| (&a.plugin, &a.event_id).cmp(&(&b.plugin, &b.event_id)));
         // One statement for any batch, as for records (`insert_records`).
-        let headers: Vec<String> = ordered
-            .iter()
-            .map(|d| serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned()))
-            .collect();
         let inserted = sqlx::query(
             "INSERT INTO deliveries (plugin, event_id, received_at_ms, path, query, headers, body, record_count)
              SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
@@ -542,7 +534,7 @@ impl Ingest for PostgresStore {
         .bind(column(&ordered, |d| d.received_at_ms))
         .bind(column(&ordered, |d| d.path.as_str()))
         .bind(column(&ordered, |d| d.query.as_deref()))
-        .bind(&headers)
+        .bind(column(&ordered, |d| headers_column(&d.headers)))
         .bind(column(&ordered, |d| d.body.as_slice()))
         .bind(column(&ordered, |d| i32::try_from(d.records.len()).unwrap_or(i32::MAX)))
         .fetch_all(&mut *tx)

@@ -884,6 +884,12 @@ pub(super) mod build_state {
     }
 }
 
+/// A record's attributes as both engines store them: JSON text, read back
+/// by [`attributes_of`].
+pub(super) fn attributes_column(attributes: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(attributes).unwrap_or_else(|_| "{}".to_owned())
+}
+
 /// A record's attributes from their stored JSON text.
 pub(super) fn attributes_of(json: &str) -> Result<BTreeMap<String, String>, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))

@@ -14,7 +14,7 @@ use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite, Sqli
 
 use super::checkpoint::{self, Checkpointer};
 use super::engine::Connections;
-use super::rollup::{Maintained, RollupTx, SubjectKey};
+use super::rollup::{Maintained, RollupTx, SubjectKey, attributes_column};
 use super::rows;
 use super::shared;
 use super::sqlite_direct::{Direct, Value};
@@ -25,7 +25,7 @@ use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, NewGrant, Notice, OrgChange,
     OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PollCommit, PollState, Polls,
     RecordCounts, RecordFix, RecordRow, ReplaySet, RollupCheck, Rollups, StandingSnapshot, Standings, Store,
-    StoreError, StoredDelivery, StoredRecord, declared, fix_change, new_records, org_change,
+    StoreError, StoredDelivery, StoredRecord, declared, fix_change, headers_column, new_records, org_change,
 };
 use crate::meter::Aggregation;
 use crate::meter::period::{Range, month_containing};
@@ -321,8 +321,7 @@ async fn begin_with_deliveries(
     tx: &mut SqliteConnection,
     batch: &[Delivery],
 ) -> Result<HashMap<(String, String), i64>, StoreError> {
-    let headers: Vec<String> =
-        batch.iter().map(|d| serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".to_owned())).collect();
+    let headers: Vec<String> = batch.iter().map(|d| headers_column(&d.headers)).collect();
     let mut direct = Direct::lock(tx).await?;
     direct.execute_batch("BEGIN")?;
     let mut insert = direct.prepare(DELIVERY_INSERT)?;
@@ -361,8 +360,7 @@ async fn insert_records(tx: &mut SqliteConnection, rows: &[&RecordRow<'_>]) -> R
     let texts: Vec<(String, String)> = rows
         .iter()
         .map(|row| {
-            let attributes =
-                serde_json::to_string(&row.record.attributes).unwrap_or_else(|_| "{}".to_owned());
+            let attributes = attributes_column(&row.record.attributes);
             (meterd_units::format_quantity(row.record.quantity), attributes)
         })
         .collect();
