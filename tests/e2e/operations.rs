@@ -37,6 +37,22 @@ fn config_errors_name_file_key_and_problem_and_exit_non_zero() {
 }
 
 #[test]
+fn a_log_filter_that_does_not_parse_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = meterd_command()
+        .args(["migrate"])
+        .current_dir(dir.path())
+        .env("METERD_LOG", "meterd=loud")
+        .output()
+        .expect("running meterd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("meterd: METERD_LOG=\"meterd=loud\" is not a log filter"), "{stderr}");
+    assert!(!dir.path().join("meterd.db").exists(), "nothing ran: {:?}", std::fs::read_dir(dir.path()));
+}
+
+#[test]
 fn migrate_and_plugins_list_work_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");

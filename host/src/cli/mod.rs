@@ -13,6 +13,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use meterd::config::Config;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Parser)]
 #[command(
@@ -38,16 +41,33 @@ enum LogFormat {
     Json,
 }
 
-/// Logs to stderr at `METERD_LOG` (default `info`) in the chosen format.
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("METERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+/// Logs to stderr at `METERD_LOG` (default `info`) in the chosen format;
+/// a `METERD_LOG` that does not parse is refused, not ignored.
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    let filter = log_filter(std::env::var("METERD_LOG").ok().as_deref())?;
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => logs.init(),
+        LogFormat::Text => logs.finish().with(filter).init(),
         // The event's fields at the top level, and the request span (its
         // id, method and route) under "span".
-        LogFormat::Json => logs.json().flatten_event(true).with_span_list(false).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_span_list(false).finish().with(filter).init(),
+    }
+    Ok(())
+}
+
+/// The log filter `METERD_LOG` asks for: comma-separated `level` (the
+/// default for every target) and `target=level` directives, e.g.
+/// `meterd=debug,warn`; unset or empty is `info`. (Targets only: the
+/// span and field directives of `RUST_LOG`-style filters would cost a
+/// regex engine in every build, for filters no one here uses.)
+fn log_filter(spec: Option<&str>) -> Result<Targets, String> {
+    match spec.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(Targets::new().with_default(LevelFilter::INFO)),
+        Some(spec) => spec.parse().map_err(|e| {
+            format!(
+                "METERD_LOG={spec:?} is not a log filter ({e}); expected e.g. `info` or `meterd=debug,warn`"
+            )
+        }),
     }
 }
 
@@ -232,7 +252,10 @@ struct Exit {
 /// exit status (an [`Exit`] carries its own; any other error is 1).
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    if let Err(e) = init_logging(cli.log_format) {
+        eprintln!("meterd: {e}");
+        return ExitCode::from(2);
+    }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
@@ -288,5 +311,32 @@ pub fn run() -> ExitCode {
             eprintln!("meterd: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::log_filter;
+
+    #[test]
+    fn the_log_filter_defaults_to_info_and_reads_target_directives() {
+        for unset in [None, Some(""), Some("  ")] {
+            let filter = log_filter(unset).expect("the default");
+            assert!(
+                filter.would_enable("meterd", &Level::INFO) && !filter.would_enable("meterd", &Level::DEBUG)
+            );
+        }
+        let filter = log_filter(Some("meterd=debug,warn")).expect("a valid filter");
+        assert!(filter.would_enable("meterd::store", &Level::DEBUG));
+        assert!(!filter.would_enable("sqlx", &Level::INFO) && filter.would_enable("sqlx", &Level::WARN));
+    }
+
+    #[test]
+    fn a_log_filter_that_does_not_parse_is_refused_with_an_example() {
+        let error = log_filter(Some("meterd=loud")).expect_err("not a level");
+        assert!(error.starts_with("METERD_LOG=\"meterd=loud\" is not a log filter ("), "{error}");
+        assert!(error.ends_with("expected e.g. `info` or `meterd=debug,warn`"), "{error}");
     }
 }

@@ -9,6 +9,7 @@ mod checkpoint;
 mod engine;
 mod feed;
 mod group_commit;
+mod migrations;
 mod postgres;
 mod postgres_rollup;
 mod rollup;

@@ -493,7 +493,9 @@ impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         // sqlx holds an advisory lock while migrating: replicas starting at
         // once apply each migration exactly once.
-        sqlx::migrate!("../migrations/postgres")
+        super::migrations::POSTGRES
+            .migrator()
+            .await?
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;

@@ -455,7 +455,9 @@ impl Rollups for SqliteStore {
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().await?;
-        sqlx::migrate!("../migrations/sqlite")
+        super::migrations::SQLITE
+            .migrator()
+            .await?
             .run_direct(&mut *writer)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
