@@ -21,36 +21,24 @@ use super::StoreError;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Embedded(&'static [(&'static str, &'static str)]);
 
-/// `embed!("sqlite", "0001_init", …)`: each file of
-/// `migrations/<engine>/<stem>.sql`, by stem.
+/// `embed!("0001_init", …)`: the files `migrations/sqlite/<stem>.sql` as
+/// [`SQLITE`] and `migrations/postgres/<stem>.sql` as [`POSTGRES`]. Both
+/// engines keep the same file names (each migration has a file in each
+/// folder), so one list serves both; the unit test reads each folder.
 macro_rules! embed {
-    ($engine:literal, $($stem:literal),+ $(,)?) => {
-        Embedded(&[$((
+    ($($stem:literal),+ $(,)?) => {
+        pub(super) const SQLITE: Embedded = Embedded(&[$((
             $stem,
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/", $engine, "/", $stem, ".sql")),
-        )),+])
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite/", $stem, ".sql")),
+        )),+]);
+        pub(super) const POSTGRES: Embedded = Embedded(&[$((
+            $stem,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/postgres/", $stem, ".sql")),
+        )),+]);
     };
 }
 
-pub(super) const SQLITE: Embedded = embed!(
-    "sqlite",
-    "0001_init",
-    "0002_polling_and_corrections",
-    "0003_plans_credits_notifications",
-    "0004_api_keys",
-    "0005_payload_retention",
-    "0006_delivery_path",
-    "0007_replay",
-    "0008_rollups",
-    "0009_runs",
-    "0010_month_summaries",
-    "0011_level_index",
-    "0012_group_hours",
-    "0013_group_levels",
-);
-
-pub(super) const POSTGRES: Embedded = embed!(
-    "postgres",
+embed!(
     "0001_init",
     "0002_polling_and_corrections",
     "0003_plans_credits_notifications",
