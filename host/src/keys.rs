@@ -18,6 +18,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::orgs::valid_org_id;
+pub use crate::store::{ApiKey, Scope};
 use crate::store::{Store, StoreError};
 
 /// How often each process re-reads the keys.
@@ -25,32 +26,6 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 const PREFIX: &str = "mk_";
 const ID_BYTES: usize = 6;
 const SECRET_BYTES: usize = 32;
-
-/// What a key may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    Admin,
-    /// Read usage, entitlements and checks of these orgs only.
-    Orgs(BTreeSet<String>),
-}
-
-/// A stored key (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKey {
-    pub id: String,
-    /// Hex SHA-256 of the secret.
-    pub secret_hash: String,
-    pub scope: Scope,
-    pub label: Option<String>,
-    pub created_at_ms: i64,
-    pub revoked_at_ms: Option<i64>,
-}
-
-impl ApiKey {
-    pub fn is_active(&self) -> bool {
-        self.revoked_at_ms.is_none()
-    }
-}
 
 /// Who made a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

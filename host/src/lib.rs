@@ -30,6 +30,4 @@ pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod table;
-#[cfg(test)]
-pub(crate) use meterd_core::testing;
 pub mod usage;

@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::meter::Kind;
 use crate::meter::period::month_containing;
 use crate::record::UsageRecord;
-use crate::store::tests::{Engine, postgres};
 use crate::store::{Delivery, PollCommit, PostgresStore, Store};
+use meterd_store::testing::{Engine, postgres};
 
 fn policy() -> Policy {
     let config = Config::parse("test", "", Vec::<(String, String)>::new()).expect("default config");

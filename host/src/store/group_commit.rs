@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CommitOutcome, Delivery, Store, StoreError};
 use crate::metrics;
+use meterd_store::{CommitOutcome, Delivery, Store, StoreError};
 
 /// Most deliveries, and most payload bytes, one transaction takes.
 const MAX_BATCH: usize = 512;

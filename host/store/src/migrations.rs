@@ -29,11 +29,11 @@ macro_rules! embed {
     ($($stem:literal),+ $(,)?) => {
         pub(super) const SQLITE: Embedded = Embedded(&[$((
             $stem,
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite/", $stem, ".sql")),
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations/sqlite/", $stem, ".sql")),
         )),+]);
         pub(super) const POSTGRES: Embedded = Embedded(&[$((
             $stem,
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/postgres/", $stem, ".sql")),
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations/postgres/", $stem, ".sql")),
         )),+]);
     };
 }
@@ -116,7 +116,7 @@ mod tests {
     #[tokio::test]
     async fn the_embedded_migrations_are_the_folders_as_sqlx_reads_them() {
         for (engine, embedded) in [("sqlite", SQLITE), ("postgres", POSTGRES)] {
-            let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(engine);
+            let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations").join(engine);
             let from_folder = Migrator::new(folder.as_path()).await.expect("reading the migrations folder");
             let embedded = embedded.migrator().await.expect("the embedded migrations");
             let read: Vec<_> = from_folder.iter().map(identity).collect();

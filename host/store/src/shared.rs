@@ -18,7 +18,7 @@ use super::{
     DeliveryCursor, Keys, NewGrant, Notice, OrgPlan, PointKey, PointQuery, PollCommit, PollState, Records,
     ReplaySet, StoreError, StoredDelivery, key_scope_columns,
 };
-use crate::keys::ApiKey;
+use crate::ApiKey;
 use crate::meter::Point;
 use crate::meter::period::Range;
 use crate::meter::rollup::groups::{GroupHour, cell_of};

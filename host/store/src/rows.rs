@@ -14,7 +14,7 @@ use super::{
     OrgPlan, OutboxCounts, OutboxMessage, Payload, PollState, StoreError, StoredDelivery, StoredRecord,
     key_from_columns, payload_from_columns,
 };
-use crate::keys::ApiKey;
+use crate::ApiKey;
 use crate::meter::rollup::groups::GroupHour;
 use crate::meter::rollup::{Hour, Month, SeriesKey};
 use crate::meter::{Kind, Point};
