@@ -3,8 +3,9 @@
 //! WAL, `synchronous=FULL`) is the default engine; PostgreSQL serves
 //! replicas.
 //!
-//! A crate of its own (it needs no WebAssembly runtime), so it compiles
-//! beside wasmtime's. The gateway writes only through its group committer
+//! A crate of its own: it needs no WebAssembly runtime, HTTP server or
+//! metrics and cannot reach them, and an edit to the gateway does not
+//! recompile it. The gateway writes only through its group committer
 //! (`meterd::store::GroupCommitter`), which batches concurrent deliveries
 //! into one [`Ingest::commit`] (one fsync for many requests).
 
@@ -115,8 +116,8 @@ pub struct StoredRecord {
     pub record: UsageRecord,
 }
 
-/// One repair of stored usage (the gateway's replay makes them). Each applies only if
-/// the database still holds what it was computed from.
+/// One repair of stored usage (the gateway's replay makes them). Each
+/// applies only if the database still holds what it was computed from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordFix {
     /// Sets a stored record's quantity (zero withdraws it), with an audit
