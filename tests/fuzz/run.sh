@@ -36,7 +36,8 @@ done
 CARGO="${CARGO:-cargo}"
 if ! $CARGO fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz (crates.io)"
-    $CARGO install cargo-fuzz --locked --version 0.13.2
+    # A debug build (27 s instead of 43 s): it only starts cargo.
+    $CARGO install cargo-fuzz --locked --debug --version 0.13.2
 fi
 export RUSTC_BOOTSTRAP=1
 triple=$(rustc -vV | sed -n 's/^host: //p')
