@@ -25,6 +25,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::inputs::{hash_tree, hex};
 use crate::{BuiltPlugin, is_file_stem, workspace_root, write_atomically};
 
 /// The componentize-py release the Python plugins are built with.
@@ -134,7 +135,7 @@ fn build_one(workspace: &Path, plugin: &LanguagePlugin, out: &Path) -> Result<bo
         Language::Python => python_toolchain(workspace)?,
         Language::Javascript => javascript_toolchain(&plugin.dir)?,
     };
-    let inputs = inputs_hash(&tool.version, workspace, &[&wit, &plugin.dir])?;
+    let inputs = hash_tree(&tool.version, workspace, &[&wit, &plugin.dir])?;
     let stamp = out.with_extension("wasm.inputs");
     if out.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == inputs) {
         return Ok(false);
@@ -235,44 +236,4 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
         bail!("{what} failed ({status})");
     }
     Ok(())
-}
-
-/// SHA-256 over the tool's version and the files under `dirs` (paths
-/// relative to `root`, and bytes, sorted; `node_modules` and caches left
-/// out).
-fn inputs_hash(tool: &str, root: &Path, dirs: &[&Path]) -> Result<String> {
-    let mut files = Vec::new();
-    for dir in dirs {
-        collect(dir, &mut files)?;
-    }
-    files.sort();
-    let mut hasher = Sha256::new();
-    hasher.update(tool.as_bytes());
-    for file in files {
-        let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        hasher.update(file.strip_prefix(root).unwrap_or(&file).to_string_lossy().as_bytes());
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if matches!(name, "node_modules" | "__pycache__") || name.starts_with('.') {
-            continue;
-        }
-        if path.is_dir() {
-            collect(&path, files)?;
-        } else {
-            files.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

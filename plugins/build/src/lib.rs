@@ -8,6 +8,8 @@
 //!    the same plugin (e.g. test-only variants of `e2b`). Those under
 //!    `tests/` are test-only plugins. Two crates that would write the same
 //!    file are refused.
+//!    Checks that the committed WIT bindings were generated from the WIT on
+//!    disk ([`bindings`]).
 //! 2. Picks a wasm toolchain: an installed rustup `wasm32-unknown-unknown`
 //!    target if there is one; else Debian's `rustc-web`/`cargo-web` with the
 //!    standard library's sources (`rust-web-src`) and `lld-22`, installed with
@@ -24,6 +26,8 @@
 //!
 //! Usage: `cargo run --release -p meterd-plugin-build [-- --languages]`.
 
+pub mod bindings;
+mod inputs;
 pub mod languages;
 
 use std::path::{Path, PathBuf};
@@ -107,6 +111,7 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
     if plugins.is_empty() {
         bail!("no plugin crates found (packages with [package.metadata.meterd] plugin = \"…\")");
     }
+    bindings::check_current(&workspace, &bindings::BINDINGS)?;
     let toolchain = Toolchain::detect()?;
     eprintln!(
         "meterd-plugin-build: building {} with {}",
@@ -163,6 +168,7 @@ pub fn build_lone_crate(crate_dir: &Path) -> Result<PathBuf> {
         std::fs::copy(workspace.join("Cargo.lock"), &lock)
             .with_context(|| format!("seeding {}", lock.display()))?;
     }
+    bindings::check_current(&workspace, &bindings::BINDINGS)?;
     let toolchain = Toolchain::detect()?;
     // The workspace's own wasm target directory: its standard library
     // (built from source with Debian's toolchain) and shared dependencies
@@ -330,7 +336,12 @@ impl Toolchain {
                     .env_remove("RUSTDOC")
                     .env_remove("RUSTUP_TOOLCHAIN")
                     .env_remove("RUSTC_WRAPPER")
-                    .arg("-Zbuild-std=std,panic_abort");
+                    .arg("-Zbuild-std=std,panic_abort")
+                    // Without std's default `backtrace` feature: a wasm32
+                    // plugin never symbolizes a backtrace, and its crates
+                    // (object, gimli, addr2line, miniz_oxide) were ~20 s of
+                    // CPU in every fresh build.
+                    .arg("-Zbuild-std-features=");
                 cmd
             }
         };

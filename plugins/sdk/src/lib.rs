@@ -8,15 +8,10 @@
 //! The crate also compiles natively (host imports then panic if called), so
 //! an adapter's pure logic is unit-tested with plain `cargo test`.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "provider",
-    pub_export_macro: true,
-    export_macro_name: "export_adapter",
-    default_bindings_module: "meterd_plugin_sdk",
-    generate_all,
-    additional_derives: [PartialEq],
-});
+// The bindings of the `provider` world (what `wit_bindgen::generate!` would
+// expand to), committed and checked by meterd-plugin-build: see its
+// `bindings` module for why and how they are regenerated.
+include!("bindings.rs");
 
 pub use exports::meterd::provider::adapter::Guest;
 pub use meterd::provider::host;
