@@ -120,7 +120,7 @@ pub fn build_all() -> Result<Vec<BuiltPlugin>> {
     );
     let wasm_target_dir = workspace.join("target").join("wasm");
     let packages: Vec<&str> = plugins.iter().map(|p| p.package.as_str()).collect();
-    toolchain.build(&workspace, &wasm_target_dir, &packages, true)?;
+    toolchain.build(&workspace, &wasm_target_dir, &packages, BuildOptions { locked: true, config: None })?;
     let mut built = Vec::with_capacity(plugins.len());
     for plugin in &plugins {
         let core = wasm_target_dir
@@ -170,11 +170,24 @@ pub fn build_lone_crate(crate_dir: &Path) -> Result<PathBuf> {
     }
     bindings::check_current(&workspace, &bindings::BINDINGS)?;
     let toolchain = Toolchain::detect()?;
-    // The workspace's own wasm target directory: its standard library
-    // (built from source with Debian's toolchain) and shared dependencies
-    // are reused, so this takes seconds after the workspace's plugins.
+    // The workspace's own wasm target directory and release profile: its
+    // standard library (built from source with Debian's toolchain) and
+    // shared dependencies are reused, so this takes seconds after the
+    // workspace's plugins, and the crate builds as it would inside.
     let target_dir = workspace.join("target").join("wasm");
-    toolchain.build(&crate_dir, &target_dir, &[&plugin.package], false)?;
+    let manifest = workspace.join("Cargo.toml");
+    let manifest =
+        std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let profile = target_dir.join("workspace-release-profile.toml");
+    std::fs::create_dir_all(&target_dir).with_context(|| format!("creating {}", target_dir.display()))?;
+    std::fs::write(&profile, shared_release_profile(&manifest))
+        .with_context(|| format!("writing {}", profile.display()))?;
+    toolchain.build(
+        &crate_dir,
+        &target_dir,
+        &[&plugin.package],
+        BuildOptions { locked: false, config: Some(&profile) },
+    )?;
     let core = target_dir
         .join(WASM_TARGET)
         .join("release")
@@ -182,6 +195,31 @@ pub fn build_lone_crate(crate_dir: &Path) -> Result<PathBuf> {
     let out = workspace.join("target").join("lone-plugins").join(format!("{}.wasm", plugin.file));
     componentize(&core, &out)?;
     Ok(out)
+}
+
+/// The tables of the workspace's `Cargo.toml` that apply to every package
+/// of a release build (`[profile.release]`, `[profile.release.package."*"]`,
+/// `[profile.release.build-override]`), as cargo config for a crate outside
+/// the workspace. Without them cargo builds that crate's standard library
+/// and dependencies with other settings, so all again (2 min 15 s in CI),
+/// and without the workspace's overflow checks. Tables for named packages
+/// are left out: they are about the workspace's own dependencies.
+fn shared_release_profile(manifest: &str) -> String {
+    const SHARED: [&str; 3] =
+        ["[profile.release]", "[profile.release.package.\"*\"]", "[profile.release.build-override]"];
+    let mut out = String::new();
+    let mut keep = false;
+    for line in manifest.lines() {
+        let code = line.split('#').next().unwrap_or_default().trim();
+        if code.starts_with('[') {
+            keep = SHARED.contains(&code);
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The workspace root: this crate lives at `<root>/plugins/build`.
@@ -285,6 +323,14 @@ fn is_file_stem(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// What a wasm build adds to its cargo call.
+struct BuildOptions<'a> {
+    /// The Cargo.lock must not change.
+    locked: bool,
+    /// A cargo config file to apply (a lone crate's borrowed profile).
+    config: Option<&'a Path>,
+}
+
 /// How to compile Rust for `wasm32-unknown-unknown` on this machine.
 enum Toolchain {
     /// rustup's cargo with an installed wasm32 standard library.
@@ -317,9 +363,14 @@ impl Toolchain {
         }
     }
 
-    /// Builds `packages` of the workspace (or lone crate) at `workspace`;
-    /// `locked`: its Cargo.lock must not change.
-    fn build(&self, workspace: &Path, target_dir: &Path, packages: &[&str], locked: bool) -> Result<()> {
+    /// Builds `packages` of the workspace (or lone crate) at `workspace`.
+    fn build(
+        &self,
+        workspace: &Path,
+        target_dir: &Path,
+        packages: &[&str],
+        options: BuildOptions,
+    ) -> Result<()> {
         let mut cmd = match self {
             Self::Rustup => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())),
             Self::DebianBuildStd => {
@@ -350,8 +401,11 @@ impl Toolchain {
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("RUSTFLAGS")
             .args(["build", "--release", "--target", WASM_TARGET]);
-        if locked {
+        if options.locked {
             cmd.arg("--locked");
+        }
+        if let Some(config) = options.config {
+            cmd.arg("--config").arg(config);
         }
         for package in packages {
             cmd.args(["-p", package]);
@@ -465,6 +519,33 @@ mod tests {
                 metadata: None,
             },
         ]
+    }
+
+    #[test]
+    fn a_lone_crate_borrows_only_the_profile_tables_every_package_gets() {
+        let manifest = r#"[workspace]
+members = ["a"]
+
+[profile.release]
+overflow-checks = true # kept
+
+[profile.release.package."*"]
+codegen-units = 1
+
+[profile.release.package.libsqlite3-sys]
+opt-level = "s"
+
+[profile.release.build-override]
+opt-level = 1
+
+[profile.dev.package."*"]
+opt-level = 2
+"#;
+        assert_eq!(
+            shared_release_profile(manifest),
+            "[profile.release]\noverflow-checks = true # kept\n\n[profile.release.package.\"*\"]\ncodegen-units = 1\n\n[profile.release.build-override]\nopt-level = 1\n\n"
+        );
+        assert_eq!(shared_release_profile("[package]\nname = \"x\"\n"), "");
     }
 
     #[test]
