@@ -61,6 +61,44 @@ fn the_e2b_plugin_passes_its_conformance_fixtures_by_name_and_by_path() {
     }
 }
 
+/// The files in `dir` and their modification times.
+fn files_with_mtimes(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("listing the cache")
+        .map(|e| {
+            let path = e.expect("an entry").path();
+            let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).expect("a modification time");
+            (path, mtime)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_kit_leaves_nothing_behind_unless_given_a_cache_dir_which_the_next_run_reuses() {
+    let dir = plugin_dir();
+    let fixtures = repo_path("tests/conformance/e2b");
+    let fixtures = fixtures.to_str().expect("a UTF-8 path");
+    let run = |extra: &[&str]| {
+        let out = meterd(&[&["plugins", "test", "e2b", "--fixtures", fixtures], extra].concat(), dir.path());
+        assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(text(&out.stdout).ends_with("e2b: 9 cases, 9 ok, 0 failed\n"), "{}", text(&out.stdout));
+    };
+    let before = files_with_mtimes(dir.path());
+    run(&[]);
+    assert_eq!(files_with_mtimes(dir.path()), before, "no cache, no file, without --cache-dir");
+
+    let cache = dir.path().join("compiled");
+    run(&["--cache-dir", cache.to_str().expect("a UTF-8 path")]);
+    let compiled = files_with_mtimes(&cache);
+    assert_eq!(compiled.len(), 1, "one compiled component: {compiled:?}");
+    assert!(compiled[0].0.extension().is_some_and(|e| e == "cwasm"), "{compiled:?}");
+    // The second run loads it: a compile would have replaced the file.
+    run(&["--cache-dir", cache.to_str().expect("a UTF-8 path")]);
+    assert_eq!(files_with_mtimes(&cache), compiled, "the artifact was reused, not rewritten");
+}
+
 #[test]
 fn a_changed_expected_quantity_fails_with_a_diff_naming_it() {
     let dir = plugin_dir();

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use meterd::api::ErrorBody;
+use meterd_plugin_build::languages::compile_cache_lease;
 use meterd_testkit::{language_component, signed_json_signature};
 use support::{Gateway, Options, meterd_command};
 
@@ -25,10 +26,13 @@ fn meterd(args: &[&str], dir: &Path) -> Output {
     meterd_command().args(args).current_dir(dir).env("METERD_LOG", "error").output().expect("running meterd")
 }
 
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
 /// `meterd plugins test COMPONENT --fixtures FIXTURES`.
 fn plugins_test(component: &Path, fixtures: &Path, dir: &Path) -> Output {
-    let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
-    meterd(&["plugins", "test", &path(component), "--fixtures", &path(fixtures)], dir)
+    meterd(&["plugins", "test", path(component), "--fixtures", path(fixtures)], dir)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -43,8 +47,12 @@ fn sign(body: &str) -> String {
 fn python_and_javascript_plugins_pass_the_same_conformance_cases() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fixtures = repo_path("tests/conformance/signed-json");
+    // Compiled once for both tests of this file (the gateway's loads them).
+    let cache = compile_cache_lease().expect("the shared compile cache");
     for name in PLUGINS {
-        let out = plugins_test(&language_component(name), &fixtures, dir.path());
+        let component = language_component(name);
+        let args = ["plugins", "test", path(&component), "--fixtures", path(&fixtures), "--cache-dir"];
+        let out = meterd(&[&args[..], &[path(&cache.dir)]].concat(), dir.path());
         let stdout = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{name}: {stdout}{}", text(&out.stderr));
         for case in
@@ -64,6 +72,7 @@ async fn python_and_javascript_plugins_meter_the_same_through_the_gateway() {
             format!("[plugins.{name}]\nsignature_secret = \"{SECRET}\"\nlog_deliveries = \"true\"\n\n")
         })
         .collect();
+    let cache = compile_cache_lease().expect("the shared compile cache");
     let gw = Gateway::start(Options {
         plugins: vec![],
         components: PLUGINS.iter().map(|name| (*name, language_component(name))).collect(),
@@ -71,8 +80,10 @@ async fn python_and_javascript_plugins_meter_the_same_through_the_gateway() {
         capture_stderr: true,
         // Their stdout lines are logged at info.
         env: vec![("METERD_LOG", "info")],
+        cache_dir: Some(cache.dir.clone()),
         ..Options::default()
     });
+    drop(cache);
     for name in PLUGINS {
         let org = format!("org-{name}");
         for (i, quantity) in ["1.25", "2.5", "0.125"].iter().enumerate() {

@@ -223,6 +223,11 @@ enum PluginsCommand {
         /// The directory holding the fixture pairs.
         #[arg(long, value_name = "DIR")]
         fixtures: PathBuf,
+        /// Keep the compiled component in DIR and reuse it on the next run
+        /// of the same component (the gateway's `cache_dir` format). Without
+        /// it the kit compiles every run and leaves nothing behind.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Scaffold a Rust plugin crate NAME: a signed-webhook adapter on the
     /// plugin SDK with unit tests and conformance cases (`conformance/`)
@@ -290,8 +295,8 @@ pub fn run() -> ExitCode {
                 plugins::list_remote(&config, &url).await
             }
             Command::Keys { command } => keys::manage(&config, command).await,
-            Command::Plugins { command: PluginsCommand::Test { plugin, fixtures } } => {
-                plugins::test(&config, &plugin, &fixtures)
+            Command::Plugins { command: PluginsCommand::Test { plugin, fixtures, cache_dir } } => {
+                plugins::test(&config, &plugin, &fixtures, cache_dir)
             }
             Command::Plugins { command: PluginsCommand::New { name, dir, sdk } } => {
                 plugins::new(&name, &dir, sdk.as_deref())

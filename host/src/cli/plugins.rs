@@ -90,14 +90,19 @@ pub(super) async fn list_remote(config: &Config, url: &str) -> anyhow::Result<()
 
 /// `plugins test`: each case's verdict and a summary on stdout; exit 1 if a
 /// case failed, 2 if the kit could not run (fixtures, plugin).
-pub(super) fn test(config: &Config, plugin: &str, fixtures: &std::path::Path) -> anyhow::Result<()> {
+pub(super) fn test(
+    config: &Config,
+    plugin: &str,
+    fixtures: &std::path::Path,
+    cache_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     use meterd::conformance::{self, KitError};
     let cannot_run = |e: KitError| Exit { code: 2, message: e.to_string() };
     let file = conformance::plugin_file(plugin, config.plugins_dir.as_deref()).map_err(cannot_run)?;
     let cases = conformance::fixtures::read_dir(fixtures).map_err(|e| cannot_run(e.into()))?;
-    // The gateway's limits; no compiled-code cache: the kit leaves nothing behind.
-    let settings =
-        meterd::runtime::RuntimeSettings { cache_dir: None, ..meterd::server::runtime_settings(config) };
+    // The gateway's limits; its compiled-code cache only when asked for
+    // (`--cache-dir`): by default the kit leaves nothing behind.
+    let settings = meterd::runtime::RuntimeSettings { cache_dir, ..meterd::server::runtime_settings(config) };
     let report =
         tokio::task::block_in_place(|| conformance::run(settings, &file, &cases)).map_err(cannot_run)?;
     print!("{report}");

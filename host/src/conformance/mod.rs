@@ -19,7 +19,7 @@ use crate::http::rfc3339;
 use crate::ingest::IngestError;
 use crate::plugin::{AdapterError, InboundRequest, PluginSettings};
 use crate::record::{self, UsageRecord};
-use crate::runtime::{CallError, LoadedPlugin, Runtime, RuntimeSettings};
+use crate::runtime::{CallError, Compiled, LoadedPlugin, Runtime, RuntimeSettings};
 use fixtures::{Case, Expected, FixtureError};
 
 /// The kinds of refusal a case may expect: the plugin's own errors, the
@@ -61,20 +61,22 @@ pub fn plugin_file(plugin: &str, plugins_dir: Option<&Path>) -> Result<PathBuf, 
         .ok_or_else(|| KitError::NoPluginsDir(plugin.to_owned()))
 }
 
-/// Loads the component once per distinct case config and checks every case.
+/// Compiles the component once, loads it once per distinct case config and
+/// checks every case.
 /// Blocking (compiles and runs wasm): call it off the async threads.
 pub fn run(settings: RuntimeSettings, file: &Path, cases: &[Case]) -> Result<Report, KitError> {
     let unusable = |problem: String| KitError::Plugin { file: file.to_owned(), problem };
     let bytes = std::fs::read(file).map_err(|e| unusable(format!("cannot read: {e}")))?;
     let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
     let runtime = Runtime::new(settings).map_err(|e| unusable(e.to_string()))?;
+    let compiled = runtime.compile(&bytes).map_err(|e| unusable(e.to_string()))?;
     let mut loaded: BTreeMap<&PluginSettings, LoadedPlugin> = BTreeMap::new();
     let mut results = Vec::with_capacity(cases.len());
     for case in cases {
         let plugin = match loaded.entry(&case.config) {
             Entry::Occupied(plugin) => plugin.into_mut(),
             Entry::Vacant(slot) => {
-                slot.insert(load(&runtime, &bytes, &name, &case.config).map_err(|problem| {
+                slot.insert(load(&runtime, &compiled, &name, &case.config).map_err(|problem| {
                     unusable(format!("{problem} (with the config of case {})", case.name))
                 })?)
             }
@@ -89,11 +91,11 @@ pub fn run(settings: RuntimeSettings, file: &Path, cases: &[Case]) -> Result<Rep
 /// name is its file's (the route), and it takes webhooks.
 fn load(
     runtime: &Runtime,
-    bytes: &[u8],
+    compiled: &Compiled,
     name: &str,
     config: &PluginSettings,
 ) -> Result<LoadedPlugin, String> {
-    let plugin = runtime.load(bytes, config.clone()).map_err(|e| e.to_string())?;
+    let plugin = runtime.load_compiled(compiled, config.clone()).map_err(|e| e.to_string())?;
     let info = plugin.info();
     if info.name != name {
         return Err(format!(

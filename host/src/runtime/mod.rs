@@ -179,7 +179,14 @@ impl Runtime {
     /// Compiles (or loads from the cache), links and pre-instantiates a
     /// component, then calls its `info()` as a canary.
     pub fn load(&self, bytes: &[u8], settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
-        let http = Arc::new(HttpPolicy::from_settings(&settings).map_err(LoadError::Config)?);
+        self.load_compiled(&self.compile(bytes)?, settings)
+    }
+
+    /// A component's machine code, from the cache when it holds it: what
+    /// [`Runtime::load_compiled`] links and pre-instantiates, as often as
+    /// there are settings to load it with (the conformance kit loads one
+    /// component once per distinct case config).
+    pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, LoadError> {
         let hash = component_hash(bytes);
         let (component, from_cache) = match &self.settings.cache_dir {
             Some(dir) => cache::compile_cached(&self.engine, dir, &hash, bytes)?,
@@ -189,6 +196,17 @@ impl Runtime {
                 false,
             ),
         };
+        Ok(Compiled { component, hash, from_cache })
+    }
+
+    /// [`Runtime::load`] for a component this runtime compiled.
+    pub fn load_compiled(
+        &self,
+        compiled: &Compiled,
+        settings: PluginSettings,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let http = Arc::new(HttpPolicy::from_settings(&settings).map_err(LoadError::Config)?);
+        let Compiled { component, hash, from_cache } = compiled.clone();
         let wit_version = wit_version_of(&self.engine, &component)?;
         let imports_wasi =
             component.component_type().imports(&self.engine).any(|(name, _)| name.starts_with("wasi:"));
@@ -230,6 +248,14 @@ impl Runtime {
         plugin.warm.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(plugin)
     }
+}
+
+/// A compiled component (cheap to clone: wasmtime shares its code).
+#[derive(Clone)]
+pub struct Compiled {
+    component: Component,
+    hash: String,
+    from_cache: bool,
 }
 
 /// The hash a component is known by (SHA-256, hex): its cache key and the
@@ -520,6 +546,19 @@ mod tests {
         }
     }
 
+    /// The Python WASI probe on a runtime of its own, compiled once for the
+    /// tests that load it (`compile_cache_lease`).
+    fn load_python_probe() -> LoadedPlugin {
+        let file = meterd_plugin_build::languages::language_component("wasi-probe-py")
+            .expect("building the other-language plugins");
+        let bytes = std::fs::read(file).expect("reading the probe");
+        let cache = meterd_plugin_build::languages::compile_cache_lease().expect("the shared compile cache");
+        let runtime =
+            Runtime::new(RuntimeSettings { cache_dir: Some(cache.dir.clone()), ..Default::default() })
+                .expect("runtime");
+        runtime.load(&bytes, PluginSettings::default()).expect("the probe loads")
+    }
+
     /// Only a plugin without WASI imports may run on an async runtime's
     /// workers (`inline_calls`): WASI p2's synchronous bindings block on
     /// the tokio runtime, which panics on a worker thread — as a Python
@@ -539,10 +578,7 @@ mod tests {
         let e2b = load(meterd_plugin_build::test_component("e2b").expect("building the test plugins"));
         assert!(e2b.compute_only() && e2b.runs_on_async_workers());
         assert!(on_this_worker(&e2b).is_ok(), "an unsigned webhook is refused, not a panic");
-        let python = load(
-            meterd_plugin_build::languages::language_component("wasi-probe-py")
-                .expect("building the other-language plugins"),
-        );
+        let python = load_python_probe();
         assert!(python.compute_only(), "no http_allow");
         assert!(!python.runs_on_async_workers(), "it imports WASI");
         assert!(on_this_worker(&python).is_err(), "WASI blocked on the runtime from its worker");
@@ -553,11 +589,7 @@ mod tests {
     /// `now-ms` of the call.
     #[test]
     fn a_python_plugin_sees_no_env_files_or_sockets_and_the_pinned_clock() {
-        let file = meterd_plugin_build::languages::language_component("wasi-probe-py")
-            .expect("building the other-language plugins");
-        let bytes = std::fs::read(file).expect("reading the probe");
-        let runtime = Runtime::new(RuntimeSettings::default()).expect("runtime");
-        let plugin = runtime.load(&bytes, PluginSettings::default()).expect("the probe loads");
+        let plugin = load_python_probe();
         let request = empty_post();
         let pinned = 1_754_513_976_123;
         let outcome = plugin.handle_webhook_at(&request, Some(pinned)).expect("the probe answers");

@@ -72,6 +72,39 @@ pub fn language_component(name: &str) -> Result<PathBuf> {
         .with_context(|| format!("no plugin named {name} in another language was built"))
 }
 
+/// A compiled-component cache (`target/language-plugins/compiled/`) that
+/// the tests of one process share, so each language component is compiled
+/// once per run, not once per test: an 18 MB Python component takes ~30 s
+/// of CPU to compile. Emptied on a process's first lease, so every run
+/// compiles them once, as a fresh checkout does. Hold the lease while
+/// loading: a test that asks meanwhile waits, then loads what was compiled.
+pub struct CompileCacheLease {
+    pub dir: PathBuf,
+    _loading: std::sync::MutexGuard<'static, ()>,
+}
+
+pub fn compile_cache_lease() -> Result<CompileCacheLease> {
+    static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    // A test that panicked while holding the lease leaves nothing half-done
+    // behind: the cache only ever holds whole files.
+    let loading = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = DIR
+        .get_or_init(|| {
+            let dir = workspace_root().map_err(|e| format!("{e:#}"))?.join(OUTPUT_DIR).join("compiled");
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("emptying {}: {e}", dir.display())),
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            Ok(dir)
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(CompileCacheLease { dir, _loading: loading })
+}
+
 /// Builds every other-language plugin of the repository whose inputs
 /// changed, and returns where each component is.
 pub fn build_languages() -> Result<Vec<BuiltPlugin>> {

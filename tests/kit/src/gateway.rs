@@ -144,6 +144,9 @@ pub struct Options {
     /// Extra environment for `meterd serve`, set after `METERD_LOG=warn`
     /// (so it may override that).
     pub env: Vec<(&'static str, &'static str)>,
+    /// A compiled-component cache shared with other tests instead of one
+    /// of the gateway's own (see `meterd_plugin_build::languages::compile_cache_lease`).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -158,6 +161,7 @@ impl Default for Options {
             database: None,
             capture_stderr: false,
             env: Vec::new(),
+            cache_dir: None,
         }
     }
 }
@@ -201,7 +205,12 @@ impl Gateway {
         let top_level = format!("{admin}{}", options.extra_config);
         let config = format!(
             "{}\n{}\n",
-            e2b_config(&database, &plugins_dir, &dir.path().join("cache"), &top_level),
+            e2b_config(
+                &database,
+                &plugins_dir,
+                &options.cache_dir.clone().unwrap_or_else(|| dir.path().join("cache")),
+                &top_level
+            ),
             options.sections
         );
         std::fs::write(dir.path().join("meterd.toml"), config).expect("writing the config");
