@@ -9,8 +9,8 @@
 #               headless Debian Chromium for the dashboard, tests/ui/install.sh),
 #               after a short run of the plugin fuzz targets (`make fuzz`)
 #   make fuzz   the plugin fuzz targets (tests/fuzz, cargo-fuzz, native),
-#               each for FUZZ_SECONDS (default 6); `make fuzz-long` is the
-#               10-minute run: 600 s in all, shared equally by the targets
+#               each for FUZZ_SECONDS (default 6), one per core at a time;
+#               `make fuzz-long`: 600 s in all, shared equally by the targets
 
 CARGO ?= cargo
 .PHONY: run test plugins build bench check s3-servers postgres fuzz fuzz-long ui-browser
@@ -21,9 +21,11 @@ run: export METERD_PLUGINS_DIR ?= target/plugins
 run: plugins
 	$(CARGO) run --release -p meterd -- serve
 
-# The fuzz run goes first: CI reads cargo test's closing lines last.
-test: s3-servers postgres ui-browser fuzz
-	$(CARGO) test --release --workspace
+# tests/run.sh: the setup below (s3-servers, postgres, ui-browser, the fuzz
+# build) beside the test build, then `make fuzz`'s run, then cargo test,
+# whose closing lines CI reads last.
+test:
+	CARGO="$(CARGO)" FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/run.sh
 
 FUZZ_SECONDS ?= 6
 fuzz:

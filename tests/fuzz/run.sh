@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the plugin fuzz targets (tests/fuzz/fuzz_targets) natively and runs
-# each in turn, one libFuzzer process at a time, for SECONDS seconds.
+# each for SECONDS seconds, one libFuzzer process per core at a time
+# (FUZZ_JOBS to change it; libFuzzer is single-threaded).
 #
 #   bash tests/fuzz/run.sh [SECONDS]      # per target; or FUZZ_SECONDS=...; default 10
 #   FUZZ_TOTAL_SECONDS=600 bash tests/fuzz/run.sh   # 600 s shared equally by the targets
 #   FUZZ_TARGETS="s3_scan e2b_normalize" bash tests/fuzz/run.sh 600
+#   FUZZ_BUILD_ONLY=1 bash tests/fuzz/run.sh       # install and build, run nothing
 #
 # `make fuzz` is the short run (part of `make test`), `make fuzz-long` the
 # 10-minute one. Installs cargo-fuzz from crates.io when it is missing and
@@ -50,26 +52,56 @@ if [ -n "$total" ]; then
 fi
 started=$SECONDS
 plural=$([ "$count" -eq 1 ] || echo s)
-echo "fuzz: building $count target$plural (sanitizer: $sanitizer), then ${seconds}s each"
+if [ -n "${FUZZ_BUILD_ONLY:-}" ]; then
+    echo "fuzz: building $count target$plural (sanitizer: $sanitizer)"
+    $CARGO fuzz build "${common[@]}"
+    exit 0
+fi
+jobs_at_once="${FUZZ_JOBS:-$(nproc)}"
+if ! [[ "$jobs_at_once" =~ ^[1-9][0-9]*$ ]]; then
+    echo "fuzz: FUZZ_JOBS must be a whole number above 0, got '$jobs_at_once'" >&2
+    exit 2
+fi
+echo "fuzz: building $count target$plural (sanitizer: $sanitizer), then ${seconds}s each, $jobs_at_once at a time"
 $CARGO fuzz build "${common[@]}"
 
 logs="$FUZZ_DIR/target/logs"
 mkdir -p "$logs"
-failed=()
-for target in $targets; do
+
+# One target's run; its exit status goes to $logs/<target>.status.
+fuzz_one() {
+    local target=$1 status=0
     mkdir -p "$FUZZ_DIR/grown/$target" "$FUZZ_DIR/artifacts/$target"
-    log="$logs/$target.log"
-    status=0
     # What `cargo fuzz run` runs, without a cargo call per target. The first
     # corpus directory receives new inputs; the seeds stay as committed.
     "$FUZZ_DIR/target/$triple/release/$target" -artifact_prefix="$FUZZ_DIR/artifacts/$target/" \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-        "$FUZZ_DIR/grown/$target" "$FUZZ_DIR/corpus/$target" >"$log" 2>&1 || status=$?
+        "$FUZZ_DIR/grown/$target" "$FUZZ_DIR/corpus/$target" >"$logs/$target.log" 2>&1 || status=$?
+    echo "$status" >"$logs/$target.status"
+}
+
+running=0
+for target in $targets; do
+    if [ "$running" -ge "$jobs_at_once" ]; then
+        wait -n
+        running=$((running - 1))
+    fi
+    rm -f "$logs/$target.status"
+    fuzz_one "$target" &
+    running=$((running + 1))
+done
+wait
+
+# The verdicts, in the targets' order.
+failed=()
+for target in $targets; do
+    log="$logs/$target.log"
+    status=$(cat "$logs/$target.status" 2>/dev/null || echo "unknown")
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -1 || true)
     corpus=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -1 || true)
-    if [ "$status" -eq 0 ]; then
+    if [ "$status" = 0 ]; then
         printf 'fuzz: %-22s ok      %9s execs %7s/s  %s  %s\n' "$target" "${runs:-?}" "${rate:-?}" "$cov" "$corpus"
         continue
     fi

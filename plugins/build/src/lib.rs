@@ -442,7 +442,9 @@ fn install_debian_toolchain() -> Result<()> {
             sudo.args(["-n", "apt-get"]);
             sudo
         };
-        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        // Another apt-get (`make test`'s chromium install, say) may hold
+        // dpkg's lock for a while: wait for it rather than fail.
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(["-o", "DPkg::Lock::Timeout=300"]).args(args);
         Ok(cmd.status().context("starting apt-get")?.success())
     };
     let mut install = vec!["install", "-y", "--no-install-recommends"];
