@@ -30,9 +30,9 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
 
-/// `meterd plugins test COMPONENT --fixtures FIXTURES`.
-fn plugins_test(component: &Path, fixtures: &Path, dir: &Path) -> Output {
-    meterd(&["plugins", "test", path(component), "--fixtures", path(fixtures)], dir)
+/// `meterd plugins test COMPONENT --fixtures FIXTURES [EXTRA…]`.
+fn plugins_test(component: &Path, fixtures: &Path, extra: &[&str], dir: &Path) -> Output {
+    meterd(&[&["plugins", "test", path(component), "--fixtures", path(fixtures)], extra].concat(), dir)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -50,9 +50,12 @@ fn python_and_javascript_plugins_pass_the_same_conformance_cases() {
     // Compiled once for both tests of this file (the gateway's loads them).
     let cache = compile_cache_lease().expect("the shared compile cache");
     for name in PLUGINS {
-        let component = language_component(name);
-        let args = ["plugins", "test", path(&component), "--fixtures", path(&fixtures), "--cache-dir"];
-        let out = meterd(&[&args[..], &[path(&cache.dir)]].concat(), dir.path());
+        let out = plugins_test(
+            &language_component(name),
+            &fixtures,
+            &["--cache-dir", path(&cache.dir)],
+            dir.path(),
+        );
         let stdout = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{name}: {stdout}{}", text(&out.stderr));
         for case in
@@ -134,7 +137,7 @@ fn a_scaffolded_plugin_builds_and_passes_its_own_conformance_cases() {
     let crate_dir = parent.join("acme-cloud");
     let component =
         meterd_plugin_build::build_lone_crate(&crate_dir).expect("building the scaffolded plugin for wasm");
-    let out = plugins_test(&component, &crate_dir.join("conformance"), dir.path());
+    let out = plugins_test(&component, &crate_dir.join("conformance"), &[], dir.path());
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.ends_with("acme-cloud: 6 cases, 6 ok, 0 failed\n"), "{stdout}");
