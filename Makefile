@@ -22,8 +22,8 @@ run: plugins
 	$(CARGO) run --release -p meterd -- serve
 
 # tests/run.sh: the setup below (s3-servers, postgres, ui-browser, the fuzz
-# build) beside the test build, then `make fuzz`'s run, then cargo test,
-# whose closing lines CI reads last.
+# build, and every plugin) beside the test build, then `make fuzz`'s run,
+# then cargo test, whose closing lines CI reads last.
 test:
 	CARGO="$(CARGO)" FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/run.sh
 

@@ -9,7 +9,7 @@
 #   FUZZ_BUILD_ONLY=1 bash tests/fuzz/run.sh       # install and build, run nothing
 #
 # `make fuzz` is the short run (part of `make test`), `make fuzz-long` the
-# 10-minute one. Installs cargo-fuzz from crates.io when it is missing and
+# long one (600 s of fuzzing, 5 minutes on 2 cores). Installs cargo-fuzz from crates.io when it is missing and
 # builds with the machine's stable toolchain: RUSTC_BOOTSTRAP=1 lets it take
 # the unstable flags cargo-fuzz may pass, so no nightly is needed.
 #
