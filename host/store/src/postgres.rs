@@ -101,9 +101,10 @@ impl PostgresStore {
             return Ok(());
         }
         // Replicas write too, so no tails are kept (see `store::tails`).
-        let effects = super::rollup::maintain(&mut *tx, &changes, &super::rollup::NoTails, &self.group_by)
-            .await?
-            .effects;
+        let maintained =
+            super::rollup::maintain(&mut *tx, &changes, &super::rollup::NoTails, &self.group_by).await?;
+        super::postgres_rollup::write_rows(&mut tx, &maintained.rows.write).await?;
+        let effects = maintained.effects;
         let id = current_tx(&mut tx).await?;
         let hook = self.hook.get();
         let notices = hook.map(|h| h.records_written(Some(id), &effects, now_ms)).unwrap_or_default();

@@ -293,6 +293,18 @@ static NEIGHBOURHOODS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::n
     super::rollup::neighbourhood_forms(text, ("NULL::text", "attributes::text"))
 });
 
+/// Writes a transaction's rollup changes (`rollup::RowsToWrite`). Steps, months
+/// and group hours are additive upserts (replicas may add to one row at
+/// once), so nothing stored is read for them.
+pub(super) async fn write_rows(conn: &mut PgConnection, write: &RollupWrite) -> Result<(), StoreError> {
+    add_steps(conn, &write.steps).await?;
+    save_hours(conn, &write.hours).await?;
+    remove_hours(conn, &write.hours_removed).await?;
+    add_months(conn, &write.months).await?;
+    add_group_hours(conn, "rollup_group_hours", &write.group_hours).await?;
+    change_runs(conn, &write.runs_removed, &write.runs_added).await
+}
+
 #[async_trait]
 impl RollupTx for PgConnection {
     type Engine = Postgres;
@@ -311,15 +323,6 @@ impl RollupTx for PgConnection {
         // Steps, months and group hours take additive upserts (replicas may
         // add to one row at once): nothing to read for them.
         Ok(StoredRows { hours: load_hours(self, hours).await?, ..StoredRows::default() })
-    }
-
-    async fn write_rows(&mut self, _stored: &StoredRows, write: &RollupWrite) -> Result<(), StoreError> {
-        add_steps(self, &write.steps).await?;
-        save_hours(self, &write.hours).await?;
-        remove_hours(self, &write.hours_removed).await?;
-        add_months(self, &write.months).await?;
-        add_group_hours(self, "rollup_group_hours", &write.group_hours).await?;
-        change_runs(self, &write.runs_removed, &write.runs_added).await
     }
 
     async fn lock_subjects(&mut self, subjects: &[SubjectKey]) -> Result<(), StoreError> {

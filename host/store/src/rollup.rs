@@ -112,11 +112,6 @@ pub(super) trait RollupTx: Send {
         months: &[(SeriesKey, i64)],
         group_hours: &[GroupHourKey],
     ) -> Result<StoredRows, StoreError>;
-    /// Writes a transaction's rollup changes over `stored` (what
-    /// `load_rows` returned): steps, months and group hours added to (a
-    /// step or month that becomes zero has no row), hours replaced, runs
-    /// removed and stored (a run in both, one key, is stored as added).
-    async fn write_rows(&mut self, stored: &StoredRows, write: &RollupWrite) -> Result<(), StoreError>;
     /// The distinct (instant, quantity) pairs of each subject's level
     /// records at or after its bound, as (subject, instant, quantity): a
     /// sandbox's history from where its runs can change, to find them.
@@ -370,12 +365,28 @@ fn plus(a: Decimal, b: Decimal) -> Result<Decimal, StoreError> {
     a.checked_add(b).ok_or_else(|| overflow(meterd_units::QuantityError::Overflow("rollup sum")))
 }
 
-/// What [`maintain`] did: the effects, for the standings, and the tails of
-/// the subjects written (`None`: forget it), for a store that keeps tails
-/// to remember once the transaction has committed.
+/// What [`maintain`] found: the rows to write, the effects, for the
+/// standings, and the tails of the subjects written (`None`: forget it),
+/// for a store that keeps tails to remember once the transaction has
+/// committed.
+#[derive(Default)]
 pub(super) struct Maintained {
+    /// Written by the engine itself before it commits: SQLite's with the
+    /// `COMMIT`, in one lock of its handle (`sqlite_rollup::write_rows`).
+    pub rows: RowsToWrite,
     pub effects: Vec<OrgEffect>,
     pub tails: Vec<(SubjectKey, Option<Tail>)>,
+}
+
+/// A transaction's rollup changes over the stored rows they start from:
+/// steps, months and group hours are added to (a step or month that
+/// becomes zero has no row), hours replaced, runs removed and stored (a run
+/// in both, one key, is stored as added).
+#[derive(Debug, Default)]
+pub(super) struct RowsToWrite {
+    /// What `load_rows` returned.
+    pub stored: StoredRows,
+    pub write: RollupWrite,
 }
 
 /// The tails a store remembers (see `meter::rollup::tail`).
@@ -411,8 +422,9 @@ struct Hood {
 /// per subject.
 type CellWrites = BTreeMap<SubjectKey, BTreeMap<i64, Vec<CellWrite>>>;
 
-/// Brings the rollups up to date with `changes`, in the transaction that
-/// made them; returns what they changed, for the standings.
+/// Works out how the rollups change with `changes`, in the transaction
+/// that made them; returns the rows the engine is to write before it
+/// commits and what they change, for the standings.
 ///
 /// SQLite writes nothing before the end, so when the statement that loads
 /// the rows shows the tails were stale (another connection committed), the
@@ -559,8 +571,6 @@ async fn maintain_with(
         runs_added: runs.added,
         group_hours: group_hours.into_iter().collect(),
     };
-    tx.write_rows(&stored, &write).await?;
-
     let tails = hoods
         .iter()
         .map(|(key, h)| (key.clone(), Tail::after(&h.hood, runs.after.get(key).map(Vec::as_slice))))
@@ -577,7 +587,7 @@ async fn maintain_with(
         steps.iter().map(|((s, at), change)| effect(s, Effect::Step { at_ms: *at, change: *change })),
     );
     effects.extend(runs.effects);
-    Ok(Some(Maintained { effects, tails }))
+    Ok(Some(Maintained { rows: RowsToWrite { stored, write }, effects, tails }))
 }
 
 /// An hour's stored steps (in time order) with this transaction's changes

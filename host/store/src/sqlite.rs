@@ -132,25 +132,26 @@ impl SqliteStore {
         changes: Vec<OrgChange>,
         now_ms: i64,
     ) -> Result<Vec<(SubjectKey, Option<Tail>)>, StoreError> {
-        let Maintained { effects, tails } = if changes.is_empty() {
-            Maintained { effects: Vec::new(), tails: Vec::new() }
+        let Maintained { rows, effects, tails } = if changes.is_empty() {
+            Maintained::default()
         } else {
             super::rollup::maintain(&mut *tx, &changes, &self.tails, &self.group_by).await?
         };
+        let write_rollups = |direct: &mut Direct<'_>| sqlite_rollup::write_rows(direct, &rows);
         let Some(hook) = self.hook.get().filter(|_| !effects.is_empty()) else {
-            tx.commit().await?;
+            tx.commit_after(write_rollups).await?;
             return Ok(tails);
         };
         let notices = hook.records_written(None, &effects, now_ms);
         let result = async {
-            let (rows, _) = shared::insert_notices::<Sqlite>(&mut tx, &notices, now_ms).await?;
-            tx.commit().await?;
-            Ok::<_, StoreError>(rows)
+            let (fired, _) = shared::insert_notices::<Sqlite>(&mut tx, &notices, now_ms).await?;
+            tx.commit_after(write_rollups).await?;
+            Ok::<_, StoreError>(fired)
         }
         .await;
         match result {
-            Ok(rows) => {
-                hook.committed(rows);
+            Ok(fired) => {
+                hook.committed(fired);
                 Ok(tails)
             }
             Err(e) => {
@@ -165,23 +166,54 @@ impl SqliteStore {
 /// inserted; a known key with the same quantity is a duplicate; a known key
 /// with another quantity is a correction (quantity replaced, audit row kept).
 async fn write_records(
-    tx: &mut SqliteConnection,
+    tx: &mut WriteTx<'_>,
     rows: &[RecordRow<'_>],
     now_ms: i64,
     changes: &mut Vec<OrgChange>,
     group_by: &[String],
 ) -> Result<RecordCounts, StoreError> {
-    let mut counts = RecordCounts::default();
     if rows.is_empty() {
-        return Ok(counts);
+        return Ok(RecordCounts::default());
     }
-    // Insert the first row of each key, learning which were new; the usual
-    // batch (all new) needs no lookup.
+    let inserted = {
+        let mut direct = tx.direct().await?;
+        insert_first_of_keys(&mut direct, rows)?
+    };
+    resolve_records(tx, rows, inserted, now_ms, changes, group_by).await
+}
+
+/// The rows that insert the first of their keys in `rows`, and whether
+/// each was new: the first half of [`write_records`], on a handle the
+/// caller has locked already (ingest's, which inserted the deliveries).
+fn insert_first_of_keys(direct: &mut Direct<'_>, rows: &[RecordRow<'_>]) -> Result<FirstInserts, StoreError> {
     let mut seen = HashSet::with_capacity(rows.len());
     let first: Vec<bool> =
         rows.iter().map(|row| seen.insert((row.plugin, row.record.event_id.as_str(), row.seq))).collect();
     let firsts: Vec<&RecordRow> = rows.iter().zip(&first).filter(|(_, f)| **f).map(|(r, _)| r).collect();
-    let mut inserted = insert_records(tx, &firsts).await?.into_iter();
+    let inserted = insert_records(direct, &firsts)?;
+    Ok(FirstInserts { first, inserted })
+}
+
+/// Which rows of a batch were the first of their key, and of those, in
+/// order, which inserted it.
+struct FirstInserts {
+    first: Vec<bool>,
+    inserted: Vec<bool>,
+}
+
+/// The second half of [`write_records`]: counts the rows that inserted
+/// their key and settles the rest (duplicates and corrections) against
+/// what is stored.
+async fn resolve_records(
+    tx: &mut SqliteConnection,
+    rows: &[RecordRow<'_>],
+    FirstInserts { first, inserted }: FirstInserts,
+    now_ms: i64,
+    changes: &mut Vec<OrgChange>,
+    group_by: &[String],
+) -> Result<RecordCounts, StoreError> {
+    let mut counts = RecordCounts::default();
+    let mut inserted = inserted.into_iter();
     // Per row: whether this row inserted its key.
     let new: Vec<bool> = first.iter().map(|f| *f && inserted.next().unwrap_or(false)).collect();
     // The rest are stored already: look up what they hold now.
@@ -314,16 +346,13 @@ const DELIVERY_INSERT: &str = "INSERT INTO deliveries \
     (plugin, event_id, received_at_ms, path, query, headers, body, record_count) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (plugin, event_id) DO NOTHING";
 
-/// Begins the transaction and inserts deliveries whose keys are new, a row
-/// at a time on the writer's own handle (`sqlite_direct`; the `BEGIN` needs
-/// no round trip of its own); returns the new ones' ids by key.
-async fn begin_with_deliveries(
-    tx: &mut SqliteConnection,
+/// Inserts deliveries whose keys are new, a row at a time on the writer's
+/// own handle (`sqlite_direct`); returns the new ones' ids by key.
+fn insert_deliveries(
+    direct: &mut Direct<'_>,
     batch: &[Delivery],
 ) -> Result<HashMap<(String, String), i64>, StoreError> {
     let headers: Vec<String> = batch.iter().map(|d| headers_column(&d.headers)).collect();
-    let mut direct = Direct::lock(tx).await?;
-    direct.execute_batch("BEGIN")?;
     let mut insert = direct.prepare(DELIVERY_INSERT)?;
     let mut ids = HashMap::with_capacity(batch.len());
     for (d, headers) in batch.iter().zip(&headers) {
@@ -353,7 +382,7 @@ const RECORD_INSERT: &str = "INSERT INTO usage_records \
 /// Inserts records whose keys are new, a row at a time on the writer's own
 /// handle (`sqlite_direct`); answers for each row whether it was inserted
 /// (a stored key is skipped).
-async fn insert_records(tx: &mut SqliteConnection, rows: &[&RecordRow<'_>]) -> Result<Vec<bool>, StoreError> {
+fn insert_records(direct: &mut Direct<'_>, rows: &[&RecordRow<'_>]) -> Result<Vec<bool>, StoreError> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -364,7 +393,6 @@ async fn insert_records(tx: &mut SqliteConnection, rows: &[&RecordRow<'_>]) -> R
             (meterd_units::format_quantity(row.record.quantity), attributes)
         })
         .collect();
-    let mut direct = Direct::lock(tx).await?;
     let mut insert = direct.prepare(RECORD_INSERT)?;
     let mut inserted = Vec::with_capacity(rows.len());
     for (row, (quantity, attributes)) in rows.iter().zip(&texts) {
@@ -484,12 +512,20 @@ impl Ingest for SqliteStore {
         }
         let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with_first_statement();
-        // Begin, and insert the deliveries, learning which are new.
-        let new_ids = begin_with_deliveries(&mut tx, batch).await?;
-        let (outcomes, rows) = new_records(batch, new_ids);
+        // One lock of the handle (one round trip to sqlx's worker) for the
+        // `BEGIN`, the deliveries, learning which are new, and their
+        // records.
+        let (outcomes, rows, inserted) = {
+            let mut direct = tx.direct().await?;
+            direct.execute_batch("BEGIN")?;
+            let new_ids = insert_deliveries(&mut direct, batch)?;
+            let (outcomes, rows) = new_records(batch, new_ids);
+            let inserted = insert_first_of_keys(&mut direct, &rows)?;
+            (outcomes, rows, inserted)
+        };
         let now_ms = batch.iter().map(|d| d.received_at_ms).max().unwrap_or_default();
         let mut changes = Vec::new();
-        write_records(&mut tx, &rows, now_ms, &mut changes, &self.group_by).await?;
+        resolve_records(&mut tx, &rows, inserted, now_ms, &mut changes, &self.group_by).await?;
         self.finish(tx, changes, now_ms).await?;
         Ok(outcomes)
     }
@@ -782,7 +818,7 @@ impl Deliveries for SqliteStore {
             }
         }
         let rows: Vec<&RecordRow> = inserts.iter().collect();
-        if !insert_records(&mut tx, &rows).await?.into_iter().all(|new| new) {
+        if !insert_records(&mut tx.direct().await?, &rows)?.into_iter().all(|new| new) {
             return Err(StoreError::Conflict("a record to insert was stored meanwhile".to_owned()));
         }
         self.finish(tx, fixes.iter().map(|fix| fix_change(fix, &self.group_by)).collect(), now_ms).await

@@ -10,10 +10,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::StoreError;
 use super::rollup::{
-    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
+    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RowsToWrite, StoredRows,
     SubjectKey, build_state, fold_records,
 };
 use super::rows::{self, StoredRow as _};
+use super::sqlite_direct::Direct;
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
 use crate::meter::rollup::groups::{GroupHour, GroupHourKey};
@@ -97,7 +98,7 @@ fn group_rows_json<'a>(rows: impl Iterator<Item = (&'a GroupHourKey, &'a GroupHo
 }
 
 /// Writes group hours (a JSON list bound as one plain `?`) into `table`,
-/// replacing what is there: commits (in [`WRITE_ROWS`]), rebuilds and the
+/// replacing what is there: commits ([`GROUP_HOURS_UPSERT`]), rebuilds and the
 /// check all write them with this statement.
 fn group_hours_upsert(table: &str) -> String {
     format!(
@@ -111,44 +112,49 @@ fn group_hours_upsert(table: &str) -> String {
     )
 }
 
-/// A commit's rollup rows, written by one multi-statement round trip: the
-/// parameters are steps, hours, months, runs and group hours in that order, as JSON
-/// arrays of rows (values as canonical decimal text). Each statement has one
-/// plain `?`: sqlx binds those in order across statements, while a numbered
-/// `?N` in a later statement would be left unbound. `WHERE true` lets
-/// `ON CONFLICT` follow a SELECT.
-static WRITE_ROWS: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{ROLLUP_ROWS};\n{}", group_hours_upsert(LIVE.group_hours)));
-
-const ROLLUP_ROWS: &str = "
+/// A commit's rollup rows, one statement per table, each reading a JSON
+/// array of rows bound as `?1` (values as canonical decimal text), run on
+/// the writer's own handle with the `COMMIT` ([`write_rows`]). `WHERE true`
+/// lets `ON CONFLICT` follow a SELECT.
+const STEPS_UPSERT: &str = "
     INSERT INTO rollup_steps (org_id, metric, at_ms, step)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
            json_extract(value, '$[3]')
-    FROM json_each(?) WHERE true
-    ON CONFLICT (org_id, metric, at_ms) DO UPDATE SET step = excluded.step;
+    FROM json_each(?1) WHERE true
+    ON CONFLICT (org_id, metric, at_ms) DO UPDATE SET step = excluded.step";
+const HOURS_UPSERT: &str = "
     INSERT INTO rollup_hours (org_id, metric, hour_ms, delta_sum, records, level_step, level_moment, level_open,
                               level_peak, level_last_at_ms)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
            json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
            json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'),
            json_extract(value, '$[9]')
-    FROM json_each(?) WHERE true
+    FROM json_each(?1) WHERE true
     ON CONFLICT (org_id, metric, hour_ms) DO UPDATE SET delta_sum = excluded.delta_sum, records = excluded.records,
         level_step = excluded.level_step, level_moment = excluded.level_moment, level_open = excluded.level_open,
-        level_peak = excluded.level_peak, level_last_at_ms = excluded.level_last_at_ms;
+        level_peak = excluded.level_peak, level_last_at_ms = excluded.level_last_at_ms";
+const MONTHS_UPSERT: &str = "
     INSERT INTO rollup_months (org_id, metric, month_ms, level_step, delta_sum, records, level_moment)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
            json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
            json_extract(value, '$[6]')
-    FROM json_each(?) WHERE true
+    FROM json_each(?1) WHERE true
     ON CONFLICT (org_id, metric, month_ms) DO UPDATE SET level_step = excluded.level_step,
-        delta_sum = excluded.delta_sum, records = excluded.records, level_moment = excluded.level_moment;
+        delta_sum = excluded.delta_sum, records = excluded.records, level_moment = excluded.level_moment";
+const RUNS_UPSERT: &str = "
     INSERT INTO rollup_runs (org_id, subject, started_ms, ended_ms, length_ms)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
            json_extract(value, '$[3]'), json_extract(value, '$[4]')
-    FROM json_each(?) WHERE true
+    FROM json_each(?1) WHERE true
     ON CONFLICT (org_id, subject, started_ms) DO UPDATE SET ended_ms = excluded.ended_ms,
         length_ms = excluded.length_ms";
+static GROUP_HOURS_UPSERT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| group_hours_upsert(LIVE.group_hours));
+/// A step, month or hour that became empty, and a run no longer there.
+const STEP_DELETE: &str = "DELETE FROM rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms = ?3";
+const MONTH_DELETE: &str = "DELETE FROM rollup_months WHERE org_id = ?1 AND metric = ?2 AND month_ms = ?3";
+const HOUR_DELETE: &str = "DELETE FROM rollup_hours WHERE org_id = ?1 AND metric = ?2 AND hour_ms = ?3";
+const RUN_DELETE: &str = "DELETE FROM rollup_runs WHERE org_id = ?1 AND subject = ?2 AND started_ms = ?3";
 
 /// The level records around written instants (`RollupTx::neighbourhoods`),
 /// grouped by (subject, instant, quantity); the second form by attributes too.
@@ -447,125 +453,6 @@ impl RollupTx for SqliteConnection {
         Ok(stored)
     }
 
-    async fn write_rows(&mut self, stored: &StoredRows, write: &RollupWrite) -> Result<(), StoreError> {
-        let corrupt = |e: meterd_units::QuantityError| StoreError::Corrupt(format!("rollup sum: {e}"));
-        // Steps and months: what is stored plus the changes; a row that
-        // becomes zero is deleted (rare: a step corrected back to nothing).
-        let (mut steps, mut zero_steps) = (Vec::new(), Vec::new());
-        for (key, change) in &write.steps {
-            let was = stored.steps.get(key).copied().unwrap_or(Decimal::ZERO);
-            let now = was
-                .checked_add(*change)
-                .ok_or(meterd_units::QuantityError::Overflow("step"))
-                .map_err(corrupt)?;
-            if now.is_zero() {
-                zero_steps.push(key);
-            } else {
-                steps.push((key.0.org_id.as_str(), key.0.metric.as_str(), key.1, text(now)));
-            }
-        }
-        let (mut months, mut zero_months) = (Vec::new(), Vec::new());
-        for (key, change) in &write.months {
-            let mut month = stored.months.get(key).cloned().unwrap_or_default();
-            month.add(change).map_err(corrupt)?;
-            if month.is_zero() {
-                zero_months.push(key);
-            } else {
-                months.push((
-                    key.0.org_id.as_str(),
-                    key.0.metric.as_str(),
-                    key.1,
-                    text(month.level_step),
-                    text(month.delta_sum),
-                    month.records,
-                    text(month.level_moment),
-                ));
-            }
-        }
-        let hours: Vec<serde_json::Value> = write
-            .hours
-            .iter()
-            .map(|((s, h), hour)| {
-                serde_json::json!([
-                    s.org_id,
-                    s.metric,
-                    h,
-                    text(hour.delta_sum),
-                    hour.records,
-                    text(hour.level_step),
-                    text(hour.level_moment),
-                    text(hour.level_open),
-                    hour.level_peak.map(text),
-                    hour.level_last_at
-                ])
-            })
-            .collect();
-        let runs: Vec<(&str, &str, i64, Option<i64>, Option<i64>)> = write
-            .runs_added
-            .iter()
-            .map(|(org, r)| {
-                (
-                    org.as_str(),
-                    r.subject.as_str(),
-                    r.started_ms,
-                    r.ended_ms,
-                    r.ended_ms.map(|e| e - r.started_ms),
-                )
-            })
-            .collect();
-        let mut group_hours = Vec::with_capacity(write.group_hours.len());
-        for (key, change) in &write.group_hours {
-            let mut group = stored.group_hours.get(key).copied().unwrap_or_default();
-            group.add(change).map_err(corrupt)?;
-            group_hours.push((key, group));
-        }
-        sqlx::query(WRITE_ROWS.as_str())
-            .bind(json(&steps))
-            .bind(json(&hours))
-            .bind(json(&months))
-            .bind(json(&runs))
-            .bind(group_rows_json(group_hours.iter().map(|(k, g)| (*k, g))))
-            .execute(&mut *self)
-            .await?;
-        let empty_hours: Vec<&(SeriesKey, i64)> = write.hours_removed.iter().collect();
-        for (table, time, keys) in [
-            (LIVE.steps, "at_ms", &zero_steps),
-            (LIVE.months, "month_ms", &zero_months),
-            (LIVE.hours, "hour_ms", &empty_hours),
-        ] {
-            for (series, t) in keys.iter().copied() {
-                sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE org_id = ?1 AND metric = ?2 AND {time} = ?3"
-                ))
-                .bind(&series.org_id)
-                .bind(&series.metric)
-                .bind(*t)
-                .execute(&mut *self)
-                .await?;
-            }
-        }
-        // A run that ends is removed open and added ended under one key:
-        // the insert replaced it, so only runs no longer there are deleted.
-        let replaced: HashSet<(&str, &str, i64)> = write
-            .runs_added
-            .iter()
-            .map(|(org, run)| (org.as_str(), run.subject.as_str(), run.started_ms))
-            .collect();
-        let gone = write
-            .runs_removed
-            .iter()
-            .filter(|(org, run)| !replaced.contains(&(org.as_str(), run.subject.as_str(), run.started_ms)));
-        for (org, run) in gone {
-            sqlx::query("DELETE FROM rollup_runs WHERE org_id = ?1 AND subject = ?2 AND started_ms = ?3")
-                .bind(org)
-                .bind(&run.subject)
-                .bind(run.started_ms)
-                .execute(&mut *self)
-                .await?;
-        }
-        Ok(())
-    }
-
     async fn lock_subjects(&mut self, _subjects: &[SubjectKey]) -> Result<(), StoreError> {
         // One writer connection: transactions are serialized already.
         Ok(())
@@ -662,6 +549,127 @@ impl RollupTx for SqliteConnection {
         }
         Ok(level)
     }
+}
+
+/// A run as [`RUNS_UPSERT`] reads it: org, subject, start, end, length.
+type RunRow<'a> = (&'a str, &'a str, i64, Option<i64>, Option<i64>);
+
+/// Writes a transaction's rollup changes (`rollup::RowsToWrite`) on the
+/// writer's own handle, whose lock the `COMMIT` that follows shares: a
+/// commit's rollup write takes no round trip to sqlx's worker of its own.
+/// Steps, months and group hours are the stored row plus the change.
+pub(super) fn write_rows(direct: &mut Direct<'_>, rows: &RowsToWrite) -> Result<(), StoreError> {
+    let RowsToWrite { stored, write } = rows;
+    let corrupt = |e: meterd_units::QuantityError| StoreError::Corrupt(format!("rollup sum: {e}"));
+    // Steps and months: what is stored plus the changes; a row that
+    // becomes zero is deleted (rare: a step corrected back to nothing).
+    let (mut steps, mut zero_steps) = (Vec::new(), Vec::new());
+    for (key, change) in &write.steps {
+        let was = stored.steps.get(key).copied().unwrap_or(Decimal::ZERO);
+        let now =
+            was.checked_add(*change).ok_or(meterd_units::QuantityError::Overflow("step")).map_err(corrupt)?;
+        if now.is_zero() {
+            zero_steps.push(key);
+        } else {
+            steps.push((key.0.org_id.as_str(), key.0.metric.as_str(), key.1, text(now)));
+        }
+    }
+    let (mut months, mut zero_months) = (Vec::new(), Vec::new());
+    for (key, change) in &write.months {
+        let mut month = stored.months.get(key).cloned().unwrap_or_default();
+        month.add(change).map_err(corrupt)?;
+        if month.is_zero() {
+            zero_months.push(key);
+        } else {
+            months.push((
+                key.0.org_id.as_str(),
+                key.0.metric.as_str(),
+                key.1,
+                text(month.level_step),
+                text(month.delta_sum),
+                month.records,
+                text(month.level_moment),
+            ));
+        }
+    }
+    let hours: Vec<serde_json::Value> = write
+        .hours
+        .iter()
+        .map(|((s, h), hour)| {
+            serde_json::json!([
+                s.org_id,
+                s.metric,
+                h,
+                text(hour.delta_sum),
+                hour.records,
+                text(hour.level_step),
+                text(hour.level_moment),
+                text(hour.level_open),
+                hour.level_peak.map(text),
+                hour.level_last_at
+            ])
+        })
+        .collect();
+    let runs: Vec<RunRow<'_>> = write
+        .runs_added
+        .iter()
+        .map(|(org, r)| {
+            (org.as_str(), r.subject.as_str(), r.started_ms, r.ended_ms, r.ended_ms.map(|e| e - r.started_ms))
+        })
+        .collect();
+    let mut group_hours = Vec::with_capacity(write.group_hours.len());
+    for (key, change) in &write.group_hours {
+        let mut group = stored.group_hours.get(key).copied().unwrap_or_default();
+        group.add(change).map_err(corrupt)?;
+        group_hours.push((key, group));
+    }
+    let upserts = [
+        (STEPS_UPSERT, steps.is_empty(), json(&steps)),
+        (HOURS_UPSERT, hours.is_empty(), json(&hours)),
+        (MONTHS_UPSERT, months.is_empty(), json(&months)),
+        (RUNS_UPSERT, runs.is_empty(), json(&runs)),
+        (
+            GROUP_HOURS_UPSERT.as_str(),
+            group_hours.is_empty(),
+            group_rows_json(group_hours.iter().map(|(k, g)| (*k, g))),
+        ),
+    ];
+    for (statement, empty, rows) in &upserts {
+        if !empty {
+            direct.prepare(statement)?.insert(&[rows.as_str().into()])?;
+        }
+    }
+    let empty_hours: Vec<&(SeriesKey, i64)> = write.hours_removed.iter().collect();
+    for (statement, keys) in
+        [(STEP_DELETE, &zero_steps), (MONTH_DELETE, &zero_months), (HOUR_DELETE, &empty_hours)]
+    {
+        for (series, t) in keys.iter().copied() {
+            direct.prepare(statement)?.insert(&[
+                series.org_id.as_str().into(),
+                series.metric.as_str().into(),
+                (*t).into(),
+            ])?;
+        }
+    }
+    // A run that ends is removed open and added ended under one key:
+    // the insert replaced it, so only runs no longer there are deleted.
+    let replaced: HashSet<(&str, &str, i64)> = write
+        .runs_added
+        .iter()
+        .map(|(org, run)| (org.as_str(), run.subject.as_str(), run.started_ms))
+        .collect();
+    let gone = write
+        .runs_removed
+        .iter()
+        .filter(|(org, run)| !replaced.contains(&(org.as_str(), run.subject.as_str(), run.started_ms)));
+    for (org, run) in gone {
+        direct.prepare(RUN_DELETE)?.insert(&[
+            org.as_str().into(),
+            run.subject.as_str().into(),
+            run.started_ms.into(),
+        ])?;
+    }
+    Ok(())
 }
 
 async fn write_output(

@@ -17,20 +17,20 @@ use sqlx::SqliteConnection;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::StoreError;
-use super::sqlite_direct::Direct;
+use super::sqlite_direct::{CachedConnection, Direct};
 
 /// The writer connection.
 pub(super) struct Writer(Arc<Mutex<Held>>);
 
 struct Held {
-    conn: SqliteConnection,
+    conn: CachedConnection,
     /// A transaction was begun and not yet committed or rolled back.
     open: bool,
 }
 
 impl Writer {
     pub(super) fn new(conn: SqliteConnection) -> Self {
-        Self(Arc::new(Mutex::new(Held { conn, open: false })))
+        Self(Arc::new(Mutex::new(Held { conn: CachedConnection::new(conn), open: false })))
     }
 
     /// The connection, once no one else holds it, with no transaction left
@@ -41,7 +41,7 @@ impl Writer {
             // An error here is mostly "no transaction is active" (its BEGIN
             // failed, or SQLite rolled it back itself); should one be open
             // still, the next BEGIN fails and marks it again.
-            if let Err(e) = sqlx::query("ROLLBACK").execute(&mut held.conn).await {
+            if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *held.conn).await {
                 tracing::debug!(error = %e, "rolling back a transaction left open");
             }
             held.open = false;
@@ -57,7 +57,7 @@ impl WriterGuard {
     /// Begins a transaction (`BEGIN`, one round trip).
     pub(super) async fn begin(&mut self) -> Result<WriteTx<'_>, StoreError> {
         self.0.open = true;
-        sqlx::query("BEGIN").execute(&mut self.0.conn).await?;
+        sqlx::query("BEGIN").execute(&mut *self.0.conn).await?;
         Ok(WriteTx(self))
     }
 
@@ -98,9 +98,28 @@ impl WriteTx<'_> {
     /// it: at 5,000 webhooks/s the p99 was worse in seven rounds of eight
     /// and equal in the eighth; BENCHMARKS.md, issue 18.)
     pub(super) async fn commit(self) -> Result<(), StoreError> {
-        Direct::lock(&mut self.0.0.conn).await?.execute_batch("COMMIT")?;
+        self.commit_after(|_| Ok(())).await
+    }
+
+    /// Runs `last` on the handle, then commits, in one lock of it: one
+    /// round trip to sqlx's worker for a commit's last statements and the
+    /// `COMMIT` (ingest's rollup write, `sqlite_rollup::write_rows`).
+    pub(super) async fn commit_after(
+        mut self,
+        last: impl FnOnce(&mut Direct<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut direct = self.direct().await?;
+        last(&mut direct)?;
+        direct.execute_batch("COMMIT")?;
+        drop(direct);
         self.0.0.open = false;
         Ok(())
+    }
+
+    /// The connection's own handle, for statements run on the caller's
+    /// thread (`sqlite_direct`): one round trip to sqlx's worker to take.
+    pub(super) async fn direct(&mut self) -> Result<Direct<'_>, StoreError> {
+        self.0.0.conn.direct().await
     }
 }
 
