@@ -1,6 +1,6 @@
 //! Row-at-a-time inserts on the writer's own `sqlite3` handle, for the
-//! rows a commit writes per delivery and per record, and the `COMMIT`
-//! itself, on the committing thread.
+//! rows a commit writes per delivery and per record, its rollup rows and
+//! the `COMMIT` itself, on the committing thread.
 //!
 //! Through sqlx a batch insert is one statement text with a placeholder per
 //! value: built for each batch, parsed and planned anew for each batch size
