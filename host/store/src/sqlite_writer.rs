@@ -7,8 +7,9 @@
 //! `Transaction`, so that a commit's `BEGIN` can ride with its first
 //! statement (one round trip fewer per webhook batch). sqlx does not track
 //! such a transaction, so one left open by a holder dropped mid-way (a
-//! failed or cancelled write) is rolled back by the next holder before it
-//! gets the connection.
+//! failed or cancelled write) is rolled back at once, on a task that holds
+//! the writer until it is done (it held SQLite's write lock meanwhile), or
+//! by the next holder before it gets the connection.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -37,27 +38,44 @@ impl Writer {
     /// open.
     pub(super) async fn lock(&self) -> Result<WriterGuard, StoreError> {
         let mut held = self.0.clone().lock_owned().await;
+        // Left open by a holder dropped outside any runtime (see
+        // `WriterGuard`'s drop).
         if held.open {
-            // An error here is mostly "no transaction is active" (its BEGIN
-            // failed, or SQLite rolled it back itself); should one be open
-            // still, the next BEGIN fails and marks it again.
-            if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *held.conn).await {
-                tracing::debug!(error = %e, "rolling back a transaction left open");
-            }
-            held.open = false;
+            held.roll_back().await;
         }
-        Ok(WriterGuard(held))
+        Ok(WriterGuard(Some(held)))
+    }
+}
+
+impl Held {
+    async fn roll_back(&mut self) {
+        // An error here is mostly "no transaction is active" (its BEGIN
+        // failed, or SQLite rolled it back itself); should one be open
+        // still, the next BEGIN fails and marks it again.
+        if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *self.conn).await {
+            tracing::debug!(error = %e, "rolling back a transaction left open");
+        }
+        self.open = false;
     }
 }
 
 /// The writer, held until dropped; derefs to the connection.
-pub(super) struct WriterGuard(OwnedMutexGuard<Held>);
+pub(super) struct WriterGuard(Option<OwnedMutexGuard<Held>>);
 
 impl WriterGuard {
+    fn held(&self) -> &Held {
+        self.0.as_ref().expect("a WriterGuard holds the writer until it is dropped")
+    }
+
+    fn held_mut(&mut self) -> &mut Held {
+        self.0.as_mut().expect("a WriterGuard holds the writer until it is dropped")
+    }
+
     /// Begins a transaction (`BEGIN`, one round trip).
     pub(super) async fn begin(&mut self) -> Result<WriteTx<'_>, StoreError> {
-        self.0.open = true;
-        sqlx::query("BEGIN").execute(&mut *self.0.conn).await?;
+        let held = self.held_mut();
+        held.open = true;
+        sqlx::query("BEGIN").execute(&mut *held.conn).await?;
         Ok(WriteTx(self))
     }
 
@@ -65,8 +83,22 @@ impl WriterGuard {
     /// statement (ingest begins it in the round trip of its first inserts,
     /// `sqlite_direct`).
     pub(super) fn begin_with_first_statement(&mut self) -> WriteTx<'_> {
-        self.0.open = true;
+        self.held_mut().open = true;
         WriteTx(self)
+    }
+}
+
+impl Drop for WriterGuard {
+    /// A transaction left open (a failed or cancelled write) holds SQLite's
+    /// write lock: every other connection to the file, the checkpointer's
+    /// or another process's, would wait for the writer's next holder. So it
+    /// is rolled back at once, on a task that holds the writer until then.
+    /// Outside a runtime, the next holder rolls it back.
+    fn drop(&mut self) {
+        let Some(mut held) = self.0.take().filter(|held| held.open) else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { held.roll_back().await });
+        }
     }
 }
 
@@ -74,13 +106,13 @@ impl Deref for WriterGuard {
     type Target = SqliteConnection;
 
     fn deref(&self) -> &SqliteConnection {
-        &self.0.conn
+        &self.held().conn
     }
 }
 
 impl DerefMut for WriterGuard {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.0.conn
+        &mut self.held_mut().conn
     }
 }
 
@@ -112,14 +144,14 @@ impl WriteTx<'_> {
         last(&mut direct)?;
         direct.execute_batch("COMMIT")?;
         drop(direct);
-        self.0.0.open = false;
+        self.0.held_mut().open = false;
         Ok(())
     }
 
     /// The connection's own handle, for statements run on the caller's
     /// thread (`sqlite_direct`): one round trip to sqlx's worker to take.
     pub(super) async fn direct(&mut self) -> Result<Direct<'_>, StoreError> {
-        self.0.0.conn.direct().await
+        self.0.held_mut().conn.direct().await
     }
 }
 
@@ -127,13 +159,13 @@ impl Deref for WriteTx<'_> {
     type Target = SqliteConnection;
 
     fn deref(&self) -> &SqliteConnection {
-        &self.0.0.conn
+        &self.0.held().conn
     }
 }
 
 impl DerefMut for WriteTx<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.0.0.conn
+        &mut self.0.held_mut().conn
     }
 }
 
@@ -197,6 +229,32 @@ mod tests {
         tx.commit().await.expect("commit");
         drop(guard);
         assert_eq!(count(&writer).await, 1);
+    }
+
+    /// Another connection to the file can write as soon as a holder with a
+    /// failed transaction lets go, not only after the writer's next holder.
+    #[tokio::test]
+    async fn a_transaction_left_open_does_not_keep_other_connections_from_writing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir).await;
+        let mut guard = writer.lock().await.expect("lock");
+        let mut tx = guard.begin().await.expect("begin");
+        sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *tx).await.expect("insert");
+        // A failed write: dropped without a commit, and no one locks the
+        // writer again.
+        drop(guard);
+        let mut other = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("w.db"))
+            .busy_timeout(std::time::Duration::from_secs(3))
+            .connect()
+            .await
+            .expect("another connection");
+        sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut other)
+            .await
+            .expect("the other connection writes");
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t").fetch_all(&mut other).await.expect("read");
+        assert_eq!(rows, [2], "the dropped transaction's row was rolled back");
     }
 
     #[tokio::test]

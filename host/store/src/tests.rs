@@ -786,6 +786,40 @@ async fn sqlite_tails_answer_in_order_levels_and_are_dropped_when_another_writer
     assert_eq!(report.runs, 2, "{report:?}");
 }
 
+/// SQLite writes a commit's rollup rows on its handle in the lock the
+/// `COMMIT` takes (`WriteTx::commit_after`). When that write fails, nothing
+/// of the batch is committed and the caller gets the reason; the writer
+/// goes on, its kept statements prepared again after another connection
+/// changed the schema.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_a_failed_rollup_write_commits_nothing_and_the_writer_goes_on() {
+    use sqlx::Connection as _;
+    let engine = sqlite().await;
+    let store = engine.store.clone();
+    store.commit(&[delivery("before", vec![record("before", 1)])]).await.expect("first commit");
+    let mut other = sqlx::SqliteConnection::connect(&engine.url).await.expect("second connection");
+    for (name, event) in [("refuse_new_hours", "INSERT"), ("refuse_hour_updates", "UPDATE")] {
+        sqlx::query(&format!(
+            "CREATE TRIGGER {name} BEFORE {event} ON rollup_hours \
+             BEGIN SELECT RAISE(ABORT, 'hours refused by the test'); END"
+        ))
+        .execute(&mut other)
+        .await
+        .expect("trigger");
+    }
+    let batch = [delivery("during", vec![record("during", 2)])];
+    let refused = store.commit(&batch).await.expect_err("the rollup write is refused");
+    assert!(refused.to_string().contains("hours refused by the test"), "{refused}");
+    for name in ["refuse_new_hours", "refuse_hour_updates"] {
+        sqlx::query(&format!("DROP TRIGGER {name}")).execute(&mut other).await.expect("drop trigger");
+    }
+    let outcomes = store.commit(&batch).await.expect("the same batch, once the hours are accepted");
+    assert!(!outcomes[0].duplicate, "the refused commit stored its delivery");
+    assert_eq!(total(store.as_ref()).await, Decimal::from(1 + 2));
+    let report = store.check_rollups(5).await.expect("check");
+    assert_eq!(report.differences, 0, "{:?}", report.examples);
+}
+
 /// The writer leaves checkpoints to the background checkpointer: what a
 /// commit wrote reaches the database file soon after, although the WAL
 /// stays far below any automatic checkpoint's threshold (2 MiB is ~520
