@@ -19,7 +19,14 @@
 //!   wall time: on a busy machine a fast call's thread may wait for a CPU
 //!   for milliseconds, which says nothing about the plugin;
 //! - one of [`inline_slots`] is free (half the cores: the other workers
-//!   keep serving while inline calls run).
+//!   keep serving while inline calls run), or frees within
+//!   [`INLINE_WAIT`]: a call that finds them taken waits for one, as a
+//!   task (its worker serves other requests meanwhile), since a fast call
+//!   frees its slot in microseconds; only a call still without one after
+//!   the wait goes to a blocking thread. Without the wait, every call that
+//!   met another worker's call went there: under full load tokio ran ~27
+//!   threads instead of 6 and switched contexts twice as often per webhook
+//!   (BENCHMARKS.md, issue 18).
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
@@ -30,6 +37,9 @@ pub const FAST_CALL: Duration = Duration::from_millis(2);
 pub const FAST_STREAK: u32 = 8;
 /// How long after a slow call a plugin's calls stay off the workers.
 pub const SLOW_COOL_DOWN_MS: i64 = 10_000;
+/// How long a call waits for a busy inline slot before it goes to a
+/// blocking thread: tokio's timer resolution, hundreds of fast calls.
+pub const INLINE_WAIT: Duration = Duration::from_millis(1);
 
 /// How many calls run inline at once, in all: half the cores, at least
 /// one.

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::inline_calls::{CallSpeed, inline_slots, thread_cpu_time};
+use crate::inline_calls::{CallSpeed, INLINE_WAIT, inline_slots, thread_cpu_time};
 use crate::metrics;
 use crate::plugin::{AdapterInfo, InboundRequest, PluginSettings, PollOutcome, WebhookOutcome};
 use crate::runtime::{CallError, LoadError, LoadedPlugin, Runtime};
@@ -116,7 +116,15 @@ impl PluginHandle {
         // Only plugins that take compute slots have inline slots.
         let inline = match &self.inline_slots {
             Some(slots) if self.speed.inline_ok(crate::clock::now_ms()) => {
-                slots.clone().try_acquire_owned().ok()
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => tokio::time::timeout(INLINE_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        // A call that held the slot meanwhile may have been slow.
+                        .filter(|_| self.speed.inline_ok(crate::clock::now_ms())),
+                }
             }
             _ => None,
         };
@@ -521,6 +529,33 @@ mod tests {
         for _ in 0..=crate::inline_calls::FAST_STREAK {
             assert_ne!(thread_of_a_call(&chaos).await, here, "slow once: off the workers for the cool-down");
         }
+    }
+
+    /// A proven-fast call that finds every inline slot taken (by calls on
+    /// other workers) waits for one rather than going to a blocking thread;
+    /// one that stays taken past [`INLINE_WAIT`] sends it there.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_waits_briefly_for_a_busy_inline_slot() {
+        let (_dir, registry) = chaos_registry("");
+        let chaos = registry.get("chaos").expect("chaos is loaded");
+        let here = std::thread::current().id();
+        for _ in 0..crate::inline_calls::FAST_STREAK {
+            thread_of_a_call(&chaos).await;
+        }
+        assert_eq!(thread_of_a_call(&chaos).await, here, "proven fast: inline");
+        let slots = chaos.inline_slots.clone().expect("a compute-only plugin has inline slots");
+        let all = u32::try_from(inline_slots()).expect("a few slots");
+        let taken = slots.clone().acquire_many_owned(all).await.expect("the slots");
+        // Freed while the call waits (this runtime runs the task then).
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            drop(taken);
+        });
+        assert_eq!(thread_of_a_call(&chaos).await, here, "waited for the slot, then ran inline");
+        let taken = slots.acquire_many_owned(all).await.expect("the slots again");
+        assert_ne!(thread_of_a_call(&chaos).await, here, "the slots stayed taken: a blocking thread");
+        drop(taken);
+        assert_eq!(thread_of_a_call(&chaos).await, here, "inline again");
     }
 
     /// A plugin that may send HTTP never runs inline: its calls could wait
