@@ -512,18 +512,26 @@ mod tests {
         plugin.run("probe", || Ok(std::thread::current().id())).await.expect("the probe call")
     }
 
-    /// A compute-only plugin's calls run on a blocking thread until a
-    /// streak of fast ones, then on the caller's thread; one slow call (a
-    /// runaway to its deadline) sends them back to blocking threads.
-    #[tokio::test(flavor = "current_thread")]
-    async fn proven_fast_compute_only_calls_run_inline_until_one_is_slow() {
-        let (_dir, registry) = chaos_registry("");
+    /// The chaos plugin once a streak of fast calls, each on a blocking
+    /// thread, has proven it fast: its next call runs on this thread.
+    async fn proven_fast(registry: &PluginRegistry) -> Arc<PluginHandle> {
         let chaos = registry.get("chaos").expect("chaos is loaded");
         let here = std::thread::current().id();
         for _ in 0..crate::inline_calls::FAST_STREAK {
             assert_ne!(thread_of_a_call(&chaos).await, here, "not proven fast yet");
         }
         assert_eq!(thread_of_a_call(&chaos).await, here, "proven fast: inline");
+        chaos
+    }
+
+    /// A compute-only plugin's calls run on a blocking thread until a
+    /// streak of fast ones, then on the caller's thread; one slow call (a
+    /// runaway to its deadline) sends them back to blocking threads.
+    #[tokio::test(flavor = "current_thread")]
+    async fn proven_fast_compute_only_calls_run_inline_until_one_is_slow() {
+        let (_dir, registry) = chaos_registry("");
+        let chaos = proven_fast(&registry).await;
+        let here = std::thread::current().id();
         let outcome = chaos.handle_webhook(looping()).await;
         assert!(matches!(outcome, Err(CallError::Timeout { .. })), "{outcome:?}");
         for _ in 0..=crate::inline_calls::FAST_STREAK {
@@ -537,12 +545,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_waits_briefly_for_a_busy_inline_slot() {
         let (_dir, registry) = chaos_registry("");
-        let chaos = registry.get("chaos").expect("chaos is loaded");
+        let chaos = proven_fast(&registry).await;
         let here = std::thread::current().id();
-        for _ in 0..crate::inline_calls::FAST_STREAK {
-            thread_of_a_call(&chaos).await;
-        }
-        assert_eq!(thread_of_a_call(&chaos).await, here, "proven fast: inline");
         let slots = chaos.inline_slots.clone().expect("a compute-only plugin has inline slots");
         let all = u32::try_from(inline_slots()).expect("a few slots");
         let taken = slots.clone().acquire_many_owned(all).await.expect("the slots");
