@@ -623,19 +623,19 @@ pub(super) fn write_rows(direct: &mut Direct<'_>, rows: &RowsToWrite) -> Result<
         group.add(change).map_err(corrupt)?;
         group_hours.push((key, group));
     }
+    // Each table's rows as the JSON its statement reads; none, no statement.
     let upserts = [
-        (STEPS_UPSERT, steps.is_empty(), json(&steps)),
-        (HOURS_UPSERT, hours.is_empty(), json(&hours)),
-        (MONTHS_UPSERT, months.is_empty(), json(&months)),
-        (RUNS_UPSERT, runs.is_empty(), json(&runs)),
+        (STEPS_UPSERT, (!steps.is_empty()).then(|| json(&steps))),
+        (HOURS_UPSERT, (!hours.is_empty()).then(|| json(&hours))),
+        (MONTHS_UPSERT, (!months.is_empty()).then(|| json(&months))),
+        (RUNS_UPSERT, (!runs.is_empty()).then(|| json(&runs))),
         (
             GROUP_HOURS_UPSERT.as_str(),
-            group_hours.is_empty(),
-            group_rows_json(group_hours.iter().map(|(k, g)| (*k, g))),
+            (!group_hours.is_empty()).then(|| group_rows_json(group_hours.iter().map(|(k, g)| (*k, g)))),
         ),
     ];
-    for (statement, empty, rows) in &upserts {
-        if !empty {
+    for (statement, rows) in &upserts {
+        if let Some(rows) = rows {
             direct.prepare(statement)?.insert(&[rows.as_str().into()])?;
         }
     }

@@ -117,8 +117,8 @@ impl DerefMut for WriterGuard {
 }
 
 /// A write transaction on the held writer; derefs to the connection.
-/// Dropped without [`WriteTx::commit`], it is rolled back (by the next
-/// holder of the writer at the latest).
+/// Dropped without [`WriteTx::commit`], it is rolled back when its
+/// [`WriterGuard`] is dropped.
 pub(super) struct WriteTx<'g>(&'g mut WriterGuard);
 
 impl WriteTx<'_> {
