@@ -13,11 +13,17 @@
 //!   the network) and imports no WASI (WASI p2's synchronous bindings
 //!   block on the tokio runtime, which panics on one of its workers);
 //! - its last [`FAST_STREAK`] calls each took at most [`FAST_CALL`] of CPU
-//!   time, and none took longer in the last [`SLOW_COOL_DOWN_MS`] (so a
-//!   plugin that loops or is slow runs on blocking threads, and one that
-//!   turns slow stalls a worker at most once per cool-down). CPU time, not
-//!   wall time: on a busy machine a fast call's thread may wait for a CPU
-//!   for milliseconds, which says nothing about the plugin;
+//!   time, and none took more than [`SLOW_CALL`] in the last
+//!   [`SLOW_COOL_DOWN_MS`] (so a plugin that is slow runs on blocking
+//!   threads, and one that turns into a runaway stalls a worker at most
+//!   once per cool-down). CPU time, not wall time: on a busy machine a
+//!   fast call's thread may wait for a CPU for milliseconds, which says
+//!   nothing about the plugin. A call between the two only ends the
+//!   streak: under full load a warm ~11 µs E2B call was charged 0.5–2.6 ms
+//!   now and then (interrupts and page faults count as the thread's CPU
+//!   time too), and with one threshold each such spike sent every call of
+//!   the next ten seconds to a blocking thread — in a loaded bench, ~94 %
+//!   of them (BENCHMARKS.md, issue 18);
 //! - one of [`inline_slots`] is free (half the cores: the other workers
 //!   keep serving while inline calls run), or frees within
 //!   [`INLINE_WAIT`]: a call that finds them taken waits for one, as a
@@ -35,6 +41,9 @@ use std::time::Duration;
 pub const FAST_CALL: Duration = Duration::from_millis(2);
 /// Fast calls in a row before a plugin's calls run inline.
 pub const FAST_STREAK: u32 = 8;
+/// The CPU time past which a call is slow, not a fast one charged a spike:
+/// it sends the plugin's calls off the workers for the cool-down.
+pub const SLOW_CALL: Duration = Duration::from_millis(10);
 /// How long after a slow call a plugin's calls stay off the workers.
 pub const SLOW_COOL_DOWN_MS: i64 = 10_000;
 /// How long a call waits for a busy inline slot before it goes to a
@@ -82,8 +91,10 @@ impl CallSpeed {
         if took <= FAST_CALL {
             let _ =
                 self.streak.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(1)));
-        } else {
-            self.streak.store(0, Ordering::Relaxed);
+            return;
+        }
+        self.streak.store(0, Ordering::Relaxed);
+        if took > SLOW_CALL {
             self.slow_until_ms.store(now_ms.saturating_add(SLOW_COOL_DOWN_MS), Ordering::Relaxed);
         }
     }
@@ -104,6 +115,26 @@ mod tests {
             speed.record(FAST, 0);
         }
         assert!(speed.inline_ok(0));
+    }
+
+    #[test]
+    fn a_call_charged_a_spike_only_ends_the_streak() {
+        let speed = CallSpeed::default();
+        for _ in 0..FAST_STREAK {
+            speed.record(FAST, 0);
+        }
+        speed.record(FAST_CALL + Duration::from_micros(600), 1_000);
+        assert!(!speed.inline_ok(1_000), "the streak starts again");
+        for _ in 0..FAST_STREAK {
+            speed.record(FAST, 1_000);
+        }
+        assert!(speed.inline_ok(1_000), "no cool-down: inline again after a new streak");
+        speed.record(SLOW_CALL, 1_000);
+        assert!(!speed.inline_ok(1_000));
+        for _ in 0..FAST_STREAK {
+            speed.record(FAST, 1_000);
+        }
+        assert!(speed.inline_ok(1_000), "up to SLOW_CALL is still a spike");
     }
 
     #[test]

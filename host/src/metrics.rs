@@ -65,6 +65,11 @@ pub static PLUGIN_CALL_SECONDS: Histogram<2> = Histogram::new(
     ["plugin", "call"],
     CALL_BUCKETS,
 );
+pub static PLUGIN_CALL_THREADS: Counter<2> = Counter::new(
+    "meterd_plugin_call_threads_total",
+    "Plugin calls by where they ran: inline (on the async worker that awaited them) or blocking (on a blocking-pool thread).",
+    ["plugin", "thread"],
+);
 pub static PLUGIN_TRAPS: Counter<2> = Counter::new(
     "meterd_plugin_traps_total",
     "Plugin calls the sandbox stopped, by kind: deadline, memory, trap, instantiate.",
@@ -100,6 +105,7 @@ pub fn render() -> String {
     POLL_RUNS.render(&mut out);
     POLL_ERRORS.render(&mut out);
     PLUGIN_CALL_SECONDS.render(&mut out);
+    PLUGIN_CALL_THREADS.render(&mut out);
     PLUGIN_TRAPS.render(&mut out);
     COMMIT_BATCH_SIZE.render(&mut out);
     COMMIT_SECONDS.render(&mut out);
@@ -403,6 +409,7 @@ mod tests {
             "meterd_poll_runs_total",
             "meterd_poll_errors_total",
             "meterd_plugin_call_seconds",
+            "meterd_plugin_call_threads_total",
             "meterd_plugin_traps_total",
             "meterd_commit_batch_size",
             "meterd_commit_seconds",

@@ -139,6 +139,8 @@ impl PluginHandle {
             metrics::PLUGIN_CALL_SECONDS.observe_duration([&plugin, call_name], started.elapsed());
             (result, thread_cpu_time().saturating_sub(cpu_before))
         };
+        let thread = if inline.is_some() { "inline" } else { "blocking" };
+        metrics::PLUGIN_CALL_THREADS.inc([&name, thread]);
         // A panic inline fails the call as one on a blocking thread would,
         // not the request's task.
         let ran = match inline {

@@ -229,6 +229,14 @@ async fn metrics_count_exactly_what_happened_and_logs_are_json_without_secrets()
     let e2b_calls = "meterd_plugin_call_seconds_count{plugin=\"e2b\",call=\"handle-webhook\"}";
     assert_eq!(moved(e2b_calls), (N + 2) as f64);
     assert_eq!(moved("meterd_plugin_call_seconds_count{plugin=\"chaos\",call=\"handle-webhook\"}"), 1.0);
+    // Each call ran in one place: inline or on a blocking thread.
+    let threads = |plugin: &str| {
+        ["inline", "blocking"].map(|thread| {
+            moved(&format!("meterd_plugin_call_threads_total{{plugin=\"{plugin}\",thread=\"{thread}\"}}"))
+        })
+    };
+    assert_eq!(threads("e2b").iter().sum::<f64>(), (N + 2) as f64);
+    assert_eq!(threads("chaos").iter().sum::<f64>(), 1.0);
     // Sent one at a time: N + 1 deliveries committed, one transaction each.
     assert_eq!(moved("meterd_commit_batch_size_sum"), (N + 1) as f64);
     assert_eq!(moved("meterd_commit_batch_size_count"), (N + 1) as f64);
