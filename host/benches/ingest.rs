@@ -618,8 +618,51 @@ struct RunReport {
     /// Webhooks/s over the measured window.
     throughput: f64,
     usage: Usage,
+    counters: Counters,
     problem: Option<String>,
     exhausted: bool,
+}
+
+/// The gateway's own counters over a whole run (warm-up included), from
+/// `/metrics`: where the E2B plugin's calls ran and how big the commits
+/// were. A run whose calls went to blocking threads measures another
+/// gateway than one whose calls ran inline (BENCHMARKS.md, issue 18).
+struct Counters {
+    inline_calls: f64,
+    blocking_calls: f64,
+    commits: f64,
+    committed_deliveries: f64,
+    commit_seconds: f64,
+}
+
+impl Counters {
+    async fn read(gateway: &Gateway) -> Self {
+        let text = support::metrics_text(gateway.addr).await;
+        let value = |series: &str| support::metric_value(&text, series);
+        let calls = |thread: &str| {
+            value(&format!("meterd_plugin_call_threads_total{{plugin=\"e2b\",thread=\"{thread}\"}}"))
+        };
+        Self {
+            inline_calls: calls("inline"),
+            blocking_calls: calls("blocking"),
+            commits: value("meterd_commit_batch_size_count"),
+            committed_deliveries: value("meterd_commit_batch_size_sum"),
+            commit_seconds: value("meterd_commit_seconds_sum"),
+        }
+    }
+
+    fn line(&self) -> String {
+        let calls = self.inline_calls + self.blocking_calls;
+        let commits = self.commits.max(1.0);
+        format!(
+            "plugin calls {:.1} % inline ({:.0} of {calls:.0}); {:.0} commits, {:.1} deliveries and {:.2} ms each on average",
+            100.0 * self.inline_calls / calls.max(1.0),
+            self.inline_calls,
+            self.commits,
+            self.committed_deliveries / commits,
+            1e3 * self.commit_seconds / commits,
+        )
+    }
 }
 
 /// The shared parts of every run.
@@ -735,6 +778,7 @@ impl Bench {
         tally.latencies.sort_unstable();
         tally.lags.sort_unstable();
         let committed = self.client.block_on(Committed::read(&gateway, &org));
+        let counters = self.client.block_on(Counters::read(&gateway));
         gateway.stop();
         let exhausted = matches!(pattern, Pattern::Closed { .. } | Pattern::Faults { .. })
             && tally.acknowledged + tally.errors >= webhooks.len() as u64;
@@ -755,6 +799,7 @@ impl Bench {
             problem,
             tally,
             usage,
+            counters,
             exhausted,
             faults,
         }
@@ -885,6 +930,7 @@ fn print_run(report: &RunReport) {
             per_webhook(perf.context_switches)
         );
     }
+    println!("  gateway's counters: {}", report.counters.line());
     match &report.problem {
         None => println!(
             "  verified: {} deliveries committed, total {} core-seconds = 3 × acknowledged",

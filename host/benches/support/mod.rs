@@ -401,20 +401,39 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// `GET /v1/orgs/{org}/usage` of the benchmark meter and month → `total`.
 pub async fn usage_total(addr: SocketAddr, org: &str) -> Decimal {
-    let mut sender = connect(addr).await;
-    sender.ready().await.expect("usage connection");
-    let request = Request::builder()
-        .uri(format!("/v1/orgs/{org}/usage?meter={METER}&{USAGE_RANGE}"))
-        .header(HOST, host_header(addr))
-        .body(Full::new(Bytes::new()))
-        .expect("a well-formed request");
-    let response = sender.send_request(request).await.expect("usage query");
-    let status = response.status();
-    let body = response.into_body().collect().await.expect("usage body").to_bytes();
+    let (status, body) = get(addr, &format!("/v1/orgs/{org}/usage?meter={METER}&{USAGE_RANGE}")).await;
     assert_eq!(status, StatusCode::OK, "usage query failed: {}", String::from_utf8_lossy(&body));
     let usage: meterd::api::usage::Usage = serde_json::from_slice(&body)
         .unwrap_or_else(|e| panic!("not a usage answer ({e}): {}", String::from_utf8_lossy(&body)));
     usage.total.0.parse().expect("usage answer has a decimal `total`")
+}
+
+/// The gateway's `/metrics` (Prometheus text).
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, StatusCode::OK, "GET /metrics failed: {}", String::from_utf8_lossy(&body));
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// One series' value in a `/metrics` text (`name{labels}` exactly as
+/// exposed), 0 when it has not appeared.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+/// A GET on a connection of its own: the answer's status and body.
+async fn get(addr: SocketAddr, path_and_query: &str) -> (StatusCode, Bytes) {
+    let mut sender = connect(addr).await;
+    sender.ready().await.expect("a connection to the gateway");
+    let request = Request::builder()
+        .uri(path_and_query)
+        .header(HOST, host_header(addr))
+        .body(Full::new(Bytes::new()))
+        .expect("a well-formed request");
+    let response = sender.send_request(request).await.unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("an answer's body").to_bytes();
+    (status, body)
 }
 
 // ---------------------------------------------------------------------------
