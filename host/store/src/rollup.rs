@@ -38,6 +38,10 @@ use crate::plans::standing::{Effect, Run, run_effects, runs_of};
 /// A subject of one series.
 pub(super) type SubjectKey = (SeriesKey, String);
 
+/// The tails of the subjects a transaction wrote, to remember once it has
+/// committed (`None`: forget the subject's).
+pub(super) type SubjectTails = Vec<(SubjectKey, Option<Tail>)>;
+
 /// A transaction's level writes, per subject.
 type LevelWrites = BTreeMap<SubjectKey, Written>;
 
@@ -375,7 +379,7 @@ pub(super) struct Maintained {
     /// `COMMIT`, in one lock of its handle (`sqlite_rollup::write_rows`).
     pub rows: RowsToWrite,
     pub effects: Vec<OrgEffect>,
-    pub tails: Vec<(SubjectKey, Option<Tail>)>,
+    pub tails: SubjectTails,
 }
 
 /// A transaction's rollup changes over the stored rows they start from:
@@ -450,6 +454,59 @@ async fn maintain_with(
     tails: Option<&dyn Tails>,
     group_by: &[String],
 ) -> Result<Option<Maintained>, StoreError> {
+    let planned = plan(tx, changes, tails, group_by).await?;
+    let keys = &planned.keys;
+    let stored = tx.load_rows(&keys.hours, &keys.steps, &keys.months, &keys.group_hours).await?;
+    if planned.stale(tails, &stored) {
+        return Ok(None);
+    }
+    let mut all_steps = BTreeMap::new();
+    for (series, hour) in planned.resummarized(&stored) {
+        let stored_steps = tx.steps_in(&series, Range { from_ms: hour, to_ms: hour + HOUR_MS }).await?;
+        all_steps.insert((series, hour), stored_steps);
+    }
+    planned.finish(stored, all_steps).map(Some)
+}
+
+/// The rollup rows a transaction touches ([`RollupTx::load_rows`] reads
+/// them), in key order.
+#[derive(Debug, Default)]
+pub(super) struct RowKeys {
+    pub hours: Vec<(SeriesKey, i64)>,
+    pub steps: Vec<(SeriesKey, i64)>,
+    pub months: Vec<(SeriesKey, i64)>,
+    pub group_hours: Vec<GroupHourKey>,
+}
+
+/// A transaction's rollup changes worked out from its records and the
+/// neighbourhoods of its levels (every read but the rows': [`plan`]); with
+/// the stored rows they touch, [`Planned::finish`] works out the rest
+/// without reading, so an engine may run it where reads are cheap
+/// (SQLite: in the lock of its handle that the `COMMIT` takes).
+pub(super) struct Planned {
+    pub keys: RowKeys,
+    /// What each record adds to its hour's sum and count.
+    records: BTreeMap<(SeriesKey, i64), (Decimal, i64)>,
+    /// And to its group hours.
+    group_hours: BTreeMap<GroupHourKey, GroupHour>,
+    hoods: BTreeMap<SubjectKey, Hood>,
+    /// The org level steps' changes (group level steps are written as
+    /// steps too, in `step_rows`, but are no effect).
+    steps: BTreeMap<(SeriesKey, i64), Decimal>,
+    step_rows: Vec<((SeriesKey, i64), Decimal)>,
+    /// The steps each touched hour gains.
+    by_hour: BTreeMap<(SeriesKey, i64), Vec<(i64, Decimal)>>,
+    runs: RunChanges,
+}
+
+/// Works out a transaction's rollup changes up to the rows they touch
+/// (see [`Planned`]).
+pub(super) async fn plan(
+    tx: &mut impl RollupTx,
+    changes: &[OrgChange],
+    tails: Option<&dyn Tails>,
+    group_by: &[String],
+) -> Result<Planned, StoreError> {
     // What each record adds to its hour's sum and count.
     let mut records: BTreeMap<(SeriesKey, i64), (Decimal, i64)> = BTreeMap::new();
     // And to its group hours.
@@ -518,76 +575,104 @@ async fn maintain_with(
         all_steps.iter().map(|(k, s)| ((*k).clone(), *s)).collect();
     let step_keys: Vec<(SeriesKey, i64)> = all_steps.keys().map(|k| (*k).clone()).collect();
     let group_keys: Vec<GroupHourKey> = group_hours.keys().cloned().collect();
-    let mut stored = tx.load_rows(&hour_keys, &step_keys, &month_keys, &group_keys).await?;
-    let stale = match (tails, stored.data_version) {
-        (Some(tails), Some(version)) => !tails.validate(version),
-        _ => false,
-    };
-    if stale && hoods.values().any(|h| h.tail.is_some()) {
-        return Ok(None);
+    let keys = RowKeys { hours: hour_keys, steps: step_keys, months: month_keys, group_hours: group_keys };
+    Ok(Planned { keys, records, group_hours, hoods, steps, step_rows, by_hour, runs })
+}
+
+impl Planned {
+    /// Whether `stored` shows that tails this plan used were stale (another
+    /// connection committed since they were kept): the plan must then be
+    /// made again from reads alone. Tells `tails` the version it saw.
+    pub fn stale(&self, tails: Option<&dyn Tails>, stored: &StoredRows) -> bool {
+        let stale = match (tails, stored.data_version) {
+            (Some(tails), Some(version)) => !tails.validate(version),
+            _ => false,
+        };
+        stale && self.hoods.values().any(|h| h.tail.is_some())
     }
 
-    let mut out = Vec::with_capacity(hour_keys.len());
-    let mut empty_hours = Vec::new();
-    // Each month changes by what its hours changed by.
-    let mut months: BTreeMap<(SeriesKey, i64), Month> = BTreeMap::new();
-    let mut hours = std::mem::take(&mut stored.hours);
-    for key in hour_keys {
-        let was = hours.remove(&key).unwrap_or_default();
-        let mut hour = was.clone();
-        if let Some((delta, new)) = records.get(&key) {
-            hour.delta_sum = plus(hour.delta_sum, *delta)?;
-            hour.records += new;
-        }
-        if let Some(new_steps) = by_hour.get(&key) {
-            if hour.can_append(new_steps) {
-                hour.append_steps(key.1, new_steps).map_err(overflow)?;
+    /// The hours whose new steps do not all come after their stored ones:
+    /// [`Planned::finish`] re-summarizes them from all their stored steps.
+    pub fn resummarized(&self, stored: &StoredRows) -> Vec<(SeriesKey, i64)> {
+        self.by_hour
+            .iter()
+            .filter(|(key, new_steps)| stored.hours.get(key).is_some_and(|h| !h.can_append(new_steps)))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// The rows to write over `stored` and what they change, given the
+    /// stored steps of each hour [`Planned::resummarized`] named.
+    pub fn finish(
+        self,
+        mut stored: StoredRows,
+        mut stored_steps: BTreeMap<(SeriesKey, i64), Vec<(i64, Decimal)>>,
+    ) -> Result<Maintained, StoreError> {
+        let Planned { keys, records, group_hours, hoods, steps, step_rows, by_hour, runs } = self;
+        let mut out = Vec::with_capacity(keys.hours.len());
+        let mut empty_hours = Vec::new();
+        // Each month changes by what its hours changed by.
+        let mut months: BTreeMap<(SeriesKey, i64), Month> = BTreeMap::new();
+        let mut hours = std::mem::take(&mut stored.hours);
+        for key in keys.hours {
+            let was = hours.remove(&key).unwrap_or_default();
+            let mut hour = was.clone();
+            if let Some((delta, new)) = records.get(&key) {
+                hour.delta_sum = plus(hour.delta_sum, *delta)?;
+                hour.records += new;
+            }
+            if let Some(new_steps) = by_hour.get(&key) {
+                if hour.can_append(new_steps) {
+                    hour.append_steps(key.1, new_steps).map_err(overflow)?;
+                } else {
+                    let stored_steps = stored_steps.remove(&key).ok_or_else(|| {
+                        StoreError::Corrupt("rollups: an hour to re-summarize without its steps".to_owned())
+                    })?;
+                    let all = with_changes(stored_steps, new_steps)?;
+                    hour.resummarize(key.1, &all).map_err(overflow)?;
+                }
+            }
+            let month = month_containing(key.1).from_ms;
+            let offset = key.1 - month;
+            let change = Month::of_hour(&hour, offset)
+                .and_then(|now| now.minus(&Month::of_hour(&was, offset)?))
+                .map_err(overflow)?;
+            months.entry((key.0.clone(), month)).or_default().add(&change).map_err(overflow)?;
+            if hour == Hour::default() {
+                // No records and no steps (a group's level moved there and
+                // back): no row, as the fold leaves none.
+                empty_hours.push(key);
             } else {
-                let hour_range = Range { from_ms: key.1, to_ms: key.1 + HOUR_MS };
-                let all = with_changes(tx.steps_in(&key.0, hour_range).await?, new_steps)?;
-                hour.resummarize(key.1, &all).map_err(overflow)?;
+                out.push((key, hour));
             }
         }
-        let month = month_containing(key.1).from_ms;
-        let offset = key.1 - month;
-        let change = Month::of_hour(&hour, offset)
-            .and_then(|now| now.minus(&Month::of_hour(&was, offset)?))
-            .map_err(overflow)?;
-        months.entry((key.0.clone(), month)).or_default().add(&change).map_err(overflow)?;
-        if hour == Hour::default() {
-            // No records and no steps (a group's level moved there and
-            // back): no row, as the fold leaves none.
-            empty_hours.push(key);
-        } else {
-            out.push((key, hour));
-        }
+        let write = RollupWrite {
+            steps: step_rows,
+            hours: out,
+            hours_removed: empty_hours,
+            months: months.into_iter().filter(|(_, m)| !m.is_zero()).collect(),
+            runs_removed: runs.removed,
+            runs_added: runs.added,
+            group_hours: group_hours.into_iter().collect(),
+        };
+        let tails = hoods
+            .iter()
+            .map(|(key, h)| (key.clone(), Tail::after(&h.hood, runs.after.get(key).map(Vec::as_slice))))
+            .collect();
+        let effect =
+            |s: &SeriesKey, effect| OrgEffect { org_id: s.org_id.clone(), metric: s.metric.clone(), effect };
+        let mut effects: Vec<OrgEffect> = records
+            .iter()
+            .map(|((s, hour), (delta, added))| {
+                effect(s, Effect::Records { at_ms: *hour, added: *added, delta: *delta })
+            })
+            .collect();
+        effects.extend(
+            steps.iter().map(|((s, at), change)| effect(s, Effect::Step { at_ms: *at, change: *change })),
+        );
+        effects.extend(runs.effects);
+        Ok(Maintained { rows: RowsToWrite { stored, write }, effects, tails })
     }
-    let write = RollupWrite {
-        steps: step_rows,
-        hours: out,
-        hours_removed: empty_hours,
-        months: months.into_iter().filter(|(_, m)| !m.is_zero()).collect(),
-        runs_removed: runs.removed,
-        runs_added: runs.added,
-        group_hours: group_hours.into_iter().collect(),
-    };
-    let tails = hoods
-        .iter()
-        .map(|(key, h)| (key.clone(), Tail::after(&h.hood, runs.after.get(key).map(Vec::as_slice))))
-        .collect();
-    let effect =
-        |s: &SeriesKey, effect| OrgEffect { org_id: s.org_id.clone(), metric: s.metric.clone(), effect };
-    let mut effects: Vec<OrgEffect> = records
-        .iter()
-        .map(|((s, hour), (delta, added))| {
-            effect(s, Effect::Records { at_ms: *hour, added: *added, delta: *delta })
-        })
-        .collect();
-    effects.extend(
-        steps.iter().map(|((s, at), change)| effect(s, Effect::Step { at_ms: *at, change: *change })),
-    );
-    effects.extend(runs.effects);
-    Ok(Some(Maintained { rows: RowsToWrite { stored, write }, effects, tails }))
 }
 
 /// An hour's stored steps (in time order) with this transaction's changes

@@ -2,7 +2,7 @@
 //! before it is acknowledged), one writer connection, a small reader pool,
 //! WAL checkpoints on a connection of their own (`store::checkpoint`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,25 +14,27 @@ use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row, Sqlite, Sqli
 
 use super::checkpoint::{self, Checkpointer};
 use super::engine::Connections;
-use super::rollup::{Maintained, RollupTx, SubjectKey, attributes_column};
+use super::rollup::{
+    self, Maintained, NoTails, Planned, RollupTx, RowsToWrite, SubjectTails, attributes_column,
+};
 use super::rows;
 use super::shared;
 use super::sqlite_direct::{Direct, Value};
 use super::sqlite_rollup;
-use super::sqlite_writer::{WriteTx, Writer, WriterGuard};
+use super::sqlite_writer::{Step, WriteTx, Writer, WriterGuard};
 use super::tails::TailMemory;
 use super::{
     CommitHook, CommitOutcome, Deliveries, Delivery, DeliveryCursor, Ingest, NewGrant, Notice, OrgChange,
-    OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PollCommit, PollState, Polls,
-    RecordCounts, RecordFix, RecordRow, ReplaySet, RollupCheck, Rollups, StandingSnapshot, Standings, Store,
-    StoreError, StoredDelivery, StoredRecord, declared, fix_change, headers_column, new_records, org_change,
+    OrgEffect, OrgPlan, Outbox, OutboxCounts, OutboxMessage, PURGE_BATCH, Plans, PollCommit, PollState,
+    Polls, RecordCounts, RecordFix, RecordRow, ReplaySet, RollupCheck, Rollups, StandingSnapshot, Standings,
+    Store, StoreError, StoredDelivery, StoredRecord, declared, fix_change, headers_column, new_records,
+    org_change,
 };
 use crate::meter::Aggregation;
 use crate::meter::period::{Range, month_containing};
-use crate::meter::rollup::SeriesKey;
 use crate::meter::rollup::groups::{GroupInput, GroupLevelInput};
 use crate::meter::rollup::query::{ReadPlan, RollupInput};
-use crate::meter::rollup::tail::Tail;
+use crate::meter::rollup::{HOUR_MS, SeriesKey};
 use crate::plans::credits::Grant;
 use crate::plans::standing::Run;
 use crate::record::UsageRecord;
@@ -131,35 +133,123 @@ impl SqliteStore {
         mut tx: WriteTx<'_>,
         changes: Vec<OrgChange>,
         now_ms: i64,
-    ) -> Result<Vec<(SubjectKey, Option<Tail>)>, StoreError> {
-        let Maintained { rows, effects, tails } = if changes.is_empty() {
-            Maintained::default()
-        } else {
-            super::rollup::maintain(&mut *tx, &changes, &self.tails, &self.group_by).await?
-        };
-        let write_rollups = |direct: &mut Direct<'_>| sqlite_rollup::write_rows(direct, &rows);
-        let Some(hook) = self.hook.get().filter(|_| !effects.is_empty()) else {
-            tx.commit_after(write_rollups).await?;
-            return Ok(tails);
-        };
-        let notices = hook.records_written(None, &effects, now_ms);
+    ) -> Result<SubjectTails, StoreError> {
+        if changes.is_empty() {
+            return self.commit_maintained(tx, Maintained::default(), now_ms).await;
+        }
+        // Every read but the rows' (none in the steady state: the tails
+        // answer), then the rest in the lock of the handle that the
+        // `COMMIT` takes: loading the rows is no round trip of its own.
+        let planned = rollup::plan(&mut *tx, &changes, Some(&self.tails), &self.group_by).await?;
+        match tx.with_handle(|direct| self.finish_in_lock(direct, planned, now_ms)).await? {
+            Step::Committed(tails) => Ok(tails),
+            Step::Open(Unfinished::Noticed { maintained, notices }) => {
+                let Maintained { rows, effects, tails } = *maintained;
+                self.commit_noticed(tx, &rows, &effects, &notices, now_ms).await?;
+                Ok(tails)
+            }
+            // The tails were stale (another connection committed): the
+            // work again from reads alone, in the same transaction.
+            Step::Open(Unfinished::Stale) => {
+                let maintained = rollup::maintain(&mut *tx, &changes, &NoTails, &self.group_by).await?;
+                self.commit_maintained(tx, maintained, now_ms).await
+            }
+        }
+    }
+
+    /// Loads a planned commit's rollup rows on the handle, works out the
+    /// rest, and writes and commits — unless the tails were stale, or the
+    /// commit hook has notices to insert first (through sqlx).
+    fn finish_in_lock(
+        &self,
+        direct: &mut Direct<'_>,
+        planned: Planned,
+        now_ms: i64,
+    ) -> Result<Step<SubjectTails, Unfinished>, StoreError> {
+        let stored = sqlite_rollup::load_rows_direct(direct, &planned.keys)?;
+        if planned.stale(Some(&self.tails), &stored) {
+            return Ok(Step::Open(Unfinished::Stale));
+        }
+        let mut stored_steps = BTreeMap::new();
+        for (series, hour) in planned.resummarized(&stored) {
+            let range = Range { from_ms: hour, to_ms: hour + HOUR_MS };
+            stored_steps
+                .insert((series.clone(), hour), sqlite_rollup::steps_in_direct(direct, &series, range)?);
+        }
+        let maintained = planned.finish(stored, stored_steps)?;
+        let hook = self.hook.get().filter(|_| !maintained.effects.is_empty());
+        let notices = hook.map(|h| h.records_written(None, &maintained.effects, now_ms)).unwrap_or_default();
+        if !notices.is_empty() {
+            return Ok(Step::Open(Unfinished::Noticed { maintained: Box::new(maintained), notices }));
+        }
+        let written =
+            sqlite_rollup::write_rows(direct, &maintained.rows).and_then(|()| direct.execute_batch("COMMIT"));
+        match (written, hook) {
+            (Ok(()), hook) => hook.into_iter().for_each(|h| h.committed(0)),
+            (Err(e), hook) => {
+                hook.into_iter().for_each(|h| h.rolled_back(None, &maintained.effects, &notices));
+                return Err(e);
+            }
+        }
+        Ok(Step::Committed(maintained.tails))
+    }
+
+    /// Writes `maintained`'s rows and commits, the commit hook's notices
+    /// first when it has any.
+    async fn commit_maintained(
+        &self,
+        tx: WriteTx<'_>,
+        maintained: Maintained,
+        now_ms: i64,
+    ) -> Result<SubjectTails, StoreError> {
+        let Maintained { rows, effects, tails } = maintained;
+        match self.hook.get().filter(|_| !effects.is_empty()) {
+            None => tx.commit_after(|direct| sqlite_rollup::write_rows(direct, &rows)).await?,
+            Some(hook) => {
+                let notices = hook.records_written(None, &effects, now_ms);
+                self.commit_noticed(tx, &rows, &effects, &notices, now_ms).await?;
+            }
+        }
+        Ok(tails)
+    }
+
+    /// Inserts the notices the commit hook gave for `effects`, writes the
+    /// rollup rows and commits; tells the hook how it went.
+    async fn commit_noticed(
+        &self,
+        mut tx: WriteTx<'_>,
+        rows: &RowsToWrite,
+        effects: &[OrgEffect],
+        notices: &[Notice],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let result = async {
-            let (fired, _) = shared::insert_notices::<Sqlite>(&mut tx, &notices, now_ms).await?;
-            tx.commit_after(write_rollups).await?;
+            let (fired, _) = shared::insert_notices::<Sqlite>(&mut tx, notices, now_ms).await?;
+            tx.commit_after(|direct| sqlite_rollup::write_rows(direct, rows)).await?;
             Ok::<_, StoreError>(fired)
         }
         .await;
+        let Some(hook) = self.hook.get() else { return result.map(|_| ()) };
         match result {
             Ok(fired) => {
                 hook.committed(fired);
-                Ok(tails)
+                Ok(())
             }
             Err(e) => {
-                hook.rolled_back(None, &effects, &notices);
+                hook.rolled_back(None, effects, notices);
                 Err(e)
             }
         }
     }
+}
+
+/// Why a commit's last step on the handle ([`SqliteStore::finish_in_lock`])
+/// left the transaction open.
+enum Unfinished {
+    /// Worked out, but the hook's notices go in first (nothing written).
+    Noticed { maintained: Box<Maintained>, notices: Vec<Notice> },
+    /// The tails were stale: nothing worked out.
+    Stale,
 }
 
 /// Writes records by their dedup key (plugin, event id, seq): a new key is

@@ -217,6 +217,44 @@ impl Statement<'_> {
         result
     }
 
+    /// Runs a query once with `values` bound to `?1, ?2, …` and answers
+    /// its one row's one text column: a read whose rows SQLite gathers
+    /// into one JSON text (`json_group_array`), on the handle's lock.
+    pub(super) fn text(&mut self, values: &[Value<'_>]) -> Result<String, StoreError> {
+        let result = self.bind(values).and_then(|()| self.row_text());
+        // SAFETY: as in `insert`; the text was copied out before the reset.
+        unsafe {
+            ffi::sqlite3_reset(self.stmt.as_ptr());
+            ffi::sqlite3_clear_bindings(self.stmt.as_ptr());
+        }
+        result
+    }
+
+    fn row_text(&mut self) -> Result<String, StoreError> {
+        let stmt = self.stmt.as_ptr();
+        // SAFETY: `stmt` is a live statement of `db`, whose values are
+        // bound; the lock keeps every other thread off `db`. On a row,
+        // column 0's text (as UTF-8) and its length in bytes stay valid
+        // until the next step or reset, and are copied before either.
+        unsafe {
+            match ffi::sqlite3_step(stmt) {
+                ffi::SQLITE_ROW => {}
+                ffi::SQLITE_DONE => {
+                    return Err(StoreError::Corrupt(format!("{:?} answered no row", self.sql)));
+                }
+                code => return Err(error(self.db, code, self.sql)),
+            }
+            let text = ffi::sqlite3_column_text(stmt, 0);
+            if text.is_null() {
+                return Err(StoreError::Corrupt(format!("{:?} answered NULL", self.sql)));
+            }
+            let length = usize::try_from(ffi::sqlite3_column_bytes(stmt, 0)).unwrap_or(0);
+            let bytes = std::slice::from_raw_parts(text, length);
+            String::from_utf8(bytes.to_vec())
+                .map_err(|_| StoreError::Corrupt(format!("{:?} answered text that is not UTF-8", self.sql)))
+        }
+    }
+
     fn bind(&mut self, values: &[Value<'_>]) -> Result<(), StoreError> {
         let stmt = self.stmt.as_ptr();
         for (i, value) in values.iter().enumerate() {
@@ -332,6 +370,27 @@ mod tests {
         let read: Vec<(String, Option<i64>, Vec<u8>)> =
             rows.iter().map(|r| (r.get("k"), r.get("n"), r.get("b"))).collect();
         assert_eq!(read, [("a".to_owned(), Some(5), b"body".to_vec()), ("b".to_owned(), None, Vec::new())]);
+    }
+
+    #[tokio::test]
+    async fn a_query_answers_its_rows_as_one_text_and_runs_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut conn = connection(&dir).await;
+        sqlx::query("INSERT INTO t (k, n, b) VALUES ('a', 1, x''), ('b', 2, x''), ('é', 3, x'')")
+            .execute(&mut *conn)
+            .await
+            .expect("rows");
+        const QUERY: &str =
+            "SELECT json_group_array(json_array(k, n)) FROM (SELECT k, n FROM t WHERE n >= ?1 ORDER BY n)";
+        let mut direct = conn.direct().await.expect("lock");
+        let mut query = direct.prepare(QUERY).expect("prepare");
+        assert_eq!(query.text(&[Value::Int(2)]).expect("from 2"), r#"[["b",2],["é",3]]"#);
+        assert_eq!(query.text(&[Value::Int(9)]).expect("none"), "[]");
+        let mut none = direct.prepare("SELECT k FROM t WHERE n > 100").expect("prepare");
+        let error = none.text(&[]).expect_err("no row").to_string();
+        assert!(error.contains("answered no row"), "{error}");
+        let mut null = direct.prepare("SELECT NULL").expect("prepare");
+        assert!(null.text(&[]).expect_err("NULL").to_string().contains("NULL"));
     }
 
     #[tokio::test]

@@ -10,11 +10,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::StoreError;
 use super::rollup::{
-    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RowsToWrite, StoredRows,
-    SubjectKey, build_state, fold_records,
+    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RowKeys, RowsToWrite,
+    StoredRows, SubjectKey, build_state, fold_records,
 };
 use super::rows::{self, StoredRow as _};
-use super::sqlite_direct::Direct;
+use super::sqlite_direct::{Direct, Value};
 use crate::meter::period::{Range, month_containing};
 use crate::meter::rollup::fold::FoldOutput;
 use crate::meter::rollup::groups::{GroupHour, GroupHourKey};
@@ -78,6 +78,159 @@ static LOAD_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         groups = LIVE.group_hours,
     )
 });
+
+/// [`LOAD_ROWS`]' rows as one JSON text: read by sqlx (one row to hand
+/// over) or on the writer's handle, in the lock its `COMMIT` takes
+/// ([`load_rows_direct`]), and decoded alike ([`stored_rows`]).
+static LOAD_ROWS_JSON: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT json_group_array(json_array(tbl, org_id, metric, at_ms, delta_sum, records, level_step,
+                level_moment, level_open, level_peak, level_last_at_ms, group_key, cell, deltas))
+         FROM ({})",
+        LOAD_ROWS.as_str()
+    )
+});
+
+/// One row of [`LOAD_ROWS_JSON`], its columns in order.
+type LoadedRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
+/// The rows [`LOAD_ROWS_JSON`] answered.
+fn stored_rows(json: &str) -> Result<StoredRows, StoreError> {
+    fn given<T>(value: Option<T>, column: &str) -> Result<T, StoreError> {
+        value.ok_or_else(|| StoreError::Corrupt(format!("rollup rows: {column} is null")))
+    }
+    let rows: Vec<LoadedRow> =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("rollup rows: {e}")))?;
+    let mut stored = StoredRows::default();
+    for row in rows {
+        let (
+            tbl,
+            org_id,
+            metric,
+            at_ms,
+            delta_sum,
+            records,
+            step,
+            moment,
+            open,
+            peak,
+            last_at,
+            group,
+            cell,
+            deltas,
+        ) = row;
+        let at_ms = given(at_ms, "at_ms")?;
+        if tbl == "v" {
+            stored.data_version = Some(at_ms);
+            continue;
+        }
+        let key = (SeriesKey { org_id: given(org_id, "org_id")?, metric: given(metric, "metric")? }, at_ms);
+        let delta_sum = decimal(&given(delta_sum, "delta_sum")?)?;
+        match tbl.as_str() {
+            "s" => {
+                stored.steps.insert(key, delta_sum);
+            }
+            "h" => {
+                let hour = Hour {
+                    delta_sum,
+                    records: given(records, "records")?,
+                    level_step: decimal(&given(step, "level_step")?)?,
+                    level_moment: decimal(&given(moment, "level_moment")?)?,
+                    level_open: decimal(&given(open, "level_open")?)?,
+                    level_peak: peak.as_deref().map(decimal).transpose()?,
+                    level_last_at: last_at,
+                };
+                stored.hours.insert(key, hour);
+            }
+            "m" => {
+                let month = Month {
+                    delta_sum,
+                    records: given(records, "records")?,
+                    level_step: decimal(&given(step, "level_step")?)?,
+                    level_moment: decimal(&given(moment, "level_moment")?)?,
+                };
+                stored.months.insert(key, month);
+            }
+            "g" => {
+                let (series, hour) = key;
+                let records = given(records, "records")?;
+                let group_hour = GroupHour { delta_sum, records, deltas: given(deltas, "deltas")? };
+                stored
+                    .group_hours
+                    .insert((series, given(group, "group_key")?, given(cell, "cell")?, hour), group_hour);
+            }
+            other => return Err(StoreError::Corrupt(format!("rollup rows: table {other:?}"))),
+        }
+    }
+    Ok(stored)
+}
+
+/// The four JSON key lists [`LOAD_ROWS`] binds, in order.
+fn load_rows_params(
+    hours: &[(SeriesKey, i64)],
+    steps: &[(SeriesKey, i64)],
+    months: &[(SeriesKey, i64)],
+    group_hours: &[GroupHourKey],
+) -> [String; 4] {
+    [
+        series_keys(hours.iter()),
+        series_keys(steps.iter()),
+        series_keys(months.iter()),
+        group_keys_json(group_hours.iter()),
+    ]
+}
+
+/// [`RollupTx::load_rows`] on the writer's own handle.
+pub(super) fn load_rows_direct(direct: &mut Direct<'_>, keys: &RowKeys) -> Result<StoredRows, StoreError> {
+    let params = load_rows_params(&keys.hours, &keys.steps, &keys.months, &keys.group_hours);
+    let values = params.each_ref().map(|p| Value::Text(p));
+    stored_rows(&direct.prepare(LOAD_ROWS_JSON.as_str())?.text(&values)?)
+}
+
+/// A series' steps in a range, as [`RollupTx::steps_in`] reads them.
+static STEPS_IN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    json_rows_query(
+        "json_array(at_ms, step)",
+        "rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4 ORDER BY at_ms",
+    )
+});
+
+/// [`RollupTx::steps_in`] on the writer's own handle.
+pub(super) fn steps_in_direct(
+    direct: &mut Direct<'_>,
+    series: &SeriesKey,
+    range: Range,
+) -> Result<Vec<(i64, Decimal)>, StoreError> {
+    let values = [
+        Value::Text(&series.org_id),
+        Value::Text(&series.metric),
+        Value::Int(range.from_ms),
+        Value::Int(range.to_ms),
+    ];
+    steps(&direct.prepare(STEPS_IN.as_str())?.text(&values)?)
+}
+
+/// The steps [`STEPS_IN`] answered.
+fn steps(json: &str) -> Result<Vec<(i64, Decimal)>, StoreError> {
+    let rows: Vec<(i64, String)> =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("rollup steps: {e}")))?;
+    rows.into_iter().map(|(at, step)| Ok((at, decimal(&step)?))).collect()
+}
 
 /// Group hour keys as the JSON list `LOAD_ROWS` reads.
 fn group_keys_json<'a>(keys: impl Iterator<Item = &'a GroupHourKey>) -> String {
@@ -187,6 +340,12 @@ static NEIGHBOURHOODS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::n
     super::rollup::neighbourhood_forms(text, ("NULL", "r.attributes"))
 });
 
+/// The statement of a [`json_rows`] read: each row's `row` expression
+/// over `from`, gathered into one JSON array.
+fn json_rows_query(row: &str, from: &str) -> String {
+    format!("SELECT json_group_array(json(r)) AS rows FROM (SELECT {row} AS r FROM {from})")
+}
+
 /// The rows of a range read (`FROM …`, binding ?1 org, ?2 metric, ?3 and
 /// ?4 the range, ?5 a group key) as one JSON array built by SQLite:
 /// sqlx's SQLite driver hands each row over from its worker thread on its
@@ -198,7 +357,7 @@ async fn json_rows<T: serde::de::DeserializeOwned>(
     from: &str,
     (series, range, key): (&SeriesKey, Range, Option<&str>),
 ) -> Result<Vec<T>, StoreError> {
-    let text = format!("SELECT json_group_array(json(r)) AS rows FROM (SELECT {row} AS r FROM {from})");
+    let text = json_rows_query(row, from);
     let mut query =
         sqlx::query(&text).bind(&series.org_id).bind(&series.metric).bind(range.from_ms).bind(range.to_ms);
     if let Some(key) = key {
@@ -380,14 +539,15 @@ impl RollupTx for SqliteConnection {
         series: &SeriesKey,
         range: Range,
     ) -> Result<Vec<(i64, Decimal)>, StoreError> {
-        let rows: Vec<(i64, String)> = json_rows(
-            self,
-            "json_array(at_ms, step)",
-            "rollup_steps WHERE org_id = ?1 AND metric = ?2 AND at_ms >= ?3 AND at_ms < ?4 ORDER BY at_ms",
-            (series, range, None),
-        )
-        .await?;
-        rows.into_iter().map(|(at, step)| Ok((at, decimal(&step)?))).collect()
+        let json: String = sqlx::query(STEPS_IN.as_str())
+            .bind(&series.org_id)
+            .bind(&series.metric)
+            .bind(range.from_ms)
+            .bind(range.to_ms)
+            .fetch_one(&mut *self)
+            .await?
+            .try_get("rows")?;
+        steps(&json)
     }
 
     async fn group_hours_in(
@@ -418,39 +578,12 @@ impl RollupTx for SqliteConnection {
         months: &[(SeriesKey, i64)],
         group_hours: &[GroupHourKey],
     ) -> Result<StoredRows, StoreError> {
-        let rows = sqlx::query(LOAD_ROWS.as_str())
-            .bind(series_keys(hours.iter()))
-            .bind(series_keys(steps.iter()))
-            .bind(series_keys(months.iter()))
-            .bind(group_keys_json(group_hours.iter()))
-            .fetch_all(&mut *self)
-            .await?;
-        let mut stored = StoredRows::default();
-        for row in &rows {
-            let tbl: String = row.try_get("tbl")?;
-            if tbl == "v" {
-                stored.data_version = Some(row.try_get("at_ms")?);
-                continue;
-            }
-            let key = rows::series_at(row, "at_ms")?;
-            match tbl.as_str() {
-                "h" => {
-                    stored.hours.insert(key, rows::hour(row)?);
-                }
-                "s" => {
-                    stored.steps.insert(key, row.decimal("delta_sum")?);
-                }
-                "g" => {
-                    let (series, hour) = key;
-                    let group_key = (series, row.try_get("group_key")?, row.try_get("cell")?, hour);
-                    stored.group_hours.insert(group_key, rows::group_hour(row)?);
-                }
-                _ => {
-                    stored.months.insert(key, rows::month(row)?);
-                }
-            }
+        let mut query = sqlx::query(LOAD_ROWS_JSON.as_str());
+        for param in load_rows_params(hours, steps, months, group_hours) {
+            query = query.bind(param);
         }
-        Ok(stored)
+        let json: String = query.fetch_one(&mut *self).await?.try_get(0)?;
+        stored_rows(&json)
     }
 
     async fn lock_subjects(&mut self, _subjects: &[SubjectKey]) -> Result<(), StoreError> {

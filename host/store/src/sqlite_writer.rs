@@ -116,6 +116,14 @@ impl DerefMut for WriterGuard {
     }
 }
 
+/// How a [`WriteTx::with_handle`] step left the transaction.
+pub(super) enum Step<C, O> {
+    /// Committed by the step's own `COMMIT`.
+    Committed(C),
+    /// Still open.
+    Open(O),
+}
+
 /// A write transaction on the held writer; derefs to the connection.
 /// Dropped without [`WriteTx::commit`], it is rolled back when its
 /// [`WriterGuard`] is dropped.
@@ -140,12 +148,28 @@ impl WriteTx<'_> {
         mut self,
         last: impl FnOnce(&mut Direct<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        self.with_handle(|direct| {
+            last(direct)?;
+            direct.execute_batch("COMMIT")?;
+            Ok(Step::<(), ()>::Committed(()))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs `step` in one lock of the handle; `step` either commits (its
+    /// own `COMMIT`) or leaves the transaction open for what follows.
+    pub(super) async fn with_handle<C, O>(
+        &mut self,
+        step: impl FnOnce(&mut Direct<'_>) -> Result<Step<C, O>, StoreError>,
+    ) -> Result<Step<C, O>, StoreError> {
         let mut direct = self.direct().await?;
-        last(&mut direct)?;
-        direct.execute_batch("COMMIT")?;
+        let done = step(&mut direct);
         drop(direct);
-        self.0.held_mut().open = false;
-        Ok(())
+        if let Ok(Step::Committed(_)) = &done {
+            self.0.held_mut().open = false;
+        }
+        done
     }
 
     /// The connection's own handle, for statements run on the caller's

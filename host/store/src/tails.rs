@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::rollup::{SubjectKey, Tails};
+use super::rollup::{SubjectKey, SubjectTails, Tails};
 use crate::meter::rollup::tail::Tail;
 
 /// Subjects remembered at most (two generations of half each: a subject
@@ -55,7 +55,7 @@ impl TailMemory {
     }
 
     /// Remembers the tails of a committed transaction (`None`: forget).
-    pub fn remember(&self, tails: Vec<(SubjectKey, Option<Tail>)>) {
+    pub fn remember(&self, tails: SubjectTails) {
         self.with(|g| {
             for (subject, tail) in tails {
                 g.older.remove(&subject);
