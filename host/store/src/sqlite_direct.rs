@@ -205,24 +205,29 @@ impl Statement<'_> {
     /// Runs the statement once with `values` bound to `?1, ?2, …`: an
     /// insert (or any statement answering no rows).
     pub(super) fn insert(&mut self, values: &[Value<'_>]) -> Result<Inserted, StoreError> {
-        let result = self.bind(values).and_then(|()| self.step());
-        // SAFETY: `stmt` is a live statement of `db`. Reset and cleared,
-        // it holds no pointer into `values` once this returns (they were
-        // bound `SQLITE_STATIC`, i.e. borrowed until then). Their return
-        // codes repeat the step's error, already in `result`.
-        unsafe {
-            ffi::sqlite3_reset(self.stmt.as_ptr());
-            ffi::sqlite3_clear_bindings(self.stmt.as_ptr());
-        }
-        result
+        self.once(values, Self::step)
     }
 
     /// Runs a query once with `values` bound to `?1, ?2, …` and answers
     /// its one row's one text column: a read whose rows SQLite gathers
     /// into one JSON text (`json_group_array`), on the handle's lock.
     pub(super) fn text(&mut self, values: &[Value<'_>]) -> Result<String, StoreError> {
-        let result = self.bind(values).and_then(|()| self.row_text());
-        // SAFETY: as in `insert`; the text was copied out before the reset.
+        self.once(values, Self::row_text)
+    }
+
+    /// Binds `values`, runs `step`, and resets the statement for its next
+    /// use whatever happened.
+    fn once<T>(
+        &mut self,
+        values: &[Value<'_>],
+        step: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = self.bind(values).and_then(|()| step(self));
+        // SAFETY: `stmt` is a live statement of `db`. Reset and cleared,
+        // it holds no pointer into `values` once this returns (they were
+        // bound `SQLITE_STATIC`, i.e. borrowed until then), and `step` has
+        // copied out what it read. Their return codes repeat the step's
+        // error, already in `result`.
         unsafe {
             ffi::sqlite3_reset(self.stmt.as_ptr());
             ffi::sqlite3_clear_bindings(self.stmt.as_ptr());
