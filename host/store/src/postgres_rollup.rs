@@ -12,8 +12,8 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 use super::StoreError;
 use super::rollup::{
-    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, StoredRows,
-    SubjectKey, build_state, fold_records,
+    DiffRow, LevelRow, REBUILD_PAGE, RebuildRow, RebuildTx, RollupCheck, RollupTx, RollupWrite, RowKeys,
+    StoredRows, SubjectKey, build_state, fold_records,
 };
 use super::rows::{self, StoredRow as _};
 use crate::meter::period::{Range, month_containing};
@@ -313,16 +313,10 @@ impl RollupTx for PgConnection {
         self
     }
 
-    async fn load_rows(
-        &mut self,
-        hours: &[(SeriesKey, i64)],
-        _steps: &[(SeriesKey, i64)],
-        _months: &[(SeriesKey, i64)],
-        _group_hours: &[GroupHourKey],
-    ) -> Result<StoredRows, StoreError> {
+    async fn load_rows(&mut self, keys: &RowKeys) -> Result<StoredRows, StoreError> {
         // Steps, months and group hours take additive upserts (replicas may
         // add to one row at once): nothing to read for them.
-        Ok(StoredRows { hours: load_hours(self, hours).await?, ..StoredRows::default() })
+        Ok(StoredRows { hours: load_hours(self, &keys.hours).await?, ..StoredRows::default() })
     }
 
     async fn lock_subjects(&mut self, subjects: &[SubjectKey]) -> Result<(), StoreError> {

@@ -109,13 +109,7 @@ pub(super) trait RollupTx: Send {
     /// The stored rows a transaction's rollup write starts from: the hours
     /// (absent: empty), locked; an engine that adds in Rust also reads the
     /// steps and months named (others leave them empty).
-    async fn load_rows(
-        &mut self,
-        hours: &[(SeriesKey, i64)],
-        steps: &[(SeriesKey, i64)],
-        months: &[(SeriesKey, i64)],
-        group_hours: &[GroupHourKey],
-    ) -> Result<StoredRows, StoreError>;
+    async fn load_rows(&mut self, keys: &RowKeys) -> Result<StoredRows, StoreError>;
     /// The distinct (instant, quantity) pairs of each subject's level
     /// records at or after its bound, as (subject, instant, quantity): a
     /// sandbox's history from where its runs can change, to find them.
@@ -455,8 +449,7 @@ async fn maintain_with(
     group_by: &[String],
 ) -> Result<Option<Maintained>, StoreError> {
     let planned = plan(tx, changes, tails, group_by).await?;
-    let keys = &planned.keys;
-    let stored = tx.load_rows(&keys.hours, &keys.steps, &keys.months, &keys.group_hours).await?;
+    let stored = tx.load_rows(&planned.keys).await?;
     if planned.stale(tails, &stored) {
         return Ok(None);
     }

@@ -173,8 +173,8 @@ impl SqliteStore {
         let mut stored_steps = BTreeMap::new();
         for (series, hour) in planned.resummarized(&stored) {
             let range = Range { from_ms: hour, to_ms: hour + HOUR_MS };
-            stored_steps
-                .insert((series.clone(), hour), sqlite_rollup::steps_in_direct(direct, &series, range)?);
+            let steps = sqlite_rollup::steps_in_direct(direct, &series, range)?;
+            stored_steps.insert((series, hour), steps);
         }
         let maintained = planned.finish(stored, stored_steps)?;
         let hook = self.hook.get().filter(|_| !maintained.effects.is_empty());

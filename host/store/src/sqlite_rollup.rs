@@ -181,23 +181,18 @@ fn stored_rows(json: &str) -> Result<StoredRows, StoreError> {
 }
 
 /// The four JSON key lists [`LOAD_ROWS`] binds, in order.
-fn load_rows_params(
-    hours: &[(SeriesKey, i64)],
-    steps: &[(SeriesKey, i64)],
-    months: &[(SeriesKey, i64)],
-    group_hours: &[GroupHourKey],
-) -> [String; 4] {
+fn load_rows_params(keys: &RowKeys) -> [String; 4] {
     [
-        series_keys(hours.iter()),
-        series_keys(steps.iter()),
-        series_keys(months.iter()),
-        group_keys_json(group_hours.iter()),
+        series_keys(keys.hours.iter()),
+        series_keys(keys.steps.iter()),
+        series_keys(keys.months.iter()),
+        group_keys_json(keys.group_hours.iter()),
     ]
 }
 
 /// [`RollupTx::load_rows`] on the writer's own handle.
 pub(super) fn load_rows_direct(direct: &mut Direct<'_>, keys: &RowKeys) -> Result<StoredRows, StoreError> {
-    let params = load_rows_params(&keys.hours, &keys.steps, &keys.months, &keys.group_hours);
+    let params = load_rows_params(keys);
     let values = params.each_ref().map(|p| Value::Text(p));
     stored_rows(&direct.prepare(LOAD_ROWS_JSON.as_str())?.text(&values)?)
 }
@@ -571,15 +566,9 @@ impl RollupTx for SqliteConnection {
             .collect()
     }
 
-    async fn load_rows(
-        &mut self,
-        hours: &[(SeriesKey, i64)],
-        steps: &[(SeriesKey, i64)],
-        months: &[(SeriesKey, i64)],
-        group_hours: &[GroupHourKey],
-    ) -> Result<StoredRows, StoreError> {
+    async fn load_rows(&mut self, keys: &RowKeys) -> Result<StoredRows, StoreError> {
         let mut query = sqlx::query(LOAD_ROWS_JSON.as_str());
-        for param in load_rows_params(hours, steps, months, group_hours) {
+        for param in load_rows_params(keys) {
             query = query.bind(param);
         }
         let json: String = query.fetch_one(&mut *self).await?.try_get(0)?;

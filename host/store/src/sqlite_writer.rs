@@ -143,7 +143,8 @@ impl WriteTx<'_> {
 
     /// Runs `last` on the handle, then commits, in one lock of it: one
     /// round trip to sqlx's worker for a commit's last statements and the
-    /// `COMMIT` (ingest's rollup write, `sqlite_rollup::write_rows`).
+    /// `COMMIT` (a rollup write, `sqlite_rollup::write_rows`, after reads
+    /// through sqlx; ingest's steady state uses [`WriteTx::with_handle`]).
     pub(super) async fn commit_after(
         mut self,
         last: impl FnOnce(&mut Direct<'_>) -> Result<(), StoreError>,

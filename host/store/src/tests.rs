@@ -787,7 +787,7 @@ async fn sqlite_tails_answer_in_order_levels_and_are_dropped_when_another_writer
 }
 
 /// SQLite writes a commit's rollup rows on its handle in the lock the
-/// `COMMIT` takes (`WriteTx::commit_after`). When that write fails, nothing
+/// `COMMIT` takes (`SqliteStore::finish_in_lock`). When that write fails, nothing
 /// of the batch is committed and the caller gets the reason; the writer
 /// goes on, its kept statements prepared again after another connection
 /// changed the schema.
